@@ -1,0 +1,57 @@
+# mlblueprints: `make demo` and `make test` do all the set-up on a fresh machine (Python 3.11).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+# everything the local runtime writes lives here; delete it to start over
+export MLB_HOME ?= $(CURDIR)/.mlb
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+$(VENV)/.installed: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+install: $(VENV)/.installed  ## create .venv from uv.lock (runtime + test dependencies)
+
+demo: install  ## generate data and run the lakehouse DAG end to end on embedded defaults
+	$(PY) -m mlblueprints.cli demo
+
+test: install  ## run the whole test suite (slow tests included)
+	$(PY) -m pytest
+
+test-fast: install  ## the tests not marked slow
+	$(PY) -m pytest -m "not slow"
+
+lint: install  ## ruff
+	$(VENV)/bin/ruff check include dags plugins tests bench
+	$(VENV)/bin/ruff format --check include dags plugins tests bench
+
+bench: install  ## benchmarks (long); results go to docs/benchmarks.md by hand
+	$(PY) bench/lakehouse.py
+
+requirements.txt: uv.lock  ## regenerate the MWAA/Astronomer requirements from the lock
+	$(UV) export --frozen --no-dev --no-hashes --no-emit-project --no-header \
+	  --no-emit-package apache-airflow --no-emit-package apache-airflow-core \
+	  --no-emit-package apache-airflow-task-sdk -o requirements.txt >/dev/null
+
+lock:  ## re-resolve uv.lock after editing pyproject.toml, then regenerate requirements.txt
+	$(UV) lock
+	$(MAKE) requirements.txt
+
+clean:  ## remove the runtime directory (data, tables, Airflow DB, reports)
+	rm -rf "$(MLB_HOME)"
+
+.PHONY: help install demo test test-fast lint bench lock clean

@@ -1,0 +1,199 @@
+"""The ``mlblueprints`` command line.
+
+    mlblueprints generate fraud --rows 200000 --days 7          synthetic landing files
+    mlblueprints lakehouse fraud_detection 2024-03-01 [...]     run the lakehouse DAG per day
+    mlblueprints demo                                           both, on embedded defaults
+    mlblueprints tables fraud_detection                         what the tables hold
+    mlblueprints quarantine fraud_detection transactions        quarantined rows and reasons
+    mlblueprints check-config [FILE ...]                        validate use-case YAMLs
+
+Everything is written under the runtime directory (``MLB_HOME``, default ``./.mlb``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+from mlblueprints import runtime
+
+DEMO_USECASE = "fraud_detection"
+DEMO_START = date(2024, 3, 1)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from mlblueprints.datagen import DefectConfig, DriftConfig, generate_fraud
+
+    out = Path(args.out) if args.out else runtime.home() / "landing"
+    defects = DefectConfig.none() if args.clean else DefectConfig()
+    known = [f.name for f in dataclasses.fields(DefectConfig)]
+    for name in args.no_defect or []:
+        if name not in known:
+            print(f"unknown defect {name!r}; known: {', '.join(known)}", file=sys.stderr)
+            return 2
+        defects = dataclasses.replace(defects, **{name: 0})
+    drift = DriftConfig(start=date.fromisoformat(args.drift_from)) if args.drift_from else None
+    t = time.perf_counter()
+    manifest = generate_fraud(
+        out, start=date.fromisoformat(args.start), days=args.days, rows=args.rows, seed=args.seed,
+        defects=defects, drift=drift,
+    )
+    print(f"wrote {len(manifest.files)} files under {out} in {time.perf_counter() - t:.1f}s")
+    print(f"manifest: {out / '_generator' / 'manifest.json'}")
+    return 0
+
+
+def _lakehouse(args: argparse.Namespace) -> int:
+    from mlblueprints import localrun
+
+    localrun.setup()
+    dag = localrun.get_dag(f"{args.usecase}__lakehouse")
+    status = 0
+    for d in args.dates:
+        landing = date.fromisoformat(d)
+        t = time.perf_counter()
+        dr = localrun.run_dag(dag, landing)
+        bad = localrun.failed_tasks(dr)
+        print(f"{dag.dag_id} landing date {landing}: {dr.state} in {time.perf_counter() - t:.0f}s"
+              + (f" (failed: {', '.join(bad)})" if bad else ""))
+        status = status or (0 if dr.state == "success" else 1)
+    latest = runtime.home() / "runs" / args.usecase / "lakehouse" / "latest.txt"
+    if latest.exists():
+        print()
+        print(latest.read_text())
+    return status
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mlblueprints import localrun
+    from mlblueprints.datagen import generate_fraud
+
+    home = runtime.home()
+    print(f"runtime directory: {home}  (MLB_HOME; delete it to start over)")
+    print("setting up Airflow (SQLite metadata DB) ...", flush=True)
+    localrun.setup()
+    landing = home / "landing"
+    if not (landing / "_generator" / "manifest.json").exists():
+        t = time.perf_counter()
+        m = generate_fraud(landing, start=DEMO_START, days=args.days, rows=args.rows, seed=42)
+        print(f"generated {m.expected.distinct_valid_transactions:,} transactions over {args.days} days "
+              f"with injected defects in {time.perf_counter() - t:.1f}s -> {landing}")
+    else:
+        print(f"reusing landing files in {landing}")
+    dag = localrun.get_dag(f"{DEMO_USECASE}__lakehouse")
+    status = 0
+    total = time.perf_counter()
+    for i in range(args.days):
+        day = DEMO_START + timedelta(days=i)
+        t = time.perf_counter()
+        dr = localrun.run_dag(dag, day)
+        bad = localrun.failed_tasks(dr)
+        print(f"  {dag.dag_id} landing date {day}: {dr.state} in {time.perf_counter() - t:.0f}s"
+              + (f" (failed: {', '.join(bad)})" if bad else ""), flush=True)
+        if dr.state != "success":
+            status = 1
+    print(f"{args.days} daily runs in {time.perf_counter() - total:.0f}s\n")
+    print("last run:")
+    print((home / "runs" / DEMO_USECASE / "lakehouse" / "latest.txt").read_text())
+    print(_tables_text(DEMO_USECASE))
+    print(f"run reports (JSON): {home / 'runs' / DEMO_USECASE / 'lakehouse'}")
+    print(f"inspect: .venv/bin/mlblueprints tables {DEMO_USECASE}; "
+          f".venv/bin/mlblueprints quarantine {DEMO_USECASE} transactions")
+    return status
+
+
+def _tables_text(usecase: str) -> str:
+    from mlblueprints.config import load_usecase
+    from mlblueprints.lakehouse import inspect
+
+    uc = load_usecase(runtime.usecases_dir() / f"{usecase}.yaml")
+    return inspect.tables_text(uc)
+
+
+def _tables(args: argparse.Namespace) -> int:
+    print(_tables_text(args.usecase))
+    return 0
+
+
+def _quarantine(args: argparse.Namespace) -> int:
+    from mlblueprints.config import load_usecase
+    from mlblueprints.lakehouse import inspect
+
+    uc = load_usecase(runtime.usecases_dir() / f"{args.usecase}.yaml")
+    print(inspect.quarantine_text(uc, args.dataset, limit=args.limit, reason=args.reason))
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from mlblueprints.config import UseCaseError, load_usecase, load_usecases
+
+    if args.files:
+        errors = []
+        for f in args.files:
+            try:
+                load_usecase(f)
+                print(f"{f}: ok")
+            except UseCaseError as exc:
+                errors.append(exc)
+    else:
+        ok, errors = load_usecases(runtime.usecases_dir())
+        for uc in ok:
+            print(f"{uc.source_path}: ok")
+    for e in errors:
+        print(e, file=sys.stderr)
+    return 1 if errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mlblueprints", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    g = sub.add_parser("generate", help="write synthetic landing files")
+    g.add_argument("kind", choices=["fraud"])
+    g.add_argument("--out", help="landing root (default: <MLB_HOME>/landing)")
+    g.add_argument("--start", default=DEMO_START.isoformat())
+    g.add_argument("--days", type=int, default=7)
+    g.add_argument("--rows", type=int, default=200_000, help="distinct valid transactions in total")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--clean", action="store_true", help="inject no defects")
+    g.add_argument("--no-defect", action="append", metavar="NAME", help="switch one defect off (repeatable)")
+    g.add_argument("--drift-from", metavar="DATE", help="shift distributions from this day on")
+    g.set_defaults(fn=_generate)
+
+    lh = sub.add_parser("lakehouse", help="run <usecase>__lakehouse for landing dates (dag.test)")
+    lh.add_argument("usecase")
+    lh.add_argument("dates", nargs="+", metavar="YYYY-MM-DD")
+    lh.set_defaults(fn=_lakehouse)
+
+    d = sub.add_parser("demo", help="generate data and run the lakehouse for each day")
+    d.add_argument("--rows", type=int, default=200_000)
+    d.add_argument("--days", type=int, default=7)
+    d.set_defaults(fn=_demo)
+
+    t = sub.add_parser("tables", help="row counts, files and snapshots of a use case's tables")
+    t.add_argument("usecase")
+    t.set_defaults(fn=_tables)
+
+    q = sub.add_parser("quarantine", help="quarantined rows of a data set")
+    q.add_argument("usecase")
+    q.add_argument("dataset")
+    q.add_argument("--reason", help="only this reason code")
+    q.add_argument("--limit", type=int, default=20)
+    q.set_defaults(fn=_quarantine)
+
+    c = sub.add_parser("check-config", help="validate use-case YAML files")
+    c.add_argument("files", nargs="*")
+    c.set_defaults(fn=_check_config)
+
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

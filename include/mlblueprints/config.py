@@ -1,0 +1,337 @@
+"""Use-case configuration: pydantic models of one YAML file in ``dags/usecases/``.
+
+A use case names its data sets (landing location, format, typed schema, primary key, event
+time, partitioning), the quality suites per layer, the Gold tables, the target (``local`` or
+``aws``) and, for ``aws``, the account resources. Loading is strict: an unknown key, a wrong
+type or an inconsistent reference is an error, reported as one line naming the file, the field
+path and the reason (:class:`UseCaseError`).
+
+This module imports only pydantic and PyYAML, so DAG files can load configurations at parse
+time without pulling in the heavy data libraries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+IDENT = r"^[a-z][a-z0-9_]*$"
+_TYPE_RE = re.compile(
+    r"^(string|boolean|int|bigint|double|date|timestamp|decimal\((?P<p>\d{1,2}),\s*(?P<s>\d{1,2})\))$"
+)
+LAYERS = ("bronze", "silver", "gold")
+
+
+class UseCaseError(ValueError):
+    """A use-case YAML that cannot be loaded. ``str(err)`` is one readable line."""
+
+    def __init__(self, path: Path | str, field: str, reason: str):
+        self.path = str(path)
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{self.path}: {field}: {reason}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Column(_Strict):
+    """One column of a landed data set, as it must look once typed in Silver."""
+
+    name: Annotated[str, Field(pattern=IDENT)]
+    type: str
+    required: bool = False
+    min: float | None = None
+    max: float | None = None
+    allowed: list[str] | None = None
+    format: str | None = None
+    description: str | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        v = v.strip().lower()
+        m = _TYPE_RE.match(v)
+        if not m:
+            raise ValueError(
+                f"unknown type {v!r}; use one of string, boolean, int, bigint, double, date, "
+                "timestamp, decimal(p,s)"
+            )
+        if m.group("p") is not None and int(m.group("s")) > int(m.group("p")):
+            raise ValueError(f"decimal scale is larger than its precision in {v!r}")
+        return v.replace(" ", "")
+
+    @model_validator(mode="after")
+    def _rules_fit_type(self) -> Column:
+        numeric = self.type in ("int", "bigint", "double") or self.type.startswith("decimal")
+        if (self.min is not None or self.max is not None) and not numeric:
+            raise ValueError(f"min/max apply to numeric columns, not to type {self.type}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
+        if self.allowed is not None and self.type != "string":
+            raise ValueError("allowed values apply to string columns only")
+        if self.format is not None and self.type not in ("date", "timestamp"):
+            raise ValueError("format applies to date and timestamp columns only")
+        return self
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.type in ("int", "bigint", "double") or self.type.startswith("decimal")
+
+
+class Landing(_Strict):
+    """Where raw files land: ``<path>/<YYYY-MM-DD>/<file>`` (the directory is the landing date)."""
+
+    path: str
+    formats: list[Literal["csv", "jsonl"]] = ["csv", "jsonl"]
+    csv_delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
+
+
+class Dataset(_Strict):
+    landing: Landing
+    schema_: Annotated[list[Column], Field(alias="schema", min_length=1)]
+    primary_key: Annotated[list[str], Field(min_length=1)]
+    event_time: str
+    # event_date: one partition per event day (facts); none: unpartitioned (small reference data)
+    partition_by: Literal["event_date", "none"] = "event_date"
+    quality: dict[Literal["bronze", "silver"], str] = {}
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def columns(self) -> list[Column]:
+        return list(self.schema_)
+
+    @property
+    def partition_column(self) -> str | None:
+        return "event_date" if self.partition_by == "event_date" else None
+
+    def column(self, name: str) -> Column:
+        for c in self.schema_:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @model_validator(mode="after")
+    def _references(self) -> Dataset:
+        names = [c.name for c in self.schema_]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"schema lists column(s) twice: {', '.join(dupes)}")
+        for k in self.primary_key:
+            if k not in names:
+                raise ValueError(f"primary_key column {k!r} is not in the schema")
+        if self.event_time not in names:
+            raise ValueError(f"event_time column {self.event_time!r} is not in the schema")
+        if self.column(self.event_time).type != "timestamp":
+            raise ValueError(f"event_time column {self.event_time!r} must have type timestamp")
+        reserved = [n for n in names if n.startswith("_") or n == "event_date"]
+        if reserved:
+            raise ValueError(f"column names starting with '_' and 'event_date' are reserved: {reserved}")
+        return self
+
+
+class GoldTable(_Strict):
+    """A feature-ready table computed by one SQL file over Silver tables."""
+
+    sql: str
+    inputs: Annotated[list[str], Field(min_length=1)]
+    primary_key: Annotated[list[str], Field(min_length=1)]
+    event_time: str
+    lookback_days: Annotated[int, Field(ge=0, le=3660)] = 30
+    quality: str | None = None
+    description: str | None = None
+
+
+class Compaction(_Strict):
+    min_files: Annotated[int, Field(ge=2)] = 4
+    small_file_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
+
+
+class LakehouseOptions(_Strict):
+    target_file_size_mb: Annotated[int, Field(ge=1, le=4096)] = 128
+    compaction: Compaction = Compaction()
+    on_rejected_file: Literal["fail", "warn"] = "fail"
+    gate_result_format: Literal["BOOLEAN_ONLY", "BASIC", "SUMMARY"] = "SUMMARY"
+
+
+class AwsTarget(_Strict):
+    region: Annotated[str, Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")]
+    account_id: Annotated[str, Field(pattern=r"^\d{12}$")]
+    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
+    prefix: str = ""
+    glue_database: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,255}$")]
+    athena_workgroup: str = "primary"
+    athena_output: str | None = None
+    kms_key_arn: Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/.+$")]
+    iam_role_arn: Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")]
+    aws_conn_id: str | None = "aws_default"
+
+    @field_validator("prefix")
+    @classmethod
+    def _strip_prefix(cls, v: str) -> str:
+        return v.strip("/")
+
+    @field_validator("athena_output")
+    @classmethod
+    def _s3_uri(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("s3://"):
+            raise ValueError("must be an s3:// URI")
+        return v
+
+    def s3_uri(self, *parts: str) -> str:
+        key = "/".join(p.strip("/") for p in (self.prefix, *parts) if p and p.strip("/"))
+        return f"s3://{self.bucket}/{key}" if key else f"s3://{self.bucket}"
+
+    @property
+    def results_uri(self) -> str:
+        return self.athena_output or self.s3_uri("athena-results") + "/"
+
+
+class UseCase(_Strict):
+    name: Annotated[str, Field(pattern=IDENT)]
+    description: str = ""
+    owner: str = "ml-platform"
+    target: Literal["local", "aws"] = "local"
+    schedule: str | None = "@daily"
+    start_date: date
+    end_date: date | None = None
+    catchup: bool = False
+    retries: Annotated[int, Field(ge=2, le=10)] = 2
+    retry_delay_seconds: Annotated[int, Field(ge=0)] = 60
+    tags: list[str] = []
+    datasets: Annotated[dict[str, Dataset], Field(min_length=1)]
+    gold: dict[str, GoldTable] = {}
+    lakehouse: LakehouseOptions = LakehouseOptions()
+    aws: AwsTarget | None = None
+
+    # Where the YAML was read from; set by the loader, not by the file.
+    source_path: str | None = Field(default=None, exclude=True)
+
+    @field_validator("datasets", "gold")
+    @classmethod
+    def _table_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for k in v:
+            if not re.match(IDENT, k):
+                raise ValueError(f"table name {k!r} must match {IDENT}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> UseCase:
+        if self.target == "aws" and self.aws is None:
+            raise ValueError("target is aws but the aws section is missing")
+        if self.end_date is not None and self.end_date < self.start_date:
+            raise ValueError("end_date is before start_date")
+        clash = set(self.datasets) & set(self.gold)
+        if clash:
+            raise ValueError(f"gold table names clash with data set names: {sorted(clash)}")
+        for gname, g in self.gold.items():
+            for inp in g.inputs:
+                if inp not in self.datasets:
+                    raise ValueError(f"gold.{gname}.inputs names unknown data set {inp!r}")
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory of the YAML file; relative paths in it are resolved from here."""
+        return Path(self.source_path).parent if self.source_path else Path.cwd()
+
+    def gold_sql_path(self, table: str) -> Path:
+        p = Path(self.gold[table].sql)
+        return p if p.is_absolute() else self.base_dir / p
+
+    def suite_name(self, table: str, layer: str) -> str | None:
+        """The quality suite for a table and layer: explicit in the YAML, else the convention
+        ``<usecase>/<table>.<layer>``; ``None`` only for an explicit empty string."""
+        if table in self.datasets:
+            explicit = self.datasets[table].quality.get(layer)  # type: ignore[call-overload]
+        else:
+            explicit = self.gold[table].quality
+        if explicit == "":
+            return None
+        return explicit or f"{self.name}/{table}.{layer}"
+
+    def config_hash(self) -> str:
+        """A stable hash of the effective configuration (lineage: which config made this)."""
+        payload = self.model_dump(mode="json", by_alias=True, exclude={"source_path"})
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<root>"
+
+
+def parse_usecase(data: Any, path: Path | str = "<memory>") -> UseCase:
+    """Validate a parsed YAML document; raise :class:`UseCaseError` with the first problem."""
+    if not isinstance(data, dict):
+        raise UseCaseError(path, "<root>", f"expected a mapping, got {type(data).__name__}")
+    try:
+        uc = UseCase.model_validate({**data, "source_path": str(path)})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(p for p in err["loc"] if p not in ("function-after", "function-before"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling)"
+        more = len(exc.errors()) - 1
+        if more:
+            msg += f" (and {more} more problem{'s' if more > 1 else ''})"
+        raise UseCaseError(path, _field_path(loc), msg) from None
+    stem = Path(path).stem
+    if str(path) != "<memory>" and uc.name != stem:
+        raise UseCaseError(path, "name", f"must equal the file name {stem!r} (got {uc.name!r})")
+    return uc
+
+
+def load_usecase(path: Path | str) -> UseCase:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UseCaseError(path, "<file>", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UseCaseError(path, where, f"invalid YAML: {problem}") from None
+    uc = parse_usecase(data, path)
+    for table in uc.gold:
+        if not uc.gold_sql_path(table).is_file():
+            raise UseCaseError(path, f"gold.{table}.sql", f"file not found: {uc.gold[table].sql}")
+    return uc
+
+
+def load_usecases(directory: Path | str) -> tuple[list[UseCase], list[UseCaseError]]:
+    """Load every ``*.yaml`` in a directory. A bad file is returned as an error; the others load."""
+    ok: list[UseCase] = []
+    errors: list[UseCaseError] = []
+    for p in sorted(Path(directory).glob("*.yaml")):
+        try:
+            ok.append(load_usecase(p))
+        except UseCaseError as exc:
+            errors.append(exc)
+    return ok, errors

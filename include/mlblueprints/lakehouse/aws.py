@@ -1,0 +1,598 @@
+"""The lakehouse on the aws target: the same transforms as SQL statements run by Athena.
+
+Tables are Iceberg tables in the Glue Data Catalog (created through the Glue API with their
+schema and partition spec), data in S3 encrypted with the use case's KMS key. The Silver and
+Gold transforms are the DuckDB SQL of the local target, transpiled to Trino by sqlglot and
+wrapped in ``MERGE`` statements, which Athena commits atomically and which are idempotent
+(a rerun merges the same rows again and changes nothing).
+
+This module builds statements and interprets results; it does not talk to AWS by itself. The
+Airflow layer hands it an :class:`AwsRuntime` whose ``run_query`` executes a statement through
+the Amazon provider's ``AthenaOperator`` and whose ``session`` is the connection's boto3 session.
+
+Differences from the local target (Athena exposes less of a raw file than DuckDB):
+- CSV is read by OpenCSVSerde, by position in schema order: a row with too few or too many
+  fields is padded or truncated, so it is quarantined by its missing values rather than as
+  ``malformed_record``; unexpected columns are not kept in ``_extra``.
+- ``_line_number`` is a deterministic ordinal of the record within its file, not its line.
+- A file's checksum is S3's full-object checksum (CRC64NVME or SHA256) or, failing both, its ETag.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from mlblueprints import runtime
+from mlblueprints.aws import requests as req
+from mlblueprints.config import Dataset, UseCase
+from mlblueprints.lakehouse import naming, sqlgen
+from mlblueprints.lakehouse.sqlgen import LINEAGE, ident, literal
+from mlblueprints.lineage import RunInfo
+
+log = logging.getLogger(__name__)
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+
+
+@dataclass
+class Statement:
+    """One Athena statement of a step. ``body`` is the SELECT inside it (for validation)."""
+
+    name: str
+    sql: str
+    kind: str  # merge | insert | delete | select | unload | optimize
+    body: str | None = None
+
+
+@dataclass
+class AwsRuntime:
+    session: Any  # boto3.Session
+    run_query: Callable[[Statement], str]  # runs to completion, returns the query execution id
+    fetch_rows: Callable[[str], list[dict[str, Any]]]
+
+
+# ---------------------------------------------------------------- schemas
+
+BRONZE_META_TYPES = [
+    ("_extra", "string"),
+    ("_raw_record", "string"),
+    ("_parse_error", "string"),
+    ("_source_file", "string"),
+    ("_file_checksum", "string"),
+    ("_line_number", "bigint"),
+    ("_ingest_run_id", "string"),
+    ("_ingest_time", "timestamp"),
+    ("_landing_date", "date"),
+]
+LINEAGE_TYPES = [(n, t) for n, t in BRONZE_META_TYPES if n in LINEAGE]
+
+
+def table_columns(uc: UseCase, name: str) -> tuple[list[tuple[str, str]], str | None]:
+    """(columns with config types, partition column) of a lakehouse table."""
+    for ds_name, ds in uc.datasets.items():
+        typed = [(c.name, c.type) for c in ds.columns]
+        text = [(c.name, "string") for c in ds.columns]
+        if name == naming.table_name(ds_name, naming.BRONZE):
+            return text + BRONZE_META_TYPES, "_landing_date"
+        if name == naming.table_name(ds_name, naming.SILVER):
+            return typed + [("event_date", "date")] + LINEAGE_TYPES, ds.partition_column
+        if name == naming.table_name(ds_name, naming.DUPLICATES):
+            extra = [("_duplicate_kind", "string"), ("_kept_source_file", "string"), ("_kept_line_number", "bigint")]
+            return typed + [("event_date", "date")] + LINEAGE_TYPES + extra, ds.partition_column
+        if name == naming.table_name(ds_name, naming.QUARANTINE):
+            reasons = [("_reason_code", "string"), ("_reason_column", "string"), ("_reason_detail", "string")]
+            return text + BRONZE_META_TYPES[:3] + LINEAGE_TYPES + reasons, "_landing_date"
+    if name in uc.gold:
+        return gold_columns(uc, name), "event_date"
+    raise KeyError(name)
+
+
+def gold_columns(uc: UseCase, gold: str) -> list[tuple[str, str]]:
+    """Column types of a Gold table, inferred by DuckDB from its SQL over empty typed inputs."""
+    import duckdb
+
+    con = duckdb.connect()
+    for inp in uc.gold[gold].inputs:
+        ds = uc.datasets[inp]
+        cols = [f"CAST(NULL AS {sqlgen.sql_type(c.type)}) AS {ident(c.name)}" for c in ds.columns]
+        cols.append("CAST(NULL AS DATE) AS event_date")
+        con.execute(f"CREATE TEMP VIEW {ident(inp)} AS SELECT {', '.join(cols)} WHERE FALSE")
+    rel = con.sql(uc.gold_sql_path(gold).read_text().strip().rstrip(";"))
+    out = []
+    for name, dtype in zip(rel.columns, rel.types):
+        t = str(dtype).lower()
+        t = {"varchar": "string", "integer": "int", "bigint": "bigint", "double": "double", "float": "double",
+             "date": "date", "timestamp": "timestamp", "boolean": "boolean", "hugeint": "bigint"}.get(t, t)
+        out.append((name, t))
+    if "event_date" not in rel.columns:
+        out.append(("event_date", "date"))
+    return out
+
+
+# ---------------------------------------------------------------- catalog
+
+
+def ensure_tables(uc: UseCase, rt: AwsRuntime) -> list[str]:
+    """Create the Glue database, the landing tables and the Iceberg tables that are missing."""
+    aws = uc.aws
+    assert aws is not None
+    glue = rt.session.client("glue", region_name=aws.region)
+    created = []
+    try:
+        glue.get_database(Name=aws.glue_database)
+    except glue.exceptions.EntityNotFoundException:
+        glue.create_database(DatabaseInput=req.glue_database_input(aws, f"mlblueprints use case {uc.name}"))
+        created.append(aws.glue_database)
+    wanted = []
+    for ds_name, ds in uc.datasets.items():
+        for kind in (naming.BRONZE, naming.SILVER, naming.QUARANTINE, naming.DUPLICATES):
+            wanted.append(naming.table_name(ds_name, kind))
+    wanted += list(uc.gold)
+    size = uc.lakehouse.target_file_size_mb * 1024 * 1024
+    for name in wanted:
+        if _table_exists(glue, aws.glue_database, name):
+            continue
+        cols, part = table_columns(uc, name)
+        glue.create_table(**req.glue_iceberg_table_input(aws, name, cols, part, size, f"{uc.name} lakehouse"))
+        created.append(name)
+    for ds_name, ds in uc.datasets.items():
+        for fmt in ds.landing.formats:
+            name = landing_table(ds_name, fmt)
+            if _table_exists(glue, aws.glue_database, name):
+                continue
+            glue.create_table(
+                **req.glue_landing_table_input(
+                    aws, name, landing_prefix(uc, ds), fmt, [c.name for c in ds.columns], ds.landing.csv_delimiter
+                )
+            )
+            created.append(name)
+    return created
+
+
+def _table_exists(glue: Any, db: str, name: str) -> bool:
+    try:
+        glue.get_table(DatabaseName=db, Name=name)
+        return True
+    except glue.exceptions.EntityNotFoundException:
+        return False
+
+
+def landing_table(dataset: str, fmt: str) -> str:
+    return f"{dataset}_landing_{fmt}"
+
+
+def landing_prefix(uc: UseCase, ds: Dataset) -> str:
+    assert uc.aws is not None
+    p = ds.landing.path
+    return p if p.startswith("s3://") else uc.aws.s3_uri(p)
+
+
+def fq(uc: UseCase, table: str) -> str:
+    assert uc.aws is not None
+    return f"{ident(uc.aws.glue_database)}.{ident(table)}"
+
+
+def _date_list(dates: list[date] | list[str]) -> str:
+    return ", ".join(f"DATE {literal(d if isinstance(d, str) else d.isoformat())}" for d in sorted(set(dates)))
+
+
+def _trino(stmt: Statement) -> Statement:
+    """Transpile a DuckDB statement (and its body) to Trino."""
+    return Statement(stmt.name, sqlgen.to_trino(stmt.sql), stmt.kind, sqlgen.to_trino(stmt.body) if stmt.body else None)
+
+
+# ---------------------------------------------------------------- landing -> bronze
+
+
+def _checksum(head: dict[str, Any]) -> str:
+    for key in ("ChecksumCRC64NVME", "ChecksumSHA256"):
+        if head.get(key) and head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
+            return f"{key.removeprefix('Checksum').lower()}:{head[key]}"
+    return "etag:" + head["ETag"].strip('"')
+
+
+def _manifest_key(uc: UseCase, dataset: str, landing: date | None = None) -> str:
+    assert uc.aws is not None
+    _, key = req.split_s3_uri(uc.aws.s3_uri("lakehouse", dataset, "_manifest"))
+    return key + "/" + (f"{landing.isoformat()}.json" if landing else "")
+
+
+def read_manifests(uc: UseCase, dataset: str, rt: AwsRuntime) -> list[dict[str, Any]]:
+    assert uc.aws is not None
+    s3 = rt.session.client("s3", region_name=uc.aws.region)
+    rows = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=uc.aws.bucket, Prefix=_manifest_key(uc, dataset)):
+        for obj in page.get("Contents", []):
+            body = s3.get_object(Bucket=uc.aws.bucket, Key=obj["Key"])["Body"].read()
+            rows += json.loads(body)["files"]
+    return rows
+
+
+def bronze_insert_sql(uc: UseCase, dataset: str, fmt: str, landing: date, files: list[dict[str, Any]], run: RunInfo, ingest_time: datetime) -> str:
+    """INSERT the records of the given landed files into Bronze (Trino SQL)."""
+    ds = uc.datasets[dataset]
+    paths = ", ".join(literal(f["uri"]) for f in files)
+    checksum = "CASE \"$path\" " + " ".join(f"WHEN {literal(f['uri'])} THEN {literal(f['file_checksum'])}" for f in files) + " END"
+    rel = "CASE \"$path\" " + " ".join(f"WHEN {literal(f['uri'])} THEN {literal(f['source_file'])}" for f in files) + " END"
+    meta = (
+        f"{rel} AS _source_file, {checksum} AS _file_checksum, "
+        f"{literal(run.run_id)} AS _ingest_run_id, "
+        f"TIMESTAMP {literal(ingest_time.strftime('%Y-%m-%d %H:%M:%S.%f'))} AS _ingest_time, "
+        f"DATE {literal(landing.isoformat())} AS _landing_date"
+    )
+    names = [c.name for c in ds.columns]
+    if fmt == "csv":
+        order = ", ".join(ident(n) for n in names)
+        select = (
+            f"SELECT {', '.join(ident(n) for n in names)}, CAST(NULL AS VARCHAR) AS _extra, "
+            "CAST(NULL AS VARCHAR) AS _raw_record, CAST(NULL AS VARCHAR) AS _parse_error, "
+            f"{meta}, ROW_NUMBER() OVER (PARTITION BY \"$path\" ORDER BY {order}) AS _line_number "
+            f"FROM {fq(uc, landing_table(dataset, 'csv'))} "
+            f"WHERE landing_date = {literal(landing.isoformat())} AND \"$path\" IN ({paths})"
+        )
+    else:
+        ok = "(TRY(JSON_PARSE(line)) IS NOT NULL AND JSON_FORMAT(TRY(JSON_PARSE(line))) LIKE '{%')"
+        fields = ", ".join(
+            f"CASE WHEN {ok} THEN JSON_EXTRACT_SCALAR(line, {literal('$[' + json.dumps(n) + ']')}) END AS {ident(n)}"
+            for n in names
+        )
+        select = (
+            f"SELECT {fields}, CAST(NULL AS VARCHAR) AS _extra, CASE WHEN NOT {ok} THEN line END AS _raw_record, "
+            f"CASE WHEN NOT {ok} THEN 'invalid JSON or not an object' END AS _parse_error, {meta}, "
+            "ROW_NUMBER() OVER (PARTITION BY \"$path\" ORDER BY line) AS _line_number "
+            f"FROM {fq(uc, landing_table(dataset, 'jsonl'))} "
+            f"WHERE landing_date = {literal(landing.isoformat())} AND \"$path\" IN ({paths}) "
+            "AND TRIM(line) <> ''"
+        )
+    cols = ", ".join(ident(n) for n in names + [m for m, _ in BRONZE_META_TYPES])
+    body = f"SELECT {cols} FROM ({select})"
+    return f"INSERT INTO {fq(uc, naming.table_name(dataset, naming.BRONZE))} ({cols}) {body}", body
+
+
+def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo, rt: AwsRuntime) -> dict[str, Any]:
+    """Landing (S3) -> Bronze (Iceberg, via Athena). Same contract as the local target."""
+    aws = uc.aws
+    assert aws is not None
+    ensure_tables(uc, rt)
+    ds = uc.datasets[dataset]
+    s3 = rt.session.client("s3", region_name=aws.region)
+    bucket, prefix = req.split_s3_uri(landing_prefix(uc, ds))
+    summary: dict[str, Any] = {"dataset": dataset, "landing_dates": [d.isoformat() for d in dates], "files": [], "warnings": [], "statements": []}
+    manifest = read_manifests(uc, dataset, rt)
+    by_checksum = {r["file_checksum"]: r["source_file"] for r in manifest if r["status"] == "ingested"}
+    done = {(r["source_file"], r["file_checksum"]) for r in manifest if r["status"] == "ingested"}
+    status: dict[str, int] = {}
+    for landing in sorted(dates):
+        ingest_time = datetime.now(timezone.utc).replace(tzinfo=None)
+        day_prefix = f"{prefix.rstrip('/')}/{landing.isoformat()}/"
+        objs = []
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=day_prefix):
+            objs += [o for o in page.get("Contents", []) if not Path(o["Key"]).name.startswith(("_", "."))]
+        new_files: list[dict[str, Any]] = []
+        outcomes = []
+        for o in sorted(objs, key=lambda o: o["Key"]):
+            head = s3.head_object(Bucket=bucket, Key=o["Key"], ChecksumMode="ENABLED")
+            rel = o["Key"][len(prefix.rstrip("/")) + 1 :]
+            fmt = FORMATS.get(Path(o["Key"]).suffix.lower(), "none")
+            f = {"source_file": rel, "uri": f"s3://{bucket}/{o['Key']}", "file_checksum": _checksum(head),
+                 "format": fmt, "size_bytes": o["Size"], "records": None, "status": "ingested",
+                 "duplicate_of": None, "reason": None}
+            if (rel, f["file_checksum"]) in done:
+                f["status"] = "already_ingested"
+            elif f["file_checksum"] in by_checksum:
+                f["status"], f["duplicate_of"] = "duplicate_file", by_checksum[f["file_checksum"]]
+            elif fmt not in ds.landing.formats:
+                f["status"], f["reason"] = "rejected", f"format {fmt!r} is not one of {ds.landing.formats}"
+            elif o["Size"] == 0:
+                f["status"], f["reason"] = "empty", "zero-byte file"
+            else:
+                new_files.append(f)
+                by_checksum[f["file_checksum"]] = rel
+            outcomes.append(f)
+            status[f["status"]] = status.get(f["status"], 0) + 1
+        if new_files:
+            table = fq(uc, naming.table_name(dataset, naming.BRONZE))
+            checks = ", ".join(literal(f["file_checksum"]) for f in new_files)
+            delete = Statement(
+                f"bronze_delete_partial_{landing:%Y%m%d}",
+                f"DELETE FROM {table} WHERE _landing_date = DATE {literal(landing.isoformat())} AND _file_checksum IN ({checks})",
+                "delete",
+            )
+            stmts = [delete]
+            for fmt in ds.landing.formats:
+                files = [f for f in new_files if f["format"] == fmt]
+                if files:
+                    sql, body = bronze_insert_sql(uc, dataset, fmt, landing, files, run, ingest_time)
+                    stmts.append(Statement(f"bronze_insert_{fmt}_{landing:%Y%m%d}", sql, "insert", body))
+            for st in stmts:
+                rt.run_query(st)
+                summary["statements"].append(st.name)
+        day_manifest = [f for f in outcomes if f["status"] != "already_ingested"]
+        if day_manifest:
+            old = [r for r in manifest if r.get("landing_date") == landing.isoformat()]
+            keep = [r for r in old if (r["source_file"], r["file_checksum"]) not in {(f["source_file"], f["file_checksum"]) for f in day_manifest}]
+            body = {"files": keep + [{**f, "landing_date": landing.isoformat(), "ingest_run_id": run.run_id,
+                                       "ingest_time": ingest_time.isoformat()} for f in day_manifest]}
+            s3.put_object(Bucket=aws.bucket, Key=_manifest_key(uc, dataset, landing),
+                          Body=json.dumps(body, indent=1).encode(), ContentType="application/json", **req.s3_put_kms(aws))
+        summary["files"] += [{**f, "landing_date": landing.isoformat()} for f in outcomes]
+    summary["file_status"] = status
+    summary["rows_landed"] = None  # Athena's INSERT reports rows in the query statistics, not here
+    summary["rejected_files"] = [f for f in summary["files"] if f["status"] == "rejected"]
+    return summary
+
+
+# ---------------------------------------------------------------- bronze -> silver
+
+
+def silver_statements(uc: UseCase, dataset: str, dates: list[date]) -> list[Statement]:
+    """The three MERGE statements of Bronze -> Silver (quarantine, duplicates, Silver)."""
+    ds = uc.datasets[dataset]
+    pk = ds.primary_key
+    bronze = f"(SELECT * FROM {fq(uc, naming.table_name(dataset, naming.BRONZE))} WHERE _landing_date IN ({_date_list(dates)}))"
+    validated = f"({sqlgen.silver_validate_sql(ds, bronze)})"
+    q_cols = sqlgen.quarantine_columns(ds)
+    s_cols = sqlgen.silver_columns(ds)
+    d_cols = sqlgen.duplicate_columns(ds)
+    new_valid = f"(SELECT {sqlgen.typed_projection(ds, 'v.')} FROM {validated} AS v WHERE v._reason_code IS NULL)"
+    silver_t = fq(uc, naming.table_name(dataset, naming.SILVER))
+    dups_t = fq(uc, naming.table_name(dataset, naming.DUPLICATES))
+
+    def key_in_new(alias: str) -> str:
+        cond = " AND ".join(f"k.{ident(c)} = {alias}.{ident(c)}" for c in pk)
+        return f"EXISTS (SELECT 1 FROM {new_valid} AS k WHERE {cond})"
+
+    cols = ", ".join(ident(c) for c in s_cols)
+    candidates = f"""(
+        SELECT {cols} FROM (
+            SELECT u.*, ROW_NUMBER() OVER (PARTITION BY _file_checksum, _line_number ORDER BY _src) AS _n FROM (
+                SELECT {cols}, 0 AS _src FROM {new_valid} AS n
+                UNION ALL SELECT {cols}, 1 AS _src FROM {silver_t} AS s WHERE {key_in_new('s')}
+                UNION ALL SELECT {cols}, 2 AS _src FROM {dups_t} AS d WHERE {key_in_new('d')}
+            ) AS u
+        ) AS w WHERE _n = 1
+    )"""
+    resolved = f"({sqlgen.silver_resolve_sql(ds, candidates)})"
+
+    def merge(target: str, source: str, on: list[str], cols_: list[str], update: bool) -> str:
+        cond = " AND ".join(f"t.{ident(c)} = s.{ident(c)}" for c in on)
+        ins = ", ".join(ident(c) for c in cols_)
+        vals = ", ".join(f"s.{ident(c)}" for c in cols_)
+        sql = f"MERGE INTO {target} AS t USING {source} AS s ON {cond} "
+        if update:
+            sets = ", ".join(f"{ident(c)} = s.{ident(c)}" for c in cols_)
+            sql += (
+                "WHEN MATCHED AND (t._file_checksum <> s._file_checksum OR t._line_number <> s._line_number) "
+                f"THEN UPDATE SET {sets} "
+            )
+        return sql + f"WHEN NOT MATCHED THEN INSERT ({ins}) VALUES ({vals})"
+
+    identity = ["_file_checksum", "_line_number"]
+    q_src = f"(SELECT {', '.join(ident(c) for c in q_cols)} FROM {validated} AS v WHERE v._reason_code IS NOT NULL)"
+    d_src = f"(SELECT {', '.join(ident(c) for c in d_cols)} FROM {resolved} AS r WHERE r._version_rank > 1)"
+    s_src = f"(SELECT {cols} FROM {resolved} AS r WHERE r._version_rank = 1)"
+    out = [
+        Statement("silver_quarantine", merge(fq(uc, naming.table_name(dataset, naming.QUARANTINE)), q_src, identity, q_cols, False), "merge", q_src),
+        Statement("silver_duplicates", merge(dups_t, d_src, identity, d_cols, False), "merge", d_src),
+        Statement("silver_merge", merge(silver_t, s_src, pk, s_cols, True), "merge", s_src),
+    ]
+    stats = f"""SELECT
+        COUNT(*) AS bronze_rows,
+        COUNT(*) FILTER (WHERE _reason_code IS NULL) AS valid,
+        COUNT(*) FILTER (WHERE _reason_code IS NOT NULL) AS quarantined,
+        ARRAY_AGG(DISTINCT CAST(event_date AS VARCHAR)) FILTER (WHERE _reason_code IS NULL) AS event_dates
+      FROM {validated} AS v"""
+    out.append(Statement("silver_stats", stats, "select", stats))
+    return [_trino(s) for s in out]
+
+
+def build_silver(uc: UseCase, dataset: str, dates: list[date], run: RunInfo, rt: AwsRuntime) -> dict[str, Any]:
+    ensure_tables(uc, rt)
+    stmts = silver_statements(uc, dataset, dates)
+    stats_rows: list[dict[str, Any]] = []
+    for st in stmts:
+        qid = rt.run_query(st)
+        if st.kind == "select":
+            stats_rows = rt.fetch_rows(qid)
+    stats = stats_rows[0] if stats_rows else {}
+    event_dates = _parse_array(stats.get("event_dates"))
+    return {
+        "dataset": dataset,
+        "landing_dates": [d.isoformat() for d in dates],
+        "rows_landed": _int(stats.get("bronze_rows")),
+        "valid": _int(stats.get("valid")),
+        "quarantined": _int(stats.get("quarantined")),
+        "quarantine_reasons": {},
+        "duplicates": None,
+        "rows_into_silver": None,
+        "touched_event_dates": event_dates,
+        "superseded_landing_dates": [],
+        "statements": [s.name for s in stmts],
+    }
+
+
+def _int(v: Any) -> int | None:
+    return int(v) if v not in (None, "") else None
+
+
+def _parse_array(v: Any) -> list[str]:
+    """Athena returns ARRAY(VARCHAR) as ``[a, b]`` text."""
+    if not v:
+        return []
+    return sorted(x.strip() for x in str(v).strip("[]").split(",") if x.strip())
+
+
+# ---------------------------------------------------------------- silver -> gold
+
+
+def gold_statement(uc: UseCase, gold: str, lo: date, hi: date) -> Statement:
+    g = uc.gold[gold]
+    history_lo = lo - timedelta(days=g.lookback_days)
+    inputs = {
+        inp: f"SELECT * FROM {fq(uc, naming.table_name(inp, naming.SILVER))} "
+        f"WHERE event_date BETWEEN DATE {literal(history_lo.isoformat())} AND DATE {literal(hi.isoformat())}"
+        for inp in g.inputs
+    }
+    user = uc.gold_sql_path(gold).read_text().strip().rstrip(";")
+    body = sqlgen.gold_with_inputs(user, inputs, dialect="duckdb")
+    if "event_date" not in sqlgen.output_columns(user):
+        body = f"SELECT *, CAST({ident(g.event_time)} AS DATE) AS event_date FROM ({body})"
+    src = f"(SELECT * FROM ({body}) AS g WHERE event_date BETWEEN DATE {literal(lo.isoformat())} AND DATE {literal(hi.isoformat())})"
+    cols = [c for c, _ in gold_columns(uc, gold)]
+    cond = " AND ".join(f"t.{ident(c)} = s.{ident(c)}" for c in g.primary_key)
+    sets = ", ".join(f"{ident(c)} = s.{ident(c)}" for c in cols)
+    ins = ", ".join(ident(c) for c in cols)
+    vals = ", ".join(f"s.{ident(c)}" for c in cols)
+    sql = (
+        f"MERGE INTO {fq(uc, gold)} AS t USING {src} AS s ON {cond} "
+        f"WHEN MATCHED THEN UPDATE SET {sets} WHEN NOT MATCHED THEN INSERT ({ins}) VALUES ({vals})"
+    )
+    return _trino(Statement("gold_merge", sql, "merge", src))
+
+
+def build_gold(uc: UseCase, gold: str, touched: dict[str, list[str]], run: RunInfo, rt: AwsRuntime) -> dict[str, Any]:
+    from mlblueprints.lakehouse.local import gold_date_range
+
+    g = uc.gold[gold]
+    dates = {date.fromisoformat(d) for ds in g.inputs for d in touched.get(ds, [])}
+    rng = gold_date_range(dates, g.lookback_days)
+    if rng is None:
+        return {"table": gold, "rows_written": 0, "recomputed": None}
+    st = gold_statement(uc, gold, *rng)
+    rt.run_query(st)
+    return {"table": gold, "recomputed": [rng[0].isoformat(), rng[1].isoformat()], "rows_written": None, "statements": [st.name]}
+
+
+# ---------------------------------------------------------------- reconciliation, compaction
+
+
+def reconcile_statement(uc: UseCase, dataset: str, landing: list[str]) -> Statement:
+    parts = []
+    for kind in (naming.BRONZE, naming.SILVER, naming.QUARANTINE, naming.DUPLICATES):
+        parts.append(
+            f"SELECT CAST(_landing_date AS VARCHAR) AS landing_date, {literal(kind)} AS kind, COUNT(*) AS n "
+            f"FROM {fq(uc, naming.table_name(dataset, kind))} WHERE _landing_date IN ({_date_list(landing)}) GROUP BY 1"
+        )
+    sql = " UNION ALL ".join(parts)
+    return _trino(Statement(f"reconcile_{dataset}", sql, "select", sql))
+
+
+def reconcile(uc: UseCase, silver_summaries: list[dict[str, Any]], ingest_summaries: list[dict[str, Any]], rt: AwsRuntime) -> dict[str, Any]:
+    report: dict[str, Any] = {"datasets": {}, "ok": True, "problems": []}
+    for s in silver_summaries:
+        landing = sorted({*s["landing_dates"], *s.get("superseded_landing_dates", [])})
+        if not landing:
+            continue
+        rows = rt.fetch_rows(rt.run_query(reconcile_statement(uc, s["dataset"], landing)))
+        counts: dict[str, dict[str, int]] = {d: {} for d in landing}
+        for r in rows:
+            counts.setdefault(r["landing_date"], {})[r["kind"]] = int(r["n"])
+        out = []
+        for d in landing:
+            c = counts.get(d, {})
+            landed = c.get(naming.BRONZE, 0)
+            kept, q, dup = c.get(naming.SILVER, 0), c.get(naming.QUARANTINE, 0), c.get(naming.DUPLICATES, 0)
+            diff = landed - (kept + q + dup)
+            out.append({"landing_date": d, "landed": landed, "silver": kept, "quarantined": q, "duplicates": dup, "difference": diff})
+            if diff:
+                report["ok"] = False
+                report["problems"].append(
+                    f"{s['dataset']} {d}: landed {landed} != silver {kept} + quarantined {q} + duplicates {dup}"
+                )
+        report["datasets"][s["dataset"]] = out
+    for ing in ingest_summaries:
+        for f in ing.get("rejected_files", []):
+            msg = f"{ing['dataset']}: file {f['source_file']} rejected: {f['reason']}"
+            report.setdefault("rejected_files", []).append(msg)
+            if uc.lakehouse.on_rejected_file == "fail":
+                report["ok"] = False
+                report["problems"].append(msg)
+    return report
+
+
+def compact(uc: UseCase, run: RunInfo, rt: AwsRuntime, tables: list[str] | None = None) -> dict[str, Any]:
+    """Athena's OPTIMIZE ... REWRITE DATA USING BIN_PACK on every lakehouse table (Athena
+    decides which files are small from the table's target file size)."""
+    names = tables or [
+        naming.table_name(ds, k) for ds in uc.datasets for k in (naming.BRONZE, naming.SILVER, naming.QUARANTINE, naming.DUPLICATES)
+    ] + list(uc.gold)
+    out = {"tables": {}}
+    for name in names:
+        st = Statement(f"optimize_{name}", f"OPTIMIZE {fq(uc, name)} REWRITE DATA USING BIN_PACK", "optimize")
+        rt.run_query(st)
+        out["tables"][name] = {"statement": st.sql}
+    return out
+
+
+# ---------------------------------------------------------------- gates
+
+
+def gate(uc: UseCase, table: str, layer: str, scope: dict[str, Any], run: RunInfo, rt: AwsRuntime) -> Any:
+    """UNLOAD the rows to check to S3 (Parquet, KMS), validate them in the worker with the same
+    Great Expectations code as the local target, upload results and Data Docs to S3."""
+    import duckdb
+
+    from mlblueprints.quality.gx import GateReport, run_gate
+
+    aws = uc.aws
+    assert aws is not None
+    name = table if layer == "gold" else naming.table_name(table, layer)
+    suite = uc.suite_name(table, layer)
+    if suite is None:
+        return GateReport(suite="-", table=name, layer=layer, rows=0, success=True, evaluated=0)
+    if "landing_dates" in scope:
+        where = f"_landing_date IN ({_date_list(scope['landing_dates']) or 'NULL'})"
+    elif "event_dates" in scope:
+        where = f"event_date IN ({_date_list(scope['event_dates']) or 'NULL'})"
+    else:
+        lo, hi = scope["range"]
+        where = f"event_date BETWEEN DATE {literal(lo)} AND DATE {literal(hi)}"
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{run.run_id}__{run.try_number}")
+    target = aws.s3_uri("_gates", name, layer, safe) + "/"
+    body = sqlgen.to_trino(f"SELECT * FROM {fq(uc, name)} WHERE {where}")
+    st = Statement(f"gate_unload_{name}", f"UNLOAD ({body}) TO {literal(target)} WITH (format = 'PARQUET', compression = 'ZSTD')", "unload", body)
+    rt.run_query(st)
+    s3 = rt.session.client("s3", region_name=aws.region)
+    bucket, prefix = req.split_s3_uri(target)
+    cols, _ = table_columns(uc, name)
+    started = time.time()
+    with tempfile.TemporaryDirectory(dir=runtime.path("tmp")) as tmp:
+        files = []
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for o in page.get("Contents", []):
+                local = Path(tmp) / f"{len(files):05d}.parquet"
+                s3.download_file(bucket, o["Key"], str(local))
+                files.append(str(local))
+        con = duckdb.connect()
+        if files:
+            src = f"SELECT * FROM read_parquet({[*files]!r}, union_by_name = true)"
+        else:  # nothing unloaded: validate an empty, typed relation
+            src = "SELECT " + ", ".join(f"CAST(NULL AS {sqlgen.sql_type(t)}) AS {ident(c)}" for c, t in cols) + " WHERE FALSE"
+        con.execute(f"CREATE VIEW batch AS {src}")
+        quality_dir = runtime.path("quality", uc.name)
+        report = run_gate(con, "batch", suite_name=suite, table=name, layer=layer, run_name=f"{run.run_id}__{run.try_number}",
+                          quality_dir=quality_dir, result_format=uc.lakehouse.gate_result_format)
+    _upload_dir(s3, aws, quality_dir, aws.s3_uri("quality"), since=started - 1)
+    report.docs_path = aws.s3_uri("quality", Path(report.docs_path).relative_to(quality_dir).as_posix())
+    report.results_path = aws.s3_uri("quality", Path(report.results_path).relative_to(quality_dir).as_posix())
+    return report
+
+
+def _upload_dir(s3: Any, aws: Any, directory: Path, uri: str, since: float) -> None:
+    """Upload the files of ``directory`` written since ``since`` (this gate's results and the
+    Data Docs pages it rebuilt), encrypted with the use case's key."""
+    bucket, prefix = req.split_s3_uri(uri)
+    for p in directory.rglob("*"):
+        if p.is_file() and p.stat().st_mtime >= since:
+            key = f"{prefix}/{p.relative_to(directory).as_posix()}"
+            ctype = "text/html" if p.suffix == ".html" else "application/json" if p.suffix == ".json" else "application/octet-stream"
+            s3.put_object(Bucket=bucket, Key=key, Body=p.read_bytes(), ContentType=ctype, **req.s3_put_kms(aws))
+

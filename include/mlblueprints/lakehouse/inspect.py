@@ -1,0 +1,59 @@
+"""Read-only views of the local lakehouse for people: table sizes, quarantine samples."""
+
+from __future__ import annotations
+
+from mlblueprints.config import UseCase
+from mlblueprints.lakehouse import iceberg, naming
+from mlblueprints.lakehouse.local import connect
+
+
+def _tables(uc: UseCase) -> list[str]:
+    names = []
+    for ds in uc.datasets:
+        names += [naming.table_name(ds, k) for k in ("bronze", "bronze_files", "silver", "quarantine", "duplicates")]
+    return names + list(uc.gold)
+
+
+def tables_text(uc: UseCase) -> str:
+    cat = iceberg.catalog()
+    rows = [("table", "rows", "files", "MB", "snapshots", "location")]
+    for name in _tables(uc):
+        t = iceberg.load(cat, naming.identifier(uc, name))
+        if t is None:
+            continue
+        snap = t.current_snapshot()
+        summary = snap.summary if snap else None
+        total = int(summary.get("total-records", 0)) if summary else 0
+        files = int(summary.get("total-data-files", 0)) if summary else 0
+        size = int(summary.get("total-files-size", 0)) if summary else 0
+        rows.append((naming.identifier(uc, name), f"{total:,}", str(files), f"{size / 1e6:.1f}", str(len(t.snapshots())), t.location().removeprefix("file://")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = ["Iceberg tables (SQLite catalog):"]
+    for r in rows:
+        out.append("  " + "  ".join(v.ljust(w) if i in (0, 5) else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
+    return "\n".join(out)
+
+
+def quarantine_text(uc: UseCase, dataset: str, limit: int = 20, reason: str | None = None) -> str:
+    t = iceberg.load(iceberg.catalog(), naming.identifier(uc, naming.table_name(dataset, naming.QUARANTINE)))
+    if t is None:
+        return f"no quarantine table for {dataset} yet"
+    con = connect()
+    iceberg.register_view(con, "q", t)
+    where = "WHERE _reason_code = $reason" if reason else ""
+    params = {"reason": reason} if reason else {}
+    counts = con.execute(
+        f"SELECT _reason_code, _reason_column, COUNT(*) FROM q {where} GROUP BY ALL ORDER BY 3 DESC", params
+    ).fetchall()
+    sample = con.execute(
+        f"SELECT _landing_date, _source_file, _line_number, _reason_code, _reason_column, _reason_detail, "
+        f"COALESCE(_raw_record, '') FROM q {where} ORDER BY _landing_date, _source_file, _line_number LIMIT {int(limit)}",
+        params,
+    ).fetchall()
+    out = [f"{naming.identifier(uc, naming.table_name(dataset, naming.QUARANTINE))}:"]
+    for code, col, n in counts:
+        out.append(f"  {code:<18} {col or '-':<20} {n:>8,}")
+    out.append("")
+    for landing, f, line, code, col, detail, raw in sample:
+        out.append(f"  {landing} {f}:{line}  {code}({col or '-'})  {detail}" + (f"  raw: {raw[:80]}" if raw else ""))
+    return "\n".join(out)

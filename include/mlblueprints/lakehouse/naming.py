@@ -1,0 +1,53 @@
+"""Names shared by both targets and by the DAGs: tables, Assets, run directories.
+
+Pure and light (no heavy imports): the DAG factories import it at parse time.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+from mlblueprints.config import UseCase
+
+BRONZE, BRONZE_FILES, SILVER, QUARANTINE, DUPLICATES = (
+    "bronze",
+    "bronze_files",
+    "silver",
+    "quarantine",
+    "duplicates",
+)
+
+
+def table_name(dataset: str, kind: str) -> str:
+    """``transactions`` + ``silver`` -> ``transactions_silver``."""
+    return f"{dataset}_{kind}"
+
+
+def identifier(uc: UseCase, table: str) -> str:
+    """Iceberg identifier ``<namespace>.<table>``; the namespace is the Glue database on aws."""
+    ns = uc.aws.glue_database if uc.target == "aws" and uc.aws else uc.name
+    return f"{ns}.{table}"
+
+
+def asset_uri(uc: UseCase, table: str) -> str:
+    """The Airflow Asset URI of a lakehouse table (the same string for both targets' DAGs)."""
+    if uc.target == "aws" and uc.aws:
+        return f"{uc.aws.s3_uri('warehouse', table)}"
+    return f"file://mlblueprints/{uc.name}/warehouse/{table}"
+
+
+def asset_name(uc: UseCase, table: str) -> str:
+    return f"{uc.name}.{table}"
+
+
+def landing_dates(start: datetime | date, end: datetime | date | None) -> list[date]:
+    """Landing dates of a data interval: each day in [start, end); the start day alone when the
+    interval is empty (a manual run with a zero-length interval)."""
+    s = start.date() if isinstance(start, datetime) else start
+    if end is None:
+        return [s]
+    e = end.date() if isinstance(end, datetime) else end
+    if isinstance(end, datetime) and (end.hour or end.minute or end.second or end.microsecond):
+        e = e + timedelta(days=1)
+    days = (e - s).days
+    return [s + timedelta(days=i) for i in range(days)] if days > 0 else [s]

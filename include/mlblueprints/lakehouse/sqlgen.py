@@ -1,0 +1,249 @@
+"""SQL of the lakehouse transforms: rendered from the templates in ``sql/`` and the use case.
+
+The transforms are written once, in DuckDB SQL. The local target runs them on DuckDB; the aws
+target transpiles them with sqlglot to Trino and runs them on Athena. Everything here is pure
+string work (jinja2 + sqlglot): no engine, no I/O beyond reading the templates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+import sqlglot
+from sqlglot import exp
+
+from mlblueprints.config import Column, Dataset
+
+SQL_DIR = Path(__file__).with_name("sql")
+
+# Columns every Bronze row carries besides the declared ones (all text in Bronze).
+BRONZE_META = (
+    "_extra",
+    "_raw_record",
+    "_parse_error",
+    "_source_file",
+    "_file_checksum",
+    "_line_number",
+    "_ingest_run_id",
+    "_ingest_time",
+    "_landing_date",
+)
+# Lineage columns that follow a row from Bronze into Silver, quarantine and duplicates.
+LINEAGE = (
+    "_source_file",
+    "_file_checksum",
+    "_line_number",
+    "_ingest_run_id",
+    "_ingest_time",
+    "_landing_date",
+)
+REASON_CODES = (
+    "malformed_record",
+    "missing_required",
+    "invalid_type",
+    "out_of_range",
+    "unknown_category",
+)
+
+
+def ident(name: str) -> str:
+    """A quoted SQL identifier (same quoting in DuckDB and Trino)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def sql_type(col_type: str) -> str:
+    """DuckDB SQL type of a config column type."""
+    return {
+        "string": "VARCHAR",
+        "boolean": "BOOLEAN",
+        "int": "INTEGER",
+        "bigint": "BIGINT",
+        "double": "DOUBLE",
+        "date": "DATE",
+        "timestamp": "TIMESTAMP",
+    }.get(col_type) or col_type.upper()
+
+
+def cast_expr(col: Column, text: str) -> str:
+    """Expression that types the trimmed text ``text`` of a column; NULL when it cannot."""
+    t = col.type
+    if t == "string":
+        return text
+    if t == "boolean":
+        return (
+            f"CASE WHEN LOWER({text}) IN ('true','t','1','yes','y') THEN TRUE "
+            f"WHEN LOWER({text}) IN ('false','f','0','no','n') THEN FALSE END"
+        )
+    if t in ("timestamp", "date") and col.format:
+        parsed = f"TRY(STRPTIME({text}, {literal(col.format)}))"
+        return parsed if t == "timestamp" else f"CAST({parsed} AS DATE)"
+    return f"TRY_CAST({text} AS {sql_type(t)})"
+
+
+@dataclass(frozen=True)
+class _Col:
+    name: str
+    ident: str
+    s: str  # trimmed text, NULL when empty
+    v: str  # typed value
+    cast: str
+
+
+@dataclass(frozen=True)
+class _Check:
+    code: str
+    column: str
+    cond: str
+
+    @property
+    def column_literal(self) -> str:
+        return literal(self.column) if self.column else "NULL"
+
+
+def _cols(ds: Dataset) -> list[_Col]:
+    out = []
+    for c in ds.columns:
+        s = ident(f"__s__{c.name}")
+        out.append(_Col(c.name, ident(c.name), s, ident(f"__v__{c.name}"), cast_expr(c, s)))
+    return out
+
+
+def _checks(ds: Dataset) -> list[_Check]:
+    cols = {c.name: c for c in _cols(ds)}
+    checks = [_Check("malformed_record", "", "_raw_record IS NOT NULL")]
+    for c in ds.columns:
+        if c.required:
+            checks.append(_Check("missing_required", c.name, f"{cols[c.name].s} IS NULL"))
+    for c in ds.columns:
+        if c.type != "string":
+            k = cols[c.name]
+            checks.append(_Check("invalid_type", c.name, f"{k.s} IS NOT NULL AND {k.v} IS NULL"))
+    for c in ds.columns:
+        k = cols[c.name]
+        if c.min is not None:
+            checks.append(_Check("out_of_range", c.name, f"{k.v} < {literal(c.min)}"))
+        if c.max is not None:
+            checks.append(_Check("out_of_range", c.name, f"{k.v} > {literal(c.max)}"))
+    for c in ds.columns:
+        if c.allowed:
+            k = cols[c.name]
+            values = ", ".join(literal(v) for v in c.allowed)
+            checks.append(_Check("unknown_category", c.name, f"{k.v} NOT IN ({values})"))
+    return checks
+
+
+@lru_cache(maxsize=None)
+def _template(name: str) -> jinja2.Template:
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.from_string((SQL_DIR / name).read_text())
+
+
+def silver_validate_sql(ds: Dataset, source: str) -> str:
+    """Type and check Bronze rows of ``source`` (see sql/silver_validate.sql)."""
+    return _template("silver_validate.sql").render(
+        source=source,
+        columns=_cols(ds),
+        checks=_checks(ds),
+        event_time_v=ident(f"__v__{ds.event_time}"),
+    )
+
+
+def silver_resolve_sql(ds: Dataset, candidates: str) -> str:
+    """Rank every version of each key (see sql/silver_resolve.sql)."""
+    return _template("silver_resolve.sql").render(
+        candidates=candidates,
+        columns=_cols(ds),
+        primary_key=", ".join(ident(k) for k in ds.primary_key),
+    )
+
+
+def typed_projection(ds: Dataset, prefix: str = "") -> str:
+    """SELECT list of the typed Silver columns out of a validated relation."""
+    cols = [f"{prefix}{ident(f'__v__{c.name}')} AS {ident(c.name)}" for c in ds.columns]
+    return ", ".join(cols + ["event_date"] + [prefix + ident(m) for m in LINEAGE])
+
+
+def silver_columns(ds: Dataset) -> list[str]:
+    return [c.name for c in ds.columns] + ["event_date", *LINEAGE]
+
+
+def quarantine_columns(ds: Dataset) -> list[str]:
+    return [c.name for c in ds.columns] + [
+        "_extra",
+        "_raw_record",
+        "_parse_error",
+        *LINEAGE,
+        "_reason_code",
+        "_reason_column",
+        "_reason_detail",
+    ]
+
+
+def duplicate_columns(ds: Dataset) -> list[str]:
+    return silver_columns(ds) + ["_duplicate_kind", "_kept_source_file", "_kept_line_number"]
+
+
+# ---------------------------------------------------------------- dialects
+
+
+def to_trino(sql: str) -> str:
+    """Transpile DuckDB SQL to Trino (Athena engine v3). Raises on SQL sqlglot cannot parse."""
+    out = sqlglot.transpile(sql, read="duckdb", write="trino", pretty=True)
+    if len(out) != 1:
+        raise ValueError(f"expected one statement, got {len(out)}")
+    return out[0]
+
+
+def validate_trino(sql: str) -> None:
+    """Raise ``sqlglot.errors.ParseError`` unless ``sql`` parses as Trino."""
+    sqlglot.parse_one(sql, read="trino", error_level=sqlglot.ErrorLevel.RAISE)
+
+
+def gold_with_inputs(sql: str, inputs: dict[str, str], dialect: str = "duckdb") -> str:
+    """Prefix a Gold query with CTEs that bind its input names to relations.
+
+    ``inputs`` maps the name the Gold SQL uses (a data set) to a SELECT that produces it (the
+    Silver table restricted to the dates needed). The query's own CTEs are kept after ours.
+    """
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    if not isinstance(tree, exp.Query):
+        raise ValueError("the Gold SQL must be a single SELECT query")
+    ours = [
+        exp.CTE(this=sqlglot.parse_one(select, read="duckdb"), alias=exp.TableAlias(this=exp.to_identifier(name)))
+        for name, select in inputs.items()
+    ]
+    existing = tree.args.get("with_")
+    if existing is not None:
+        clash = {c.alias for c in existing.expressions} & set(inputs)
+        if clash:
+            raise ValueError(f"the Gold SQL defines CTEs named like its inputs: {sorted(clash)}")
+        existing.set("expressions", ours + list(existing.expressions))
+    else:
+        tree.set("with_", exp.With(expressions=ours))
+    return tree.sql(dialect=dialect, pretty=True)
+
+
+def output_columns(sql: str) -> list[str]:
+    """Names of the columns a SELECT produces (every projection must be named)."""
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    names = []
+    for proj in tree.selects:
+        if isinstance(proj, exp.Star):
+            raise ValueError("the Gold SQL must name its columns (no SELECT *)")
+        if not proj.alias_or_name:
+            raise ValueError(f"unnamed column in the Gold SQL: {proj.sql()}")
+        names.append(proj.alias_or_name)
+    return names

@@ -268,7 +268,7 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo, rt
     summary: dict[str, Any] = {"dataset": dataset, "landing_dates": [d.isoformat() for d in dates], "files": [], "warnings": [], "statements": []}
     manifest = read_manifests(uc, dataset, rt)
     by_checksum = {r["file_checksum"]: r["source_file"] for r in manifest if r["status"] == "ingested"}
-    done = {(r["source_file"], r["file_checksum"]) for r in manifest if r["status"] == "ingested"}
+    seen = {(r["source_file"], r["file_checksum"]): r["status"] for r in manifest if r["status"] != "rejected"}
     status: dict[str, int] = {}
     for landing in sorted(dates):
         ingest_time = datetime.now(timezone.utc).replace(tzinfo=None)
@@ -280,13 +280,16 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo, rt
         outcomes = []
         for o in sorted(objs, key=lambda o: o["Key"]):
             head = s3.head_object(Bucket=bucket, Key=o["Key"], ChecksumMode="ENABLED")
-            rel = o["Key"][len(prefix.rstrip("/")) + 1 :]
+            parent = prefix.rstrip("/").rpartition("/")[0]
+            rel = o["Key"][len(parent) + 1 :] if parent else o["Key"]  # <dataset dir>/<landing date>/<file>
             fmt = FORMATS.get(Path(o["Key"]).suffix.lower(), "none")
             f = {"source_file": rel, "uri": f"s3://{bucket}/{o['Key']}", "file_checksum": _checksum(head),
                  "format": fmt, "size_bytes": o["Size"], "records": None, "status": "ingested",
                  "duplicate_of": None, "reason": None}
-            if (rel, f["file_checksum"]) in done:
-                f["status"] = "already_ingested"
+            f["new"] = (rel, f["file_checksum"]) not in seen
+            if not f["new"]:
+                prior = seen[rel, f["file_checksum"]]
+                f["status"] = "already_ingested" if prior == "ingested" else prior
             elif f["file_checksum"] in by_checksum:
                 f["status"], f["duplicate_of"] = "duplicate_file", by_checksum[f["file_checksum"]]
             elif fmt not in ds.landing.formats:
@@ -297,7 +300,8 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo, rt
                 new_files.append(f)
                 by_checksum[f["file_checksum"]] = rel
             outcomes.append(f)
-            status[f["status"]] = status.get(f["status"], 0) + 1
+            label = f["status"] if f["new"] else "already_seen"
+            status[label] = status.get(label, 0) + 1
         if new_files:
             table = fq(uc, naming.table_name(dataset, naming.BRONZE))
             checks = ", ".join(literal(f["file_checksum"]) for f in new_files)
@@ -315,7 +319,7 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo, rt
             for st in stmts:
                 rt.run_query(st)
                 summary["statements"].append(st.name)
-        day_manifest = [f for f in outcomes if f["status"] != "already_ingested"]
+        day_manifest = [f for f in outcomes if f["new"]]
         if day_manifest:
             old = [r for r in manifest if r.get("landing_date") == landing.isoformat()]
             keep = [r for r in old if (r["source_file"], r["file_checksum"]) not in {(f["source_file"], f["file_checksum"]) for f in day_manifest}]

@@ -135,6 +135,7 @@ class FileOutcome:
     status: str  # ingested | already_ingested | duplicate_file | empty | rejected
     duplicate_of: str | None = None
     reason: str | None = None
+    new: bool = True  # False: seen by an earlier run, not recorded again
 
     def as_row(self, landing: date, run: RunInfo, ingest_time: datetime) -> dict[str, Any]:
         return {
@@ -394,7 +395,9 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) ->
     totals: Counter[str] = Counter()
     for landing in sorted(dates):
         manifest = _manifest_rows(con, files_tbl)
-        ingested_here = {(r["source_file"], r["file_checksum"]) for r in manifest if r["status"] == "ingested"}
+        # a file already seen with a final outcome keeps it (and its original ingest metadata);
+        # a rejected file is tried again
+        seen = {(r["source_file"], r["file_checksum"]): r["status"] for r in manifest if r["status"] != "rejected"}
         by_checksum = {
             r["file_checksum"]: r["source_file"] for r in manifest if r["status"] == "ingested"
         }
@@ -405,12 +408,13 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) ->
         con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {_bronze_empty_sql(ds)}")
         ingest_time = datetime.now(timezone.utc).replace(tzinfo=None)
         for p in paths:
-            rel = p.relative_to(root).as_posix()
+            rel = p.relative_to(root.parent).as_posix()  # <dataset dir>/<landing date>/<file>
             checksum, size, physical = _digest(p)
             fmt = FORMATS.get(p.suffix.lower(), p.suffix.lower().lstrip(".") or "none")
             out = FileOutcome(rel, checksum, fmt, size, 0, "ingested")
-            if (rel, checksum) in ingested_here:
-                out.status = "already_ingested"
+            if (rel, checksum) in seen:
+                out.status = "already_ingested" if seen[rel, checksum] == "ingested" else seen[rel, checksum]
+                out.new = False
             elif checksum in by_checksum:
                 out.status, out.duplicate_of = "duplicate_file", by_checksum[checksum]
             elif fmt not in ds.landing.formats:
@@ -439,9 +443,9 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) ->
             if out.status == "rejected":
                 log.error("%s: file %s rejected: %s", dataset, rel, out.reason)
             outcomes.append(out)
-            totals[out.status] += 1
+            totals[out.status if out.new else "already_seen"] += 1
             summary["files"].append({**out.__dict__, "landing_date": landing.isoformat()})
-        new = [o for o in outcomes if o.status != "already_ingested"]
+        new = [o for o in outcomes if o.new]
         props = run.snapshot_properties(landing_dates=[landing.isoformat()], step="bronze")
         if staged:
             replace = And(
@@ -465,7 +469,7 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) ->
             con.unregister("_manifest_new")
     bronze.refresh()
     summary["file_status"] = dict(totals)
-    summary["rows_landed"] = sum(f["records"] for f in summary["files"] if f["status"] == "ingested")
+    summary["rows_landed"] = sum(f["records"] for f in summary["files"] if f["status"] == "ingested" and f["new"])
     summary["rejected_files"] = [f for f in summary["files"] if f["status"] == "rejected"]
     summary["bronze_snapshot_id"] = iceberg.snapshot_id(bronze)
     return summary

@@ -128,7 +128,11 @@ def run_gate(
     import great_expectations as gx
     from great_expectations.core.expectation_suite import ExpectationSuite
     from great_expectations.core.run_identifier import RunIdentifier
-    from great_expectations.data_context.types.base import DataContextConfig, FilesystemStoreBackendDefaults
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        FilesystemStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
     started = time.perf_counter()
@@ -137,6 +141,7 @@ def run_gate(
     cfg = DataContextConfig(
         store_backend_defaults=FilesystemStoreBackendDefaults(root_directory=str(quality_dir)),
         analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
     )
     ctx = gx.get_context(project_config=cfg, mode="ephemeral")
     ds = ctx.data_sources.add_or_update_sql(

@@ -1,0 +1,101 @@
+"""Use-case YAML: valid files load; every kind of mistake is one line naming file, field, reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlblueprints.config import UseCaseError, load_usecase, load_usecases, parse_usecase
+
+ROOT = Path(__file__).resolve().parents[2]
+FRAUD = ROOT / "dags" / "usecases" / "fraud_detection.yaml"
+
+
+def fraud() -> dict:
+    return yaml.safe_load(FRAUD.read_text())
+
+
+def write(tmp_path: Path, name: str, data: dict | str) -> Path:
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    (tmp_path / "sql" / "fraud_detection").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "sql" / "fraud_detection" / "transaction_features.sql").write_text("SELECT 1 AS x")
+    return p
+
+
+def test_shipped_usecase_loads():
+    uc = load_usecase(FRAUD)
+    assert uc.name == "fraud_detection"
+    assert set(uc.datasets) == {"transactions", "customers", "merchants"}
+    tx = uc.datasets["transactions"]
+    assert tx.primary_key == ["transaction_id"]
+    assert tx.column("amount").type == "decimal(12,2)"
+    assert uc.suite_name("transactions", "silver") == "fraud_detection/transactions.silver"
+    assert uc.suite_name("transaction_features", "gold") == "fraud_detection/transaction_features.gold"
+    assert uc.retries >= 2
+
+
+def test_config_hash_is_stable_and_sensitive():
+    a = parse_usecase(fraud(), "x/fraud_detection.yaml")
+    b = parse_usecase(fraud(), "y/fraud_detection.yaml")
+    assert a.config_hash() == b.config_hash()  # the location is not configuration
+    changed = fraud()
+    changed["lakehouse"]["target_file_size_mb"] = 64
+    assert parse_usecase(changed, "x/fraud_detection.yaml").config_hash() != a.config_hash()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "reason"),
+    [
+        (lambda d: d["datasets"]["transactions"]["schema"][5].update(type="money"), "datasets.transactions.schema[5].type", "unknown type 'money'"),
+        (lambda d: d["datasets"]["transactions"].update(primary_key=["nope"]), "datasets.transactions", "primary_key column 'nope' is not in the schema"),
+        (lambda d: d["datasets"]["transactions"].update(event_time="amount"), "datasets.transactions", "must have type timestamp"),
+        (lambda d: d.update(retries=0), "retries", "greater than or equal to 2"),
+        (lambda d: d.update(tragte="aws"), "tragte", "unknown field"),
+        (lambda d: d.update(target="aws", aws=None), "<root>", "target is aws but the aws section is missing"),
+        (lambda d: d["aws"].update(kms_key_arn="my-key"), "aws.kms_key_arn", "should match pattern"),
+        (lambda d: d["gold"]["transaction_features"].update(inputs=["payments"]), "<root>", "unknown data set 'payments'"),
+        (lambda d: d["datasets"]["transactions"]["schema"][6].update(min=5), "datasets.transactions.schema[6]", "min/max apply to numeric columns"),
+        (lambda d: d.update(start_date="yesterday"), "start_date", "valid date"),
+    ],
+)
+def test_bad_yaml_is_one_readable_line(tmp_path, mutate, field, reason):
+    data = fraud()
+    mutate(data)
+    p = write(tmp_path, "fraud_detection", data)
+    with pytest.raises(UseCaseError) as exc:
+        load_usecase(p)
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{p}: {field}: "), msg
+    assert reason in msg, msg
+
+
+def test_syntax_error_names_line(tmp_path):
+    p = write(tmp_path, "fraud_detection", "name: fraud_detection\ndatasets: [unclosed\n")
+    with pytest.raises(UseCaseError, match=r"fraud_detection.yaml: line \d+, column \d+: invalid YAML"):
+        load_usecase(p)
+
+
+def test_name_must_match_file(tmp_path):
+    p = write(tmp_path, "other", fraud())
+    with pytest.raises(UseCaseError, match="name: must equal the file name 'other'"):
+        load_usecase(p)
+
+
+def test_missing_gold_sql_is_reported(tmp_path):
+    data = fraud()
+    data["gold"]["transaction_features"]["sql"] = "sql/missing.sql"
+    p = write(tmp_path, "fraud_detection", data)
+    with pytest.raises(UseCaseError, match="gold.transaction_features.sql: file not found"):
+        load_usecase(p)
+
+
+def test_one_bad_file_leaves_the_others(tmp_path):
+    write(tmp_path, "fraud_detection", fraud())
+    (tmp_path / "broken.yaml").write_text("name: broken\nstart_date: 2024-01-01\n")
+    ok, errors = load_usecases(tmp_path)
+    assert [u.name for u in ok] == ["fraud_detection"]
+    assert len(errors) == 1 and str(errors[0]).startswith(f"{tmp_path / 'broken.yaml'}: datasets: ")

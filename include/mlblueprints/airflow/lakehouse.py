@@ -91,9 +91,9 @@ def _selected(ds: str) -> bool:
 
 def _engine(uc: UseCase) -> Any:
     if uc.target == "aws":
-        from mlblueprints.lakehouse import aws
+        from mlblueprints.airflow.aws_engine import AwsLakehouse
 
-        return aws
+        return AwsLakehouse(uc)
     from mlblueprints.lakehouse import local
 
     return local

@@ -1,6 +1,6 @@
 -- Bronze -> Silver, step 2: resolve duplicates on the primary key.
 --
--- Input  {{ candidates }}: every stored or new version of every key this run touches (new valid
+-- Input  (the candidates relation): every stored or new version of every key this run touches (new valid
 --                          rows of the landing date, plus the Silver and duplicate rows already
 --                          stored for those keys), each physical record once.
 -- Output: the same rows with _version_rank (1 = the version Silver keeps) and, for the others,

@@ -1,6 +1,6 @@
 -- Bronze -> Silver, step 1: type every column and give each row a verdict.
 --
--- Input  {{ source }}: Bronze rows (every declared column as received, as text), with their
+-- Input  (the source relation): Bronze rows (every declared column as received, as text), with their
 --                      lineage columns.
 -- Output: one row per input row: the original text values, the typed values (prefixed __v__),
 --         event_date, the lineage columns, and _reason_code / _reason_column / _reason_detail,

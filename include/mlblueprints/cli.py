@@ -6,6 +6,7 @@
     mlblueprints tables fraud_detection                         what the tables hold
     mlblueprints quarantine fraud_detection transactions        quarantined rows and reasons
     mlblueprints check-config [FILE ...]                        validate use-case YAMLs
+    eval "$(mlblueprints airflow-env)"                          use the airflow CLI/UI on the same DB
 
 Everything is written under the runtime directory (``MLB_HOME``, default ``./.mlb``).
 """
@@ -13,7 +14,6 @@ Everything is written under the runtime directory (``MLB_HOME``, default ``./.ml
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from datetime import date, timedelta
@@ -41,8 +41,13 @@ def _generate(args: argparse.Namespace) -> int:
     drift = DriftConfig(start=date.fromisoformat(args.drift_from)) if args.drift_from else None
     t = time.perf_counter()
     manifest = generate_fraud(
-        out, start=date.fromisoformat(args.start), days=args.days, rows=args.rows, seed=args.seed,
-        defects=defects, drift=drift,
+        out,
+        start=date.fromisoformat(args.start),
+        days=args.days,
+        rows=args.rows,
+        seed=args.seed,
+        defects=defects,
+        drift=drift,
     )
     print(f"wrote {len(manifest.files)} files under {out} in {time.perf_counter() - t:.1f}s")
     print(f"manifest: {out / '_generator' / 'manifest.json'}")
@@ -60,8 +65,10 @@ def _lakehouse(args: argparse.Namespace) -> int:
         t = time.perf_counter()
         dr = localrun.run_dag(dag, landing)
         bad = localrun.failed_tasks(dr)
-        print(f"{dag.dag_id} landing date {landing}: {dr.state} in {time.perf_counter() - t:.0f}s"
-              + (f" (failed: {', '.join(bad)})" if bad else ""))
+        print(
+            f"{dag.dag_id} landing date {landing}: {dr.state} in {time.perf_counter() - t:.0f}s"
+            + (f" (failed: {', '.join(bad)})" if bad else "")
+        )
         status = status or (0 if dr.state == "success" else 1)
     latest = runtime.home() / "runs" / args.usecase / "lakehouse" / "latest.txt"
     if latest.exists():
@@ -82,8 +89,10 @@ def _demo(args: argparse.Namespace) -> int:
     if not (landing / "_generator" / "manifest.json").exists():
         t = time.perf_counter()
         m = generate_fraud(landing, start=DEMO_START, days=args.days, rows=args.rows, seed=42)
-        print(f"generated {m.expected.distinct_valid_transactions:,} transactions over {args.days} days "
-              f"with injected defects in {time.perf_counter() - t:.1f}s -> {landing}")
+        print(
+            f"generated {m.expected.distinct_valid_transactions:,} transactions over {args.days} days "
+            f"with injected defects in {time.perf_counter() - t:.1f}s -> {landing}"
+        )
     else:
         print(f"reusing landing files in {landing}")
     dag = localrun.get_dag(f"{DEMO_USECASE}__lakehouse")
@@ -94,8 +103,11 @@ def _demo(args: argparse.Namespace) -> int:
         t = time.perf_counter()
         dr = localrun.run_dag(dag, day)
         bad = localrun.failed_tasks(dr)
-        print(f"  {dag.dag_id} landing date {day}: {dr.state} in {time.perf_counter() - t:.0f}s"
-              + (f" (failed: {', '.join(bad)})" if bad else ""), flush=True)
+        print(
+            f"  {dag.dag_id} landing date {day}: {dr.state} in {time.perf_counter() - t:.0f}s"
+            + (f" (failed: {', '.join(bad)})" if bad else ""),
+            flush=True,
+        )
         if dr.state != "success":
             status = 1
     print(f"{args.days} daily runs in {time.perf_counter() - total:.0f}s\n")
@@ -103,8 +115,10 @@ def _demo(args: argparse.Namespace) -> int:
     print((home / "runs" / DEMO_USECASE / "lakehouse" / "latest.txt").read_text())
     print(_tables_text(DEMO_USECASE))
     print(f"run reports (JSON): {home / 'runs' / DEMO_USECASE / 'lakehouse'}")
-    print(f"inspect: .venv/bin/mlblueprints tables {DEMO_USECASE}; "
-          f".venv/bin/mlblueprints quarantine {DEMO_USECASE} transactions")
+    print(
+        f"inspect: .venv/bin/mlblueprints tables {DEMO_USECASE}; "
+        f".venv/bin/mlblueprints quarantine {DEMO_USECASE} transactions"
+    )
     return status
 
 
@@ -130,6 +144,15 @@ def _quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _airflow_env(args: argparse.Namespace) -> int:
+    """Print shell exports that point the airflow CLI at the runtime's SQLite metadata DB."""
+    import shlex
+
+    for k, v in runtime.airflow_env().items():
+        print(f"export {k}={shlex.quote(v)}")
+    return 0
+
+
 def _check_config(args: argparse.Namespace) -> int:
     from mlblueprints.config import UseCaseError, load_usecase, load_usecases
 
@@ -151,7 +174,9 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mlblueprints", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="mlblueprints", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     g = sub.add_parser("generate", help="write synthetic landing files")
@@ -186,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--reason", help="only this reason code")
     q.add_argument("--limit", type=int, default=20)
     q.set_defaults(fn=_quarantine)
+
+    a = sub.add_parser("airflow-env", help="shell exports for the airflow CLI/UI on the runtime's DB")
+    a.set_defaults(fn=_airflow_env)
 
     c = sub.add_parser("check-config", help="validate use-case YAML files")
     c.add_argument("files", nargs="*")

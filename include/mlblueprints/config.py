@@ -69,8 +69,7 @@ class Column(_Strict):
         m = _TYPE_RE.match(v)
         if not m:
             raise ValueError(
-                f"unknown type {v!r}; use one of string, boolean, int, bigint, double, date, "
-                "timestamp, decimal(p,s)"
+                f"unknown type {v!r}; use one of string, boolean, int, bigint, double, date, timestamp, decimal(p,s)"
             )
         if m.group("p") is not None and int(m.group("s")) > int(m.group("p")):
             raise ValueError(f"decimal scale is larger than its precision in {v!r}")

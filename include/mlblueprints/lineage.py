@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from mlblueprints import runtime
 from mlblueprints.config import UseCase
@@ -20,7 +20,7 @@ class RunInfo:
     try_number: int = 1
     git_commit: str = field(default_factory=runtime.git_commit)
     config_hash: str = ""
-    started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @classmethod
     def for_usecase(cls, uc: UseCase, **kw: object) -> RunInfo:
@@ -37,7 +37,9 @@ class RunInfo:
             "mlb.config-hash": self.config_hash,
         }
         for k, v in inputs.items():
-            props[f"mlb.{k.replace('_', '-')}"] = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+            props[f"mlb.{k.replace('_', '-')}"] = (
+                v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+            )
         return props
 
     def as_dict(self) -> dict[str, object]:

@@ -11,7 +11,7 @@ import logging
 import os
 import subprocess
 import sys
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,10 @@ def setup(migrate: bool = True) -> dict[str, str]:
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     if migrate:
         out = subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"], env={**os.environ, **env}, capture_output=True, text=True
+            [sys.executable, "-m", "airflow", "db", "migrate"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
         )
         if out.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
@@ -53,7 +56,7 @@ def logical_date_for(landing: date) -> datetime:
     last complete interval before D, i.e. the day D - 1. So landing day X is processed by the
     run at X + 1 day 00:00 UTC (the scheduler's run for X, launched at the end of X, is the same).
     """
-    return datetime.combine(landing + timedelta(days=1), time(), tzinfo=timezone.utc)
+    return datetime.combine(landing + timedelta(days=1), time(), tzinfo=UTC)
 
 
 def run_dag(dag: Any, landing: date, conf: dict[str, Any] | None = None) -> Any:

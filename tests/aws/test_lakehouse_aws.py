@@ -12,10 +12,8 @@ case's KMS key, that requests go to the configured workgroup and database.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -52,8 +50,14 @@ def world(tmp_path_factory, airflow_db):
     """Landing files, the local twin built from them, and an aws use case YAML."""
     base = tmp_path_factory.mktemp("aws")
     landing = base / "landing"
-    generate_fraud(landing, start=START, days=DAYS, rows=3000, seed=5,
-                   defects=DefectConfig(malformed_record=2e-3, invalid_type=2e-3, exact_duplicate=2e-3))
+    generate_fraud(
+        landing,
+        start=START,
+        days=DAYS,
+        rows=3000,
+        seed=5,
+        defects=DefectConfig(malformed_record=2e-3, invalid_type=2e-3, exact_duplicate=2e-3),
+    )
     twin_home = base / "twin"
     shutil.copytree(landing, twin_home / "landing")
     uc_local = load_usecase(ROOT / "dags/usecases/fraud_detection.yaml")
@@ -77,8 +81,11 @@ class AthenaTwin:
         self.con.execute(f"CREATE SCHEMA {DB}")
         with runtime_home(home):
             cat = iceberg.catalog()
-            for name in [naming.table_name(ds, k) for ds in uc_local.datasets
-                         for k in ("bronze", "silver", "quarantine", "duplicates")] + list(uc_local.gold):
+            for name in [
+                naming.table_name(ds, k)
+                for ds in uc_local.datasets
+                for k in ("bronze", "silver", "quarantine", "duplicates")
+            ] + list(uc_local.gold):
                 t = iceberg.load(cat, naming.identifier(uc_local, name))
                 iceberg.register_view(self.con, f"_{name}", t)
                 self.con.execute(f'CREATE VIEW {DB}."{name}" AS SELECT * FROM "_{name}"')
@@ -122,10 +129,14 @@ def aws_world(world, monkeypatch, tmp_path):
         if m:  # Athena would write the rows as Parquet under the target prefix
             cols, rows = twin.run(m["body"])
             local_file = tmp_path / f"unload-{exec_id}.parquet"
-            twin.con.execute(f"COPY ({sqlglot.transpile(m['body'], read='trino', write='duckdb')[0]}) TO '{local_file}' (FORMAT parquet)")
+            twin.con.execute(
+                f"COPY ({sqlglot.transpile(m['body'], read='trino', write='duckdb')[0]}) TO '{local_file}' (FORMAT parquet)"
+            )
             bucket, key = req.split_s3_uri(m["target"])
             boto3.client("s3", region_name=REGION).upload_file(
-                str(local_file), bucket, key + f"{exec_id}.parquet",
+                str(local_file),
+                bucket,
+                key + f"{exec_id}.parquet",
                 ExtraArgs={"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_arn["arn"]},
             )
         elif head in ("SELECT", "WITH"):
@@ -154,7 +165,9 @@ def aws_world(world, monkeypatch, tmp_path):
         data = yaml.safe_load((ROOT / "dags/usecases/fraud_detection.yaml").read_text())
         data.update(name=NAME, target="aws", retry_delay_seconds=0)
         data["aws"].update(region=REGION, bucket=BUCKET, prefix="fraud", glue_database=DB, kms_key_arn=kms_arn["arn"])
-        data["gold"]["transaction_features"]["sql"] = str(ROOT / "dags/usecases/sql/fraud_detection/transaction_features.sql")
+        data["gold"]["transaction_features"]["sql"] = str(
+            ROOT / "dags/usecases/sql/fraud_detection/transaction_features.sql"
+        )
         (usecases / f"{NAME}.yaml").write_text(yaml.safe_dump(data))
         expectations = tmp_path / "expectations"
         shutil.copytree(ROOT / "expectations/fraud_detection", expectations / NAME)
@@ -164,7 +177,12 @@ def aws_world(world, monkeypatch, tmp_path):
             f.write_text(json.dumps(suite))
         monkeypatch.setenv("MLB_USECASES_DIR", str(usecases))
         monkeypatch.setenv("MLB_EXPECTATIONS_DIR", str(expectations))
-        yield {"executions": executions, "kms": kms_arn["arn"], "uc": load_usecase(usecases / f"{NAME}.yaml"), "home": home}
+        yield {
+            "executions": executions,
+            "kms": kms_arn["arn"],
+            "uc": load_usecase(usecases / f"{NAME}.yaml"),
+            "home": home,
+        }
 
 
 def test_lakehouse_dag_on_aws_under_moto(aws_world):
@@ -199,15 +217,23 @@ def test_lakehouse_dag_on_aws_under_moto(aws_world):
     first_delete = kinds.index("DELETE")
     assert kinds[first_delete + 1] == "INSERT"
     inserts = [e["query"] for e in ex if e["query"].startswith("INSERT")]
-    assert any("transactions_landing_csv" in q for q in inserts) and any("transactions_landing_jsonl" in q for q in inserts)
+    assert any("transactions_landing_csv" in q for q in inserts) and any(
+        "transactions_landing_jsonl" in q for q in inserts
+    )
     # Silver: quarantine, duplicates and Silver are MERGEs keyed on record identity / primary key
     merges = [e["query"] for e in ex if e["query"].startswith("MERGE")]
-    assert any('MERGE INTO "fraud_lake"."transactions_silver"' in q and 't."transaction_id" = s."transaction_id"' in q for q in merges)
+    assert any(
+        'MERGE INTO "fraud_lake"."transactions_silver"' in q and 't."transaction_id" = s."transaction_id"' in q
+        for q in merges
+    )
     assert any('"transaction_features"' in q for q in merges), "Gold ran on the event dates the twin reported"
 
     s3 = boto3.client("s3", region_name=REGION)
-    written = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="fraud/")["Contents"]
-               if not o["Key"].startswith(("fraud/landing/", "fraud/_gates/"))]
+    written = [
+        o["Key"]
+        for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="fraud/")["Contents"]
+        if not o["Key"].startswith(("fraud/landing/", "fraud/_gates/"))
+    ]
     assert any("/_manifest/" in k for k in written) and any(k.endswith(".html") for k in written)
     for key in written:
         head = s3.head_object(Bucket=BUCKET, Key=key)
@@ -215,8 +241,15 @@ def test_lakehouse_dag_on_aws_under_moto(aws_world):
 
     glue = boto3.client("glue", region_name=REGION)
     tables = {t["Name"] for t in glue.get_tables(DatabaseName=DB)["TableList"]}
-    assert {"transactions_bronze", "transactions_silver", "transactions_quarantine", "transactions_duplicates",
-            "transaction_features", "transactions_landing_csv", "transactions_landing_jsonl"} <= tables
+    assert {
+        "transactions_bronze",
+        "transactions_silver",
+        "transactions_quarantine",
+        "transactions_duplicates",
+        "transaction_features",
+        "transactions_landing_csv",
+        "transactions_landing_jsonl",
+    } <= tables
 
     # the reconcile task read counts back from (the twin of) the tables and found them consistent
     rec = next(ti for ti in runs[-1].get_task_instances() if ti.task_id == "reconcile")
@@ -225,7 +258,8 @@ def test_lakehouse_dag_on_aws_under_moto(aws_world):
     assert result["ok"] and rows and all(r["landed"] > 0 and r["difference"] == 0 for r in rows)
     # the gates validated the unloaded rows with Great Expectations, in the worker
     gate = next(ti for ti in runs[-1].get_task_instances() if ti.task_id == "gate_silver__transactions").xcom_pull(
-        task_ids="gate_silver__transactions")
+        task_ids="gate_silver__transactions"
+    )
     assert gate["rows"] > 0 and gate["verdict"].startswith("PASSED") and gate["docs_path"].startswith(f"s3://{BUCKET}/")
 
 

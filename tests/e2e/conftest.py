@@ -17,8 +17,13 @@ START = date(2024, 3, 1)
 DAYS = 4
 ROWS = 20_000
 DEFECTS = DefectConfig(
-    malformed_record=1e-3, invalid_type=1e-3, missing_required=1e-3, out_of_range=1e-3, unknown_category=1e-3,
-    exact_duplicate=1e-3, key_duplicate=1e-3,
+    malformed_record=1e-3,
+    invalid_type=1e-3,
+    missing_required=1e-3,
+    out_of_range=1e-3,
+    unknown_category=1e-3,
+    exact_duplicate=1e-3,
+    key_duplicate=1e-3,
 )
 
 
@@ -31,7 +36,9 @@ class Pipeline:
     dag: Any
 
 
-def generate(home: Path, rows: int = ROWS, days: int = DAYS, seed: int = 7, defects: DefectConfig = DEFECTS) -> GenerationManifest:
+def generate(
+    home: Path, rows: int = ROWS, days: int = DAYS, seed: int = 7, defects: DefectConfig = DEFECTS
+) -> GenerationManifest:
     return generate_fraud(home / "landing", start=START, days=days, rows=rows, seed=seed, defects=defects)
 
 

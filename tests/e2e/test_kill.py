@@ -44,8 +44,14 @@ getattr(local, step)(uc, dataset, [date.fromisoformat(sys.argv[4])], run)
 @pytest.fixture(scope="module")
 def landing(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("kill-landing")
-    generate_fraud(src, start=DAY, days=1, rows=300_000, seed=11,
-                   defects=DefectConfig(exact_duplicate=2e-3, key_duplicate=0, malformed_record=1e-3))
+    generate_fraud(
+        src,
+        start=DAY,
+        days=1,
+        rows=300_000,
+        seed=11,
+        defects=DefectConfig(exact_duplicate=2e-3, key_duplicate=0, malformed_record=1e-3),
+    )
     return src
 
 
@@ -82,8 +88,18 @@ def kill_during(uc, home: Path, step: str, when) -> str:
     env = {**os.environ, "MLB_HOME": str(home), "MLB_DUCKDB_THREADS": "1", "PYTHONPATH": str(ROOT / "include")}
     before = write_dirs(home)
     proc = subprocess.Popen(
-        [sys.executable, "-c", STEP, str(ROOT / "dags/usecases/fraud_detection.yaml"), step, "transactions", DAY.isoformat()],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-c",
+            STEP,
+            str(ROOT / "dags/usecases/fraud_detection.yaml"),
+            step,
+            "transactions",
+            DAY.isoformat(),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 120
     try:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import read_table, table_fingerprint, all_tables, run_days
+from helpers import all_tables, read_table, run_days, table_fingerprint
 from mlblueprints.lakehouse import naming
 
 pytestmark = pytest.mark.slow
@@ -73,8 +72,15 @@ def test_every_injected_row_defect_has_its_outcome(in_pipeline_home, uc):
             assert silver.loc[d.transaction_id, "_source_file"] == d.path
             old = dups[(dups["_source_file"] == d.original_path) & (dups["_line_number"] == d.original_line)]
             assert list(old["_duplicate_kind"]) == ["key"], d
-    assert set(seen) == {"malformed_record", "invalid_type", "missing_required", "out_of_range", "unknown_category",
-                         "exact_duplicate", "key_duplicate"}, seen
+    assert set(seen) == {
+        "malformed_record",
+        "invalid_type",
+        "missing_required",
+        "out_of_range",
+        "unknown_category",
+        "exact_duplicate",
+        "key_duplicate",
+    }, seen
 
 
 def test_file_level_defects(in_pipeline_home, uc):
@@ -141,7 +147,9 @@ def independent_features(silver: pd.DataFrame) -> pd.DataFrame:
         out[f"{prefix}_txn_count_1h"] = cnt1h
         out[f"{prefix}_txn_count_24h"] = cnt24h
         if prefix == "card":
-            out.update(card_txn_count_7d=cnt7d, card_amount_sum_24h=sum24h, card_amount_avg_7d=avg7d, card_amount_max_7d=max7d)
+            out.update(
+                card_txn_count_7d=cnt7d, card_amount_sum_24h=sum24h, card_amount_avg_7d=avg7d, card_amount_max_7d=max7d
+            )
         else:
             out["merchant_amount_avg_7d"] = avg7d
     return pd.DataFrame(out).set_index("transaction_id")
@@ -218,7 +226,9 @@ def test_one_multi_day_run_equals_daily_runs(pipeline, uc, tmp_path, airflow_db)
     lineage = ignore + ("_source_file", "_file_checksum", "_line_number", "_landing_date")
     with runtime_home(pipeline.home):
         reference = {t: table_fingerprint(uc, t, ignore) for t in all_tables(uc)}
-        reference_business = {t: table_fingerprint(uc, t, lineage) for t in ("transactions_silver", "transaction_features")}
+        reference_business = {
+            t: table_fingerprint(uc, t, lineage) for t in ("transactions_silver", "transaction_features")
+        }
     for name, plans in (("together", [pipeline.days]), ("reverse", [[d] for d in reversed(pipeline.days)])):
         home = tmp_path / name
         (home / "landing").mkdir(parents=True)

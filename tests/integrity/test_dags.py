@@ -13,8 +13,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ["pandas", "pyarrow", "duckdb", "sklearn", "xgboost", "great_expectations", "evidently", "sagemaker",
-         "mlflow", "shap", "pyiceberg", "numpy", "sqlglot", "boto3"]
+HEAVY = [
+    "pandas",
+    "pyarrow",
+    "duckdb",
+    "sklearn",
+    "xgboost",
+    "great_expectations",
+    "evidently",
+    "sagemaker",
+    "mlflow",
+    "shap",
+    "pyiceberg",
+    "numpy",
+    "sqlglot",
+    "boto3",
+]
 
 PARSE = r"""
 import json, sys, warnings
@@ -33,7 +47,10 @@ def parse(dag_folder: Path, env: dict[str, str] | None = None) -> dict:
     """Parse a DAG folder in a fresh interpreter (sys.modules must start clean)."""
     out = subprocess.run(
         [sys.executable, "-c", PARSE, str(dag_folder), json.dumps(HEAVY)],
-        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=180,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=180,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -49,15 +49,35 @@ def test_config_hash_is_stable_and_sensitive():
 @pytest.mark.parametrize(
     ("mutate", "field", "reason"),
     [
-        (lambda d: d["datasets"]["transactions"]["schema"][5].update(type="money"), "datasets.transactions.schema[5].type", "unknown type 'money'"),
-        (lambda d: d["datasets"]["transactions"].update(primary_key=["nope"]), "datasets.transactions", "primary_key column 'nope' is not in the schema"),
-        (lambda d: d["datasets"]["transactions"].update(event_time="amount"), "datasets.transactions", "must have type timestamp"),
+        (
+            lambda d: d["datasets"]["transactions"]["schema"][5].update(type="money"),
+            "datasets.transactions.schema[5].type",
+            "unknown type 'money'",
+        ),
+        (
+            lambda d: d["datasets"]["transactions"].update(primary_key=["nope"]),
+            "datasets.transactions",
+            "primary_key column 'nope' is not in the schema",
+        ),
+        (
+            lambda d: d["datasets"]["transactions"].update(event_time="amount"),
+            "datasets.transactions",
+            "must have type timestamp",
+        ),
         (lambda d: d.update(retries=0), "retries", "greater than or equal to 2"),
         (lambda d: d.update(tragte="aws"), "tragte", "unknown field"),
         (lambda d: d.update(target="aws", aws=None), "<root>", "target is aws but the aws section is missing"),
         (lambda d: d["aws"].update(kms_key_arn="my-key"), "aws.kms_key_arn", "should match pattern"),
-        (lambda d: d["gold"]["transaction_features"].update(inputs=["payments"]), "<root>", "unknown data set 'payments'"),
-        (lambda d: d["datasets"]["transactions"]["schema"][6].update(min=5), "datasets.transactions.schema[6]", "min/max apply to numeric columns"),
+        (
+            lambda d: d["gold"]["transaction_features"].update(inputs=["payments"]),
+            "<root>",
+            "unknown data set 'payments'",
+        ),
+        (
+            lambda d: d["datasets"]["transactions"]["schema"][6].update(min=5),
+            "datasets.transactions.schema[6]",
+            "min/max apply to numeric columns",
+        ),
         (lambda d: d.update(start_date="yesterday"), "start_date", "valid date"),
     ],
 )

@@ -20,10 +20,11 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-import mlblueprints
 import numpy as np
 import pytest
 import yaml
+
+import mlblueprints
 from mlblueprints.datagen import (
     CATEGORIES,
     CHANNELS,

@@ -18,22 +18,40 @@ ROOT = Path(__file__).resolve().parents[2]
 UC = load_usecase(ROOT / "dags" / "usecases" / "fraud_detection.yaml")
 TX = UC.datasets["transactions"]
 GOOD = {
-    "transaction_id": "tx_1", "event_time": "2024-03-01T10:00:00Z", "card_id": "card_1", "customer_id": "c1",
-    "merchant_id": "m1", "amount": "10.50", "currency": "USD", "channel": "pos", "merchant_category": "grocery",
-    "country": "US", "is_fraud": "0",
+    "transaction_id": "tx_1",
+    "event_time": "2024-03-01T10:00:00Z",
+    "card_id": "card_1",
+    "customer_id": "c1",
+    "merchant_id": "m1",
+    "amount": "10.50",
+    "currency": "USD",
+    "channel": "pos",
+    "merchant_category": "grocery",
+    "country": "US",
+    "is_fraud": "0",
 }
 
 
 def bronze(con: duckdb.DuckDBPyConnection, rows: list[dict]) -> None:
     cols = [c.name for c in TX.columns]
     con.execute(
-        "CREATE OR REPLACE TABLE b (" + ", ".join(f'"{c}" VARCHAR' for c in cols)
+        "CREATE OR REPLACE TABLE b ("
+        + ", ".join(f'"{c}" VARCHAR' for c in cols)
         + ", _extra VARCHAR, _raw_record VARCHAR, _parse_error VARCHAR, _source_file VARCHAR, _file_checksum VARCHAR,"
         " _line_number BIGINT, _ingest_run_id VARCHAR, _ingest_time TIMESTAMP, _landing_date DATE)"
     )
     for i, r in enumerate(rows):
-        vals = [r.get(c) for c in cols] + [None, r.get("_raw_record"), None, "f.csv", "chk", i + 2, "run",
-                                           datetime(2024, 3, 1, 12), date(2024, 3, 1)]
+        vals = [r.get(c) for c in cols] + [
+            None,
+            r.get("_raw_record"),
+            None,
+            "f.csv",
+            "chk",
+            i + 2,
+            "run",
+            datetime(2024, 3, 1, 12),
+            date(2024, 3, 1),
+        ]
         con.execute(f"INSERT INTO b VALUES ({', '.join('?' for _ in vals)})", vals)
 
 
@@ -41,7 +59,9 @@ def verdicts(rows: list[dict]) -> list[tuple]:
     con = duckdb.connect()
     bronze(con, rows)
     sql = sqlgen.silver_validate_sql(TX, "b")
-    return con.execute(f"SELECT _reason_code, _reason_column, _reason_detail FROM ({sql}) ORDER BY _line_number").fetchall()
+    return con.execute(
+        f"SELECT _reason_code, _reason_column, _reason_detail FROM ({sql}) ORDER BY _line_number"
+    ).fetchall()
 
 
 @pytest.mark.parametrize(
@@ -93,7 +113,11 @@ def test_typed_values_and_event_date():
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from([c.name for c in TX.columns]), st.one_of(st.none(), st.text(max_size=12)), max_size=11))
+@given(
+    st.dictionaries(
+        st.sampled_from([c.name for c in TX.columns]), st.one_of(st.none(), st.text(max_size=12)), max_size=11
+    )
+)
 def test_any_text_gets_exactly_one_verdict(values):
     """Untrusted landed values never crash typing, and a row is valid or has one reason code."""
     (got,) = verdicts([{**GOOD, **values}])
@@ -115,8 +139,22 @@ def test_resolve_latest_ingest_wins_and_kinds():
         "('tx_2', 5.0, DATE '2024-03-01', 'a.csv', 'k1', 4, DATE '2024-03-01', TIMESTAMP '2024-03-02 00:00:00')"
         ") AS t(transaction_id, amount, event_date, _source_file, _file_checksum, _line_number, _landing_date, _ingest_time)"
     )
-    others = [c for c in cols if c not in ("transaction_id", "amount", "event_date", "_source_file", "_file_checksum", "_line_number", "_landing_date", "_ingest_time")]
-    con.execute("CREATE VIEW cand AS SELECT *, " + ", ".join(f"NULL AS \"{c}\"" for c in others) + " FROM c")
+    others = [
+        c
+        for c in cols
+        if c
+        not in (
+            "transaction_id",
+            "amount",
+            "event_date",
+            "_source_file",
+            "_file_checksum",
+            "_line_number",
+            "_landing_date",
+            "_ingest_time",
+        )
+    ]
+    con.execute("CREATE VIEW cand AS SELECT *, " + ", ".join(f'NULL AS "{c}"' for c in others) + " FROM c")
     rows = con.execute(
         f"SELECT transaction_id, amount, _line_number, _version_rank, _duplicate_kind, _kept_line_number "
         f"FROM ({sqlgen.silver_resolve_sql(TX, 'cand')}) ORDER BY 1, 4"
@@ -136,7 +174,9 @@ def test_transforms_transpile_to_valid_trino(which):
     elif which == "resolve":
         sql = sqlgen.silver_resolve_sql(TX, "db.c")
     else:
-        sql = sqlgen.gold_with_inputs(UC.gold_sql_path("transaction_features").read_text(), {"transactions": "SELECT * FROM db.s"})
+        sql = sqlgen.gold_with_inputs(
+            UC.gold_sql_path("transaction_features").read_text(), {"transactions": "SELECT * FROM db.s"}
+        )
     trino = sqlgen.to_trino(sql)
     sqlgen.validate_trino(trino)
     assert "TRY_STRPTIME" not in trino.upper() and "QUALIFY" not in trino.upper()
@@ -148,7 +188,11 @@ def test_gold_output_columns_and_cte_binding():
     sql = UC.gold_sql_path("transaction_features").read_text()
     cols = sqlgen.output_columns(sql)
     assert cols[0] == "transaction_id" and "card_txn_count_24h" in cols and "event_date" in cols
-    bound = sqlgen.gold_with_inputs("WITH x AS (SELECT 1 AS a) SELECT a FROM x JOIN transactions USING (a)", {"transactions": "SELECT 1 AS a"})
+    bound = sqlgen.gold_with_inputs(
+        "WITH x AS (SELECT 1 AS a) SELECT a FROM x JOIN transactions USING (a)", {"transactions": "SELECT 1 AS a"}
+    )
     assert bound.index("transactions AS") < bound.index("x AS")
     with pytest.raises(ValueError, match="CTEs named like its inputs"):
-        sqlgen.gold_with_inputs("WITH transactions AS (SELECT 1 AS a) SELECT a FROM transactions", {"transactions": "SELECT 1 AS a"})
+        sqlgen.gold_with_inputs(
+            "WITH transactions AS (SELECT 1 AS a) SELECT a FROM transactions", {"transactions": "SELECT 1 AS a"}
+        )

@@ -18,7 +18,7 @@ patterns can be scheduled on Gold.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import DAG, Asset, Param, TriggerRule, get_current_context, task
@@ -102,15 +102,19 @@ def _engine(uc: UseCase) -> Any:
 def build_lakehouse_dag(uc: UseCase) -> DAG:
     """Build ``<usecase>__lakehouse`` for one use case."""
     assets = lakehouse_assets(uc)
-    start = datetime.combine(uc.start_date, datetime.min.time(), tzinfo=timezone.utc)
-    end = datetime.combine(uc.end_date, datetime.min.time(), tzinfo=timezone.utc) if uc.end_date else None
+    start = datetime.combine(uc.start_date, datetime.min.time(), tzinfo=UTC)
+    end = datetime.combine(uc.end_date, datetime.min.time(), tzinfo=UTC) if uc.end_date else None
     params = {
         "landing_dates": Param(
-            [], type="array", items={"type": "string", "format": "date"},
+            [],
+            type="array",
+            items={"type": "string", "format": "date"},
             description="Landing dates to process (YYYY-MM-DD). Empty: the days of the data interval.",
         ),
         "datasets": Param(
-            [], type="array", items={"type": "string", "enum": sorted(uc.datasets)},
+            [],
+            type="array",
+            items={"type": "string", "enum": sorted(uc.datasets)},
             description="Data sets to process. Empty: all.",
         ),
         "compact": Param(True, type="boolean", description="Run compaction of small files after the gates."),
@@ -221,8 +225,12 @@ def _dataset_tasks(uc: UseCase, dataset: str, assets: dict[str, Asset]) -> tuple
         out = _engine(uc).build_silver(uc, dataset, _dates(uc), _run_info(uc))
         log.info(
             "%s: landed %s -> silver %s, quarantined %s %s, duplicates %s",
-            dataset, out["rows_landed"], out["rows_into_silver"], out["quarantined"],
-            out["quarantine_reasons"], out["duplicates"],
+            dataset,
+            out["rows_landed"],
+            out["rows_into_silver"],
+            out["quarantined"],
+            out["quarantine_reasons"],
+            out["duplicates"],
         )
         return out
 

@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +109,17 @@ def gold_columns(uc: UseCase, gold: str) -> list[tuple[str, str]]:
     out = []
     for name, dtype in zip(rel.columns, rel.types):
         t = str(dtype).lower()
-        t = {"varchar": "string", "integer": "int", "bigint": "bigint", "double": "double", "float": "double",
-             "date": "date", "timestamp": "timestamp", "boolean": "boolean", "hugeint": "bigint"}.get(t, t)
+        t = {
+            "varchar": "string",
+            "integer": "int",
+            "bigint": "bigint",
+            "double": "double",
+            "float": "double",
+            "date": "date",
+            "timestamp": "timestamp",
+            "boolean": "boolean",
+            "hugeint": "bigint",
+        }.get(t, t)
         out.append((name, t))
     if "event_date" not in rel.columns:
         out.append(("event_date", "date"))
@@ -132,7 +141,7 @@ def ensure_tables(uc: UseCase, rt: AwsRuntime) -> list[str]:
         glue.create_database(DatabaseInput=req.glue_database_input(aws, f"mlblueprints use case {uc.name}"))
         created.append(aws.glue_database)
     wanted = []
-    for ds_name, ds in uc.datasets.items():
+    for ds_name in uc.datasets:
         for kind in (naming.BRONZE, naming.SILVER, naming.QUARANTINE, naming.DUPLICATES):
             wanted.append(naming.table_name(ds_name, kind))
     wanted += list(uc.gold)
@@ -216,12 +225,20 @@ def read_manifests(uc: UseCase, dataset: str, rt: AwsRuntime) -> list[dict[str, 
     return rows
 
 
-def bronze_insert_sql(uc: UseCase, dataset: str, fmt: str, landing: date, files: list[dict[str, Any]], run: RunInfo, ingest_time: datetime) -> str:
+def bronze_insert_sql(
+    uc: UseCase, dataset: str, fmt: str, landing: date, files: list[dict[str, Any]], run: RunInfo, ingest_time: datetime
+) -> str:
     """INSERT the records of the given landed files into Bronze (Trino SQL)."""
     ds = uc.datasets[dataset]
     paths = ", ".join(literal(f["uri"]) for f in files)
-    checksum = "CASE \"$path\" " + " ".join(f"WHEN {literal(f['uri'])} THEN {literal(f['file_checksum'])}" for f in files) + " END"
-    rel = "CASE \"$path\" " + " ".join(f"WHEN {literal(f['uri'])} THEN {literal(f['source_file'])}" for f in files) + " END"
+    checksum = (
+        'CASE "$path" '
+        + " ".join(f"WHEN {literal(f['uri'])} THEN {literal(f['file_checksum'])}" for f in files)
+        + " END"
+    )
+    rel = (
+        'CASE "$path" ' + " ".join(f"WHEN {literal(f['uri'])} THEN {literal(f['source_file'])}" for f in files) + " END"
+    )
     meta = (
         f"{rel} AS _source_file, {checksum} AS _file_checksum, "
         f"{literal(run.run_id)} AS _ingest_run_id, "
@@ -234,9 +251,9 @@ def bronze_insert_sql(uc: UseCase, dataset: str, fmt: str, landing: date, files:
         select = (
             f"SELECT {', '.join(ident(n) for n in names)}, CAST(NULL AS VARCHAR) AS _extra, "
             "CAST(NULL AS VARCHAR) AS _raw_record, CAST(NULL AS VARCHAR) AS _parse_error, "
-            f"{meta}, ROW_NUMBER() OVER (PARTITION BY \"$path\" ORDER BY {order}) AS _line_number "
+            f'{meta}, ROW_NUMBER() OVER (PARTITION BY "$path" ORDER BY {order}) AS _line_number '
             f"FROM {fq(uc, landing_table(dataset, 'csv'))} "
-            f"WHERE landing_date = {literal(landing.isoformat())} AND \"$path\" IN ({paths})"
+            f'WHERE landing_date = {literal(landing.isoformat())} AND "$path" IN ({paths})'
         )
     else:
         ok = "(TRY(JSON_PARSE(line)) IS NOT NULL AND JSON_FORMAT(TRY(JSON_PARSE(line))) LIKE '{%')"
@@ -247,9 +264,9 @@ def bronze_insert_sql(uc: UseCase, dataset: str, fmt: str, landing: date, files:
         select = (
             f"SELECT {fields}, CAST(NULL AS VARCHAR) AS _extra, CASE WHEN NOT {ok} THEN line END AS _raw_record, "
             f"CASE WHEN NOT {ok} THEN 'invalid JSON or not an object' END AS _parse_error, {meta}, "
-            "ROW_NUMBER() OVER (PARTITION BY \"$path\" ORDER BY line) AS _line_number "
+            'ROW_NUMBER() OVER (PARTITION BY "$path" ORDER BY line) AS _line_number '
             f"FROM {fq(uc, landing_table(dataset, 'jsonl'))} "
-            f"WHERE landing_date = {literal(landing.isoformat())} AND \"$path\" IN ({paths}) "
+            f'WHERE landing_date = {literal(landing.isoformat())} AND "$path" IN ({paths}) '
             "AND TRIM(line) <> ''"
         )
     cols = ", ".join(ident(n) for n in names + [m for m, _ in BRONZE_META_TYPES])
@@ -265,13 +282,19 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo, rt
     ds = uc.datasets[dataset]
     s3 = rt.session.client("s3", region_name=aws.region)
     bucket, prefix = req.split_s3_uri(landing_prefix(uc, ds))
-    summary: dict[str, Any] = {"dataset": dataset, "landing_dates": [d.isoformat() for d in dates], "files": [], "warnings": [], "statements": []}
+    summary: dict[str, Any] = {
+        "dataset": dataset,
+        "landing_dates": [d.isoformat() for d in dates],
+        "files": [],
+        "warnings": [],
+        "statements": [],
+    }
     manifest = read_manifests(uc, dataset, rt)
     by_checksum = {r["file_checksum"]: r["source_file"] for r in manifest if r["status"] == "ingested"}
     seen = {(r["source_file"], r["file_checksum"]): r["status"] for r in manifest if r["status"] != "rejected"}
     status: dict[str, int] = {}
     for landing in sorted(dates):
-        ingest_time = datetime.now(timezone.utc).replace(tzinfo=None)
+        ingest_time = datetime.now(UTC).replace(tzinfo=None)
         day_prefix = f"{prefix.rstrip('/')}/{landing.isoformat()}/"
         objs = []
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=day_prefix):
@@ -283,9 +306,17 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo, rt
             parent = prefix.rstrip("/").rpartition("/")[0]
             rel = o["Key"][len(parent) + 1 :] if parent else o["Key"]  # <dataset dir>/<landing date>/<file>
             fmt = FORMATS.get(Path(o["Key"]).suffix.lower(), "none")
-            f = {"source_file": rel, "uri": f"s3://{bucket}/{o['Key']}", "file_checksum": _checksum(head),
-                 "format": fmt, "size_bytes": o["Size"], "records": None, "status": "ingested",
-                 "duplicate_of": None, "reason": None}
+            f = {
+                "source_file": rel,
+                "uri": f"s3://{bucket}/{o['Key']}",
+                "file_checksum": _checksum(head),
+                "format": fmt,
+                "size_bytes": o["Size"],
+                "records": None,
+                "status": "ingested",
+                "duplicate_of": None,
+                "reason": None,
+            }
             f["new"] = (rel, f["file_checksum"]) not in seen
             if not f["new"]:
                 prior = seen[rel, f["file_checksum"]]
@@ -322,11 +353,31 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo, rt
         day_manifest = [f for f in outcomes if f["new"]]
         if day_manifest:
             old = [r for r in manifest if r.get("landing_date") == landing.isoformat()]
-            keep = [r for r in old if (r["source_file"], r["file_checksum"]) not in {(f["source_file"], f["file_checksum"]) for f in day_manifest}]
-            body = {"files": keep + [{**f, "landing_date": landing.isoformat(), "ingest_run_id": run.run_id,
-                                       "ingest_time": ingest_time.isoformat()} for f in day_manifest]}
-            s3.put_object(Bucket=aws.bucket, Key=_manifest_key(uc, dataset, landing),
-                          Body=json.dumps(body, indent=1).encode(), ContentType="application/json", **req.s3_put_kms(aws))
+            keep = [
+                r
+                for r in old
+                if (r["source_file"], r["file_checksum"])
+                not in {(f["source_file"], f["file_checksum"]) for f in day_manifest}
+            ]
+            body = {
+                "files": keep
+                + [
+                    {
+                        **f,
+                        "landing_date": landing.isoformat(),
+                        "ingest_run_id": run.run_id,
+                        "ingest_time": ingest_time.isoformat(),
+                    }
+                    for f in day_manifest
+                ]
+            }
+            s3.put_object(
+                Bucket=aws.bucket,
+                Key=_manifest_key(uc, dataset, landing),
+                Body=json.dumps(body, indent=1).encode(),
+                ContentType="application/json",
+                **req.s3_put_kms(aws),
+            )
         summary["files"] += [{**f, "landing_date": landing.isoformat()} for f in outcomes]
     summary["file_status"] = status
     summary["rows_landed"] = None  # Athena's INSERT reports rows in the query statistics, not here
@@ -359,8 +410,8 @@ def silver_statements(uc: UseCase, dataset: str, dates: list[date]) -> list[Stat
         SELECT {cols} FROM (
             SELECT u.*, ROW_NUMBER() OVER (PARTITION BY _file_checksum, _line_number ORDER BY _src) AS _n FROM (
                 SELECT {cols}, 0 AS _src FROM {new_valid} AS n
-                UNION ALL SELECT {cols}, 1 AS _src FROM {silver_t} AS s WHERE {key_in_new('s')}
-                UNION ALL SELECT {cols}, 2 AS _src FROM {dups_t} AS d WHERE {key_in_new('d')}
+                UNION ALL SELECT {cols}, 1 AS _src FROM {silver_t} AS s WHERE {key_in_new("s")}
+                UNION ALL SELECT {cols}, 2 AS _src FROM {dups_t} AS d WHERE {key_in_new("d")}
             ) AS u
         ) AS w WHERE _n = 1
     )"""
@@ -384,7 +435,12 @@ def silver_statements(uc: UseCase, dataset: str, dates: list[date]) -> list[Stat
     d_src = f"(SELECT {', '.join(ident(c) for c in d_cols)} FROM {resolved} AS r WHERE r._version_rank > 1)"
     s_src = f"(SELECT {cols} FROM {resolved} AS r WHERE r._version_rank = 1)"
     out = [
-        Statement("silver_quarantine", merge(fq(uc, naming.table_name(dataset, naming.QUARANTINE)), q_src, identity, q_cols, False), "merge", q_src),
+        Statement(
+            "silver_quarantine",
+            merge(fq(uc, naming.table_name(dataset, naming.QUARANTINE)), q_src, identity, q_cols, False),
+            "merge",
+            q_src,
+        ),
         Statement("silver_duplicates", merge(dups_t, d_src, identity, d_cols, False), "merge", d_src),
         Statement("silver_merge", merge(silver_t, s_src, pk, s_cols, True), "merge", s_src),
     ]
@@ -472,7 +528,12 @@ def build_gold(uc: UseCase, gold: str, touched: dict[str, list[str]], run: RunIn
         return {"table": gold, "rows_written": 0, "recomputed": None}
     st = gold_statement(uc, gold, *rng)
     rt.run_query(st)
-    return {"table": gold, "recomputed": [rng[0].isoformat(), rng[1].isoformat()], "rows_written": None, "statements": [st.name]}
+    return {
+        "table": gold,
+        "recomputed": [rng[0].isoformat(), rng[1].isoformat()],
+        "rows_written": None,
+        "statements": [st.name],
+    }
 
 
 # ---------------------------------------------------------------- reconciliation, compaction
@@ -489,7 +550,9 @@ def reconcile_statement(uc: UseCase, dataset: str, landing: list[str]) -> Statem
     return _trino(Statement(f"reconcile_{dataset}", sql, "select", sql))
 
 
-def reconcile(uc: UseCase, silver_summaries: list[dict[str, Any]], ingest_summaries: list[dict[str, Any]], rt: AwsRuntime) -> dict[str, Any]:
+def reconcile(
+    uc: UseCase, silver_summaries: list[dict[str, Any]], ingest_summaries: list[dict[str, Any]], rt: AwsRuntime
+) -> dict[str, Any]:
     report: dict[str, Any] = {"datasets": {}, "ok": True, "problems": []}
     for s in silver_summaries:
         landing = sorted({*s["landing_dates"], *s.get("superseded_landing_dates", [])})
@@ -505,7 +568,16 @@ def reconcile(uc: UseCase, silver_summaries: list[dict[str, Any]], ingest_summar
             landed = c.get(naming.BRONZE, 0)
             kept, q, dup = c.get(naming.SILVER, 0), c.get(naming.QUARANTINE, 0), c.get(naming.DUPLICATES, 0)
             diff = landed - (kept + q + dup)
-            out.append({"landing_date": d, "landed": landed, "silver": kept, "quarantined": q, "duplicates": dup, "difference": diff})
+            out.append(
+                {
+                    "landing_date": d,
+                    "landed": landed,
+                    "silver": kept,
+                    "quarantined": q,
+                    "duplicates": dup,
+                    "difference": diff,
+                }
+            )
             if diff:
                 report["ok"] = False
                 report["problems"].append(
@@ -526,7 +598,9 @@ def compact(uc: UseCase, run: RunInfo, rt: AwsRuntime, tables: list[str] | None 
     """Athena's OPTIMIZE ... REWRITE DATA USING BIN_PACK on every lakehouse table (Athena
     decides which files are small from the table's target file size)."""
     names = tables or [
-        naming.table_name(ds, k) for ds in uc.datasets for k in (naming.BRONZE, naming.SILVER, naming.QUARANTINE, naming.DUPLICATES)
+        naming.table_name(ds, k)
+        for ds in uc.datasets
+        for k in (naming.BRONZE, naming.SILVER, naming.QUARANTINE, naming.DUPLICATES)
     ] + list(uc.gold)
     out = {"tables": {}}
     for name in names:
@@ -562,7 +636,12 @@ def gate(uc: UseCase, table: str, layer: str, scope: dict[str, Any], run: RunInf
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{run.run_id}__{run.try_number}")
     target = aws.s3_uri("_gates", name, layer, safe) + "/"
     body = sqlgen.to_trino(f"SELECT * FROM {fq(uc, name)} WHERE {where}")
-    st = Statement(f"gate_unload_{name}", f"UNLOAD ({body}) TO {literal(target)} WITH (format = 'PARQUET', compression = 'ZSTD')", "unload", body)
+    st = Statement(
+        f"gate_unload_{name}",
+        f"UNLOAD ({body}) TO {literal(target)} WITH (format = 'PARQUET', compression = 'ZSTD')",
+        "unload",
+        body,
+    )
     rt.run_query(st)
     s3 = rt.session.client("s3", region_name=aws.region)
     bucket, prefix = req.split_s3_uri(target)
@@ -579,11 +658,23 @@ def gate(uc: UseCase, table: str, layer: str, scope: dict[str, Any], run: RunInf
         if files:
             src = f"SELECT * FROM read_parquet({[*files]!r}, union_by_name = true)"
         else:  # nothing unloaded: validate an empty, typed relation
-            src = "SELECT " + ", ".join(f"CAST(NULL AS {sqlgen.sql_type(t)}) AS {ident(c)}" for c, t in cols) + " WHERE FALSE"
+            src = (
+                "SELECT "
+                + ", ".join(f"CAST(NULL AS {sqlgen.sql_type(t)}) AS {ident(c)}" for c, t in cols)
+                + " WHERE FALSE"
+            )
         con.execute(f"CREATE VIEW batch AS {src}")
         quality_dir = runtime.path("quality", uc.name)
-        report = run_gate(con, "batch", suite_name=suite, table=name, layer=layer, run_name=f"{run.run_id}__{run.try_number}",
-                          quality_dir=quality_dir, result_format=uc.lakehouse.gate_result_format)
+        report = run_gate(
+            con,
+            "batch",
+            suite_name=suite,
+            table=name,
+            layer=layer,
+            run_name=f"{run.run_id}__{run.try_number}",
+            quality_dir=quality_dir,
+            result_format=uc.lakehouse.gate_result_format,
+        )
     _upload_dir(s3, aws, quality_dir, aws.s3_uri("quality"), since=started - 1)
     report.docs_path = aws.s3_uri("quality", Path(report.docs_path).relative_to(quality_dir).as_posix())
     report.results_path = aws.s3_uri("quality", Path(report.results_path).relative_to(quality_dir).as_posix())
@@ -597,6 +688,11 @@ def _upload_dir(s3: Any, aws: Any, directory: Path, uri: str, since: float) -> N
     for p in directory.rglob("*"):
         if p.is_file() and p.stat().st_mtime >= since:
             key = f"{prefix}/{p.relative_to(directory).as_posix()}"
-            ctype = "text/html" if p.suffix == ".html" else "application/json" if p.suffix == ".json" else "application/octet-stream"
+            ctype = (
+                "text/html"
+                if p.suffix == ".html"
+                else "application/json"
+                if p.suffix == ".json"
+                else "application/octet-stream"
+            )
             s3.put_object(Bucket=bucket, Key=key, Body=p.read_bytes(), ContentType=ctype, **req.s3_put_kms(aws))
-

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+from pyiceberg import types as it
 from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression, EqualTo, In
 from pyiceberg.table import Table
-from pyiceberg import types as it
 
 from mlblueprints import runtime
 
@@ -104,8 +104,7 @@ def _check_and_evolve(table: Table, schema: pa.Schema) -> None:
             want = _iceberg_type(f.type)
             if want is not None and not _compatible(have, want):
                 raise TypeError(
-                    f"table {'.'.join(table.name())}: column {f.name!r} has type {have} but the "
-                    f"write produces {want}"
+                    f"table {'.'.join(table.name())}: column {f.name!r} has type {have} but the write produces {want}"
                 )
     if missing:
         with table.update_schema() as upd:
@@ -170,8 +169,7 @@ def data_files(table: Table, row_filter: BooleanExpression = AlwaysTrue()) -> li
     for task in table.scan(row_filter=row_filter).plan_files():
         if task.delete_files:
             raise RuntimeError(
-                f"table {'.'.join(table.name())} has delete files; this reader supports "
-                "copy-on-write tables only"
+                f"table {'.'.join(table.name())} has delete files; this reader supports copy-on-write tables only"
             )
         files.append(_local_path(task.file.file_path))
     return files

@@ -26,11 +26,22 @@ def tables_text(uc: UseCase) -> str:
         total = int(summary.get("total-records", 0)) if summary else 0
         files = int(summary.get("total-data-files", 0)) if summary else 0
         size = int(summary.get("total-files-size", 0)) if summary else 0
-        rows.append((naming.identifier(uc, name), f"{total:,}", str(files), f"{size / 1e6:.1f}", str(len(t.snapshots())), t.location().removeprefix("file://")))
+        rows.append(
+            (
+                naming.identifier(uc, name),
+                f"{total:,}",
+                str(files),
+                f"{size / 1e6:.1f}",
+                str(len(t.snapshots())),
+                t.location().removeprefix("file://"),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = ["Iceberg tables (SQLite catalog):"]
     for r in rows:
-        out.append("  " + "  ".join(v.ljust(w) if i in (0, 5) else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
+        out.append(
+            "  " + "  ".join(v.ljust(w) if i in (0, 5) else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+        )
     return "\n".join(out)
 
 

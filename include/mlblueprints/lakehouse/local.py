@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from pyiceberg.table import Table
 from mlblueprints import runtime
 from mlblueprints.config import Dataset, UseCase
 from mlblueprints.lakehouse import iceberg, naming, sqlgen
-from mlblueprints.lakehouse.sqlgen import LINEAGE, ident, literal
+from mlblueprints.lakehouse.sqlgen import ident, literal
 from mlblueprints.lineage import RunInfo
 
 log = logging.getLogger(__name__)
@@ -296,14 +296,21 @@ def _read_csv_file(
     con.register("_lines_arrow", pa.table({"_line": pa.array(lines, pa.int64())}))
     con.execute("CREATE OR REPLACE TEMP TABLE _lines AS SELECT * FROM _lines_arrow")
     con.unregister("_lines_arrow")
-    con.register("_rejects_arrow", pa.table({
-        "_line": pa.array([r[0] for r in rejects], pa.int64()),
-        "csv_line": pa.array([r[1] for r in rejects], pa.string()),
-        "err": pa.array([r[2] for r in rejects], pa.string()),
-    }))
+    con.register(
+        "_rejects_arrow",
+        pa.table(
+            {
+                "_line": pa.array([r[0] for r in rejects], pa.int64()),
+                "csv_line": pa.array([r[1] for r in rejects], pa.string()),
+                "err": pa.array([r[2] for r in rejects], pa.string()),
+            }
+        ),
+    )
     con.execute("CREATE OR REPLACE TEMP TABLE _rejects AS SELECT * FROM _rejects_arrow")
     con.unregister("_rejects_arrow")
-    good_cols = [f"g.{ident(n)} AS {ident(n)}" if n in header else f"CAST(NULL AS VARCHAR) AS {ident(n)}" for n in declared]
+    good_cols = [
+        f"g.{ident(n)} AS {ident(n)}" if n in header else f"CAST(NULL AS VARCHAR) AS {ident(n)}" for n in declared
+    ]
     extra_sql = (
         "CAST(json_object(" + ", ".join(f"{literal(e)}, g.{ident(e)}" for e in extra) + ") AS VARCHAR)"
         if extra
@@ -342,10 +349,15 @@ def _read_jsonl_file(
     con.register("_lines_arrow", pa.table({"_line": pa.array(lines, pa.int64())}))
     con.execute("CREATE OR REPLACE TEMP TABLE _lines AS SELECT * FROM _lines_arrow")
     con.unregister("_lines_arrow")
-    con.register("_rejects_arrow", pa.table({
-        "_line": pa.array([r[0] for r in rejects], pa.int64()),
-        "csv_line": pa.array([r[1] for r in rejects], pa.string()),
-    }))
+    con.register(
+        "_rejects_arrow",
+        pa.table(
+            {
+                "_line": pa.array([r[0] for r in rejects], pa.int64()),
+                "csv_line": pa.array([r[1] for r in rejects], pa.string()),
+            }
+        ),
+    )
     con.execute("CREATE OR REPLACE TEMP TABLE _rejects AS SELECT * FROM _rejects_arrow")
     con.unregister("_rejects_arrow")
     n_blank = _scalar(con, "SELECT COUNT(*) FROM _good WHERE line IS NULL OR TRIM(line) = ''")
@@ -353,7 +365,8 @@ def _read_jsonl_file(
     removal = json.dumps({n: None for n in declared})
     ok = "(j IS NOT NULL AND json_type(j) = 'OBJECT')"
     fields = ", ".join(
-        f"CASE WHEN {ok} THEN json_extract_string(j, {literal('$.' + json.dumps(n))}) END AS {ident(n)}" for n in declared
+        f"CASE WHEN {ok} THEN json_extract_string(j, {literal('$.' + json.dumps(n))}) END AS {ident(n)}"
+        for n in declared
     )
     sql = f"""
         WITH p AS (
@@ -388,9 +401,7 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) ->
     con = connect()
     bronze = _ensure(uc, con, naming.table_name(dataset, naming.BRONZE), _bronze_empty_sql(ds), "_landing_date")
     con.register("_files_schema", FILES_SCHEMA.empty_table())
-    files_tbl = _ensure(
-        uc, con, naming.table_name(dataset, naming.BRONZE_FILES), "SELECT * FROM _files_schema", None
-    )
+    files_tbl = _ensure(uc, con, naming.table_name(dataset, naming.BRONZE_FILES), "SELECT * FROM _files_schema", None)
     summary: dict[str, Any] = {"dataset": dataset, "landing_dates": _iso(dates), "files": [], "warnings": []}
     totals: Counter[str] = Counter()
     for landing in sorted(dates):
@@ -398,15 +409,13 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) ->
         # a file already seen with a final outcome keeps it (and its original ingest metadata);
         # a rejected file is tried again
         seen = {(r["source_file"], r["file_checksum"]): r["status"] for r in manifest if r["status"] != "rejected"}
-        by_checksum = {
-            r["file_checksum"]: r["source_file"] for r in manifest if r["status"] == "ingested"
-        }
+        by_checksum = {r["file_checksum"]: r["source_file"] for r in manifest if r["status"] == "ingested"}
         directory = root / landing.isoformat()
         paths = sorted(p for p in directory.glob("*") if p.is_file() and not p.name.startswith(("_", ".")))
         outcomes: list[FileOutcome] = []
         staged: list[str] = []
         con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {_bronze_empty_sql(ds)}")
-        ingest_time = datetime.now(timezone.utc).replace(tzinfo=None)
+        ingest_time = datetime.now(UTC).replace(tzinfo=None)
         for p in paths:
             rel = p.relative_to(root.parent).as_posix()  # <dataset dir>/<landing date>/<file>
             checksum, size, physical = _digest(p)
@@ -448,12 +457,15 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) ->
         new = [o for o in outcomes if o.new]
         props = run.snapshot_properties(landing_dates=[landing.isoformat()], step="bronze")
         if staged:
-            replace = And(
-                EqualTo("_landing_date", landing.isoformat()), iceberg.in_filter("_file_checksum", staged)
-            )
+            replace = And(EqualTo("_landing_date", landing.isoformat()), iceberg.in_filter("_file_checksum", staged))
             iceberg.write(
-                con, bronze, "SELECT * FROM _stage", replace=replace, partition_by="_landing_date",
-                snapshot_properties=props, target_file_size=target_file_size(uc),
+                con,
+                bronze,
+                "SELECT * FROM _stage",
+                replace=replace,
+                partition_by="_landing_date",
+                snapshot_properties=props,
+                target_file_size=target_file_size(uc),
             )
         if new:
             rows = pa.Table.from_pylist([o.as_row(landing, run, ingest_time) for o in new], schema=FILES_SCHEMA)
@@ -462,9 +474,13 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) ->
                 And(EqualTo("source_file", o.source_file), EqualTo("file_checksum", o.file_checksum)) for o in new
             )
             iceberg.write(
-                con, files_tbl, "SELECT * FROM _manifest_new",
-                replace=And(EqualTo("landing_date", landing.isoformat()), key), partition_by=None,
-                snapshot_properties=props, target_file_size=target_file_size(uc),
+                con,
+                files_tbl,
+                "SELECT * FROM _manifest_new",
+                replace=And(EqualTo("landing_date", landing.isoformat()), key),
+                partition_by=None,
+                snapshot_properties=props,
+                target_file_size=target_file_size(uc),
             )
             con.unregister("_manifest_new")
     bronze.refresh()
@@ -602,9 +618,7 @@ def build_silver(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) -> 
     ).fetchone()
     superseded_landing = {
         r[0]
-        for r in _rows(
-            con, f"SELECT DISTINCT _landing_date FROM resolved WHERE _landing_date NOT IN ({landing_list})"
-        )
+        for r in _rows(con, f"SELECT DISTINCT _landing_date FROM resolved WHERE _landing_date NOT IN ({landing_list})")
     }
     reasons = {
         f"{r[0]}:{r[1] or '-'}": r[2]
@@ -617,8 +631,13 @@ def build_silver(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) -> 
 
     writes = {}
     writes["quarantine"] = iceberg.write(
-        con, quarantine, quarantine_sql, replace=_dates_filter("_landing_date", dates),
-        partition_by="_landing_date", snapshot_properties=props, target_file_size=target_file_size(uc),
+        con,
+        quarantine,
+        quarantine_sql,
+        replace=_dates_filter("_landing_date", dates),
+        partition_by="_landing_date",
+        snapshot_properties=props,
+        target_file_size=target_file_size(uc),
     )
     if dup_dates:
         iceberg.register_view(con, "dups_old", dups, _dates_filter("event_date", dup_dates))
@@ -631,8 +650,13 @@ def build_silver(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) -> 
             ORDER BY event_date
         """
         writes["duplicates"] = iceberg.write(
-            con, dups, dups_sql, replace=_dates_filter("event_date", dup_dates), partition_by=part,
-            snapshot_properties=props, target_file_size=target_file_size(uc),
+            con,
+            dups,
+            dups_sql,
+            replace=_dates_filter("event_date", dup_dates),
+            partition_by=part,
+            snapshot_properties=props,
+            target_file_size=target_file_size(uc),
         )
     if touched:
         silver_sql = f"""
@@ -642,8 +666,13 @@ def build_silver(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) -> 
             ORDER BY event_date
         """
         writes["silver"] = iceberg.write(
-            con, silver, silver_sql, replace=_dates_filter("event_date", touched), partition_by=part,
-            snapshot_properties=props, target_file_size=target_file_size(uc),
+            con,
+            silver,
+            silver_sql,
+            replace=_dates_filter("event_date", touched),
+            partition_by=part,
+            snapshot_properties=props,
+            target_file_size=target_file_size(uc),
         )
     return {
         "dataset": dataset,
@@ -717,9 +746,16 @@ def build_gold(uc: UseCase, gold: str, touched: dict[str, list[str]], run: RunIn
     )
     table = _ensure(uc, con, gold, sql, "event_date")
     replace = And(GreaterThanOrEqual("event_date", lo.isoformat()), LessThanOrEqual("event_date", hi.isoformat()))
-    props = run.snapshot_properties(step="gold", source_snapshots=source_snapshots, recomputed=[lo.isoformat(), hi.isoformat()])
+    props = run.snapshot_properties(
+        step="gold", source_snapshots=source_snapshots, recomputed=[lo.isoformat(), hi.isoformat()]
+    )
     w = iceberg.write(
-        con, table, sql, replace=replace, partition_by="event_date", snapshot_properties=props,
+        con,
+        table,
+        sql,
+        replace=replace,
+        partition_by="event_date",
+        snapshot_properties=props,
         target_file_size=target_file_size(uc),
     )
     return {
@@ -737,7 +773,9 @@ def build_gold(uc: UseCase, gold: str, touched: dict[str, list[str]], run: RunIn
 # ------------------------------------------------------------------ reconciliation
 
 
-def reconcile(uc: UseCase, silver_summaries: list[dict[str, Any]], ingest_summaries: list[dict[str, Any]]) -> dict[str, Any]:
+def reconcile(
+    uc: UseCase, silver_summaries: list[dict[str, Any]], ingest_summaries: list[dict[str, Any]]
+) -> dict[str, Any]:
     """Check, per data set and landing date touched: rows landed = Silver + quarantined + duplicates.
 
     Counts are read back from the committed tables (not from the steps' own bookkeeping). Landed
@@ -769,7 +807,16 @@ def reconcile(uc: UseCase, silver_summaries: list[dict[str, Any]], ingest_summar
             c = counts[d]
             landed, kept, q, dup = c[naming.BRONZE], c[naming.SILVER], c[naming.QUARANTINE], c[naming.DUPLICATES]
             diff = landed - (kept + q + dup)
-            rows.append({"landing_date": d, "landed": landed, "silver": kept, "quarantined": q, "duplicates": dup, "difference": diff})
+            rows.append(
+                {
+                    "landing_date": d,
+                    "landed": landed,
+                    "silver": kept,
+                    "quarantined": q,
+                    "duplicates": dup,
+                    "difference": diff,
+                }
+            )
             if diff:
                 report["ok"] = False
                 report["problems"].append(
@@ -820,17 +867,21 @@ def compact(uc: UseCase, run: RunInfo, tables: list[str] | None = None) -> dict[
         if chosen:
             paths = [f[0] for files in chosen.values() for f in files]
             cols = ", ".join(ident(f.name) for f in table.schema().fields)
-            sql = (
-                f"SELECT {cols} FROM read_parquet([{', '.join(literal(p) for p in paths)}], union_by_name = true)"
-                + (f" ORDER BY {ident(part_col)}" if part_col else "")
+            sql = f"SELECT {cols} FROM read_parquet([{', '.join(literal(p) for p in paths)}], union_by_name = true)" + (
+                f" ORDER BY {ident(part_col)}" if part_col else ""
             )
             if part_col:
                 replace = iceberg.in_filter(part_col, [_partition_literal(k) for k in chosen])
             else:
                 replace = AlwaysTrue()
             w = iceberg.write(
-                con, table, sql, replace=replace, partition_by=ident(part_col) if part_col else None,
-                snapshot_properties=run.snapshot_properties(step="compaction"), target_file_size=target,
+                con,
+                table,
+                sql,
+                replace=replace,
+                partition_by=ident(part_col) if part_col else None,
+                snapshot_properties=run.snapshot_properties(step="compaction"),
+                target_file_size=target,
             )
             entry.update(partitions_compacted=len(chosen), files_rewritten=len(paths), files_written=w["files_written"])
         entry["orphan_files_removed"] = iceberg.remove_orphan_files(table)
@@ -851,7 +902,9 @@ def _partition_literal(value: Any) -> Any:
 def _all_tables(uc: UseCase) -> list[str]:
     names = []
     for ds in uc.datasets:
-        names += [naming.table_name(ds, k) for k in (naming.BRONZE, naming.SILVER, naming.QUARANTINE, naming.DUPLICATES)]
+        names += [
+            naming.table_name(ds, k) for k in (naming.BRONZE, naming.SILVER, naming.QUARANTINE, naming.DUPLICATES)
+        ]
     return names + list(uc.gold)
 
 

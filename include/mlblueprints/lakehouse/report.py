@@ -36,10 +36,27 @@ def render(uc: UseCase, run_id: str, dates: list[str], results: dict[str, Any]) 
         sil = results.get(f"silver__{ds}") or {}
         gb = results.get(f"gate_bronze__{ds}")
         gs = results.get(f"gate_silver__{ds}")
-        rows.append(("bronze", naming.table_name(ds, "bronze"), ing.get("rows_landed"), ing.get("rows_landed"), None, None, _verdict(gb)))
         rows.append(
-            ("silver", naming.table_name(ds, "silver"), sil.get("rows_landed"), sil.get("rows_into_silver"),
-             sil.get("quarantined"), sil.get("duplicates"), _verdict(gs))
+            (
+                "bronze",
+                naming.table_name(ds, "bronze"),
+                ing.get("rows_landed"),
+                ing.get("rows_landed"),
+                None,
+                None,
+                _verdict(gb),
+            )
+        )
+        rows.append(
+            (
+                "silver",
+                naming.table_name(ds, "silver"),
+                sil.get("rows_landed"),
+                sil.get("rows_into_silver"),
+                sil.get("quarantined"),
+                sil.get("duplicates"),
+                _verdict(gs),
+            )
         )
         if sil.get("quarantine_reasons"):
             reasons.append(f"  {ds}: " + ", ".join(f"{k} {v}" for k, v in sil["quarantine_reasons"].items()))
@@ -76,14 +93,20 @@ def render(uc: UseCase, run_id: str, dates: list[str], results: dict[str, Any]) 
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     lines = [f"{uc.name}__lakehouse  run {run_id}  landing dates {', '.join(dates)}", ""]
     for row in table:
-        lines.append("  ".join(str(v).ljust(w) if i < 2 or i == 6 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
+        lines.append(
+            "  ".join(
+                str(v).ljust(w) if i < 2 or i == 6 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths))
+            )
+        )
     rec = results.get("reconcile")
     lines.append("")
     if rec is None:
         lines.append("reconciliation: NOT RUN / FAILED")
     else:
         n = sum(len(v) for v in rec["datasets"].values())
-        lines.append(f"reconciliation: {'OK' if rec['ok'] else 'FAILED'} (landed = silver + quarantined + duplicates, {n} landing date(s) checked)")
+        lines.append(
+            f"reconciliation: {'OK' if rec['ok'] else 'FAILED'} (landed = silver + quarantined + duplicates, {n} landing date(s) checked)"
+        )
         for p in rec.get("problems", []):
             lines.append(f"  {p}")
     if reasons:
@@ -97,13 +120,20 @@ def render(uc: UseCase, run_id: str, dates: list[str], results: dict[str, Any]) 
         done = {t: e for t, e in comp["tables"].items() if e.get("partitions_compacted")}
         lines.append(
             "compaction: "
-            + (", ".join(f"{t} {e['files_rewritten']} -> {e['files_written']} files" for t, e in done.items()) or "nothing to compact")
+            + (
+                ", ".join(f"{t} {e['files_rewritten']} -> {e['files_written']} files" for t, e in done.items())
+                or "nothing to compact"
+            )
         )
     lines.append("")
-    lines.append(f"Data Docs (Great Expectations): {runtime.home() / 'quality' / uc.name / 'uncommitted/data_docs/local_site/index.html'}")
+    lines.append(
+        f"Data Docs (Great Expectations): {runtime.home() / 'quality' / uc.name / 'uncommitted/data_docs/local_site/index.html'}"
+    )
     for d in docs:
         lines.append(f"  {d}")
-    lines.append(f"Iceberg warehouse: {runtime.home() / 'warehouse'} (SQLite catalog: warehouse/catalog.db, namespace {uc.name})")
+    lines.append(
+        f"Iceberg warehouse: {runtime.home() / 'warehouse'} (SQLite catalog: warehouse/catalog.db, namespace {uc.name})"
+    )
     lines.append(f"Quarantine: table {uc.name}.<dataset>_quarantine; duplicates: {uc.name}.<dataset>_duplicates")
     return "\n".join(lines)
 
@@ -118,7 +148,14 @@ def write_run_report(
     path = runtime.path("runs", uc.name, "lakehouse") / f"{safe}.json"
     path.write_text(
         json.dumps(
-            {"usecase": uc.name, "run_id": run_id, "landing_dates": dates, "missing": missing, "tasks": results, "text": text},
+            {
+                "usecase": uc.name,
+                "run_id": run_id,
+                "landing_dates": dates,
+                "missing": missing,
+                "tasks": results,
+                "text": text,
+            },
             indent=1,
             default=str,
         )

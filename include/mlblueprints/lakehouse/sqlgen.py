@@ -8,7 +8,7 @@ string work (jinja2 + sqlglot): no engine, no I/O beyond reading the templates.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import jinja2
@@ -145,7 +145,7 @@ def _checks(ds: Dataset) -> list[_Check]:
     return checks
 
 
-@lru_cache(maxsize=None)
+@cache
 def _template(name: str) -> jinja2.Template:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     return env.from_string((SQL_DIR / name).read_text())

@@ -56,7 +56,9 @@ class GateReport:
         return "PASSED with warnings" if self.failed_warning else "PASSED"
 
     def summary(self) -> str:
-        lines = [f"gate {self.layer} {self.table} ({self.suite}): {self.verdict}, {self.rows} rows, {self.evaluated} expectations"]
+        lines = [
+            f"gate {self.layer} {self.table} ({self.suite}): {self.verdict}, {self.rows} rows, {self.evaluated} expectations"
+        ]
         for label, items in (("error", self.failed_critical), ("warning", self.failed_warning)):
             for f in items:
                 lines.append(f"  {label}: {describe_failure(f)}")
@@ -170,7 +172,7 @@ def run_gate(
         )
     )
     result = checkpoint.run(run_id=RunIdentifier(run_name=run_name))
-    (key, vres), = result.run_results.items()
+    ((key, vres),) = result.run_results.items()
 
     rows = con.execute(f'SELECT COUNT(*) FROM "{view}"').fetchone()[0]
     report = GateReport(
@@ -210,7 +212,9 @@ def run_gate(
     results = quality_dir / "results" / table / layer / f"{_safe(run_name)}.json"
     results.parent.mkdir(parents=True, exist_ok=True)
     report.seconds = round(time.perf_counter() - started, 3)
-    results.write_text(json.dumps({"report": report.as_dict(), "validation": vres.to_json_dict()}, indent=1, default=str))
+    results.write_text(
+        json.dumps({"report": report.as_dict(), "validation": vres.to_json_dict()}, indent=1, default=str)
+    )
     report.results_path = str(results)
     return report
 

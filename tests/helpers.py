@@ -61,6 +61,6 @@ def all_tables(uc: UseCase) -> list[str]:
 
 
 def run_days(dag: Any, days: list[date], conf: dict | None = None) -> list[Any]:
-    from mlblueprints import localrun
+    from mlblueprints.airflow import localrun
 
     return [localrun.run_dag(dag, d, conf) for d in days]

@@ -55,7 +55,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _lakehouse(args: argparse.Namespace) -> int:
-    from mlblueprints import localrun
+    from mlblueprints.airflow import localrun
 
     localrun.setup()
     dag = localrun.get_dag(f"{args.usecase}__lakehouse")
@@ -78,7 +78,7 @@ def _lakehouse(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from mlblueprints import localrun
+    from mlblueprints.airflow import localrun
     from mlblueprints.datagen import generate_fraud
 
     home = runtime.home()

@@ -186,7 +186,7 @@ def aws_world(world, monkeypatch, tmp_path):
 
 
 def test_lakehouse_dag_on_aws_under_moto(aws_world):
-    from mlblueprints import localrun
+    from mlblueprints.airflow import localrun
 
     dag = localrun.get_dag(f"{NAME}__lakehouse")
     runs = [localrun.run_dag(dag, START + timedelta(days=i)) for i in range(DAYS)]

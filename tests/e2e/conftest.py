@@ -44,7 +44,7 @@ def generate(
 
 @pytest.fixture(scope="session")
 def pipeline(airflow_db) -> Pipeline:
-    from mlblueprints import localrun
+    from mlblueprints.airflow import localrun
 
     home = Path(tempfile.mkdtemp(prefix="mlb-e2e-"))
     with runtime_home(home):

@@ -121,3 +121,23 @@ def test_broken_usecase_is_one_line_and_others_load(tmp_path):
     msgs = [m for ws in got["warnings"].values() for m in ws if "claims.yaml" in m]
     assert len(msgs) == 1
     assert f"{uc_dir / 'claims.yaml'}: datasets: " in msgs[0] and "at least 1 item" in msgs[0]
+
+
+def test_airflow_is_imported_only_in_mlblueprints_airflow():
+    pkg = ROOT / "include" / "mlblueprints"
+    offenders = []
+    for p in pkg.rglob("*.py"):
+        if pkg / "airflow" in p.parents:
+            continue
+        for n, line in enumerate(p.read_text().splitlines(), 1):
+            s = line.strip()
+            if s.startswith(("import airflow", "from airflow")):
+                offenders.append(f"{p.relative_to(ROOT)}:{n}: {s}")
+    assert offenders == []
+
+
+def test_dag_files_are_configuration_only():
+    for p in (ROOT / "dags").glob("*.py"):
+        code = [ln for ln in p.read_text().splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        assert len(code) < 25, f"{p.name} has logic; move it to mlblueprints.airflow"
+        assert "def " not in p.read_text() and "@task" not in p.read_text(), p.name

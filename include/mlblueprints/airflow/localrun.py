@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ def setup(migrate: bool = True) -> dict[str, str]:
         log.warning("airflow was imported before setup(); its configuration may not be the runtime's")
     env = runtime.airflow_env()
     os.environ.update(env)
+    # Airflow's API test client imports starlette's, which warns about httpx on every start
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     if migrate:
         out = subprocess.run(

@@ -56,15 +56,17 @@ def quarantine_text(uc: UseCase, dataset: str, limit: int = 20, reason: str | No
     counts = con.execute(
         f"SELECT _reason_code, _reason_column, COUNT(*) FROM q {where} GROUP BY ALL ORDER BY 3 DESC", params
     ).fetchall()
-    sample = con.execute(
-        f"SELECT _landing_date, _source_file, _line_number, _reason_code, _reason_column, _reason_detail, "
-        f"COALESCE(_raw_record, '') FROM q {where} ORDER BY _landing_date, _source_file, _line_number LIMIT {int(limit)}",
-        params,
-    ).fetchall()
+    cur = con.execute(
+        f"SELECT * FROM q {where} ORDER BY _landing_date, _source_file, _line_number LIMIT {int(limit)}", params
+    )
+    names = [d[0] for d in cur.description]
+    sample = [dict(zip(names, r)) for r in cur.fetchall()]
     out = [f"{naming.identifier(uc, naming.table_name(dataset, naming.QUARANTINE))}:"]
     for code, col, n in counts:
         out.append(f"  {code:<18} {col or '-':<20} {n:>8,}")
     out.append("")
-    for landing, f, line, code, col, detail, raw in sample:
-        out.append(f"  {landing} {f}:{line}  {code}({col or '-'})  {detail}" + (f"  raw: {raw[:80]}" if raw else ""))
+    for r in sample:
+        col = r["_reason_column"]
+        what = f"{col}={r[col]!r}" if col else f"raw: {(r['_raw_record'] or '')[:80]}"
+        out.append(f"  {r['_source_file']}:{r['_line_number']}  {r['_reason_code']}  {what}  ({r['_reason_detail']})")
     return "\n".join(out)

@@ -289,7 +289,7 @@ def write(
     ]
     if partition_by:
         opts += [f"PARTITION_BY ({partition_by})", "WRITE_PARTITION_COLUMNS true", "OVERWRITE_OR_IGNORE true"]
-    rows = con.execute(f"COPY ({sql}) TO '{location}' ({', '.join(opts)})").fetchone()[0]
+    rows = con.execute(f"COPY ({sql}) TO '{location}' ({', '.join(opts)})").fetchall()[0][0]
     files = sorted(str(p) for p in location.rglob("*.parquet"))
     props = {k: str(v) for k, v in snapshot_properties.items()}
     with warnings.catch_warnings():

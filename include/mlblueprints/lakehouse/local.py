@@ -119,7 +119,7 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[Any, ...]]:
 
 
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
-    return con.execute(sql).fetchone()[0]
+    return con.execute(sql).fetchall()[0][0]
 
 
 # ------------------------------------------------------------------ landing -> bronze
@@ -604,7 +604,7 @@ def build_silver(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) -> 
             con.execute(
                 "SELECT COUNT(*), COUNT(*) FILTER (WHERE _reason_code IS NULL), "
                 "COUNT(*) FILTER (WHERE _reason_code IS NOT NULL) FROM validated"
-            ).fetchone(),
+            ).fetchall()[0],
         )
     )
     landing_list = _date_list(dates)
@@ -615,7 +615,7 @@ def build_silver(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) -> 
               COUNT(*) FILTER (WHERE _version_rank > 1 AND _landing_date NOT IN ({landing_list})),
               COUNT(*) FILTER (WHERE _version_rank = 1 AND _landing_date IN ({landing_list}))
             FROM resolved"""
-    ).fetchone()
+    ).fetchall()[0]
     superseded_landing = {
         r[0]
         for r in _rows(con, f"SELECT DISTINCT _landing_date FROM resolved WHERE _landing_date NOT IN ({landing_list})")

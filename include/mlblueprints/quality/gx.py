@@ -174,7 +174,7 @@ def run_gate(
     result = checkpoint.run(run_id=RunIdentifier(run_name=run_name))
     ((key, vres),) = result.run_results.items()
 
-    rows = con.execute(f'SELECT COUNT(*) FROM "{view}"').fetchone()[0]
+    rows = con.execute(f'SELECT COUNT(*) FROM "{view}"').fetchall()[0][0]
     report = GateReport(
         suite=suite_name, table=table, layer=layer, rows=rows, success=True, evaluated=len(vres.results)
     )

@@ -167,6 +167,8 @@ class LakehouseOptions(_Strict):
     compaction: Compaction = Compaction()
     on_rejected_file: Literal["fail", "warn"] = "fail"
     gate_result_format: Literal["BOOLEAN_ONLY", "BASIC", "SUMMARY"] = "SUMMARY"
+    # snapshots older than this are expired by the compaction task (how far time travel reaches)
+    snapshot_retention_days: Annotated[int, Field(ge=1, le=3650)] = 7
 
 
 class AwsTarget(_Strict):

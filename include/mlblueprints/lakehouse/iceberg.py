@@ -16,6 +16,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -351,6 +352,21 @@ def remove_orphan_files(table: Table, older_than_seconds: float = 3600) -> int:
             removed += len(files)
             shutil.rmtree(d, ignore_errors=True)
     return removed
+
+
+def expire_snapshots(table: Table, older_than: timedelta) -> int:
+    """Expire snapshots older than ``older_than`` (the current one is always kept)."""
+    cutoff_ms = (datetime.now(UTC) - older_than).timestamp() * 1000
+    current = table.current_snapshot()
+    old = [
+        s.snapshot_id
+        for s in table.snapshots()
+        if s.timestamp_ms < cutoff_ms and (current is None or s.snapshot_id != current.snapshot_id)
+    ]
+    if old:
+        table.maintenance.expire_snapshots().by_ids(old).commit()
+        table.refresh()
+    return len(old)
 
 
 def snapshot_id(table: Table | None) -> int | None:

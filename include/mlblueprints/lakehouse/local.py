@@ -85,6 +85,8 @@ def _props(uc: UseCase) -> dict[str, str]:
     return {
         iceberg.TARGET_FILE_SIZE_PROP: str(target_file_size(uc)),
         "write.parquet.compression-codec": "zstd",
+        # merge small manifests on commit, or every commit adds one and planning slows down
+        "commit.manifest-merge.enabled": "true",
         "mlb.usecase": uc.name,
     }
 
@@ -247,10 +249,44 @@ def _stage_rejects(con: duckdb.DuckDBPyConnection) -> list[tuple[int, str, str]]
     return [(int(r[0]), r[1], r[2]) for r in rows]
 
 
+def _line_source(
+    con: duckdb.DuckDBPyConnection, tag: str, n_good: int, physical: int, first_line: int
+) -> tuple[str, str, str, bool]:
+    """How the staged records ``_good{tag}`` get their physical line numbers.
+
+    Returns (SQL of the line of a good record ``g``, the join that SQL needs, the SELECT of the
+    rejected records as (_line, csv_line, err), whether line numbers are exact). Without rejected
+    lines the line is the record's ordinal plus the header; otherwise a small table maps ordinals
+    to the lines left between the rejected ones.
+    """
+    rejects = _stage_rejects(con)
+    if rejects:
+        lines, exact = _line_numbers(n_good, [r[0] for r in rejects], first_line, physical)
+        con.register("_arrow", pa.table({"_line": pa.array(lines, pa.int64())}))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _lines{tag} AS SELECT * FROM _arrow")
+        con.register(
+            "_arrow",
+            pa.table(
+                {
+                    "_line": pa.array([r[0] for r in rejects], pa.int64()),
+                    "csv_line": pa.array([r[1] for r in rejects], pa.string()),
+                    "err": pa.array([r[2] for r in rejects], pa.string()),
+                }
+            ),
+        )
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _rejects{tag} AS SELECT * FROM _arrow")
+        con.unregister("_arrow")
+        return "l._line", f"POSITIONAL JOIN _lines{tag} AS l", f"SELECT _line, csv_line, err FROM _rejects{tag}", exact
+    exact = physical - (first_line - 1) == n_good
+    none = "SELECT CAST(NULL AS BIGINT) AS _line, CAST(NULL AS VARCHAR) AS csv_line, CAST(NULL AS VARCHAR) AS err WHERE FALSE"
+    return f"g._ord + {first_line - 1}", "", none, exact
+
+
 def _read_csv_file(
-    con: duckdb.DuckDBPyConnection, ds: Dataset, path: Path, physical_lines: int
+    con: duckdb.DuckDBPyConnection, ds: Dataset, path: Path, physical_lines: int, tag: str
 ) -> tuple[str, int, list[str]]:
-    """Stage one CSV file; returns (SELECT of its Bronze rows without meta, records, warnings)."""
+    """Stage one CSV file as ``_good<tag>``; returns (SELECT of its Bronze rows without the
+    ingest metadata, number of records, warnings)."""
     with path.open("r", encoding="utf-8", newline="") as f:
         try:
             first = f.readline()
@@ -280,7 +316,7 @@ def _read_csv_file(
     _clear_rejects(con)
     try:
         con.execute(
-            "CREATE OR REPLACE TEMP TABLE _good AS SELECT *, ROW_NUMBER() OVER () AS _ord FROM read_csv("
+            f"CREATE OR REPLACE TEMP TABLE _good{tag} AS SELECT *, ROW_NUMBER() OVER () AS _ord FROM read_csv("
             f"{literal(str(path))}, header = true, auto_detect = false, columns = {columns}, "
             f"delim = {literal(ds.landing.csv_delimiter)}, quote = '\"', escape = '\"', "
             "store_rejects = true, rejects_table = '_rej', rejects_scan = '_rej_scan', "
@@ -288,26 +324,11 @@ def _read_csv_file(
         )
     except duckdb.Error as exc:
         raise FileRejected(f"unreadable as CSV: {str(exc).splitlines()[0]}") from None
-    n_good = _scalar(con, "SELECT COUNT(*) FROM _good")
-    rejects = _stage_rejects(con)
-    lines, exact = _line_numbers(n_good, [r[0] for r in rejects], 2, physical_lines)
+    n_good = _scalar(con, f"SELECT COUNT(*) FROM _good{tag}")
+    line, join, rejected, exact = _line_source(con, tag, n_good, physical_lines, 2)
+    n_rejected = _scalar(con, f"SELECT COUNT(*) FROM ({rejected})")
     if not exact:
         warn.append("line numbers are record ordinals: the file has blank or multi-line records")
-    con.register("_lines_arrow", pa.table({"_line": pa.array(lines, pa.int64())}))
-    con.execute("CREATE OR REPLACE TEMP TABLE _lines AS SELECT * FROM _lines_arrow")
-    con.unregister("_lines_arrow")
-    con.register(
-        "_rejects_arrow",
-        pa.table(
-            {
-                "_line": pa.array([r[0] for r in rejects], pa.int64()),
-                "csv_line": pa.array([r[1] for r in rejects], pa.string()),
-                "err": pa.array([r[2] for r in rejects], pa.string()),
-            }
-        ),
-    )
-    con.execute("CREATE OR REPLACE TEMP TABLE _rejects AS SELECT * FROM _rejects_arrow")
-    con.unregister("_rejects_arrow")
     good_cols = [
         f"g.{ident(n)} AS {ident(n)}" if n in header else f"CAST(NULL AS VARCHAR) AS {ident(n)}" for n in declared
     ]
@@ -316,77 +337,67 @@ def _read_csv_file(
         if extra
         else "CAST(NULL AS VARCHAR)"
     )
-    good = (
+    null_cols = ", ".join(f"CAST(NULL AS VARCHAR) AS {ident(n)}" for n in declared)
+    sql = (
         f"SELECT {', '.join(good_cols)}, {extra_sql} AS _extra, CAST(NULL AS VARCHAR) AS _raw_record, "
-        "CAST(NULL AS VARCHAR) AS _parse_error, l._line AS _line FROM _good AS g POSITIONAL JOIN _lines AS l"
+        f"CAST(NULL AS VARCHAR) AS _parse_error, {line} AS _line FROM _good{tag} AS g {join} "
+        f"UNION ALL SELECT {null_cols}, CAST(NULL AS VARCHAR), csv_line, err, _line FROM ({rejected})"
     )
-    bad_cols = ", ".join(f"CAST(NULL AS VARCHAR) AS {ident(n)}" for n in declared)
-    bad = (
-        f"SELECT {bad_cols}, CAST(NULL AS VARCHAR) AS _extra, csv_line AS _raw_record, err AS _parse_error, "
-        "_line FROM _rejects"
-    )
-    return f"{good} UNION ALL {bad}", n_good + len(rejects), warn
+    return sql, n_good + n_rejected, warn
 
 
 def _read_jsonl_file(
-    con: duckdb.DuckDBPyConnection, ds: Dataset, path: Path, physical_lines: int
+    con: duckdb.DuckDBPyConnection, ds: Dataset, path: Path, physical_lines: int, tag: str
 ) -> tuple[str, int, list[str]]:
-    """Stage one JSON Lines file; every line is a record (blank lines are skipped)."""
+    """Stage one JSON Lines file as ``_good<tag>``; every non-blank line is a record.
+
+    Each line is parsed once into all declared keys (``json_transform``); a line that is not a
+    JSON object is kept raw. Values of any JSON type arrive as text, objects as JSON text.
+    """
     _clear_rejects(con)
     try:
         con.execute(
-            "CREATE OR REPLACE TEMP TABLE _good AS SELECT line, ROW_NUMBER() OVER () AS _ord FROM read_csv("
+            f"CREATE OR REPLACE TEMP TABLE _good{tag} AS SELECT line, ROW_NUMBER() OVER () AS _ord FROM read_csv("
             f"{literal(str(path))}, header = false, auto_detect = false, columns = {{'line': 'VARCHAR'}}, "
             "delim = '\x1f', quote = '', escape = '', store_rejects = true, rejects_table = '_rej', "
             "rejects_scan = '_rej_scan', encoding = 'utf-8')"
         )
     except duckdb.Error as exc:
         raise FileRejected(f"unreadable as text lines: {str(exc).splitlines()[0]}") from None
-    n_good = _scalar(con, "SELECT COUNT(*) FROM _good")
-    rejects = _stage_rejects(con)
-    lines, exact = _line_numbers(n_good, [r[0] for r in rejects], 1, physical_lines)
+    n_good, n_blank = con.execute(
+        f"SELECT COUNT(*), COUNT(*) FILTER (WHERE line IS NULL OR TRIM(line) = '') FROM _good{tag}"
+    ).fetchall()[0]
+    line, join, rejected, exact = _line_source(con, tag, n_good, physical_lines, 1)
+    n_rejected = _scalar(con, f"SELECT COUNT(*) FROM ({rejected})")
     warn = [] if exact else ["line numbers are record ordinals: the file has irregular lines"]
-    con.register("_lines_arrow", pa.table({"_line": pa.array(lines, pa.int64())}))
-    con.execute("CREATE OR REPLACE TEMP TABLE _lines AS SELECT * FROM _lines_arrow")
-    con.unregister("_lines_arrow")
-    con.register(
-        "_rejects_arrow",
-        pa.table(
-            {
-                "_line": pa.array([r[0] for r in rejects], pa.int64()),
-                "csv_line": pa.array([r[1] for r in rejects], pa.string()),
-            }
-        ),
-    )
-    con.execute("CREATE OR REPLACE TEMP TABLE _rejects AS SELECT * FROM _rejects_arrow")
-    con.unregister("_rejects_arrow")
-    n_blank = _scalar(con, "SELECT COUNT(*) FROM _good WHERE line IS NULL OR TRIM(line) = ''")
     declared = [c.name for c in ds.columns]
-    removal = json.dumps({n: None for n in declared})
-    ok = "(j IS NOT NULL AND json_type(j) = 'OBJECT')"
-    fields = ", ".join(
-        f"CASE WHEN {ok} THEN json_extract_string(j, {literal('$.' + json.dumps(n))}) END AS {ident(n)}"
-        for n in declared
-    )
+    struct = literal(json.dumps({n: "VARCHAR" for n in declared}))
+    removal = literal(json.dumps({n: None for n in declared}))
+    keys = "[" + ", ".join(literal(n) for n in declared) + "]"
+    fields = ", ".join(f"s.{ident(n)} AS {ident(n)}" for n in declared)
     sql = f"""
-        WITH p AS (
-            SELECT TRY(json(g.line)) AS j, g.line AS raw, l._line AS _line
-            FROM _good AS g POSITIONAL JOIN _lines AS l
-            WHERE g.line IS NOT NULL AND TRIM(g.line) <> ''
-            UNION ALL
-            SELECT NULL, csv_line, _line FROM _rejects
-        )
         SELECT {fields},
-            CASE WHEN {ok} THEN NULLIF(CAST(json_merge_patch(j, {literal(removal)}) AS VARCHAR), '{{}}') END AS _extra,
-            CASE WHEN NOT {ok} THEN raw END AS _raw_record,
-            CASE WHEN j IS NULL THEN 'invalid JSON' WHEN json_type(j) <> 'OBJECT' THEN 'not a JSON object' END
+            CASE WHEN len(list_filter(json_keys(CASE WHEN ok THEN raw END), lambda k: NOT list_contains({keys}, k))) > 0
+                 THEN CAST(json_merge_patch(raw, {removal}) AS VARCHAR) END AS _extra,
+            CASE WHEN NOT ok THEN raw END AS _raw_record,
+            CASE WHEN NOT ok THEN COALESCE(err, CASE WHEN json_valid(raw) THEN 'not a JSON object' ELSE 'invalid JSON' END) END
                 AS _parse_error,
             _line
-        FROM p
+        FROM (
+            SELECT *, CASE WHEN ok THEN json_transform(raw, {struct}) END AS s
+            FROM (
+                SELECT g.line AS raw, {line} AS _line, CAST(NULL AS VARCHAR) AS err,
+                       COALESCE(CASE WHEN json_valid(g.line) THEN json_type(g.line) = 'OBJECT' END, FALSE) AS ok
+                FROM _good{tag} AS g {join}
+                WHERE g.line IS NOT NULL AND TRIM(g.line) <> ''
+                UNION ALL
+                SELECT csv_line, _line, CAST(NULL AS VARCHAR), FALSE FROM ({rejected})
+            )
+        )
     """
     if n_blank:
         warn.append(f"{n_blank} blank line(s) skipped")
-    return sql, n_good + len(rejects) - n_blank, warn
+    return sql, n_good + n_rejected - n_blank, warn
 
 
 def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) -> dict[str, Any]:
@@ -414,7 +425,7 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) ->
         paths = sorted(p for p in directory.glob("*") if p.is_file() and not p.name.startswith(("_", ".")))
         outcomes: list[FileOutcome] = []
         staged: list[str] = []
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _stage AS {_bronze_empty_sql(ds)}")
+        parts: list[str] = []
         ingest_time = datetime.now(UTC).replace(tzinfo=None)
         for p in paths:
             rel = p.relative_to(root.parent).as_posix()  # <dataset dir>/<landing date>/<file>
@@ -433,7 +444,7 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) ->
             else:
                 reader = _read_csv_file if fmt == "csv" else _read_jsonl_file
                 try:
-                    select, records, warns = reader(con, ds, p, physical)
+                    select, records, warns = reader(con, ds, p, physical, f"_{len(parts)}")
                 except FileRejected as exc:
                     out.status, out.reason = "rejected", str(exc)
                 else:
@@ -443,9 +454,9 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) ->
                         out.status, out.reason = "empty", "no records"
                     else:
                         out.records = records
-                        con.execute(
-                            f"INSERT INTO _stage SELECT * EXCLUDE (_line), "
-                            f"{_meta_sql(rel, checksum, run, ingest_time, landing)} FROM ({select})"
+                        parts.append(
+                            f"SELECT * EXCLUDE (_line), {_meta_sql(rel, checksum, run, ingest_time, landing)} "
+                            f"FROM ({select})"
                         )
                         staged.append(checksum)
                         by_checksum[checksum] = rel
@@ -458,15 +469,20 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) ->
         props = run.snapshot_properties(landing_dates=[landing.isoformat()], step="bronze")
         if staged:
             replace = And(EqualTo("_landing_date", landing.isoformat()), iceberg.in_filter("_file_checksum", staged))
+            # one landing date per write: the files need no partition folders, Iceberg reads the
+            # partition value from their column statistics
             iceberg.write(
                 con,
                 bronze,
-                "SELECT * FROM _stage",
+                " UNION ALL ".join(parts),
                 replace=replace,
-                partition_by="_landing_date",
+                partition_by=None,
                 snapshot_properties=props,
                 target_file_size=target_file_size(uc),
             )
+        for i in range(len(parts) + 1):  # free the staged files of this landing date
+            for t in ("_good", "_lines", "_rejects"):
+                con.execute(f"DROP TABLE IF EXISTS {t}_{i}")
         if new:
             rows = pa.Table.from_pylist([o.as_row(landing, run, ingest_time) for o in new], schema=FILES_SCHEMA)
             con.register("_manifest_new", rows)
@@ -525,7 +541,11 @@ def build_silver(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) -> 
     if bronze is None:
         raise LakehouseError(f"{dataset}: no Bronze table yet; run the ingest step first")
     iceberg.register_view(con, "bronze_batch", bronze, _dates_filter("_landing_date", dates))
-    con.execute(f"CREATE OR REPLACE TEMP TABLE validated AS {sqlgen.silver_validate_sql(ds, 'bronze_batch')}")
+    scratch = ", ".join(ident(f"__s__{c.name}") for c in ds.columns)  # trimmed text: not needed after typing
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE validated AS SELECT * EXCLUDE ({scratch}) "
+        f"FROM ({sqlgen.silver_validate_sql(ds, 'bronze_batch')})"
+    )
 
     silver_sql_cols = ", ".join(ident(c) for c in sqlgen.silver_columns(ds))
     con.execute(
@@ -575,15 +595,27 @@ def build_silver(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) -> 
     touched = new_dates | silver_hit_dates
     iceberg.register_view(con, "silver_old", silver, _dates_filter("event_date", touched))
     iceberg.register_view(con, "dups_hits", dups, _dates_filter("event_date", dups_hit_dates))
+    # Every stored or new version of the keys this run touches. Most keys have one version (a new
+    # row never seen before): those are kept as they are; only keys with several versions go
+    # through the ranking, which sorts.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP VIEW cand_raw AS
+        SELECT {silver_sql_cols}, 0 AS _src FROM new_valid
+        UNION ALL
+        SELECT {silver_sql_cols}, 1 AS _src FROM silver_old SEMI JOIN new_keys USING ({pk})
+        UNION ALL
+        SELECT {silver_sql_cols}, 2 AS _src FROM dups_hits SEMI JOIN new_keys USING ({pk})
+    """)
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE multi_keys AS SELECT {pk} FROM cand_raw GROUP BY {pk} HAVING COUNT(*) > 1"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW single AS SELECT {silver_sql_cols} FROM new_valid ANTI JOIN multi_keys USING ({pk})"
+    )
     candidates = f"""
         SELECT * EXCLUDE (_src, _n) FROM (
-            SELECT *, ROW_NUMBER() OVER (PARTITION BY _file_checksum, _line_number ORDER BY _src) AS _n FROM (
-                SELECT {silver_sql_cols}, 0 AS _src FROM new_valid
-                UNION ALL
-                SELECT {silver_sql_cols}, 1 AS _src FROM silver_old SEMI JOIN new_keys USING ({pk})
-                UNION ALL
-                SELECT {silver_sql_cols}, 2 AS _src FROM dups_hits SEMI JOIN new_keys USING ({pk})
-            )
+            SELECT *, ROW_NUMBER() OVER (PARTITION BY _file_checksum, _line_number ORDER BY _src) AS _n
+            FROM (SELECT * FROM cand_raw SEMI JOIN multi_keys USING ({pk}))
         ) WHERE _n = 1
     """
     con.execute(f"CREATE OR REPLACE TEMP VIEW candidates AS {candidates}")
@@ -614,6 +646,7 @@ def build_silver(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) -> 
               COUNT(*) FILTER (WHERE _version_rank > 1 AND _landing_date IN ({landing_list}) AND _duplicate_kind = 'exact'),
               COUNT(*) FILTER (WHERE _version_rank > 1 AND _landing_date NOT IN ({landing_list})),
               COUNT(*) FILTER (WHERE _version_rank = 1 AND _landing_date IN ({landing_list}))
+                + (SELECT COUNT(*) FROM single)
             FROM resolved"""
     ).fetchall()[0]
     superseded_landing = {
@@ -647,7 +680,6 @@ def build_silver(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) -> 
             UNION ALL
             SELECT {silver_sql_cols}, _duplicate_kind, _kept_source_file, _kept_line_number
             FROM resolved WHERE _version_rank > 1
-            ORDER BY event_date
         """
         writes["duplicates"] = iceberg.write(
             con,
@@ -662,8 +694,9 @@ def build_silver(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) -> 
         silver_sql = f"""
             SELECT {silver_sql_cols} FROM silver_old ANTI JOIN new_keys USING ({pk})
             UNION ALL
+            SELECT {silver_sql_cols} FROM single
+            UNION ALL
             SELECT {silver_sql_cols} FROM resolved WHERE _version_rank = 1
-            ORDER BY event_date
         """
         writes["silver"] = iceberg.write(
             con,
@@ -742,7 +775,7 @@ def build_gold(uc: UseCase, gold: str, touched: dict[str, list[str]], run: RunIn
         body = f"SELECT *, CAST({ident(g.event_time)} AS DATE) AS event_date FROM ({body})"
     sql = (
         f"SELECT * FROM ({body}) WHERE event_date BETWEEN DATE {literal(lo.isoformat())} "
-        f"AND DATE {literal(hi.isoformat())} ORDER BY event_date"
+        f"AND DATE {literal(hi.isoformat())}"
     )
     table = _ensure(uc, con, gold, sql, "event_date")
     replace = And(GreaterThanOrEqual("event_date", lo.isoformat()), LessThanOrEqual("event_date", hi.isoformat()))
@@ -842,8 +875,10 @@ def compact(uc: UseCase, run: RunInfo, tables: list[str] | None = None) -> dict[
 
     A partition is compacted when it holds at least ``compaction.min_files`` files smaller than
     ``small_file_fraction`` x the target size. The rewrite reads exactly that partition's files
-    and replaces them in one commit (same rows). Write directories left by killed writers are
-    removed too (only those older than an hour).
+    and replaces them in one commit (same rows). Then snapshots older than
+    ``snapshot_retention_days`` are expired (time travel reaches back that far) and files no
+    remaining snapshot references are deleted: write directories of killed writers and of
+    replaced data (only directories older than an hour, so a write in progress is never touched).
     """
     started = time.perf_counter()
     con = connect()
@@ -867,9 +902,7 @@ def compact(uc: UseCase, run: RunInfo, tables: list[str] | None = None) -> dict[
         if chosen:
             paths = [f[0] for files in chosen.values() for f in files]
             cols = ", ".join(ident(f.name) for f in table.schema().fields)
-            sql = f"SELECT {cols} FROM read_parquet([{', '.join(literal(p) for p in paths)}], union_by_name = true)" + (
-                f" ORDER BY {ident(part_col)}" if part_col else ""
-            )
+            sql = f"SELECT {cols} FROM read_parquet([{', '.join(literal(p) for p in paths)}], union_by_name = true)"
             if part_col:
                 replace = iceberg.in_filter(part_col, [_partition_literal(k) for k in chosen])
             else:
@@ -884,6 +917,8 @@ def compact(uc: UseCase, run: RunInfo, tables: list[str] | None = None) -> dict[
                 target_file_size=target,
             )
             entry.update(partitions_compacted=len(chosen), files_rewritten=len(paths), files_written=w["files_written"])
+        keep = uc.lakehouse.snapshot_retention_days
+        entry["snapshots_expired"] = iceberg.expire_snapshots(table, older_than=timedelta(days=keep))
         entry["orphan_files_removed"] = iceberg.remove_orphan_files(table)
         table.refresh()
         entry["files_after"] = sum(len(v) for v in iceberg.partition_files(table).values())

@@ -227,8 +227,9 @@ def read_manifests(uc: UseCase, dataset: str, rt: AwsRuntime) -> list[dict[str, 
 
 def bronze_insert_sql(
     uc: UseCase, dataset: str, fmt: str, landing: date, files: list[dict[str, Any]], run: RunInfo, ingest_time: datetime
-) -> str:
-    """INSERT the records of the given landed files into Bronze (Trino SQL)."""
+) -> tuple[str, str]:
+    """INSERT the records of the given landed files into Bronze (Trino SQL); returns the
+    statement and the SELECT inside it."""
     ds = uc.datasets[dataset]
     paths = ", ".join(literal(f["uri"]) for f in files)
     checksum = (

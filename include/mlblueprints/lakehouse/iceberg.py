@@ -263,6 +263,68 @@ def query_schema(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Schema:
     return con.sql(f"SELECT * FROM ({sql}) AS q LIMIT 0").to_arrow_table().schema
 
 
+def new_write_dir(table: Table) -> Path:
+    """A fresh directory under the table's data location for the files of one commit."""
+    location = Path(_local_path(table.location())) / "data" / f"write-{uuid.uuid4().hex}"
+    location.mkdir(parents=True, exist_ok=False)
+    return location
+
+
+def write_files(
+    con: duckdb.DuckDBPyConnection,
+    location: Path,
+    sql: str,
+    *,
+    partition_by: str | None,
+    target_file_size: int,
+) -> int:
+    """Stream the rows of ``sql`` into Parquet files under ``location`` (not yet committed).
+
+    Files are cut at ``target_file_size`` bytes on disk; with ``partition_by`` they go to one
+    folder per value (a file never spans two partitions). Returns the number of rows.
+    """
+    opts = [
+        "FORMAT parquet",
+        "COMPRESSION zstd",
+        f"FILE_SIZE_BYTES {int(target_file_size)}",
+        "FILENAME_PATTERN 'part-{uuid}'",
+        "ROW_GROUP_SIZE 122880",
+        "OVERWRITE_OR_IGNORE true",
+    ]
+    if partition_by:
+        opts += [f"PARTITION_BY ({partition_by})", "WRITE_PARTITION_COLUMNS true"]
+    return int(con.execute(f"COPY ({sql}) TO '{location}' ({', '.join(opts)})").fetchall()[0][0])
+
+
+def commit_files(
+    table: Table,
+    location: Path,
+    *,
+    replace: BooleanExpression | None,
+    snapshot_properties: Mapping[str, str],
+) -> dict[str, Any]:
+    """One Iceberg transaction: delete the rows matching ``replace`` and add every file under
+    ``location``. Until it commits, nothing written under ``location`` is visible."""
+    files = sorted(str(p) for p in location.rglob("*.parquet"))
+    props = {k: str(v) for k, v in snapshot_properties.items()}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Delete operation did not match any records")
+        with table.transaction() as tx:
+            if replace is not None:
+                tx.delete(replace, snapshot_properties=props)
+            if files:
+                tx.add_files(["file://" + f for f in files], snapshot_properties=props)
+    if not files:
+        shutil.rmtree(location, ignore_errors=True)
+    table.refresh()
+    snap = table.current_snapshot()
+    return {
+        "files_written": len(files),
+        "bytes_written": sum(Path(f).stat().st_size for f in files),
+        "snapshot_id": snap.snapshot_id if snap else None,
+    }
+
+
 def write(
     con: duckdb.DuckDBPyConnection,
     table: Table,
@@ -279,38 +341,10 @@ def write(
     deletes the replaced files and adds the new ones. Returns counts of the commit.
     """
     started = time.perf_counter()
-    location = Path(_local_path(table.location())) / "data" / f"write-{uuid.uuid4().hex}"
-    location.mkdir(parents=True, exist_ok=False)
-    opts = [
-        "FORMAT parquet",
-        "COMPRESSION zstd",
-        f"FILE_SIZE_BYTES {int(target_file_size)}",
-        "FILENAME_PATTERN 'part-{uuid}'",
-        "ROW_GROUP_SIZE 122880",
-    ]
-    if partition_by:
-        opts += [f"PARTITION_BY ({partition_by})", "WRITE_PARTITION_COLUMNS true", "OVERWRITE_OR_IGNORE true"]
-    rows = con.execute(f"COPY ({sql}) TO '{location}' ({', '.join(opts)})").fetchall()[0][0]
-    files = sorted(str(p) for p in location.rglob("*.parquet"))
-    props = {k: str(v) for k, v in snapshot_properties.items()}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Delete operation did not match any records")
-        with table.transaction() as tx:
-            if replace is not None:
-                tx.delete(replace, snapshot_properties=props)
-            if files:
-                tx.add_files(["file://" + f for f in files], snapshot_properties=props)
-    if not files:
-        shutil.rmtree(location, ignore_errors=True)
-    table.refresh()
-    snap = table.current_snapshot()
-    return {
-        "rows_written": int(rows),
-        "files_written": len(files),
-        "bytes_written": sum(Path(f).stat().st_size for f in files),
-        "snapshot_id": snap.snapshot_id if snap else None,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    location = new_write_dir(table)
+    rows = write_files(con, location, sql, partition_by=partition_by, target_file_size=target_file_size)
+    out = commit_files(table, location, replace=replace, snapshot_properties=snapshot_properties)
+    return {"rows_written": rows, **out, "seconds": round(time.perf_counter() - started, 3)}
 
 
 def in_filter(column: str, values: Iterable[Any]) -> BooleanExpression:

@@ -404,7 +404,7 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) ->
     """Landing -> Bronze for the landing dates: raw records as received, with ingest metadata.
 
     A file whose checksum is already ingested (under any name or date) is not ingested again.
-    Per landing date, one Iceberg commit adds the rows of the new files (replacing any rows a
+    One Iceberg commit adds the rows of all new files of the landing dates (replacing any rows a
     killed earlier attempt committed for the same files), then the file manifest is committed.
     """
     ds = uc.datasets[dataset]
@@ -415,16 +415,18 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) ->
     files_tbl = _ensure(uc, con, naming.table_name(dataset, naming.BRONZE_FILES), "SELECT * FROM _files_schema", None)
     summary: dict[str, Any] = {"dataset": dataset, "landing_dates": _iso(dates), "files": [], "warnings": []}
     totals: Counter[str] = Counter()
+    manifest = _manifest_rows(con, files_tbl)
+    # a file already seen with a final outcome keeps it (and its original ingest metadata);
+    # a rejected file is tried again
+    seen = {(r["source_file"], r["file_checksum"]): r["status"] for r in manifest if r["status"] != "rejected"}
+    by_checksum = {r["file_checksum"]: r["source_file"] for r in manifest if r["status"] == "ingested"}
+    write_dir = iceberg.new_write_dir(bronze)
+    staged: list[str] = []
+    new_rows: list[dict[str, Any]] = []
     for landing in sorted(dates):
-        manifest = _manifest_rows(con, files_tbl)
-        # a file already seen with a final outcome keeps it (and its original ingest metadata);
-        # a rejected file is tried again
-        seen = {(r["source_file"], r["file_checksum"]): r["status"] for r in manifest if r["status"] != "rejected"}
-        by_checksum = {r["file_checksum"]: r["source_file"] for r in manifest if r["status"] == "ingested"}
         directory = root / landing.isoformat()
         paths = sorted(p for p in directory.glob("*") if p.is_file() and not p.name.startswith(("_", ".")))
         outcomes: list[FileOutcome] = []
-        staged: list[str] = []
         parts: list[str] = []
         ingest_time = datetime.now(UTC).replace(tzinfo=None)
         for p in paths:
@@ -465,40 +467,41 @@ def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) ->
             outcomes.append(out)
             totals[out.status if out.new else "already_seen"] += 1
             summary["files"].append({**out.__dict__, "landing_date": landing.isoformat()})
-        new = [o for o in outcomes if o.new]
-        props = run.snapshot_properties(landing_dates=[landing.isoformat()], step="bronze")
-        if staged:
-            replace = And(EqualTo("_landing_date", landing.isoformat()), iceberg.in_filter("_file_checksum", staged))
-            # one landing date per write: the files need no partition folders, Iceberg reads the
+        new_rows += [o.as_row(landing, run, ingest_time) for o in outcomes if o.new]
+        if parts:
+            # one landing date per COPY: the files need no partition folders, Iceberg reads the
             # partition value from their column statistics
-            iceberg.write(
-                con,
-                bronze,
-                " UNION ALL ".join(parts),
-                replace=replace,
-                partition_by=None,
-                snapshot_properties=props,
-                target_file_size=target_file_size(uc),
+            day_dir = write_dir / f"_landing_date={landing.isoformat()}"
+            day_dir.mkdir()
+            iceberg.write_files(
+                con, day_dir, " UNION ALL ".join(parts), partition_by=None, target_file_size=target_file_size(uc)
             )
         for i in range(len(parts) + 1):  # free the staged files of this landing date
             for t in ("_good", "_lines", "_rejects"):
                 con.execute(f"DROP TABLE IF EXISTS {t}_{i}")
-        if new:
-            rows = pa.Table.from_pylist([o.as_row(landing, run, ingest_time) for o in new], schema=FILES_SCHEMA)
-            con.register("_manifest_new", rows)
-            key = _or_all(
-                And(EqualTo("source_file", o.source_file), EqualTo("file_checksum", o.file_checksum)) for o in new
+    # One commit for all landing dates: it replaces whatever rows a killed earlier attempt
+    # committed for the same files (a checksum is unique to its content), then the manifest.
+    props = run.snapshot_properties(landing_dates=_iso(dates), step="bronze")
+    replace = iceberg.in_filter("_file_checksum", staged) if staged else None
+    iceberg.commit_files(bronze, write_dir, replace=replace, snapshot_properties=props)
+    if new_rows:
+        con.register("_manifest_new", pa.Table.from_pylist(new_rows, schema=FILES_SCHEMA))
+        key = _or_all(
+            And(
+                EqualTo("landing_date", r["landing_date"].isoformat()),
+                And(EqualTo("source_file", r["source_file"]), EqualTo("file_checksum", r["file_checksum"])),
             )
-            iceberg.write(
-                con,
-                files_tbl,
-                "SELECT * FROM _manifest_new",
-                replace=And(EqualTo("landing_date", landing.isoformat()), key),
-                partition_by=None,
-                snapshot_properties=props,
-                target_file_size=target_file_size(uc),
-            )
-            con.unregister("_manifest_new")
+            for r in new_rows
+        )
+        iceberg.write(
+            con,
+            files_tbl,
+            "SELECT * FROM _manifest_new",
+            replace=key,
+            partition_by=None,
+            snapshot_properties=props,
+            target_file_size=target_file_size(uc),
+        )
     bronze.refresh()
     summary["file_status"] = dict(totals)
     summary["rows_landed"] = sum(f["records"] for f in summary["files"] if f["status"] == "ingested" and f["new"])

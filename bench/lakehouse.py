@@ -813,7 +813,7 @@ def compaction_report(c: dict[str, Any], rows: int) -> str:
         f"  small files also cost every later commit: ingest wave 1 took {w1['seconds']:.1f} s (pyiceberg delete "
         f"{meta(w1):.1f} s + add_files {adds(w1):.1f} s), wave {c['waves']} {wn['seconds']:.1f} s (delete {meta(wn):.1f} s "
         f"+ add_files {adds(wn):.1f} s) for the same rows; compaction leaves {a['table_manifests']} manifest(s) "
-        f"instead of {b['table_manifests']}, but {a['table_snapshots']} snapshots remain (no snapshot expiry)"
+        f"instead of {b['table_manifests']}, but {a['table_snapshots']} snapshots remain (compact() expires only snapshots older than lakehouse.snapshot_retention_days)"
     )
     return "\n".join(L)
 

@@ -33,7 +33,7 @@ from typing import Any
 from mlblueprints import runtime
 from mlblueprints.aws import requests as req
 from mlblueprints.config import Dataset, UseCase
-from mlblueprints.lakehouse import naming, sqlgen
+from mlblueprints.lakehouse import accounting, naming, sqlgen
 from mlblueprints.lakehouse.sqlgen import LINEAGE, ident, literal
 from mlblueprints.lineage import RunInfo
 
@@ -554,45 +554,18 @@ def reconcile_statement(uc: UseCase, dataset: str, landing: list[str]) -> Statem
 def reconcile(
     uc: UseCase, silver_summaries: list[dict[str, Any]], ingest_summaries: list[dict[str, Any]], rt: AwsRuntime
 ) -> dict[str, Any]:
-    report: dict[str, Any] = {"datasets": {}, "ok": True, "problems": []}
+    """Count rows per landing date in the four tables (one Athena query per data set) and check
+    that they add up; see :mod:`mlblueprints.lakehouse.accounting`."""
+    counts: dict[str, dict[str, dict[str, int]]] = {}
     for s in silver_summaries:
-        landing = sorted({*s["landing_dates"], *s.get("superseded_landing_dates", [])})
+        landing = accounting.landing_dates_to_check(s)
         if not landing:
             continue
-        rows = rt.fetch_rows(rt.run_query(reconcile_statement(uc, s["dataset"], landing)))
-        counts: dict[str, dict[str, int]] = {d: {} for d in landing}
-        for r in rows:
-            counts.setdefault(r["landing_date"], {})[r["kind"]] = int(r["n"])
-        out = []
-        for d in landing:
-            c = counts.get(d, {})
-            landed = c.get(naming.BRONZE, 0)
-            kept, q, dup = c.get(naming.SILVER, 0), c.get(naming.QUARANTINE, 0), c.get(naming.DUPLICATES, 0)
-            diff = landed - (kept + q + dup)
-            out.append(
-                {
-                    "landing_date": d,
-                    "landed": landed,
-                    "silver": kept,
-                    "quarantined": q,
-                    "duplicates": dup,
-                    "difference": diff,
-                }
-            )
-            if diff:
-                report["ok"] = False
-                report["problems"].append(
-                    f"{s['dataset']} {d}: landed {landed} != silver {kept} + quarantined {q} + duplicates {dup}"
-                )
-        report["datasets"][s["dataset"]] = out
-    for ing in ingest_summaries:
-        for f in ing.get("rejected_files", []):
-            msg = f"{ing['dataset']}: file {f['source_file']} rejected: {f['reason']}"
-            report.setdefault("rejected_files", []).append(msg)
-            if uc.lakehouse.on_rejected_file == "fail":
-                report["ok"] = False
-                report["problems"].append(msg)
-    return report
+        by_date: dict[str, dict[str, int]] = {d: {} for d in landing}
+        for r in rt.fetch_rows(rt.run_query(reconcile_statement(uc, s["dataset"], landing))):
+            by_date.setdefault(r["landing_date"], {})[r["kind"]] = int(r["n"])
+        counts[s["dataset"]] = by_date
+    return accounting.reconcile_counts(uc, counts, ingest_summaries)
 
 
 def compact(uc: UseCase, run: RunInfo, rt: AwsRuntime, tables: list[str] | None = None) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from pyiceberg.table import Table
 
 from mlblueprints import runtime
 from mlblueprints.config import Dataset, UseCase
-from mlblueprints.lakehouse import iceberg, naming, sqlgen
+from mlblueprints.lakehouse import accounting, iceberg, naming, sqlgen
 from mlblueprints.lakehouse.sqlgen import ident, literal
 from mlblueprints.lineage import RunInfo
 
@@ -814,60 +814,29 @@ def reconcile(
 ) -> dict[str, Any]:
     """Check, per data set and landing date touched: rows landed = Silver + quarantined + duplicates.
 
-    Counts are read back from the committed tables (not from the steps' own bookkeeping). Landed
-    files the run rejected fail it too when ``lakehouse.on_rejected_file`` is ``fail``.
+    Counts are read back from the committed tables (not from the steps' own bookkeeping); see
+    :mod:`mlblueprints.lakehouse.accounting`.
     """
     con = connect()
-    report: dict[str, Any] = {"datasets": {}, "ok": True, "problems": []}
+    counts: dict[str, dict[str, dict[str, int]]] = {}
     for s in silver_summaries:
         dataset = s["dataset"]
-        landing = sorted({*s["landing_dates"], *s.get("superseded_landing_dates", [])})
+        landing = accounting.landing_dates_to_check(s)
         flt = _dates_filter("_landing_date", [date.fromisoformat(d) for d in landing])
-        tables = {
-            kind: _table(uc, naming.table_name(dataset, kind))
-            for kind in (naming.BRONZE, naming.SILVER, naming.QUARANTINE, naming.DUPLICATES)
-        }
-        counts: dict[str, dict[str, int]] = {d: Counter() for d in landing}  # type: ignore[misc]
         lst = _date_list(date.fromisoformat(d) for d in landing)
-        for kind, table in tables.items():
+        by_date: dict[str, dict[str, int]] = {d: {} for d in landing}
+        for kind in accounting.KINDS:
+            table = _table(uc, naming.table_name(dataset, kind))
             if table is None:
                 continue
+            # Bronze and quarantine are partitioned by landing date; Silver and duplicates are not
             part = flt if kind in (naming.BRONZE, naming.QUARANTINE) else AlwaysTrue()
             iceberg.register_view(con, f"_r_{kind}", table, part)
-            for d, n in _rows(
-                con, f"SELECT _landing_date, COUNT(*) FROM _r_{kind} WHERE _landing_date IN ({lst}) GROUP BY 1"
-            ):
-                counts[d.isoformat()][kind] = n
-        rows = []
-        for d in landing:
-            c = counts[d]
-            landed, kept, q, dup = c[naming.BRONZE], c[naming.SILVER], c[naming.QUARANTINE], c[naming.DUPLICATES]
-            diff = landed - (kept + q + dup)
-            rows.append(
-                {
-                    "landing_date": d,
-                    "landed": landed,
-                    "silver": kept,
-                    "quarantined": q,
-                    "duplicates": dup,
-                    "difference": diff,
-                }
-            )
-            if diff:
-                report["ok"] = False
-                report["problems"].append(
-                    f"{dataset} {d}: landed {landed} != silver {kept} + quarantined {q} + duplicates {dup} "
-                    f"({'missing' if diff > 0 else 'extra'} {abs(diff)} row(s))"
-                )
-        report["datasets"][dataset] = rows
-    for ing in ingest_summaries:
-        for f in ing.get("rejected_files", []):
-            msg = f"{ing['dataset']}: file {f['source_file']} rejected: {f['reason']}"
-            report.setdefault("rejected_files", []).append(msg)
-            if uc.lakehouse.on_rejected_file == "fail":
-                report["ok"] = False
-                report["problems"].append(msg)
-    return report
+            sql = f"SELECT _landing_date, COUNT(*) FROM _r_{kind} WHERE _landing_date IN ({lst}) GROUP BY 1"
+            for d, n in _rows(con, sql):
+                by_date[d.isoformat()][kind] = n
+        counts[dataset] = by_date
+    return accounting.reconcile_counts(uc, counts, ingest_summaries)
 
 
 # ------------------------------------------------------------------ compaction

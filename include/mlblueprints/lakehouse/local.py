@@ -54,10 +54,6 @@ class LakehouseError(RuntimeError):
     """A lakehouse step failed for a reason the user must act on; the message says what."""
 
 
-class ReconciliationError(LakehouseError):
-    pass
-
-
 # ------------------------------------------------------------------ helpers
 
 
@@ -190,10 +186,6 @@ def _digest(path: Path) -> tuple[str, int, int]:
     if size and last != b"\n":
         lines += 1
     return h.hexdigest(), size, lines
-
-
-def _bronze_select_columns(ds: Dataset) -> list[str]:
-    return [c.name for c in ds.columns] + list(sqlgen.BRONZE_META)
 
 
 def _bronze_empty_sql(ds: Dataset) -> str:

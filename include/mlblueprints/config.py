@@ -157,6 +157,85 @@ class GoldTable(_Strict):
     description: str | None = None
 
 
+_DURATION_RE = re.compile(r"^(?P<n>\d+)\s*(?P<u>s|m|h|d)$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# feature column types both stores can hold exactly (Gold column types as Iceberg reports them)
+FEATURE_TYPES = ("int", "bigint", "double", "float", "string", "boolean", "date", "timestamp")
+
+
+def duration_seconds(text: str) -> int:
+    """``"90s"``, ``"15m"``, ``"24h"``, ``"7d"`` -> seconds."""
+    m = _DURATION_RE.match(str(text).strip().lower())
+    if not m or int(m.group("n")) <= 0:
+        raise ValueError(f"{text!r} is not a duration; write a positive number with a unit s, m, h or d (e.g. 7d)")
+    return int(m.group("n")) * _DURATION_UNITS[m.group("u")]
+
+
+class FeatureView(_Strict):
+    """Features of one entity, read from a Gold table and served from two stores.
+
+    Every Gold row becomes one timestamped row of the offline store (history); the online store
+    keeps the newest row per entity, valid for ``ttl`` after its event time.
+    """
+
+    source: str  # a Gold table of this use case
+    entity: Annotated[list[str], Field(min_length=1)]
+    event_time: str | None = None  # default: the Gold table's event_time
+    features: Annotated[list[str], Field(min_length=1)]
+    ttl: str = "7d"
+    # which stores hold the view; the use case's target (or ``target`` here) decides which kind
+    stores: Annotated[list[Literal["offline", "online"]], Field(min_length=1)] = ["offline", "online"]
+    target: Literal["local", "aws"] | None = None
+    # bump when the feature list or a feature's meaning changes: a new version is a new table
+    version: Annotated[int, Field(ge=1, le=9999)] = 1
+    description: str | None = None
+
+    @field_validator("ttl")
+    @classmethod
+    def _ttl(cls, v: str) -> str:
+        duration_seconds(v)
+        return v.strip().lower()
+
+    @property
+    def ttl_seconds(self) -> int:
+        return duration_seconds(self.ttl)
+
+    @model_validator(mode="after")
+    def _columns(self) -> FeatureView:
+        cols = [*self.entity, *self.features]
+        dupes = sorted({c for c in cols if cols.count(c) > 1})
+        if dupes:
+            raise ValueError(f"column(s) listed twice across entity and features: {', '.join(dupes)}")
+        for c in cols:
+            if not re.match(IDENT, c):
+                raise ValueError(f"column name {c!r} must match {IDENT}")
+        reserved = [c for c in cols if c in ("event_time", "event_date", "record_id") or c.startswith("_")]
+        if reserved:
+            raise ValueError(
+                f"column names 'event_time', 'event_date', 'record_id' and '_...' are reserved: {reserved}"
+            )
+        if len(set(self.stores)) != len(self.stores):
+            raise ValueError("stores lists a store twice")
+        return self
+
+
+class TrainingLabels(_Strict):
+    """Label events: rows of a Gold table, each with the entity keys, an event time and a label."""
+
+    source: str  # a Gold table
+    label: str
+    event_time: str | None = None  # default: the Gold table's event_time
+    columns: list[str] = []  # carried through unchanged (ids, for joining predictions back)
+
+
+class TrainingSet(_Strict):
+    """A point-in-time correct training set: label events joined to feature views as of their time."""
+
+    labels: TrainingLabels
+    features: Annotated[list[str], Field(min_length=1)]  # feature view names
+    description: str | None = None
+
+
 class Compaction(_Strict):
     min_files: Annotated[int, Field(ge=2)] = 4
     small_file_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
@@ -171,6 +250,23 @@ class LakehouseOptions(_Strict):
     snapshot_retention_days: Annotated[int, Field(ge=1, le=3650)] = 7
 
 
+class FeatureStoreOptions(_Strict):
+    """SageMaker Feature Store settings of the aws target (defaults derive from the aws section)."""
+
+    offline_s3_uri: str | None = None  # default: s3://<bucket>/<prefix>/feature-store
+    role_arn: Annotated[str | None, Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")] = None
+    put_record_workers: Annotated[int, Field(ge=1, le=64)] = 8
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 8  # per record, on throttling / 5xx
+    wait_seconds: Annotated[int, Field(ge=0, le=3600)] = 600  # for a new feature group to be Created
+
+    @field_validator("offline_s3_uri")
+    @classmethod
+    def _s3(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("s3://"):
+            raise ValueError("must be an s3:// URI")
+        return v
+
+
 class AwsTarget(_Strict):
     region: Annotated[str, Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")]
     account_id: Annotated[str, Field(pattern=r"^\d{12}$")]
@@ -180,6 +276,7 @@ class AwsTarget(_Strict):
     athena_workgroup: str = "primary"
     athena_output: str | None = None
     kms_key_arn: Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key|alias)/.+$")]
+    feature_store: FeatureStoreOptions = FeatureStoreOptions()
     iam_role_arn: Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")]
     aws_conn_id: str | None = "aws_default"
 
@@ -218,13 +315,15 @@ class UseCase(_Strict):
     tags: list[str] = []
     datasets: Annotated[dict[str, Dataset], Field(min_length=1)]
     gold: dict[str, GoldTable] = {}
+    features: dict[str, FeatureView] = {}
+    training_sets: dict[str, TrainingSet] = {}
     lakehouse: LakehouseOptions = LakehouseOptions()
     aws: AwsTarget | None = None
 
     # Where the YAML was read from; set by the loader, not by the file.
     source_path: str | None = Field(default=None, exclude=True)
 
-    @field_validator("datasets", "gold")
+    @field_validator("datasets", "gold", "features", "training_sets")
     @classmethod
     def _table_names(cls, v: dict[str, Any]) -> dict[str, Any]:
         for k in v:
@@ -245,7 +344,32 @@ class UseCase(_Strict):
             for inp in g.inputs:
                 if inp not in self.datasets:
                     raise ValueError(f"gold.{gname}.inputs names unknown data set {inp!r}")
+        for vname, v in self.features.items():
+            if v.source not in self.gold:
+                raise ValueError(f"features.{vname}.source names unknown Gold table {v.source!r}")
+            if (v.target or self.target) == "aws" and self.aws is None:
+                raise ValueError(f"features.{vname} is held on aws but the aws section is missing")
+        for tname, t in self.training_sets.items():
+            if t.labels.source not in self.gold:
+                raise ValueError(f"training_sets.{tname}.labels.source names unknown Gold table {t.labels.source!r}")
+            seen: dict[str, str] = {}
+            for vname in t.features:
+                if vname not in self.features:
+                    raise ValueError(f"training_sets.{tname}.features names unknown feature view {vname!r}")
+                if "offline" not in self.features[vname].stores:
+                    raise ValueError(f"training_sets.{tname}: feature view {vname!r} has no offline store")
+                for f in self.features[vname].features:
+                    if f in seen:
+                        raise ValueError(f"training_sets.{tname}: feature {f!r} is in both {seen[f]!r} and {vname!r}")
+                    seen[f] = vname
+            clash = sorted(set(seen) & {t.labels.label, *t.labels.columns})
+            if clash:
+                raise ValueError(f"training_sets.{tname}: label/columns clash with feature names {clash}")
         return self
+
+    def view_target(self, view: str) -> str:
+        """Where a feature view's stores live: its own ``target``, else the use case's."""
+        return self.features[view].target or self.target
 
     @property
     def base_dir(self) -> Path:

@@ -224,7 +224,10 @@ def expression_sql(expr: BooleanExpression) -> str:
     from pyiceberg.expressions import (
         AlwaysFalse,
         And,
+        GreaterThan,
         GreaterThanOrEqual,
+        IsNull,
+        LessThan,
         LessThanOrEqual,
         Or,
     )
@@ -241,7 +244,9 @@ def expression_sql(expr: BooleanExpression) -> str:
         return f"({expression_sql(expr.left)}) AND ({expression_sql(expr.right)})"
     if isinstance(expr, Or):
         return f"({expression_sql(expr.left)}) OR ({expression_sql(expr.right)})"
-    ops = {Eq: "=", GreaterThanOrEqual: ">=", LessThanOrEqual: "<="}
+    if isinstance(expr, IsNull):
+        return f"{ident(expr.term.name)} IS NULL"
+    ops = {Eq: "=", GreaterThanOrEqual: ">=", LessThanOrEqual: "<=", GreaterThan: ">", LessThan: "<"}
     for cls, op in ops.items():
         if isinstance(expr, cls):
             return f"{ident(expr.term.name)} {op} {literal(expr.literal.value)}"

@@ -1,0 +1,417 @@
+"""Feature materialization and training sets on the local target (DuckDB, Iceberg, SQLite).
+
+:func:`materialize` computes one batch per view and event-date range from the Gold table and
+feeds both stores from it:
+
+1. DuckDB streams the batch (:func:`core.batch_sql`) into Parquet files in a fresh directory of
+   the offline table (nothing visible yet);
+2. one Iceberg commit replaces the range's partitions of the offline table with those files;
+3. one SQLite transaction upserts the newest row per entity *read from the same files* into
+   the online store and records the offline snapshot id it reflects.
+
+A kill before (2) leaves only unreferenced files; between (2) and (3) the online store lags
+until the rerun, which rewrites the same offline content and applies the same upserts; a kill
+inside (3) rolls the transaction back. Rerunning a range leaves both stores as after one run.
+
+:func:`build_training_set` is the point-in-time join (:func:`core.pit_sql`) of a use case's label
+events with the offline stores, written as an Iceberg table whose snapshot records the snapshot
+ids it read.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import date, timedelta
+from typing import Any
+
+from pyiceberg.expressions import (
+    AlwaysTrue,
+    And,
+    BooleanExpression,
+    GreaterThanOrEqual,
+    IsNull,
+    LessThan,
+    LessThanOrEqual,
+    Or,
+)
+
+from mlblueprints import runtime
+from mlblueprints.config import UseCase
+from mlblueprints.features import core
+from mlblueprints.features.core import FeatureViewError, TrainingSetError, ViewColumns
+from mlblueprints.features.online import OnlineStore, store_path
+from mlblueprints.lakehouse import iceberg, naming
+from mlblueprints.lakehouse.local import _props, connect, target_file_size
+from mlblueprints.lakehouse.sqlgen import ident, literal
+from mlblueprints.lineage import RunInfo
+
+log = logging.getLogger(__name__)
+
+
+def _gold(uc: UseCase, table: str, who: str) -> Any:
+    t = iceberg.load(iceberg.catalog(), naming.identifier(uc, table))
+    if t is None:
+        raise LookupError(f"{uc.name}: {who}: Gold table {table!r} does not exist yet (run {uc.name}__lakehouse first)")
+    return t
+
+
+def iceberg_types(table: Any) -> dict[str, str]:
+    return {f.name: str(f.field_type) for f in table.schema().fields}
+
+
+def _range_filter(column: str, lo: date | None, hi: date | None, hi_exclusive: bool = False) -> BooleanExpression:
+    parts: list[BooleanExpression] = []
+    if lo is not None:
+        parts.append(GreaterThanOrEqual(column, lo.isoformat()))
+    if hi is not None:
+        parts.append(LessThan(column, hi.isoformat()) if hi_exclusive else LessThanOrEqual(column, hi.isoformat()))
+    if not parts:
+        return AlwaysTrue()
+    return parts[0] if len(parts) == 1 else And(parts[0], parts[1])
+
+
+def _encode_sql(cols: ViewColumns, relation: str) -> str:
+    """Rows of a batch relation in the online store's layout: (*keys, event_time_us, event_date, *features)."""
+    out = [ident(k) for k in cols.entity_names]
+    out += ["epoch_us(event_time)", "CAST(event_date AS VARCHAR)"]
+    for n, t in cols.features:
+        if t == "timestamp":
+            out.append(f"epoch_us({ident(n)})")
+        elif t == "boolean":
+            out.append(f"CAST({ident(n)} AS INTEGER)")
+        elif t == "date":
+            out.append(f"CAST({ident(n)} AS VARCHAR)")
+        elif t == "float":
+            out.append(f"CAST({ident(n)} AS DOUBLE)")
+        else:
+            out.append(ident(n))
+    return f"SELECT {', '.join(out)} FROM {relation}"
+
+
+def _fetch(con: Any, sql: str, size: int = 50_000) -> Any:
+    cur = con.execute(sql)
+    while True:
+        rows = cur.fetchmany(size)
+        if not rows:
+            return
+        yield from rows
+
+
+def view_columns(uc: UseCase, view: str) -> ViewColumns:
+    """The view's typed columns, checked against its Gold table as it is now."""
+    v = uc.features[view]
+    try:
+        gold = _gold(uc, v.source, f"features.{view}")
+    except LookupError as exc:
+        raise FeatureViewError(uc, view, None, str(exc).split(": ", 2)[-1]) from None
+    return core.resolve_columns(uc, view, iceberg_types(gold))
+
+
+def _checked(uc: UseCase, view: str) -> tuple[Any, ViewColumns, Any, OnlineStore | None]:
+    """Every check that must pass before a byte is written: the view against its Gold table, and
+    against the layout of stores written earlier. Returns (Gold table, columns, offline table or
+    None, online store or None)."""
+    v = uc.features[view]
+    gold = _gold(uc, v.source, f"features.{view}")
+    cols = core.resolve_columns(uc, view, iceberg_types(gold))
+    off_id = naming.identifier(uc, core.offline_table(uc, view))
+    offline = iceberg.load(iceberg.catalog(), off_id) if "offline" in v.stores else None
+    if offline is not None:
+        core.check_store_types(uc, view, cols, iceberg_types(offline), "offline")
+    store: OnlineStore | None = None
+    if "online" in v.stores:
+        store = OnlineStore(store_path(uc))
+        stored = store.stored_types(core.online_table(uc, view))
+        if stored is not None:
+            try:
+                core.check_store_types(uc, view, cols, stored, "online")
+            except FeatureViewError:
+                store.close()
+                raise
+    return gold, cols, offline, store
+
+
+def check_view(uc: UseCase, view: str) -> str | None:
+    """Why ``view`` cannot be materialized now (one line), or None when its checks pass."""
+    try:
+        _, _, _, store = _checked(uc, view)
+    except (FeatureViewError, LookupError) as exc:
+        return str(exc)
+    if store is not None:
+        store.close()
+    return None
+
+
+def materialize(uc: UseCase, view: str, lo: date, hi: date, run: RunInfo) -> dict[str, Any]:
+    """Materialize ``view`` for the event dates [lo, hi] into its offline and online stores."""
+    started = time.perf_counter()
+    v = uc.features[view]
+    gold, cols, offline, store = _checked(uc, view)
+    cat = iceberg.catalog()
+    off_id = naming.identifier(uc, core.offline_table(uc, view))
+
+    con = connect()
+    g = uc.gold[v.source]
+    # prune Gold partitions when the view's event time is the one Gold is partitioned by
+    # (and read the null partition: rows without an event time are counted as skipped)
+    # (an IN list, not a range: pyiceberg's residual evaluator fails on a range over a null partition)
+    prune = (
+        Or(iceberg.in_filter("event_date", [d.isoformat() for d in core.dates_of(lo, hi)]), IsNull("event_date"))
+        if cols.event_time == g.event_time
+        else AlwaysTrue()
+    )
+    iceberg.register_view(con, "gold_src", gold, prune)
+    null_key, null_et, total = con.execute(core.skipped_sql(cols, "gold_src", lo, hi)).fetchall()[0]
+    batch = core.batch_sql(cols, "gold_src", g.primary_key, lo, hi)
+    gold_snapshot = iceberg.snapshot_id(gold)
+    batch_id = uuid.uuid4().hex
+
+    if offline is None and "offline" in v.stores:
+        offline = iceberg.ensure_table(
+            cat,
+            off_id,
+            iceberg.query_schema(con, batch),
+            "event_date",
+            {
+                **_props(uc),
+                "mlb.feature-view": view,
+                "mlb.feature-view-version": str(v.version),
+                "mlb.entity": ",".join(v.entity),
+                "mlb.ttl-seconds": str(v.ttl_seconds),
+                "mlb.source": naming.identifier(uc, v.source),
+            },
+        )
+    if offline is not None:
+        location = iceberg.new_write_dir(offline)
+    else:  # online only: the batch lives in a scratch directory
+        location = runtime.path("tmp", "features", batch_id)
+    rows = iceberg.write_files(con, location, batch, partition_by="event_date", target_file_size=target_file_size(uc))
+    files = f"read_parquet('{location}/**/*.parquet', hive_partitioning = false)" if rows else None
+
+    offline_out: dict[str, Any] = {}
+    if offline is not None:
+        props = run.snapshot_properties(
+            step="features",
+            feature_view=view,
+            feature_view_version=str(v.version),
+            source_snapshots={v.source: gold_snapshot},
+            range=[lo.isoformat(), hi.isoformat()],
+            batch_id=batch_id,
+        )
+        offline_out = iceberg.commit_files(
+            offline, location, replace=_range_filter("event_date", lo, hi), snapshot_properties=props
+        )
+
+    online_out: dict[str, Any] = {}
+    entities = 0
+    if store is not None:
+        table = store.ensure_table(uc, view, cols)
+        if files:
+            con.execute(f"CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM {files}")
+            latest = core.latest_sql(cols, "batch")
+            entities = con.execute(f"SELECT count(*) FROM ({latest})").fetchall()[0][0]
+            incoming = _fetch(con, _encode_sql(cols, f"({latest})"))
+        else:
+            incoming = iter(())
+
+        def reresolve(keys: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+            return _newest_before(con, uc, view, cols, offline, lo, keys)
+
+        online_out = store.apply_batch(
+            table,
+            cols,
+            v.ttl_seconds,
+            incoming,
+            lo=lo,
+            hi=hi,
+            batch_id=batch_id,
+            offline_snapshot_id=offline_out.get("snapshot_id"),
+            reresolve=reresolve,
+            run=run,
+            rows_in_batch=rows,
+        )
+        online_out["stats"] = store.stats(table)
+        store.close()
+    if offline is None:
+        shutil.rmtree(location, ignore_errors=True)
+    con.close()
+    return {
+        "view": view,
+        "target": "local",
+        "range": [lo.isoformat(), hi.isoformat()],
+        "rows_in": int(total),
+        "skipped_null_key": int(null_key),
+        "skipped_null_event_time": int(null_et),
+        "collapsed_duplicates": int(total) - int(null_key) - int(null_et) - rows,
+        "offline_rows": rows,
+        "online_entities": entities,
+        "offline_table": off_id if offline is not None else None,
+        "offline_snapshot_id": offline_out.get("snapshot_id"),
+        "offline_files": offline_out.get("files_written"),
+        "online": online_out,
+        "source_snapshots": {v.source: gold_snapshot},
+        "batch_id": batch_id,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _newest_before(
+    con: Any, uc: UseCase, view: str, cols: ViewColumns, offline: Any, lo: date, keys: Sequence[Sequence[Any]]
+) -> list[tuple[Any, ...]]:
+    """Newest offline row before ``lo`` of each given entity (online-store layout)."""
+    if offline is None or not keys:
+        return []
+    offline.refresh()
+    iceberg.register_view(con, "older", offline, LessThan("event_date", lo.isoformat()))
+    names = cols.entity_names
+    out: list[tuple[Any, ...]] = []
+    for i in range(0, len(keys), 5000):
+        part = keys[i : i + 5000]
+        vals = ", ".join("(" + ", ".join(literal(x) for x in k) + ")" for k in part)
+        match = (
+            f"({', '.join(ident(n) for n in names)}) IN (VALUES {vals})"
+            if len(names) > 1
+            else (f"{ident(names[0])} IN ({', '.join(literal(k[0]) for k in part)})")
+        )
+        latest = core.latest_sql(cols, f"(SELECT * FROM older WHERE {match})")
+        out += con.execute(_encode_sql(cols, f"({latest})")).fetchall()
+    return out
+
+
+def latest_gold_range(uc: UseCase, golds: Sequence[str]) -> tuple[date, date] | None:
+    """The event dates recomputed by the current snapshot of each Gold table (merged), from the
+    ``mlb.recomputed`` property the lakehouse writes on every Gold commit."""
+    import json
+
+    los, his = [], []
+    for g in golds:
+        t = iceberg.load(iceberg.catalog(), naming.identifier(uc, g))
+        snap = t.current_snapshot() if t is not None else None
+        rng = snap.summary.additional_properties.get("mlb.recomputed") if snap and snap.summary else None
+        if rng:
+            lo, hi = json.loads(rng)
+            los.append(date.fromisoformat(lo))
+            his.append(date.fromisoformat(hi))
+    return (min(los), max(his)) if los else None
+
+
+# ------------------------------------------------------------------ reads
+
+
+def offline_rows(uc: UseCase, view: str, where: str | None = None) -> Any:
+    """The offline store of a view as a pandas DataFrame (tests, inspection)."""
+    t = iceberg.load(iceberg.catalog(), naming.identifier(uc, core.offline_table(uc, view)))
+    if t is None:
+        raise LookupError(f"{uc.name}: features.{view}: no offline table yet")
+    con = connect()
+    iceberg.register_view(con, "off", t)
+    return con.execute(f"SELECT * FROM off {'WHERE ' + where if where else ''}").df()
+
+
+# ------------------------------------------------------------------ training sets
+
+
+def build_training_set(
+    uc: UseCase,
+    name: str,
+    run: RunInfo,
+    label_start: date | None = None,
+    label_end: date | None = None,
+) -> dict[str, Any]:
+    """Point-in-time join of label events (``training_sets.<name>.labels``) with the offline
+    stores of its feature views; the result replaces the Iceberg table ``ts_<name>``.
+
+    ``label_start`` (inclusive) and ``label_end`` (exclusive) restrict the label events by
+    event time. The snapshot written records the snapshot id of every table read.
+    """
+    started = time.perf_counter()
+    ts = uc.training_sets[name]
+    labels_tbl = _gold(uc, ts.labels.source, f"training_sets.{name}")
+    ltypes = {k: core.normalize_type(t) for k, t in iceberg_types(labels_tbl).items()}
+    label_time = ts.labels.event_time or uc.gold[ts.labels.source].event_time
+    needed = {label_time: "event time", ts.labels.label: "label"}
+    needed.update({c: "carried" for c in ts.labels.columns})
+    for vname in ts.features:
+        needed.update({k: f"entity key of {vname}" for k in uc.features[vname].entity})
+    for c, role in needed.items():
+        if c not in ltypes:
+            raise TrainingSetError(
+                uc, name, c, f"{role} column is not in {ts.labels.source!r} (it has: {', '.join(ltypes)})"
+            )
+    if ltypes[label_time] != "timestamp":
+        raise TrainingSetError(uc, name, label_time, f"event time must be a timestamp, got {ltypes[label_time]}")
+
+    con = connect()
+    g = uc.gold[ts.labels.source]
+    lprune = _range_filter("event_date", label_start, label_end) if label_time == g.event_time else AlwaysTrue()
+    iceberg.register_view(con, "labels", labels_tbl, lprune)
+    sources: dict[str, Any] = {ts.labels.source: iceberg.snapshot_id(labels_tbl)}
+    views = []
+    for i, vname in enumerate(ts.features):
+        fv = uc.features[vname]
+        off_name = core.offline_table(uc, vname)
+        off = iceberg.load(iceberg.catalog(), naming.identifier(uc, off_name))
+        if off is None:
+            raise TrainingSetError(
+                uc, name, None, f"feature view {vname!r} has no offline store yet (materialize it first)"
+            )
+        cols = view_columns(uc, vname)
+        core.check_store_types(uc, vname, cols, iceberg_types(off), "offline")
+        vlo = label_start - timedelta(seconds=fv.ttl_seconds) - timedelta(days=1) if label_start else None
+        iceberg.register_view(con, f"fv{i}", off, _range_filter("event_date", vlo, label_end))
+        views.append(core.PitView(name=vname, relation=f"fv{i}", cols=cols, ttl_seconds=fv.ttl_seconds))
+        sources[off_name] = iceberg.snapshot_id(off)
+    sql = core.pit_sql("labels", label_time, ts.labels.label, ts.labels.columns, views, label_start, label_end)
+    order = ["event_time", *dict.fromkeys(k for v in views for k in v.cols.entity_names), *ts.labels.columns]
+    sql = f"SELECT * FROM ({sql}) ORDER BY {', '.join(ident(c) for c in order)}"
+    table = iceberg.ensure_table(
+        iceberg.catalog(),
+        naming.identifier(uc, core.training_table(name)),
+        iceberg.query_schema(con, sql),
+        "event_date",
+        {**_props(uc), "mlb.training-set": name},
+    )
+    props = run.snapshot_properties(
+        step="training_set",
+        training_set=name,
+        source_snapshots=sources,
+        feature_views={v: uc.features[v].version for v in ts.features},
+        label_range=[label_start.isoformat() if label_start else None, label_end.isoformat() if label_end else None],
+    )
+    w = iceberg.write(
+        con,
+        table,
+        sql,
+        replace=AlwaysTrue(),
+        partition_by="event_date",
+        snapshot_properties=props,
+        target_file_size=target_file_size(uc),
+    )
+    table.refresh()
+    iceberg.register_view(con, "written", table)
+    coverage = {
+        v.name: con.execute(
+            f"SELECT avg(CASE WHEN {ident(v.name + '__feature_time')} IS NULL THEN 0 ELSE 1 END) FROM written"
+        ).fetchall()[0][0]
+        for v in views
+    }
+    positives = con.execute(f"SELECT count(*) FILTER (WHERE {ident(ts.labels.label)} = 1) FROM written").fetchall()[0][
+        0
+    ]
+    con.close()
+    return {
+        "training_set": name,
+        "table": naming.identifier(uc, core.training_table(name)),
+        "rows": w["rows_written"],
+        "positives": int(positives or 0),
+        "snapshot_id": w["snapshot_id"],
+        "source_snapshots": sources,
+        "feature_views": {v: uc.features[v].version for v in ts.features},
+        "coverage": {k: round(float(x or 0.0), 4) for k, x in coverage.items()},
+        "label_range": [label_start.isoformat() if label_start else None, label_end.isoformat() if label_end else None],
+        "seconds": round(time.perf_counter() - started, 3),
+    }

@@ -1,0 +1,635 @@
+"""Feature materialization on the aws target: SageMaker Feature Store, fed from Athena.
+
+A materialization of a view for the event dates [lo, hi]:
+
+1. reads the Gold table's columns from the Glue Data Catalog and checks the view against them
+   (:func:`core.resolve_columns`: a missing column or a type that cannot be stored fails here,
+   naming the view and the column);
+2. creates the view's feature group if it does not exist and waits until it is ``Created``; an
+   existing group must have the same features with the same Feature Store types (a type change
+   means a new ``version``, hence a new group);
+3. UNLOADs the batch (:func:`core.batch_sql` over the Gold table, transpiled to Trino) as
+   Parquet to an S3 prefix unique per run and try, encrypted like every query result with the use
+   case's KMS key, and counts the rows it leaves out (:func:`core.skipped_sql`, a SELECT);
+4. reads the batch in the worker and sends every row to the offline store (PutRecord,
+   ``TargetStores=["OfflineStore"]``) and the newest row per entity (:func:`core.latest_sql`)
+   to the online store (``["OnlineStore"]``), in parallel, retrying throttling and 5xx errors
+   with exponential backoff and jitter; a record that still fails fails the task.
+
+Differences from the local target (``features.local``), both due to Feature Store itself:
+
+* the offline store is append-only: a rerun of a range appends its rows again. Readers dedupe
+  by (record identifier, ``event_time``), keeping the newest ``write_time`` /
+  ``api_invocation_time`` - the offline rows of an entity and instant are then the last run's;
+* the online store keeps a record until a newer event time (or its TTL) replaces it: an entity
+  whose newest row disappears from Gold, or moves to an earlier time, keeps the newer value it
+  had online (the local store re-resolves or deletes it). Writing an older range again never
+  replaces a newer online value;
+* event times are kept to the millisecond (Feature Store's ``yyyy-MM-ddTHH:mm:ss.SSSZ``).
+
+This module does not import Airflow: the caller passes an
+:class:`~mlblueprints.lakehouse.aws.AwsRuntime` (Athena, and the boto3 session the SageMaker
+clients come from) or, for reads, a boto3 session.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from mlblueprints import runtime
+from mlblueprints.aws import featurestore as fsreq
+from mlblueprints.aws import requests as req
+from mlblueprints.config import UseCase
+from mlblueprints.features import core
+from mlblueprints.features.core import FeatureViewError, ViewColumns
+from mlblueprints.lakehouse.aws import AwsRuntime, Statement, fq
+from mlblueprints.lakehouse.sqlgen import ident, literal, sql_type, to_trino
+from mlblueprints.lineage import RunInfo
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 10.0  # between DescribeFeatureGroup calls while a new group is being created
+BACKOFF_BASE_SECONDS = 0.1
+BACKOFF_MAX_SECONDS = 20.0
+# Feature Store's own 5xx errors, plus throttling; botocore's standard retry conditions add theirs
+RETRYABLE_CODES = frozenset({"ThrottlingException", "ServiceUnavailable", "InternalFailure"})
+FETCH_ROWS = 10_000
+
+
+class PutRecordError(RuntimeError):
+    """A record Feature Store did not accept (after its retries); names the record."""
+
+    def __init__(self, feature_group: str, record_id: str, attempts: int, error: BaseException):
+        self.feature_group = feature_group
+        self.record_id = record_id
+        self.attempts = attempts
+        self.error = error
+        code = error_code(error) or type(error).__name__
+        super().__init__(
+            f"PutRecord to feature group {feature_group} failed for record {record_id!r} "
+            f"after {attempts} attempt(s): {code}: {error}"
+        )
+
+
+# ---------------------------------------------------------------- clients, errors, retries
+
+
+def clients(session: Any, uc: UseCase, workers: int | None = None) -> tuple[Any, Any]:
+    """(sagemaker, sagemaker-featurestore-runtime) clients of a boto3 session.
+
+    The runtime client does not retry by itself (:func:`put_records` does, per record, with
+    the use case's ``max_attempts``) and has a connection per worker thread.
+    """
+    from botocore.config import Config
+
+    aws = uc.aws
+    assert aws is not None
+    n = workers or aws.feature_store.put_record_workers
+    sm = session.client("sagemaker", region_name=aws.region)
+    fs = session.client(
+        "sagemaker-featurestore-runtime",
+        region_name=aws.region,
+        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, max_pool_connections=max(10, n + 2)),
+    )
+    return sm, fs
+
+
+def error_code(exc: BaseException) -> str | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, Mapping):
+        return response.get("Error", {}).get("Code")
+    return None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Throttling, Feature Store's 5xx errors, and what botocore's standard retry mode retries
+    (transient error codes, HTTP 500/502/503/504, connection errors)."""
+    from botocore.exceptions import ClientError
+    from botocore.retries.standard import (
+        OrRetryChecker,
+        RetryContext,
+        ThrottledRetryableChecker,
+        TransientRetryableChecker,
+    )
+
+    if isinstance(exc, ClientError):
+        if error_code(exc) in RETRYABLE_CODES:
+            return True
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        if status >= 500 or status == 429:
+            return True
+        ctx = RetryContext(attempt_number=1, parsed_response=exc.response)
+    else:
+        ctx = RetryContext(attempt_number=1, caught_exception=exc)
+    return OrRetryChecker([TransientRetryableChecker(), ThrottledRetryableChecker()]).is_retryable(ctx)
+
+
+def backoff_seconds(attempt: int, rng: Callable[[], float] = random.random) -> float:
+    """Delay before attempt ``attempt + 1``: exponential, capped, with jitter (half fixed, half random)."""
+    cap = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
+    return cap / 2 + rng() * cap / 2
+
+
+def _call(fn: Callable[..., Any], kwargs: dict[str, Any], max_attempts: int, sleep: Callable[[float], None]) -> Any:
+    """One API call with the retries of :func:`put_records` (for calls other than PutRecord)."""
+    attempt = 1
+    while True:
+        try:
+            return fn(**kwargs)
+        except Exception as exc:
+            if attempt >= max_attempts or not is_retryable(exc):
+                raise
+            sleep(backoff_seconds(attempt))
+            attempt += 1
+
+
+# ---------------------------------------------------------------- schema
+
+
+_GLUE_TYPES = {"long": "bigint", "integer": "int", "timestamptz": "timestamp", "string": "string"}
+
+
+def gold_types(uc: UseCase, gold: str, glue: Any, s3: Any = None) -> dict[str, str]:
+    """Column -> type of a Gold table as the Glue Data Catalog reports it (GetTable).
+
+    Glue lists an Iceberg table's columns in its StorageDescriptor (Athena keeps them in step
+    with every commit). When it does not, and ``s3`` is given, the schema is read from the
+    table's current Iceberg metadata (``Parameters.metadata_location``). Raises
+    ``LookupError`` when the table (or any column of it) cannot be found.
+    """
+    aws = uc.aws
+    assert aws is not None
+    try:
+        table = glue.get_table(DatabaseName=aws.glue_database, Name=gold)["Table"]
+    except glue.exceptions.EntityNotFoundException:
+        raise LookupError(
+            f"Gold table {aws.glue_database}.{gold} is not in the Glue Data Catalog (run the {uc.name}__lakehouse DAG first)"
+        ) from None
+    sd = table.get("StorageDescriptor") or {}
+    columns = [*sd.get("Columns", []), *table.get("PartitionKeys", [])]
+    location = (table.get("Parameters") or {}).get("metadata_location")
+    if not columns and location and s3 is not None:
+        columns = _iceberg_columns(s3, location)
+    out: dict[str, str] = {}
+    for c in columns:
+        t = str(c.get("Type", "")).strip().lower()
+        out[c["Name"]] = _GLUE_TYPES.get(t, t)
+    if not out:
+        raise LookupError(f"Gold table {aws.glue_database}.{gold} has no columns in the Glue Data Catalog")
+    return out
+
+
+def _iceberg_columns(s3: Any, metadata_location: str) -> list[dict[str, str]]:
+    """Top-level columns of an Iceberg table's current schema, from its metadata JSON."""
+    import json
+
+    bucket, key = req.split_s3_uri(metadata_location)
+    meta = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    schemas = meta.get("schemas") or [meta.get("schema", {})]
+    current = meta.get("current-schema-id", schemas[0].get("schema-id"))
+    schema = next((sc for sc in schemas if sc.get("schema-id") == current), schemas[-1])
+    return [
+        {"Name": f["name"], "Type": f["type"] if isinstance(f["type"], str) else f["type"].get("type", "struct")}
+        for f in schema.get("fields", [])
+    ]
+
+
+def view_columns(uc: UseCase, view: str, glue: Any, s3: Any = None) -> ViewColumns:
+    """The view's typed columns, checked against its Gold table in Glue."""
+    try:
+        types = gold_types(uc, uc.features[view].source, glue, s3)
+    except LookupError as exc:
+        raise FeatureViewError(uc, view, None, str(exc)) from None
+    return core.resolve_columns(uc, view, types)
+
+
+# ---------------------------------------------------------------- feature group
+
+
+def check_feature_group(uc: UseCase, view: str, cols: ViewColumns, described: Mapping[str, Any]) -> None:
+    """An existing feature group must hold the view's features with the same types and stores."""
+    v = uc.features[view]
+    name = described.get("FeatureGroupName", core.feature_group_name(uc, view))
+    bump = f"bump features.{view}.version to start a new feature group"
+    rid = fsreq.record_identifier_name(uc, view)
+    if described.get("RecordIdentifierFeatureName") != rid:
+        raise FeatureViewError(
+            uc,
+            view,
+            rid,
+            f"feature group {name} is keyed on {described.get('RecordIdentifierFeatureName')!r}, the view on {rid!r}; {bump}",
+        )
+    if described.get("EventTimeFeatureName") != fsreq.EVENT_TIME:
+        raise FeatureViewError(
+            uc,
+            view,
+            fsreq.EVENT_TIME,
+            f"feature group {name} has event time {described.get('EventTimeFeatureName')!r}; {bump}",
+        )
+    have = {d["FeatureName"]: d["FeatureType"] for d in described.get("FeatureDefinitions", [])}
+    types = fsreq.feature_types(cols)
+    for d in fsreq.feature_definitions(uc, view, cols):
+        f, want = d["FeatureName"], d["FeatureType"]
+        if f not in have:
+            raise FeatureViewError(uc, view, f, f"feature group {name} has no such feature; {bump}")
+        if have[f] != want:
+            raise FeatureViewError(
+                uc,
+                view,
+                f,
+                f"type changed: feature group {name} holds {have[f]}, Gold now gives {types[f]} ({want}); {bump}",
+            )
+    if "online" in v.stores and not (described.get("OnlineStoreConfig") or {}).get("EnableOnlineStore"):
+        raise FeatureViewError(uc, view, None, f"feature group {name} has no online store; {bump}")
+    if "offline" in v.stores and not described.get("OfflineStoreConfig"):
+        raise FeatureViewError(uc, view, None, f"feature group {name} has no offline store; {bump}")
+
+
+def ensure_feature_group(
+    sm: Any,
+    uc: UseCase,
+    view: str,
+    cols: ViewColumns,
+    wait_seconds: float,
+    poll: float = POLL_SECONDS,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Create the view's feature group unless it exists; wait until it is ``Created``.
+
+    An existing group is checked against the view first (:func:`check_feature_group`). A group
+    created concurrently by another run (``ResourceInUse``) is waited for like our own. Raises
+    ``RuntimeError`` with the service's ``FailureReason`` when creation fails, ``TimeoutError``
+    after ``wait_seconds``.
+    """
+    request = fsreq.create_feature_group_request(uc, view, cols)
+    name = request["FeatureGroupName"]
+    created = False
+    try:
+        desc: dict[str, Any] | None = sm.describe_feature_group(FeatureGroupName=name)
+    except sm.exceptions.ResourceNotFound:
+        desc = None
+    checked = desc is not None
+    if checked:
+        check_feature_group(uc, view, cols, desc)  # before waiting: a changed view fails at once
+    else:
+        try:
+            sm.create_feature_group(**request)
+            created = True
+            log.info("feature group %s: creating", name)
+        except sm.exceptions.ResourceInUse:
+            log.info("feature group %s: created concurrently, waiting for it", name)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        if desc is None or desc.get("FeatureGroupStatus") == "Creating":
+            if desc is not None:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"{uc.name}: features.{view}: feature group {name} is still Creating after {wait_seconds:.0f} s"
+                    )
+                sleep(poll)
+            desc = sm.describe_feature_group(FeatureGroupName=name)
+            continue
+        status = desc.get("FeatureGroupStatus")
+        if status == "Created":
+            break
+        reason = desc.get("FailureReason") or "no reason given"
+        raise RuntimeError(f"{uc.name}: features.{view}: feature group {name} is {status}: {reason}")
+    if not checked:  # ours, or one a concurrent run created
+        check_feature_group(uc, view, cols, desc)
+    return {"name": name, "arn": desc.get("FeatureGroupArn"), "created": created, "status": desc["FeatureGroupStatus"]}
+
+
+# ---------------------------------------------------------------- PutRecord
+
+
+def put_records(
+    fs_runtime: Any,
+    requests: Iterable[dict[str, Any]],
+    workers: int,
+    max_attempts: int,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """PutRecord every request, ``workers`` at a time, each up to ``max_attempts`` times.
+
+    Throttling and 5xx errors are retried with exponential backoff and jitter
+    (:func:`is_retryable`); any other error, or a record that exhausts its attempts, stops the
+    sending and raises :class:`PutRecordError` naming the record identifier (the first feature
+    of a request from :func:`fsreq.put_record_request`). ``requests`` may be a generator: at
+    most ``4 * workers`` requests are in memory at a time. Returns ``sent`` (records accepted),
+    ``retried`` (attempts repeated) and ``seconds``.
+    """
+    started = time.perf_counter()
+    counts = {"sent": 0, "retried": 0}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def send(request: dict[str, Any]) -> None:
+        attempt = 1
+        while not stop.is_set():
+            try:
+                fs_runtime.put_record(**request)
+            except Exception as exc:
+                if attempt >= max_attempts or not is_retryable(exc):
+                    raise PutRecordError(
+                        request.get("FeatureGroupName", "?"), fsreq.record_id_of(request), attempt, exc
+                    ) from exc
+                with lock:
+                    counts["retried"] += 1
+                sleep(backoff_seconds(attempt))
+                attempt += 1
+                continue
+            with lock:
+                counts["sent"] += 1
+            return
+
+    failures: list[BaseException] = []
+
+    def collect(done: Iterable[Future[None]]) -> None:
+        for f in done:
+            exc = f.exception() if not f.cancelled() else None
+            if exc is not None:
+                failures.append(exc)
+                stop.set()
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="put-record") as pool:
+        pending: set[Future[None]] = set()
+        try:
+            for request in requests:
+                if stop.is_set():
+                    break
+                pending.add(pool.submit(send, request))
+                if len(pending) >= 4 * max(1, workers):
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    collect(done)
+            done, pending = wait(pending)
+            collect(done)
+        except BaseException:
+            stop.set()
+            for f in pending:
+                f.cancel()
+            raise
+    if failures:
+        raise failures[0]
+    return {**counts, "seconds": round(time.perf_counter() - started, 3)}
+
+
+# ---------------------------------------------------------------- materialize
+
+
+def staging_uri(uc: UseCase, view: str, run: RunInfo) -> str:
+    """S3 prefix the batch is unloaded to: unique per run and try (UNLOAD needs an empty prefix)."""
+    assert uc.aws is not None
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{run.run_id}__{run.try_number}")
+    return uc.aws.s3_uri("_features", core.offline_table(uc, view), safe) + "/"
+
+
+def _download(s3: Any, uri: str, directory: Path) -> list[tuple[str, str]]:
+    bucket, prefix = req.split_s3_uri(uri)
+    files = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            if o["Size"] == 0:
+                continue
+            local = directory / f"{len(files):05d}.parquet"
+            s3.download_file(bucket, o["Key"], str(local))
+            files.append((o["Key"], str(local)))
+    return files
+
+
+def _delete(s3: Any, uri: str, keys: list[str]) -> None:
+    bucket, _ = req.split_s3_uri(uri)
+    try:
+        for i in range(0, len(keys), 1000):
+            s3.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True}
+            )
+    except Exception as exc:  # the staging copy is unique per try; leaving it costs storage only
+        log.warning("could not delete the staging files under %s: %s", uri, exc)
+
+
+def _rows(con: Any, sql: str) -> Iterator[dict[str, Any]]:
+    cur = con.execute(sql)
+    names = [d[0] for d in cur.description]
+    while True:
+        chunk = cur.fetchmany(FETCH_ROWS)
+        if not chunk:
+            return
+        for r in chunk:
+            yield dict(zip(names, r))
+
+
+def materialize(
+    uc: UseCase,
+    view: str,
+    lo: date,
+    hi: date,
+    run: RunInfo,
+    rt: AwsRuntime,
+    *,
+    sm: Any = None,
+    fs: Any = None,
+) -> dict[str, Any]:
+    """Materialize ``view`` for the event dates [lo, hi] into its SageMaker feature group.
+
+    ``sm`` / ``fs`` (the sagemaker and sagemaker-featurestore-runtime clients) default to
+    :func:`clients` of ``rt.session``. Returns the same counts as the local target: ``rows_in``
+    (Gold rows of the range, plus those without an event time), ``skipped_null_key``,
+    ``skipped_null_event_time``, ``collapsed_duplicates`` (rows sharing an entity and instant
+    with the one kept), ``offline_rows`` (history records sent), ``online_entities`` (newest
+    record per entity sent); ``rows_in`` is the sum of the four. See the module docstring for
+    what differs from the local stores.
+    """
+    import duckdb
+
+    started = time.perf_counter()
+    aws = uc.aws
+    assert aws is not None, "the aws section is required"
+    v = uc.features[view]
+    g = uc.gold[v.source]
+    opts = aws.feature_store
+    glue = rt.session.client("glue", region_name=aws.region)
+    s3 = rt.session.client("s3", region_name=aws.region)
+    cols = view_columns(uc, view, glue, s3)
+    if sm is None or fs is None:
+        sm_default, fs_default = clients(rt.session, uc)
+        sm, fs = sm or sm_default, fs or fs_default
+    group = ensure_feature_group(sm, uc, view, cols, opts.wait_seconds, POLL_SECONDS)
+
+    source = fq(uc, v.source)
+    body = to_trino(core.batch_sql(cols, source, g.primary_key, lo, hi))
+    target = staging_uri(uc, view, run)
+    unload = Statement(
+        f"features_unload_{view}",
+        f"UNLOAD ({body}) TO {literal(target)} WITH (format = 'PARQUET', compression = 'ZSTD')",
+        "unload",
+        body,
+    )
+    skipped_body = to_trino(core.skipped_sql(cols, source, lo, hi))
+    skipped = Statement(f"features_skipped_{view}", skipped_body, "select", skipped_body)
+    rt.run_query(unload)
+    counts = rt.fetch_rows(rt.run_query(skipped))
+    null_key, null_et, total = (int(x or 0) for x in list(counts[0].values())[:3]) if counts else (0, 0, 0)
+
+    typed = [*cols.entity, (fsreq.EVENT_TIME, "timestamp"), *cols.features, ("event_date", "date")]
+    puts: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(dir=runtime.path("tmp")) as tmp:
+        files = _download(s3, target, Path(tmp))
+        con = duckdb.connect()
+        if files:
+            paths = ", ".join(literal(p) for _, p in files)
+            src = f"SELECT * FROM read_parquet([{paths}], union_by_name = true)"
+        else:  # nothing in the range: an empty, typed batch
+            src = "SELECT " + ", ".join(f"CAST(NULL AS {sql_type(t)}) AS {ident(c)}" for c, t in typed) + " WHERE FALSE"
+        con.execute(f"CREATE VIEW batch AS {src}")
+        batch_rows = con.execute("SELECT count(*) FROM batch").fetchone()[0]
+        latest = core.latest_sql(cols, "batch")
+        entities = con.execute(f"SELECT count(*) FROM ({latest})").fetchone()[0]
+        collapsed = total - null_key - null_et - batch_rows
+        if collapsed < 0:
+            raise RuntimeError(
+                f"{uc.name}: features.{view}: the batch has {batch_rows} rows but Gold only {total - null_key - null_et} "
+                "usable ones: Gold changed while materializing; rerun the task"
+            )
+        if "offline" in v.stores:
+            offline = (
+                fsreq.put_record_request(uc, view, cols, r, [fsreq.OFFLINE_STORE])
+                for r in _rows(con, "SELECT * FROM batch")
+            )
+            puts["offline"] = put_records(fs, offline, opts.put_record_workers, opts.max_attempts)
+        if "online" in v.stores:
+            online = (fsreq.put_record_request(uc, view, cols, r, [fsreq.ONLINE_STORE]) for r in _rows(con, latest))
+            puts["online"] = put_records(fs, online, opts.put_record_workers, opts.max_attempts)
+        con.close()
+    _delete(s3, target, [k for k, _ in files])
+    log.info(
+        "features.%s [%s, %s] -> %s: %d Gold rows, %d history records, %d entities online (%d+%d skipped, %d collapsed)",
+        view,
+        lo,
+        hi,
+        group["name"],
+        total,
+        batch_rows if "offline" in v.stores else 0,
+        entities if "online" in v.stores else 0,
+        null_key,
+        null_et,
+        collapsed,
+    )
+    return {
+        "view": view,
+        "target": "aws",
+        "range": [lo.isoformat(), hi.isoformat()],
+        "rows_in": int(total),
+        "skipped_null_key": int(null_key),
+        "skipped_null_event_time": int(null_et),
+        "collapsed_duplicates": int(collapsed),
+        "offline_rows": int(batch_rows) if "offline" in v.stores else 0,
+        "online_entities": int(entities) if "online" in v.stores else 0,
+        "feature_group": group["name"],
+        "feature_group_arn": group["arn"],
+        "feature_group_created": group["created"],
+        "staging_uri": target,
+        "statements": [unload.name, skipped.name],
+        "put_record": puts,
+        "run_id": run.run_id,
+        "try_number": run.try_number,
+        "git_commit": run.git_commit,
+        "config_hash": run.config_hash,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+# ---------------------------------------------------------------- online reads
+
+
+def _as_of_naive(as_of: datetime | None) -> datetime:
+    ts = as_of or datetime.now(UTC)
+    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
+
+
+def get_online_features(
+    uc: UseCase,
+    view: str,
+    keys: Sequence[Any],
+    as_of: datetime | None = None,
+    session: Any = None,
+    *,
+    fs: Any = None,
+    cols: ViewColumns | None = None,
+    max_attempts: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[dict[str, Any] | None]:
+    """Online values of ``view`` for ``keys`` (scalars, or tuples for composite keys), in order.
+
+    The same contract as the local store: a dict of the entity keys, ``event_time`` (naive UTC)
+    and the features, typed as in Gold; ``None`` for an entity the store does not know or whose
+    value is older than the view's TTL at ``as_of`` (default: now). Reads with BatchGetRecord,
+    100 identifiers per call, retrying throttling and unprocessed identifiers. ``session``
+    defaults to a boto3 session of the use case's region; ``cols`` (else read from Glue) and
+    ``fs`` save calls on a hot path.
+    """
+    aws = uc.aws
+    assert aws is not None, "the aws section is required"
+    keys = list(keys)
+    if not keys:
+        return []
+    if session is None and (fs is None or cols is None):
+        import boto3
+
+        session = boto3.Session(region_name=aws.region)
+    if cols is None:
+        glue = session.client("glue", region_name=aws.region)
+        cols = view_columns(uc, view, glue, session.client("s3", region_name=aws.region))
+    if fs is None:
+        _, fs = clients(session, uc, workers=1)
+    attempts = max_attempts or aws.feature_store.max_attempts
+    types = fsreq.feature_types(cols)
+    found: dict[str, dict[str, Any]] = {}
+    for request in fsreq.batch_get_record_requests(uc, view, keys, fsreq.feature_names(cols)):
+        attempt = 1
+        while True:
+            resp = _call(fs.batch_get_record, request, attempts, sleep)
+            for rec in resp.get("Records", []):
+                found[rec["RecordIdentifierValueAsString"]] = {
+                    f["FeatureName"]: fsreq.value_from_string(
+                        f.get("ValueAsString"), types.get(f["FeatureName"], "string")
+                    )
+                    for f in rec.get("Record", [])
+                }
+            errors = resp.get("Errors") or []
+            if errors:
+                e = errors[0]
+                raise RuntimeError(
+                    f"{uc.name}: features.{view}: BatchGetRecord failed for record "
+                    f"{e.get('RecordIdentifierValueAsString')!r}: {e.get('ErrorCode')}: {e.get('ErrorMessage')} "
+                    f"({len(errors)} error(s))"
+                )
+            unprocessed = resp.get("UnprocessedIdentifiers") or []
+            if not unprocessed:
+                break
+            if attempt >= attempts:
+                raise RuntimeError(
+                    f"{uc.name}: features.{view}: BatchGetRecord left identifiers unprocessed after {attempt} attempts"
+                )
+            sleep(backoff_seconds(attempt))
+            attempt += 1
+            request = {"Identifiers": unprocessed}
+    cutoff = _as_of_naive(as_of) - timedelta(seconds=uc.features[view].ttl_seconds)
+    names = [*cols.entity_names, fsreq.EVENT_TIME, *cols.feature_names]
+    out: list[dict[str, Any] | None] = []
+    for k in keys:
+        rec = found.get(fsreq.record_identifier(uc, view, k))
+        if rec is None or rec.get(fsreq.EVENT_TIME) is None or rec[fsreq.EVENT_TIME] < cutoff:
+            out.append(None)
+        else:
+            out.append({n: rec.get(n) for n in names})
+    return out

@@ -1,0 +1,949 @@
+"""Feature materialization on the aws target (SageMaker Feature Store), in process under moto.
+
+What moto covers and what it does not (moto 5.2):
+
+* ``sagemaker`` CreateFeatureGroup / DescribeFeatureGroup are implemented: our CreateFeatureGroup
+  request goes to moto with botocore's parameter validation on and is read back. moto drops
+  ``OnlineStoreConfig`` and ``Description``, replaces ``DataCatalogConfig`` with its own, answers
+  ListTags for a feature group with an internal error, and raises ``KeyError`` (not
+  ``ResourceNotFound``) from DescribeFeatureGroup of an unknown group. The round-trip test
+  asserts what moto keeps and checks the rest in the (validated) request; the other tests patch
+  moto to answer like SageMaker on those points (:func:`sagemaker_like_aws`).
+* ``sagemaker-featurestore-runtime`` (PutRecord, BatchGetRecord) is not implemented at all
+  ("Not yet implemented"). Instead of skipping, every request to it is built by a real boto3
+  client - so botocore validates it against the service model - and then answered by
+  :class:`FeatureStoreTwin` (an in-memory Feature Store with the documented online-store rule:
+  a record replaces the stored one when its event time is at least as new) or by
+  ``botocore.stub.Stubber`` with the expected parameters, including the throttling path.
+* Athena runs no SQL under moto: as in ``test_lakehouse_aws.py``, an Athena twin answers the
+  UNLOAD and the SELECT from DuckDB over the local target's Gold table, built here from generated
+  landing files by ``mlblueprints.lakehouse.local`` (plus a few injected rows: null keys, a null
+  event time, two rows of one card at one instant, a fractional-second event time).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import threading
+from collections import defaultdict
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+import boto3
+import botocore.exceptions
+import botocore.session
+import duckdb
+import pytest
+import sqlglot
+import yaml
+from botocore.awsrequest import AWSResponse
+from botocore.stub import Stubber
+from botocore.validate import validate_parameters
+
+from helpers import ROOT, runtime_home
+from mlblueprints.aws import featurestore as fsreq
+from mlblueprints.aws import requests as req
+from mlblueprints.config import duration_seconds, load_usecase, parse_usecase
+from mlblueprints.datagen import generate_fraud
+from mlblueprints.features import aws as fa
+from mlblueprints.features import core
+from mlblueprints.features.core import FeatureViewError
+from mlblueprints.lakehouse import iceberg, local, naming
+from mlblueprints.lakehouse.aws import AwsRuntime, gold_columns
+from mlblueprints.lineage import RunInfo
+
+pytestmark = [pytest.mark.aws, pytest.mark.slow]
+
+moto = pytest.importorskip("moto")
+from moto import mock_aws  # noqa: E402
+from moto.athena.models import AthenaBackend, QueryResults  # noqa: E402
+
+REGION = "eu-west-1"
+BUCKET = "mlb-test-features"
+DB = "fraud_fs_lake"
+NAME = "fraud_fs"
+START = date(2024, 3, 1)
+DAYS = 2
+LO, HI = START, START + timedelta(days=DAYS - 1)
+GOLD = "transaction_features"
+VIEWS = ("card_activity", "card_merchant")
+UNLOAD = re.compile(r"^\s*UNLOAD\s*\((?P<body>.*)\)\s*TO\s*'(?P<target>s3://[^']+)'", re.S | re.I)
+
+
+def _usecase_data(target: str, kms: str = "arn:aws:kms:eu-west-1:123456789012:key/test") -> dict:
+    data = yaml.safe_load((ROOT / "dags/usecases/fraud_detection.yaml").read_text())
+    data.update(name=NAME, target=target)
+    data["gold"][GOLD]["sql"] = str(ROOT / "dags/usecases/sql/fraud_detection/transaction_features.sql")
+    data["features"]["card_merchant"] = {
+        "source": GOLD,
+        "entity": ["card_id", "merchant_id"],
+        "features": ["amount", "channel", "is_fraud", "event_hour"],
+        "ttl": "36h",
+    }
+    data.pop("training_sets", None)
+    data["aws"].update(region=REGION, bucket=BUCKET, prefix="fraud", glue_database=DB, kms_key_arn=kms)
+    data["aws"]["feature_store"] = {"put_record_workers": 4, "max_attempts": 5}
+    return data
+
+
+def _write_usecase(directory: Path, data: dict):
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{NAME}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_usecase(path)
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    """The local target's Gold table for two landing days, with rows injected to exercise the
+    skips and the tie-break; the local use case reads it, the Athena twin answers from it."""
+    base = tmp_path_factory.mktemp("features_aws")
+    home = base / "home"
+    generate_fraud(home / "landing", start=START, days=DAYS, rows=600, seed=11)
+    uc_local = _write_usecase(base / "local", _usecase_data("local"))
+    with runtime_home(home):
+        for i in range(DAYS):
+            d = START + timedelta(days=i)
+            run = RunInfo.for_usecase(uc_local, run_id=f"lake-{d}")
+            touched = {}
+            for ds in uc_local.datasets:
+                local.ingest_bronze(uc_local, ds, [d], run)
+                touched[ds] = local.build_silver(uc_local, ds, [d], run)["touched_event_dates"]
+            local.build_gold(uc_local, GOLD, touched, run)
+        table = iceberg.load(iceberg.catalog(), naming.identifier(uc_local, GOLD))
+        rows = table.scan().to_arrow().to_pylist()
+        newest: dict[str, dict] = {}
+        for r in rows:
+            if r["card_id"] not in newest or r["event_time"] > newest[r["card_id"]]["event_time"]:
+                newest[r["card_id"]] = r
+        cards = sorted(newest, key=lambda c: (newest[c]["event_date"], c))
+        dup_of, frac_of = newest[cards[-1]], newest[cards[-2]]
+        injected = [
+            {**rows[0], "transaction_id": "tx_inj_null_card", "card_id": None},
+            {**rows[1], "transaction_id": "tx_inj_null_both", "card_id": None, "merchant_id": None},
+            {**rows[2], "transaction_id": "tx_inj_null_time", "event_time": None},
+            # same card and instant as its newest row, greater primary key: this one is kept
+            {**dup_of, "transaction_id": "tx_zz_duplicate", "card_txn_count_1h": 999, "amount": 1234.5},
+            # the newest row of another card, 250 ms after its previous one
+            {
+                **frac_of,
+                "transaction_id": "tx_zz_fraction",
+                "event_time": frac_of["event_time"] + timedelta(milliseconds=250),
+                "card_txn_count_1h": 777,
+            },
+        ]
+        import pyarrow as pa
+
+        table.append(pa.Table.from_pylist(injected, schema=table.schema().as_arrow()))
+        gold_rows = table.refresh().scan().to_arrow().to_pylist()
+    return {
+        "base": base,
+        "home": home,
+        "uc_local": uc_local,
+        "gold_rows": gold_rows,
+        "dup_card": dup_of["card_id"],
+        "frac_card": frac_of["card_id"],
+    }
+
+
+class AthenaTwin:
+    """Answers the feature step's UNLOAD and SELECT statements from the local Gold via DuckDB."""
+
+    def __init__(self, lake: dict, tmp: Path):
+        self.tmp = tmp
+        self.con = duckdb.connect()
+        self.con.execute(f"CREATE SCHEMA {DB}")
+        with runtime_home(lake["home"]):
+            t = iceberg.load(iceberg.catalog(), naming.identifier(lake["uc_local"], GOLD))
+            iceberg.register_view(self.con, "_gold", t)
+        self.con.execute(f'CREATE VIEW {DB}."{GOLD}" AS SELECT * FROM "_gold"')
+        self.executions: list[dict] = []
+        self.kms = ""
+
+    def duck(self, trino_sql: str) -> str:
+        return sqlglot.transpile(trino_sql, read="trino", write="duckdb")[0]
+
+    def answer(self, backend, exec_id: str, query: str, context, config, workgroup) -> None:
+        self.executions.append({"query": query, "context": context, "config": config, "workgroup": workgroup})
+        m = UNLOAD.match(query)
+        if m:  # Athena writes the rows as Parquet under the (empty) target prefix
+            sqlglot.parse_one(m["body"], read="trino", error_level=sqlglot.ErrorLevel.RAISE)
+            bucket, key = req.split_s3_uri(m["target"])
+            s3 = boto3.client("s3", region_name=REGION)
+            assert s3.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0) == 0, "UNLOAD needs an empty prefix"
+            out = self.tmp / f"unload-{exec_id}.parquet"
+            self.con.execute(f"COPY ({self.duck(m['body'])}) TO '{out}' (FORMAT parquet)")
+            s3.upload_file(
+                str(out),
+                bucket,
+                f"{key}{exec_id}_0",
+                ExtraArgs={"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms},
+            )
+            return
+        sqlglot.parse_one(query, read="trino", error_level=sqlglot.ErrorLevel.RAISE)
+        cur = self.con.execute(self.duck(query))
+        cols = [f"_col{i}" for i in range(len(cur.description))]  # what Athena names unnamed columns
+        header = {"Data": [{"VarCharValue": c} for c in cols]}
+        data = [{"Data": [{"VarCharValue": str(v)} if v is not None else {} for v in r]} for r in cur.fetchall()]
+        backend.query_results[exec_id] = QueryResults(
+            rows=[header, *data], column_info=[{"Name": c, "Type": "varchar"} for c in cols]
+        )
+
+
+class FeatureStoreTwin:
+    """sagemaker-featurestore-runtime in memory, behind real boto3 clients of a session.
+
+    The client validates every request against botocore's service model before this sees it;
+    it validates once more (so a client built with validation off would still be caught), keeps
+    every PutRecord, and answers BatchGetRecord from its online store. ``faults`` maps a record
+    identifier to error codes returned on its next attempts (throttling, 5xx)."""
+
+    STATUS = {"ThrottlingException": 400, "ServiceUnavailable": 503, "InternalFailure": 500, "ValidationError": 400}
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.puts: list[dict] = []
+        self.offline: list[dict] = []
+        self.online: dict[tuple[str, str], dict[str, str]] = {}
+        self.batch_gets: list[dict] = []
+        self.faults: dict[str, list[str]] = defaultdict(list)
+        self.failed_attempts = 0
+
+    def attach(self, session: boto3.Session) -> boto3.Session:
+        service = "sagemaker-featurestore-runtime"
+        session.events.register(f"before-parameter-build.{service}", self._keep_params)
+        session.events.register(f"before-call.{service}", self._answer)
+        return session
+
+    @staticmethod
+    def _keep_params(params, context, **_):
+        context["twin_params"] = copy.deepcopy(params)
+
+    def _answer(self, model, context, **_):
+        params = context["twin_params"]
+        validate_parameters(params, model.input_shape)
+        if model.name == "PutRecord":
+            rid = params["Record"][0]["ValueAsString"]
+            with self.lock:
+                if self.faults.get(rid):
+                    code = self.faults[rid].pop(0)
+                    self.failed_attempts += 1
+                    return self._error(code)
+                self.puts.append(params)
+                record = {f["FeatureName"]: f["ValueAsString"] for f in params["Record"]}
+                if "OfflineStore" in params["TargetStores"]:
+                    self.offline.append(record)
+                if "OnlineStore" in params["TargetStores"]:
+                    key = (params["FeatureGroupName"], rid)
+                    old = self.online.get(key)
+                    if old is None or fsreq.parse_iso_utc(record["event_time"]) >= fsreq.parse_iso_utc(
+                        old["event_time"]
+                    ):
+                        self.online[key] = record
+            return AWSResponse(None, 200, {}, None), {"ResponseMetadata": {"HTTPStatusCode": 200}}
+        if model.name == "BatchGetRecord":
+            with self.lock:
+                self.batch_gets.append(params)
+            records = []
+            for ident in params["Identifiers"]:
+                group = ident["FeatureGroupName"]
+                for rid in ident["RecordIdentifiersValueAsString"]:
+                    rec = self.online.get((group, rid))
+                    if rec is None:
+                        continue
+                    names = ident.get("FeatureNames") or list(rec)
+                    records.append(
+                        {
+                            "FeatureGroupName": group,
+                            "RecordIdentifierValueAsString": rid,
+                            "Record": [{"FeatureName": n, "ValueAsString": rec[n]} for n in names if n in rec],
+                        }
+                    )
+            parsed = {"Records": records, "Errors": [], "UnprocessedIdentifiers": []}
+            return AWSResponse(None, 200, {}, None), {**parsed, "ResponseMetadata": {"HTTPStatusCode": 200}}
+        raise AssertionError(f"unexpected Feature Store call {model.name}")
+
+    def _error(self, code: str):
+        status = self.STATUS.get(code, 400)
+        return AWSResponse(None, status, {}, None), {
+            "Error": {"Code": code, "Message": f"twin says {code}"},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        }
+
+
+@pytest.fixture
+def sagemaker_like_aws(monkeypatch):
+    """Patch moto's feature groups where it differs from SageMaker (see the module docstring)."""
+    from moto.sagemaker import models as sm_models
+    from moto.sagemaker.exceptions import ResourceNotFound
+    from moto.sagemaker.responses import SageMakerResponse
+
+    describe_backend = sm_models.SageMakerModelBackend.describe_feature_group
+
+    def describe_feature_group(self, feature_group_name):
+        try:
+            return describe_backend(self, feature_group_name)
+        except KeyError:
+            raise ResourceNotFound(f"Resource Not Found: FeatureGroup {feature_group_name} does not exist") from None
+
+    create_response = SageMakerResponse.create_feature_group
+
+    def create_feature_group(self):
+        out = create_response(self)
+        arn = next(
+            fg
+            for fg in self.sagemaker_backend.feature_groups
+            if fg.endswith("/" + self._get_param("FeatureGroupName").lower())
+        )
+        group = self.sagemaker_backend.feature_groups[arn]
+        group.online_store_config = self._get_param("OnlineStoreConfig")
+        group.description = self._get_param("Description")
+        return out
+
+    describe_group = sm_models.FeatureGroup.describe
+
+    def describe(self):
+        out = describe_group(self)
+        for key, attr in (("OnlineStoreConfig", "online_store_config"), ("Description", "description")):
+            if getattr(self, attr, None) is not None:
+                out[key] = getattr(self, attr)
+        return out
+
+    monkeypatch.setattr(sm_models.SageMakerModelBackend, "describe_feature_group", describe_feature_group)
+    monkeypatch.setattr(SageMakerResponse, "create_feature_group", create_feature_group)
+    monkeypatch.setattr(sm_models.FeatureGroup, "describe", describe)
+
+
+@pytest.fixture
+def aws_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("MLB_HOME", str(home))
+    monkeypatch.setattr(fa, "BACKOFF_BASE_SECONDS", 0.001)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name=REGION)
+        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        kms = boto3.client("kms", region_name=REGION).create_key(Description="features")["KeyMetadata"]["Arn"]
+        boto3.client("athena", region_name=REGION).create_work_group(
+            Name="mlblueprints", Configuration={"ResultConfiguration": {"OutputLocation": f"s3://{BUCKET}/athena/"}}
+        )
+        uc = _write_usecase(tmp_path / "aws", _usecase_data("aws", kms))
+        yield {"uc": uc, "kms": kms, "tmp": tmp_path}
+
+
+def _glue_gold(uc, extra_drop: tuple[str, ...] = ()) -> None:
+    """The Gold table as Glue reports it (moto does not derive columns from an Iceberg schema);
+    Glue's Hive type names are the config's: string, int, bigint, double, date, timestamp."""
+    glue = boto3.client("glue", region_name=REGION)
+    glue.create_database(DatabaseInput=req.glue_database_input(uc.aws, "features test"))
+    cols = [{"Name": n, "Type": t} for n, t in gold_columns(uc, GOLD) if n not in extra_drop]
+    glue.create_table(
+        DatabaseName=DB,
+        TableInput={
+            "Name": GOLD,
+            "TableType": "EXTERNAL_TABLE",
+            "Parameters": {"table_type": "ICEBERG"},
+            "StorageDescriptor": {"Columns": cols, "Location": uc.aws.s3_uri("warehouse", GOLD)},
+        },
+    )
+
+
+@pytest.fixture
+def world(lake, aws_env, sagemaker_like_aws, monkeypatch):
+    """moto + the Athena twin + the Feature Store twin, and an AwsRuntime like the Airflow one."""
+    uc = aws_env["uc"]
+    _glue_gold(uc)
+    twin = AthenaTwin(lake, aws_env["tmp"])
+    twin.kms = aws_env["kms"]
+    original = AthenaBackend.start_query_execution
+
+    def start_query_execution(self, query, context, config, workgroup, execution_parameters):
+        exec_id = original(self, query, context, config, workgroup, execution_parameters)
+        twin.answer(self, exec_id, query, context, config, workgroup)
+        return exec_id
+
+    monkeypatch.setattr(AthenaBackend, "start_query_execution", start_query_execution)
+    store = FeatureStoreTwin()
+    session = store.attach(boto3.Session(region_name=REGION))
+    return {**aws_env, "athena": twin, "store": store, "rt": _runtime(session, uc), "session": session}
+
+
+def _runtime(session: boto3.Session, uc) -> AwsRuntime:
+    """The AwsRuntime AwsLakehouse builds, minus Airflow: the same StartQueryExecution request."""
+    athena = session.client("athena", region_name=REGION)
+
+    def run_query(stmt) -> str:
+        token = req.client_request_token("test-run", "materialize", 1, stmt.name)
+        qid = athena.start_query_execution(**req.athena_start_query(uc.aws, stmt.sql, token))["QueryExecutionId"]
+        state = athena.get_query_execution(QueryExecutionId=qid)["QueryExecution"]["Status"]["State"]
+        assert state == "SUCCEEDED", state
+        return qid
+
+    def fetch_rows(qid: str) -> list[dict]:
+        rs = athena.get_query_results(QueryExecutionId=qid)["ResultSet"]
+        cols = [c["Name"] for c in rs["ResultSetMetadata"]["ColumnInfo"]]
+        rows = [[d.get("VarCharValue") for d in r["Data"]] for r in rs["Rows"]]
+        return [dict(zip(cols, r)) for r in (rows[1:] if rows and rows[0] == cols else rows)]
+
+    return AwsRuntime(session=session, run_query=run_query, fetch_rows=fetch_rows)
+
+
+def _cols(uc, view):
+    return core.resolve_columns(uc, view, dict(gold_columns(uc, GOLD)))
+
+
+def _expected(lake, uc, view):
+    """The batch, the newest row per entity and the counts, computed in plain Python from Gold."""
+    v = uc.features[view]
+    in_range = [r for r in lake["gold_rows"] if r["event_time"] is None or LO <= r["event_time"].date() <= HI]
+    null_et = [r for r in in_range if r["event_time"] is None]
+    null_key = [r for r in in_range if r["event_time"] is not None and any(r[k] is None for k in v.entity)]
+    kept: dict[tuple, dict] = {}
+    for r in in_range:
+        if r["event_time"] is None or any(r[k] is None for k in v.entity):
+            continue
+        key = (*(r[k] for k in v.entity), r["event_time"])
+        if key not in kept or r["transaction_id"] > kept[key]["transaction_id"]:
+            kept[key] = r
+    latest: dict[tuple, dict] = {}
+    for r in kept.values():
+        ent = tuple(r[k] for k in v.entity)
+        if ent not in latest or r["event_time"] > latest[ent]["event_time"]:
+            latest[ent] = r
+    return {
+        "rows_in": len(in_range),
+        "skipped_null_key": len(null_key),
+        "skipped_null_event_time": len(null_et),
+        "collapsed_duplicates": len(in_range) - len(null_key) - len(null_et) - len(kept),
+        "offline_rows": len(kept),
+        "online_entities": len(latest),
+        "batch": list(kept.values()),
+        "latest": latest,
+    }
+
+
+def _record(uc, view, cols, row) -> dict[str, str]:
+    req_ = fsreq.put_record_request(uc, view, cols, {**row, "event_time": row[cols.event_time]}, ["OfflineStore"])
+    return {f["FeatureName"]: f["ValueAsString"] for f in req_["Record"]}
+
+
+# ---------------------------------------------------------------- request builders (pure)
+
+
+@pytest.mark.parametrize(
+    "ttl, expected",
+    [
+        ("90s", {"Unit": "Seconds", "Value": 90}),
+        ("15m", {"Unit": "Minutes", "Value": 15}),
+        ("120m", {"Unit": "Hours", "Value": 2}),
+        ("36h", {"Unit": "Hours", "Value": 36}),
+        ("48h", {"Unit": "Days", "Value": 2}),
+        ("10d", {"Unit": "Days", "Value": 10}),
+        ("7d", {"Unit": "Weeks", "Value": 1}),
+        ("14d", {"Unit": "Weeks", "Value": 2}),
+    ],
+)
+def test_ttl_in_the_largest_exact_unit(ttl, expected):
+    assert fsreq.ttl_duration(duration_seconds(ttl)) == expected
+
+
+def test_values_as_feature_store_strings_and_back():
+    ts = datetime(2024, 3, 1, 12, 30, 5)
+    cases = [
+        (True, "boolean", "1"),
+        (False, "boolean", "0"),
+        (42, "bigint", "42"),
+        (7, "int", "7"),
+        (0.1, "double", "0.1"),
+        ("a#b", "string", "a#b"),
+        (date(2024, 3, 1), "date", "2024-03-01"),
+        (ts, "timestamp", "2024-03-01T12:30:05Z"),
+        (ts.replace(microsecond=250000), "timestamp", "2024-03-01T12:30:05.250Z"),
+        (ts.replace(microsecond=250123), "timestamp", "2024-03-01T12:30:05.250123Z"),
+    ]
+    for value, t, text in cases:
+        assert fsreq.value_as_string(value, t) == text, (value, t)
+        assert fsreq.value_from_string(text, t) == value, (text, t)
+    # event times: Feature Store accepts milliseconds at most; aware times are converted to UTC
+    cet = timezone(timedelta(hours=1))
+    assert fsreq.value_as_string(ts.replace(microsecond=250999), "timestamp", event_time=True) == (
+        "2024-03-01T12:30:05.250Z"
+    )
+    assert fsreq.value_as_string(ts.replace(tzinfo=cet), "timestamp", event_time=True) == "2024-03-01T11:30:05Z"
+    assert fsreq.value_as_string(None, "double") is None
+    assert fsreq.value_as_string(float("nan"), "double") is None
+
+
+def test_put_record_request_omits_nulls_and_joins_composite_keys():
+    uc = parse_usecase(_usecase_data("aws"))
+    cols = _cols(uc, "card_merchant")
+    row = {
+        "card_id": "card_1",
+        "merchant_id": "m_2",
+        "event_time": datetime(2024, 3, 1, 9, 0, 0, 500000),
+        "amount": 12.5,
+        "channel": None,
+        "is_fraud": 0,
+        "event_hour": 9,
+    }
+    r = fsreq.put_record_request(uc, "card_merchant", cols, row, ["OnlineStore"])
+    assert r == {
+        "FeatureGroupName": "fraud-fs-card-merchant-v1",
+        "Record": [
+            {"FeatureName": "record_id", "ValueAsString": "card_1#m_2"},
+            {"FeatureName": "card_id", "ValueAsString": "card_1"},
+            {"FeatureName": "merchant_id", "ValueAsString": "m_2"},
+            {"FeatureName": "event_time", "ValueAsString": "2024-03-01T09:00:00.500Z"},
+            {"FeatureName": "amount", "ValueAsString": "12.5"},
+            {"FeatureName": "is_fraud", "ValueAsString": "0"},
+            {"FeatureName": "event_hour", "ValueAsString": "9"},
+        ],
+        "TargetStores": ["OnlineStore"],
+    }
+    rt_model = botocore.session.get_session().get_service_model("sagemaker-featurestore-runtime")
+    validate_parameters(r, rt_model.operation_model("PutRecord").input_shape)
+    assert fsreq.record_id_of(r) == "card_1#m_2"
+    # BatchGetRecord: 100 identifiers per call (the API limit), duplicates asked once
+    keys = [(f"card_{i}", "m_1") for i in range(230)] + [("card_0", "m_1")]
+    calls = fsreq.batch_get_record_requests(uc, "card_merchant", keys, fsreq.feature_names(cols))
+    assert [len(c["Identifiers"][0]["RecordIdentifiersValueAsString"]) for c in calls] == [100, 100, 30]
+    for c in calls:
+        validate_parameters(c, rt_model.operation_model("BatchGetRecord").input_shape)
+    with pytest.raises(ValueError, match="2 entity keys"):
+        fsreq.batch_get_record_requests(uc, "card_merchant", ["card_1"])
+
+
+def test_create_request_has_only_the_stores_the_view_asks_for():
+    for stores, present, absent in (
+        (["online"], {"OnlineStoreConfig"}, {"OfflineStoreConfig", "RoleArn"}),
+        (["offline"], {"OfflineStoreConfig", "RoleArn"}, {"OnlineStoreConfig"}),
+    ):
+        data = _usecase_data("aws")
+        data["features"]["card_activity"]["stores"] = stores
+        uc = parse_usecase(data)
+        r = fsreq.create_feature_group_request(uc, "card_activity", _cols(uc, "card_activity"))
+        assert present <= set(r) and not (absent & set(r)), (stores, sorted(r))
+
+
+def test_feature_names_feature_store_rejects_are_caught():
+    data = _usecase_data("aws")
+    data["features"]["card_activity"]["features"] = ["card_txn_count_1h", "write_time"]
+    uc = parse_usecase(data)
+    cols = core.resolve_columns(uc, "card_activity", {**dict(gold_columns(uc, GOLD)), "write_time": "bigint"})
+    with pytest.raises(FeatureViewError, match=r"features\.card_activity: column 'write_time': Feature Store reserves"):
+        fsreq.create_feature_group_request(uc, "card_activity", cols)
+
+
+# ---------------------------------------------------------------- CreateFeatureGroup under moto
+
+
+def test_create_feature_group_round_trips_under_moto(aws_env):
+    uc = aws_env["uc"]
+    sm = boto3.client("sagemaker", region_name=REGION)
+    for view, rid, ttl in (
+        ("card_activity", "card_id", {"Unit": "Weeks", "Value": 1}),
+        ("card_merchant", "record_id", {"Unit": "Hours", "Value": 36}),
+    ):
+        cols = _cols(uc, view)
+        request = fsreq.create_feature_group_request(uc, view, cols)
+        arn = sm.create_feature_group(**request)["FeatureGroupArn"]  # botocore validates it first
+        got = sm.describe_feature_group(FeatureGroupName=request["FeatureGroupName"])
+        assert got["FeatureGroupArn"] == arn and got["FeatureGroupStatus"] == "Created"
+        assert got["FeatureGroupName"] == core.feature_group_name(uc, view)
+        assert got["RecordIdentifierFeatureName"] == rid and got["EventTimeFeatureName"] == "event_time"
+        assert got["FeatureDefinitions"] == request["FeatureDefinitions"]
+        types = {d["FeatureName"]: d["FeatureType"] for d in got["FeatureDefinitions"]}
+        assert types["event_time"] == "String" and types[rid] == "String"
+        s3 = got["OfflineStoreConfig"]["S3StorageConfig"]
+        assert s3["S3Uri"] == f"s3://{BUCKET}/fraud/feature-store" and s3["KmsKeyId"] == aws_env["kms"]
+        assert got["OfflineStoreConfig"]["TableFormat"] == "Iceberg"
+        assert got["RoleArn"] == uc.aws.iam_role_arn
+        # moto drops OnlineStoreConfig and cannot list a feature group's tags: check the request
+        online = request["OnlineStoreConfig"]
+        assert online == {"EnableOnlineStore": True, "SecurityConfig": {"KmsKeyId": aws_env["kms"]}, "TtlDuration": ttl}
+        tags = {t["Key"]: t["Value"] for t in request["Tags"]}
+        assert tags["mlblueprints:usecase"] == NAME and tags["mlblueprints:view"] == view
+        assert tags["mlblueprints:view-version"] == "1" and tags["mlblueprints:config-hash"] == uc.config_hash()
+        assert tags["mlblueprints:git-commit"]
+        assert request["OfflineStoreConfig"]["DataCatalogConfig"] == {
+            "Catalog": "AwsDataCatalog",
+            "Database": DB,
+            "TableName": f"fv_{view}_v1",
+        }
+    # validation is on: a malformed request never reaches the service
+    bad = copy.deepcopy(request)
+    bad["FeatureDefinitions"][0]["FeatureType"] = 3
+    with pytest.raises(botocore.exceptions.ParamValidationError):
+        sm.create_feature_group(**bad)
+
+
+def _sm_stub(uc, view, cols):
+    sm = boto3.client("sagemaker", region_name=REGION)
+    return sm, Stubber(sm), fsreq.create_feature_group_request(uc, view, cols)
+
+
+def test_ensure_feature_group_waits_for_created_and_fails_clearly(aws_env):
+    uc = aws_env["uc"]
+    cols = _cols(uc, "card_activity")
+    sm, stub, request = _sm_stub(uc, "card_activity", cols)
+    name = request["FeatureGroupName"]
+    arn = f"arn:aws:sagemaker:{REGION}:123456789012:feature-group/{name}"
+    described = {
+        "FeatureGroupArn": arn,
+        "FeatureGroupName": name,
+        "RecordIdentifierFeatureName": "card_id",
+        "EventTimeFeatureName": "event_time",
+        "FeatureDefinitions": request["FeatureDefinitions"],
+        "CreationTime": datetime(2024, 3, 1),
+        "OnlineStoreConfig": request["OnlineStoreConfig"],
+        "OfflineStoreConfig": request["OfflineStoreConfig"],
+        "NextToken": "",
+    }
+    sleeps: list[float] = []
+    with stub:
+        stub.add_client_error("describe_feature_group", "ResourceNotFound", http_status_code=404)
+        stub.add_response("create_feature_group", {"FeatureGroupArn": arn}, expected_params=request)
+        stub.add_response("describe_feature_group", {**described, "FeatureGroupStatus": "Creating"})
+        stub.add_response("describe_feature_group", {**described, "FeatureGroupStatus": "Creating"})
+        stub.add_response("describe_feature_group", {**described, "FeatureGroupStatus": "Created"})
+        out = fa.ensure_feature_group(sm, uc, "card_activity", cols, 60, 2.5, sleep=sleeps.append)
+        stub.assert_no_pending_responses()
+    assert out == {"name": name, "arn": arn, "created": True, "status": "Created"}
+    assert sleeps == [2.5, 2.5]
+
+    with stub:
+        stub.add_client_error("describe_feature_group", "ResourceNotFound", http_status_code=404)
+        stub.add_response("create_feature_group", {"FeatureGroupArn": arn})
+        stub.add_response(
+            "describe_feature_group",
+            {**described, "FeatureGroupStatus": "CreateFailed", "FailureReason": "KMS key is disabled"},
+        )
+        with pytest.raises(RuntimeError, match="CreateFailed: KMS key is disabled"):
+            fa.ensure_feature_group(sm, uc, "card_activity", cols, 60, 0, sleep=sleeps.append)
+
+    with stub:  # an existing group still Creating past the wait
+        stub.add_response("describe_feature_group", {**described, "FeatureGroupStatus": "Creating"})
+        with pytest.raises(TimeoutError, match="still Creating"):
+            fa.ensure_feature_group(sm, uc, "card_activity", cols, 0, 0, sleep=sleeps.append)
+
+    with stub:  # created by a concurrent run between our describe and create
+        stub.add_client_error("describe_feature_group", "ResourceNotFound", http_status_code=404)
+        stub.add_client_error("create_feature_group", "ResourceInUse")
+        stub.add_response("describe_feature_group", {**described, "FeatureGroupStatus": "Created"})
+        assert fa.ensure_feature_group(sm, uc, "card_activity", cols, 60, 0)["created"] is False
+
+
+# ---------------------------------------------------------------- PutRecord: retries
+
+
+def _put_requests(uc, n: int) -> list[dict]:
+    cols = _cols(uc, "card_activity")
+    return [
+        fsreq.put_record_request(
+            uc,
+            "card_activity",
+            cols,
+            {"card_id": f"card_{i}", "event_time": datetime(2024, 3, 1, 0, 0, i % 60), "card_txn_count_1h": i},
+            ["OfflineStore"],
+        )
+        for i in range(n)
+    ]
+
+
+def test_put_records_retries_throttling_and_5xx_then_succeeds(aws_env):
+    fs = boto3.client("sagemaker-featurestore-runtime", region_name=REGION)
+    [request] = _put_requests(aws_env["uc"], 1)
+    sleeps: list[float] = []
+    with Stubber(fs) as stub:
+        stub.add_client_error("put_record", "ThrottlingException", "Rate exceeded", 400, expected_params=request)
+        stub.add_client_error("put_record", "ServiceUnavailable", "try again", 503, expected_params=request)
+        stub.add_client_error("put_record", "InternalFailure", "oops", 500, expected_params=request)
+        stub.add_response("put_record", {}, expected_params=request)
+        out = fa.put_records(fs, [request], workers=1, max_attempts=5, sleep=sleeps.append)
+        stub.assert_no_pending_responses()
+    assert out["sent"] == 1 and out["retried"] == 3
+    # exponential backoff with jitter: each delay within [cap/2, cap], caps doubling
+    caps = [fa.BACKOFF_BASE_SECONDS * 2**i for i in range(3)]
+    assert all(c / 2 <= s <= c for s, c in zip(sleeps, caps)) and len(sleeps) == 3
+
+
+def test_put_records_fails_naming_the_record_that_exhausts_its_attempts(aws_env):
+    fs = boto3.client("sagemaker-featurestore-runtime", region_name=REGION)
+    first, second = _put_requests(aws_env["uc"], 2)
+    with Stubber(fs) as stub:
+        stub.add_response("put_record", {}, expected_params=first)
+        for _ in range(3):
+            stub.add_client_error("put_record", "ThrottlingException", "Rate exceeded", 400, expected_params=second)
+        with pytest.raises(fa.PutRecordError, match=r"record 'card_1' after 3 attempt\(s\): ThrottlingException"):
+            fa.put_records(fs, [first, second], workers=1, max_attempts=3, sleep=lambda s: None)
+    # a non-retryable error fails at once
+    with Stubber(fs) as stub:
+        stub.add_client_error("put_record", "ValidationError", "bad value", 400, expected_params=first)
+        with pytest.raises(fa.PutRecordError, match=r"record 'card_0' after 1 attempt\(s\): ValidationError"):
+            fa.put_records(fs, [first], workers=1, max_attempts=8, sleep=lambda s: None)
+    assert fa.is_retryable(botocore.exceptions.EndpointConnectionError(endpoint_url="https://x"))
+    assert not fa.is_retryable(ValueError("no"))
+
+
+def test_put_records_in_parallel_sends_each_record_once(aws_env):
+    store = FeatureStoreTwin()
+    session = store.attach(boto3.Session(region_name=REGION))
+    _, fs = fa.clients(session, aws_env["uc"], workers=4)
+    requests = _put_requests(aws_env["uc"], 200)
+    for i in range(0, 200, 7):
+        store.faults[f"card_{i}"] = ["ThrottlingException", "InternalFailure"][: 1 + i % 2]
+    out = fa.put_records(fs, iter(requests), workers=4, max_attempts=4, sleep=lambda s: None)
+    assert out["sent"] == 200 and out["retried"] == store.failed_attempts > 0
+    assert sorted(r["card_id"] for r in store.offline) == sorted(f"card_{i}" for i in range(200))
+
+
+# ---------------------------------------------------------------- materialize end to end
+
+
+def test_materialize_end_to_end_under_moto(world, lake):
+    uc, store, athena = world["uc"], world["store"], world["athena"]
+    run = RunInfo.for_usecase(uc, run_id="scheduled__2024-03-02T00:00:00+00:00", dag_id=f"{NAME}__features")
+    results = {view: fa.materialize(uc, view, LO, HI, run, world["rt"]) for view in VIEWS}
+
+    for view in VIEWS:
+        out, exp = results[view], _expected(lake, uc, view)
+        cols = _cols(uc, view)
+        group = core.feature_group_name(uc, view)
+        for k in ("rows_in", "skipped_null_key", "skipped_null_event_time", "collapsed_duplicates"):
+            assert out[k] == exp[k], (view, k)
+        assert out["offline_rows"] == exp["offline_rows"] and out["online_entities"] == exp["online_entities"]
+        assert out["rows_in"] == (
+            out["skipped_null_key"] + out["skipped_null_event_time"] + out["collapsed_duplicates"] + out["offline_rows"]
+        )
+        assert out["target"] == "aws" and out["range"] == [LO.isoformat(), HI.isoformat()]
+        assert out["feature_group"] == group and out["feature_group_created"] is True
+        assert out["put_record"]["offline"]["sent"] == exp["offline_rows"]
+        assert out["put_record"]["online"]["sent"] == exp["online_entities"]
+        # the offline store got exactly the batch; the online store the newest row per entity
+        offline = sorted(
+            json.dumps(_fields(p), sort_keys=True)
+            for p in store.puts
+            if p["FeatureGroupName"] == group and p["TargetStores"] == ["OfflineStore"]
+        )
+        assert offline == sorted(json.dumps(_record(uc, view, cols, r), sort_keys=True) for r in exp["batch"])
+        online = {rid: rec for (g, rid), rec in store.online.items() if g == group}
+        assert online == {
+            fsreq.record_identifier(uc, view, ent): _record(uc, view, cols, r) for ent, r in exp["latest"].items()
+        }
+    assert (
+        results["card_activity"]["skipped_null_key"] == 2 and results["card_activity"]["skipped_null_event_time"] == 1
+    )
+    assert results["card_activity"]["collapsed_duplicates"] == 1
+    assert results["card_merchant"]["skipped_null_key"] == 2
+    # every request was a PutRecord to one store, validated by botocore and by the twin
+    assert all(len(p["TargetStores"]) == 1 for p in store.puts)
+    assert not any(p["Record"][0]["ValueAsString"] in ("", "None") for p in store.puts)
+    # the tie-break: the greater Gold primary key wins; a 250 ms event time keeps its milliseconds
+    dup = store.online[(core.feature_group_name(uc, "card_activity"), lake["dup_card"])]
+    assert dup["card_txn_count_1h"] == "999"
+    frac = store.online[(core.feature_group_name(uc, "card_activity"), lake["frac_card"])]
+    assert frac["card_txn_count_1h"] == "777" and re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.250Z", frac["event_time"]
+    )
+
+    # Athena: the UNLOAD of each view went to a prefix unique per run and try, results encrypted
+    unloads = [e for e in athena.executions if UNLOAD.match(e["query"])]
+    assert len(unloads) == 2 and len(athena.executions) == 4
+    for e in athena.executions:
+        assert e["workgroup"] == "mlblueprints" and e["context"].get("Database") == DB
+        assert e["config"]["EncryptionConfiguration"] == {"EncryptionOption": "SSE_KMS", "KmsKey": world["kms"]}
+    targets = {UNLOAD.match(e["query"])["target"] for e in unloads}
+    assert targets == {fa.staging_uri(uc, view, run) for view in VIEWS}
+    assert all("__1/" in t and run.run_id.replace(":", "_").replace("+", "_") in t for t in targets)
+    s3 = boto3.client("s3", region_name=REGION)
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="fraud/_features/").get("KeyCount") == 0, "staging not deleted"
+
+    # reads: the same contract as the local store
+    exp = _expected(lake, uc, "card_activity")
+    newest = max(r["event_time"] for r in exp["batch"])
+    known = sorted(e[0] for e in exp["latest"])
+    cards = known + [f"no_such_card_{i}" for i in range(100)]  # more than one BatchGetRecord call
+    got = fa.get_online_features(uc, "card_activity", cards, as_of=newest, session=world["session"])
+    assert len(store.batch_gets) == -(-len(cards) // 100) == 2
+    assert got[len(known) :] == [None] * 100
+    for card, row in zip(known, got):
+        want = exp["latest"][(card,)]
+        if want["event_time"] < newest - timedelta(days=7):
+            assert row is None
+            continue
+        assert row == {
+            "card_id": card,
+            "event_time": want["event_time"],
+            **{f: want[f] for f in uc.features["card_activity"].features},
+        }
+    # older than the TTL at as_of: not served
+    assert (
+        fa.get_online_features(
+            uc, "card_activity", cards[:3], as_of=newest + timedelta(days=30), session=world["session"]
+        )
+        == [None] * 3
+    )
+    latest_pairs = _expected(lake, uc, "card_merchant")["latest"]
+    pair = max(latest_pairs, key=lambda e: latest_pairs[e]["event_time"])
+    [row] = fa.get_online_features(uc, "card_merchant", [pair], as_of=newest, session=world["session"])
+    want = latest_pairs[pair]
+    assert row == {
+        "card_id": pair[0],
+        "merchant_id": pair[1],
+        "event_time": want["event_time"],
+        **{f: want[f] for f in uc.features["card_merchant"].features},
+    }
+
+    # a retry (next try) appends to the offline store again, leaves the online store as it was
+    before_online = dict(store.online)
+    n_offline = len(store.offline)
+    store.faults[lake["dup_card"]] = ["ThrottlingException", "ServiceUnavailable"]
+    again = fa.materialize(uc, "card_activity", LO, HI, RunInfo(**{**run.as_dict(), "try_number": 2}), world["rt"])
+    assert again["feature_group_created"] is False and again["staging_uri"].endswith("__2/")
+    assert len(store.offline) == n_offline + again["offline_rows"]
+    assert store.online == before_online
+    assert again["put_record"]["offline"]["retried"] + again["put_record"]["online"]["retried"] == 2
+
+
+def _fields(put: dict) -> dict[str, str]:
+    return {f["FeatureName"]: f["ValueAsString"] for f in put["Record"]}
+
+
+def test_counts_match_the_local_target(world, lake):
+    """The local target's materialize over the same Gold table reports the same counts."""
+    from mlblueprints.features import local as features_local
+
+    uc_local = lake["uc_local"]
+    for view in VIEWS:
+        aws_out = fa.materialize(world["uc"], view, LO, HI, RunInfo.for_usecase(world["uc"], run_id="cmp"), world["rt"])
+        with runtime_home(lake["home"]):  # the lake's Gold; the local stores are written beside it
+            local_out = features_local.materialize(uc_local, view, LO, HI, RunInfo.for_usecase(uc_local, run_id="cmp"))
+        for k in (
+            "rows_in",
+            "skipped_null_key",
+            "skipped_null_event_time",
+            "collapsed_duplicates",
+            "offline_rows",
+            "online_entities",
+        ):
+            assert aws_out[k] == local_out[k], (view, k)
+        assert aws_out["range"] == local_out["range"] and aws_out["view"] == local_out["view"] == view
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_missing_gold_column_fails_before_anything_is_sent(lake, aws_env, sagemaker_like_aws):
+    uc = aws_env["uc"]
+    _glue_gold(uc, extra_drop=("card_txn_count_24h",))
+    store = FeatureStoreTwin()
+    session = store.attach(boto3.Session(region_name=REGION))
+    queries: list[str] = []
+    rt = AwsRuntime(session=session, run_query=lambda st: queries.append(st.sql) or "q", fetch_rows=lambda q: [])
+    run = RunInfo.for_usecase(uc, run_id="bad")
+    with pytest.raises(FeatureViewError) as err:
+        fa.materialize(uc, "card_activity", LO, HI, run, rt)
+    assert err.value.view == "card_activity" and err.value.column == "card_txn_count_24h"
+    assert "features.card_activity: column 'card_txn_count_24h'" in str(err.value)
+    assert not queries and not store.puts
+    sm = boto3.client("sagemaker", region_name=REGION)
+    with pytest.raises(botocore.exceptions.ClientError, match="ResourceNotFound"):
+        sm.describe_feature_group(FeatureGroupName=core.feature_group_name(uc, "card_activity"))
+    # no Gold table in Glue at all
+    boto3.client("glue", region_name=REGION).delete_table(DatabaseName=DB, Name=GOLD)
+    with pytest.raises(
+        FeatureViewError, match=r"features\.card_activity: Gold table .* is not in the Glue Data Catalog"
+    ):
+        fa.materialize(uc, "card_activity", LO, HI, run, rt)
+
+
+def test_type_change_against_an_existing_group_fails_before_anything_is_sent(lake, aws_env, sagemaker_like_aws):
+    uc = aws_env["uc"]
+    # the group was created when card_amount_sum_24h was a bigint (Integral); Gold now gives a double
+    _glue_gold(uc)
+    old = _cols(uc, "card_activity")
+    old = core.ViewColumns(
+        view=old.view,
+        entity=old.entity,
+        event_time=old.event_time,
+        features=tuple((n, "bigint" if n == "card_amount_sum_24h" else t) for n, t in old.features),
+    )
+    sm = boto3.client("sagemaker", region_name=REGION)
+    sm.create_feature_group(**fsreq.create_feature_group_request(uc, "card_activity", old))
+    store = FeatureStoreTwin()
+    session = store.attach(boto3.Session(region_name=REGION))
+    queries: list[str] = []
+    rt = AwsRuntime(session=session, run_query=lambda st: queries.append(st.sql) or "q", fetch_rows=lambda q: [])
+    with pytest.raises(FeatureViewError) as err:
+        fa.materialize(uc, "card_activity", LO, HI, RunInfo.for_usecase(uc, run_id="bad"), rt)
+    assert err.value.view == "card_activity" and err.value.column == "card_amount_sum_24h"
+    assert (
+        "type changed" in str(err.value)
+        and "Integral" in str(err.value)
+        and "bump features.card_activity.version" in str(err.value)
+    )
+    assert not queries and not store.puts
+    # and a group created without an online store cannot serve a view that wants one
+    data = _usecase_data("aws", aws_env["kms"])
+    data["features"]["card_merchant"]["stores"] = ["offline"]
+    offline_only = parse_usecase(data)
+    sm.create_feature_group(
+        **fsreq.create_feature_group_request(offline_only, "card_merchant", _cols(offline_only, "card_merchant"))
+    )
+    with pytest.raises(FeatureViewError, match="has no online store"):
+        fa.materialize(uc, "card_merchant", LO, HI, RunInfo.for_usecase(uc, run_id="bad"), rt)
+    assert not queries and not store.puts
+
+
+def test_aws_features_builds_its_clients_from_the_connection_session(aws_env):
+    """AwsFeatures without a DAG: its clients (the DAG-level test comes with the DAG factory)."""
+    pytest.importorskip("airflow.providers.amazon")
+    from mlblueprints.airflow.aws_features import AwsFeatures
+
+    feats = AwsFeatures(aws_env["uc"])
+    sm, fs = feats.clients(boto3.Session(region_name=REGION))
+    assert sm.meta.service_model.service_name == "sagemaker" and sm.meta.region_name == REGION
+    assert fs.meta.service_model.service_name == "sagemaker-featurestore-runtime"
+    assert fs.meta.config.retries["total_max_attempts"] == 1  # put_records owns the retries
+    assert fs.meta.config.max_pool_connections >= aws_env["uc"].aws.feature_store.put_record_workers
+
+
+def test_gold_schema_from_iceberg_metadata_when_glue_lists_no_columns(aws_env):
+    """Glue tables created with OpenTableFormatInput may list no columns (moto never does):
+    the schema then comes from the table's current Iceberg metadata in S3."""
+    uc = aws_env["uc"]
+    glue = boto3.client("glue", region_name=REGION)
+    s3 = boto3.client("s3", region_name=REGION)
+    glue.create_database(DatabaseInput=req.glue_database_input(uc.aws, "features test"))
+    fields = [
+        {"id": i, "name": n, "required": False, "type": req.iceberg_type(t)}
+        for i, (n, t) in enumerate(gold_columns(uc, GOLD), start=1)
+    ]
+    metadata = {
+        "format-version": 2,
+        "current-schema-id": 1,
+        "schemas": [
+            {"schema-id": 0, "type": "struct", "fields": fields[:3]},
+            {"schema-id": 1, "type": "struct", "fields": fields},
+        ],
+    }
+    key = f"fraud/warehouse/{GOLD}/metadata/00001-abc.metadata.json"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(metadata).encode())
+    glue.create_table(
+        DatabaseName=DB,
+        TableInput={
+            "Name": GOLD,
+            "TableType": "EXTERNAL_TABLE",
+            "Parameters": {"table_type": "ICEBERG", "metadata_location": f"s3://{BUCKET}/{key}"},
+        },
+    )
+    assert fa.gold_types(uc, GOLD, glue, s3)["card_txn_count_1h"] == "bigint"
+    for view in VIEWS:
+        assert fa.view_columns(uc, view, glue, s3) == _cols(uc, view)
+    with pytest.raises(FeatureViewError, match="has no columns in the Glue Data Catalog"):
+        fa.view_columns(uc, "card_activity", glue)

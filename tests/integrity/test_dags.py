@@ -78,6 +78,7 @@ def dagbag():
 
 
 def test_house_rules(dagbag):
+    from airflow.sdk.definitions.timetables.assets import AssetTriggeredTimetable
     from airflow.timetables.interval import CronDataIntervalTimetable
 
     assert dagbag.dags
@@ -86,7 +87,10 @@ def test_house_rules(dagbag):
         assert dag.catchup is False or dag.catchup is True
         assert dag.start_date is not None and dag.start_date.tzinfo is not None
         assert dag.max_active_runs == 1
-        assert isinstance(dag.timetable, CronDataIntervalTimetable)
+        if dag_id.endswith("__lakehouse"):
+            assert isinstance(dag.timetable, CronDataIntervalTimetable)
+        else:  # the downstream patterns run when their input Assets are updated
+            assert isinstance(dag.timetable, AssetTriggeredTimetable), dag_id
         assert dag.params, "run-time knobs are Params"
         for t in dag.tasks:
             if t.task_id == "report":
@@ -110,6 +114,21 @@ def test_lakehouse_topology_and_assets(dagbag):
     assert all(k.startswith("gate_") for k in outlets)
 
 
+def test_features_topology_schedule_and_assets(dagbag):
+    dag = dagbag.dags["fraud_detection__features"]
+    t = dag.task_dict
+    assert set(t) == {"plan", "materialize__card_activity", "materialize__merchant_activity", "report"}
+    assert t["plan"].downstream_task_ids == {"materialize__card_activity", "materialize__merchant_activity"}
+    # scheduled on the Gold Asset the lakehouse DAG's Gold gate emits
+    gold_outlets = dagbag.dags["fraud_detection__lakehouse"].task_dict["gate_gold__transaction_features"].outlets
+    assert dag.timetable.asset_condition.uri == gold_outlets[0].uri and len(gold_outlets) == 1
+    outlets = {task_id: [a.name for a in task.outlets] for task_id, task in t.items() if task.outlets}
+    assert outlets == {
+        "materialize__card_activity": ["fraud_detection.features.card_activity"],
+        "materialize__merchant_activity": ["fraud_detection.features.merchant_activity"],
+    }
+
+
 def test_broken_usecase_is_one_line_and_others_load(tmp_path):
     uc_dir = tmp_path / "usecases"
     shutil.copytree(ROOT / "dags" / "usecases", uc_dir)
@@ -118,9 +137,12 @@ def test_broken_usecase_is_one_line_and_others_load(tmp_path):
     assert got["errors"] == {}
     assert "fraud_detection__lakehouse" in got["dags"]
     assert not any(d.startswith("claims") for d in got["dags"])
-    msgs = [m for ws in got["warnings"].values() for m in ws if "claims.yaml" in m]
-    assert len(msgs) == 1
-    assert f"{uc_dir / 'claims.yaml'}: datasets: " in msgs[0] and "at least 1 item" in msgs[0]
+    assert "fraud_detection__features" in got["dags"]
+    # each DAG file that loads use cases reports the bad one once, as one line
+    for dag_file in ("lakehouse.py", "features.py"):
+        msgs = [m for f, ws in got["warnings"].items() if f.endswith(dag_file) for m in ws if "claims.yaml" in m]
+        assert len(msgs) == 1, (dag_file, got["warnings"])
+        assert f"{uc_dir / 'claims.yaml'}: datasets: " in msgs[0] and "at least 1 item" in msgs[0]
 
 
 def test_airflow_is_imported_only_in_mlblueprints_airflow():

@@ -19,7 +19,7 @@ class UseCaseConfigWarning(UserWarning):
 
 
 def register_dags(
-    namespace: MutableMapping[str, Any], factory: Callable[[UseCase], Any], usecases_dir: Path
+    namespace: MutableMapping[str, Any], factory: Callable[[UseCase], Any | None], usecases_dir: Path
 ) -> list[str]:
     """Build one DAG per use case into a DAG file's globals; report bad YAMLs, keep the rest.
 
@@ -38,6 +38,8 @@ def register_dags(
             msg = f"{uc.source_path}: <dag>: {type(exc).__name__}: {exc}"
             log.error("%s", msg)
             warnings.warn(msg, UseCaseConfigWarning, stacklevel=2)
+            continue
+        if dag is None:  # the pattern does not apply to this use case (e.g. no feature views)
             continue
         namespace[dag.dag_id] = dag
         built.append(dag.dag_id)

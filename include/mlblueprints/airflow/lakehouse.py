@@ -12,7 +12,8 @@ Per data set::
     everything -> compact -> report
 
 A gate task emits the Asset of the table it checked, only when the gate passes, so later
-patterns can be scheduled on Gold.
+patterns can be scheduled on Gold; a Gold Asset event carries ``{"range": [lo, hi]}``, the event
+dates that were recomputed.
 """
 
 from __future__ import annotations
@@ -258,7 +259,13 @@ def _gold_tasks(uc: UseCase, table: str, assets: dict[str, Asset], inputs: dict[
     def gate_gold(summary: dict[str, Any]) -> dict[str, Any]:
         if not summary.get("recomputed"):
             return {"skipped": True}
-        return _gate(uc, table, "gold", {"range": summary["recomputed"]})
+        out = _gate(uc, table, "gold", {"range": summary["recomputed"]})
+        # what changed, for the DAGs scheduled on this Asset (features materialize this range)
+        get_current_context()["outlet_events"][assets[table]].extra = {
+            "range": summary["recomputed"],
+            "snapshot_id": summary.get("gold_snapshot_id"),
+        }
+        return out
 
     gd = gold(inputs)
     return gd, gate_gold(gd)

@@ -11,7 +11,11 @@ def _tables(uc: UseCase) -> list[str]:
     names = []
     for ds in uc.datasets:
         names += [naming.table_name(ds, k) for k in ("bronze", "bronze_files", "silver", "quarantine", "duplicates")]
-    return names + list(uc.gold)
+    from mlblueprints.features import core
+
+    names += list(uc.gold)
+    names += [core.offline_table(uc, v) for v in uc.features if uc.view_target(v) == "local"]
+    return names + [core.training_table(t) for t in uc.training_sets]
 
 
 def tables_text(uc: UseCase) -> str:

@@ -258,19 +258,29 @@ def _check_config(args: argparse.Namespace) -> int:
 
     if args.files:
         errors = []
+        ok = []
         for f in args.files:
             try:
-                load_usecase(f)
-                print(f"{f}: ok")
+                ok.append(load_usecase(f))
             except UseCaseError as exc:
                 errors.append(exc)
     else:
         ok, errors = load_usecases(runtime.usecases_dir())
-        for uc in ok:
+    for uc in ok:
+        problems = _check_usecase(uc)
+        errors += problems  # type: ignore[arg-type]
+        if not problems:
             print(f"{uc.source_path}: ok")
     for e in errors:
         print(e, file=sys.stderr)
     return 1 if errors else 0
+
+
+def _check_usecase(uc) -> list[str]:
+    """Checks that need more than the YAML: feature views against the Gold SQL's columns."""
+    from mlblueprints.features.core import check_against_gold_sql
+
+    return check_against_gold_sql(uc)
 
 
 def main(argv: list[str] | None = None) -> int:

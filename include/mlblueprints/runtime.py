@@ -5,6 +5,7 @@
     airflow/        AIRFLOW_HOME: the SQLite metadata DB, logs
     landing/        landed files, ``<dataset>/<YYYY-MM-DD>/<file>`` (the generator writes here)
     warehouse/      Iceberg tables (data + metadata) and ``catalog.db`` (the SQLite catalog)
+    online/         online feature stores, one SQLite file per use case
     quality/        Great Expectations validation results and Data Docs HTML
     runs/           one JSON summary per lakehouse run
 

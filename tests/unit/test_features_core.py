@@ -239,3 +239,22 @@ def test_pit_matches_brute_force(feats, labels, ttl):
             seen.add((e, s))
             uniq.append((e, s, v))
     assert _pit(uniq, labels, ttl) == _reference(uniq, labels, ttl)
+
+
+def test_check_config_reads_the_gold_sql_columns(tmp_path):
+    import shutil
+
+    from mlblueprints.config import load_usecase
+
+    assert core.check_against_gold_sql(fraud_usecase()) == []
+    shutil.copytree(ROOT / "dags/usecases", tmp_path / "uc")
+    path = tmp_path / "uc/fraud_detection.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["features"]["card_activity"]["features"].append("card_risk")
+    doc["training_sets"]["fraud_training"]["labels"]["columns"].append("ticket")
+    path.write_text(yaml.safe_dump(doc))
+    got = core.check_against_gold_sql(load_usecase(path))
+    assert got == [
+        f"{path}: features.card_activity: column 'card_risk' is not an output of gold.transaction_features",
+        f"{path}: training_sets.fraud_training: column 'ticket' is not an output of gold.transaction_features",
+    ]

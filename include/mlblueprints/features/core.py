@@ -322,3 +322,38 @@ def pit_sql(
         f"SELECT {', '.join(out)} FROM (SELECT {', '.join(base_cols)} FROM {labels} WHERE {' AND '.join(where)}) l "
         + " ".join(joins)
     )
+
+
+def check_against_gold_sql(uc: UseCase) -> list[str]:
+    """Problems a view or training set has against the columns its Gold SQL outputs (read with
+    sqlglot, without running anything): one line each, for ``mlblueprints check-config``."""
+    from mlblueprints.lakehouse.sqlgen import output_columns
+
+    outputs: dict[str, list[str]] = {}
+    problems: list[str] = []
+    for g in uc.gold:
+        try:
+            outputs[g] = [*output_columns(uc.gold_sql_path(g).read_text()), "event_date"]
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            problems.append(f"{uc.source_path}: gold.{g}.sql: {exc}")
+    for view, v in uc.features.items():
+        have = outputs.get(v.source)
+        if have is None:
+            continue
+        for col in [*v.entity, event_time_column(uc, view), *v.features]:
+            if col not in have:
+                problems.append(
+                    f"{uc.source_path}: features.{view}: column {col!r} is not an output of gold.{v.source}"
+                )
+    for name, t in uc.training_sets.items():
+        have = outputs.get(t.labels.source)
+        if have is None:
+            continue
+        wanted = [t.labels.label, t.labels.event_time or uc.gold[t.labels.source].event_time, *t.labels.columns]
+        wanted += [k for vname in t.features for k in uc.features[vname].entity]
+        for col in dict.fromkeys(wanted):
+            if col not in have:
+                problems.append(
+                    f"{uc.source_path}: training_sets.{name}: column {col!r} is not an output of gold.{t.labels.source}"
+                )
+    return problems

@@ -308,7 +308,19 @@ class OnlineStore:
             "updated_at": meta[4],
             "file": str(self.path),
             "file_bytes": _file_bytes(self.path),
+            "table_bytes": self._table_bytes(table),
         }
+
+    def _table_bytes(self, table: str) -> int | None:
+        """Bytes of the view's table and its indexes (SQLite's dbstat; None where not compiled in)."""
+        try:
+            row = self.con.execute(
+                "SELECT sum(pgsize) FROM dbstat WHERE name = ? OR name LIKE ? ESCAPE '\\'",
+                (table, table.replace("_", "\\_") + "\\_\\_%"),
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return int(row[0]) if row and row[0] is not None else None
 
 
 def _file_bytes(path: Path) -> int:

@@ -83,7 +83,7 @@ def render(uc: UseCase, run_id: str, results: dict[str, Any], errors: dict[str, 
                 _fmt(skipped),
                 _fmt(out["online_entities"]),
                 _fmt(stats.get("entities")),
-                _size(stats.get("file_bytes")) if stats else out.get("feature_group", "-"),
+                _size(stats.get("table_bytes") or stats.get("file_bytes")) if stats else out.get("feature_group", "-"),
             )
         )
         if out["collapsed_duplicates"]:

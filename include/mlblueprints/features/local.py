@@ -211,10 +211,13 @@ def materialize(uc: UseCase, view: str, lo: date, hi: date, run: RunInfo) -> dic
     if store is not None:
         table = store.ensure_table(uc, view, cols)
         if files:
+            # computed before the SQLite write transaction opens, so the lock is held only for
+            # the upserts themselves
             con.execute(f"CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM {files}")
-            latest = core.latest_sql(cols, "batch")
-            entities = con.execute(f"SELECT count(*) FROM ({latest})").fetchall()[0][0]
-            incoming = _fetch(con, _encode_sql(cols, f"({latest})"))
+            latest = _encode_sql(cols, f"({core.latest_sql(cols, 'batch')})")
+            con.execute(f"CREATE OR REPLACE TEMP TABLE latest AS {latest}")
+            entities = con.execute("SELECT count(*) FROM latest").fetchall()[0][0]
+            incoming = _fetch(con, "SELECT * FROM latest")
         else:
             incoming = iter(())
 

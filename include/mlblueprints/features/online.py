@@ -20,10 +20,11 @@ now) is reported as missing.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,6 @@ def from_micros(us: int | None) -> datetime | None:
     """Microseconds since the epoch -> a naive UTC datetime (the tables' TIMESTAMP convention)."""
     if us is None:
         return None
-    from datetime import timedelta
-
     return _EPOCH + timedelta(microseconds=int(us))
 
 
@@ -75,25 +74,29 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _decode(t: str, v: Any) -> Any:
-    if v is None:
-        return None
-    if t == "timestamp":
-        return from_micros(v)
-    if t == "boolean":
-        return bool(v)
-    if t == "date":
-        return date.fromisoformat(v)
-    return v
+def _to_bool(v: Any) -> bool | None:
+    return None if v is None else bool(v)
+
+
+def _to_date(v: Any) -> date | None:
+    return None if v is None else date.fromisoformat(v)
+
+
+# how a stored value is turned back into Python; absent: stored as it is read
+_DECODERS = {"timestamp": from_micros, "boolean": _to_bool, "date": _to_date}
 
 
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     con = sqlite3.connect(str(path), timeout=60, isolation_level=None, check_same_thread=False)
     con.execute("PRAGMA journal_mode = WAL")
     con.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; a crash loses no committed batch's
-    con.execute("PRAGMA busy_timeout = 60000")  # atomicity, and a rerun rewrites the same values
+    # atomicity, and a rerun rewrites the same values. Views of one use case materialize in
+    # parallel tasks into one file: a writer waits for the other's transaction (minutes at 10M)
+    con.execute("PRAGMA busy_timeout = 900000")
     if readonly:
         con.execute("PRAGMA query_only = ON")
+    else:
+        con.execute("PRAGMA cache_size = -131072")  # 128 MB of page cache for the upserts
     return con
 
 
@@ -144,8 +147,8 @@ class OnlineStore:
             self.con.execute(
                 f"CREATE TABLE IF NOT EXISTS {_q(table)} ({', '.join(defs)}, PRIMARY KEY ({pk})) WITHOUT ROWID"
             )
-            self.con.execute(f"CREATE INDEX IF NOT EXISTS {_q(table + '__date')} ON {_q(table)} (event_date)")
-            self.con.execute(f"CREATE INDEX IF NOT EXISTS {_q(table + '__expires')} ON {_q(table)} (expires_at)")
+            # no secondary index: keeping one up to date costs more per upsert (about 3x at 1M
+            # entities, bench/features.py) than the full scans of the rare stale/purge queries
             v = uc.features[view]
             self.con.execute(
                 "INSERT OR IGNORE INTO _views (table_name, usecase, view, version, columns, entity, ttl_seconds, "
@@ -350,6 +353,9 @@ class OnlineReader:
         self.keys: list[str] = json.loads(meta[1])
         self.ttl_us = int(meta[2]) * 1_000_000
         self.columns = [*self.keys, "event_time", *(c for c in self.types if c not in self.keys and c != "event_time")]
+        self._decoders = [
+            (i, _DECODERS[self.types[c]]) for i, c in enumerate(self.columns) if self.types[c] in _DECODERS
+        ]
         select = ", ".join(_q(c) for c in self.columns)
         self._one = f"SELECT {select} FROM {_q(self.table)} WHERE " + " AND ".join(f"{_q(k)} = ?" for k in self.keys)
         self._select = select
@@ -372,7 +378,10 @@ class OnlineReader:
         et = r[len(self.keys)]
         if et + self.ttl_us < as_of_us:
             return None
-        return {c: _decode(self.types.get(c, "timestamp"), v) for c, v in zip(self.columns, r)}
+        values = list(r)
+        for i, decode in self._decoders:
+            values[i] = decode(values[i])
+        return dict(zip(self.columns, values))
 
     def _key_tuple(self, key: Any) -> tuple[Any, ...]:
         t = tuple(key) if isinstance(key, (tuple, list)) else (key,)
@@ -429,12 +438,13 @@ def get_online_features(
     return reader.get(keys, as_of)  # type: ignore[arg-type]
 
 
-_READERS: dict[tuple[str, str, str], OnlineReader] = {}
+_READERS: dict[tuple[str | None, str, str, int], OnlineReader] = {}
 
 
 def _reader(uc: UseCase, view: str) -> OnlineReader:
-    """A cached reader per (store file, view): lookups reuse prepared statements and connections."""
-    key = (str(store_path(uc)), uc.name, core.online_table(uc, view))
+    """A cached reader per (runtime directory, view version): lookups reuse prepared statements
+    and connections. Keyed on the environment, not the resolved path, to keep a lookup cheap."""
+    key = (os.environ.get(runtime.ENV_HOME), uc.name, view, uc.features[view].version)
     r = _READERS.get(key)
     if r is None:
         r = _READERS[key] = OnlineReader(uc, view)

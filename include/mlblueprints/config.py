@@ -236,6 +236,108 @@ class TrainingSet(_Strict):
     description: str | None = None
 
 
+METRICS = ("roc_auc", "pr_auc", "precision", "recall", "calibration_error")
+# calibration error is better when lower; every other metric when higher
+LOWER_IS_BETTER = ("calibration_error",)
+
+
+class ThresholdRule(_Strict):
+    """How the operating threshold is chosen on the holdout: the lowest score threshold whose
+    false-positive rate is at most ``max_fpr`` (or whose precision is at least ``min_precision``)."""
+
+    max_fpr: Annotated[float | None, Field(gt=0, lt=1)] = 0.01
+    min_precision: Annotated[float | None, Field(gt=0, le=1)] = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> ThresholdRule:
+        if (self.max_fpr is None) == (self.min_precision is None):
+            raise ValueError("set exactly one of max_fpr and min_precision")
+        return self
+
+
+class Gate(_Strict):
+    """When a candidate is registered: it beats the champion (or, for the first model, the
+    baseline) on ``primary_metric`` by ``min_improvement``, and no other metric regresses by more
+    than its tolerance (absolute)."""
+
+    primary_metric: Literal["roc_auc", "pr_auc", "precision", "recall"] = "pr_auc"
+    min_improvement: Annotated[float, Field(ge=0)] = 0.0
+    tolerances: dict[Literal["roc_auc", "pr_auc", "precision", "recall", "calibration_error"], float] = {
+        "roc_auc": 0.01,
+        "recall": 0.05,
+        "calibration_error": 0.02,
+    }
+    baseline: dict[Literal["roc_auc", "pr_auc", "precision", "recall", "calibration_error"], float] = {
+        "pr_auc": 0.05,
+        "roc_auc": 0.6,
+    }
+
+
+class SpotOptions(_Strict):
+    enabled: bool = True
+    max_runtime_seconds: Annotated[int, Field(ge=60, le=28 * 86400)] = 3600
+    max_wait_seconds: Annotated[int, Field(ge=60, le=28 * 86400)] = 7200
+
+    @model_validator(mode="after")
+    def _wait(self) -> SpotOptions:
+        if self.enabled and self.max_wait_seconds < self.max_runtime_seconds:
+            raise ValueError("max_wait_seconds must be at least max_runtime_seconds with managed Spot")
+        return self
+
+
+class SageMakerTraining(_Strict):
+    """The SageMaker side of training on the aws target."""
+
+    instance_type: str = "ml.m5.xlarge"
+    instance_count: Annotated[int, Field(ge=1, le=100)] = 1
+    volume_size_gb: Annotated[int, Field(ge=1, le=16384)] = 30
+    framework_version: str = "1.7-1"  # the SageMaker XGBoost framework container
+    image_uri: str | None = None  # default: the framework image of the region
+    spot: SpotOptions = SpotOptions()
+    network_isolation: bool = True
+    subnets: list[str] = []
+    security_group_ids: list[str] = []
+    mlflow_tracking_server_arn: Annotated[
+        str | None, Field(pattern=r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:\d{12}:mlflow-tracking-server/.+$")
+    ] = None
+    model_package_group: str | None = None  # default: the use case name
+    approval_status: Literal["PendingManualApproval", "Approved"] = "PendingManualApproval"
+
+    @model_validator(mode="after")
+    def _vpc(self) -> SageMakerTraining:
+        if bool(self.subnets) != bool(self.security_group_ids):
+            raise ValueError("a VPC needs both subnets and security_group_ids")
+        return self
+
+
+class Training(_Strict):
+    """Training, evaluation and registration of the use case's model."""
+
+    training_set: str
+    algorithm: Literal["xgboost"] = "xgboost"
+    # model inputs: default every feature of the training set's views
+    features: list[str] | None = None
+    extra_features: list[str] = []  # numeric columns carried by the training set (labels.columns)
+    hyperparameters: dict[str, float | int | str | bool] = {}
+    num_boost_round: Annotated[int, Field(ge=1, le=100_000)] = 300
+    seed: int = 42
+    checkpoint_interval_seconds: Annotated[float, Field(ge=0)] = 300
+    holdout_days: Annotated[int, Field(ge=1, le=365)] = 2  # the last days of label events
+    threshold: ThresholdRule = ThresholdRule()
+    gate: Gate = Gate()
+    model_name: str | None = None  # registered model name; default <usecase>_model
+    promote: bool = False  # champion directly (use cases with no endpoint to canary on)
+    sagemaker: SageMakerTraining = SageMakerTraining()
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _reserved(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = sorted(set(v) & {"seed", "num_boost_round", "objective", "eval_metric"})
+        if bad:
+            raise ValueError(f"set {bad} through their own fields (seed, num_boost_round), not hyperparameters")
+        return v
+
+
 class Compaction(_Strict):
     min_files: Annotated[int, Field(ge=2)] = 4
     small_file_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
@@ -317,6 +419,7 @@ class UseCase(_Strict):
     gold: dict[str, GoldTable] = {}
     features: dict[str, FeatureView] = {}
     training_sets: dict[str, TrainingSet] = {}
+    training: Training | None = None
     lakehouse: LakehouseOptions = LakehouseOptions()
     aws: AwsTarget | None = None
 
@@ -365,7 +468,33 @@ class UseCase(_Strict):
             clash = sorted(set(seen) & {t.labels.label, *t.labels.columns})
             if clash:
                 raise ValueError(f"training_sets.{tname}: label/columns clash with feature names {clash}")
+        if self.training is not None:
+            t = self.training
+            if t.training_set not in self.training_sets:
+                raise ValueError(f"training.training_set names unknown training set {t.training_set!r}")
+            ts = self.training_sets[t.training_set]
+            available = [f for v in ts.features for f in self.features[v].features]
+            for f in t.features or []:
+                if f not in available:
+                    raise ValueError(f"training.features: {f!r} is not a feature of training set {t.training_set!r}")
+            for f in t.extra_features:
+                if f not in ts.labels.columns:
+                    raise ValueError(
+                        f"training.extra_features: {f!r} is not in training_sets.{t.training_set}.labels.columns"
+                    )
         return self
+
+    @property
+    def model_name(self) -> str:
+        return (self.training.model_name if self.training else None) or f"{self.name}_model"
+
+    def model_features(self) -> list[str]:
+        """The model's input columns, in order."""
+        assert self.training is not None
+        t = self.training
+        ts = self.training_sets[t.training_set]
+        base = t.features or [f for v in ts.features for f in self.features[v].features]
+        return [*base, *t.extra_features]
 
     def view_target(self, view: str) -> str:
         """Where a feature view's stores live: its own ``target``, else the use case's."""

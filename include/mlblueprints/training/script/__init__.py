@@ -1,0 +1,1 @@
+"""The training job's source dir: uploaded alone to SageMaker, so nothing here imports mlblueprints."""

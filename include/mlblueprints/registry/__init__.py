@@ -1,0 +1,1 @@
+"""Model registry: MLflow locally (``local``); SageMaker Model Registry requests in ``mlblueprints.aws``."""

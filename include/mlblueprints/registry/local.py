@@ -1,0 +1,193 @@
+"""The model registry of the local target: MLflow tracking + model registry on SQLite.
+
+``<runtime>/mlflow/mlflow.db`` holds runs and registered models; artifacts go to
+``<runtime>/mlflow/artifacts``. Every training run is an MLflow run (experiment = the use case)
+with the candidate's and the champion's metrics, the gate's comparison and the lineage as
+tags. A registered version gets the alias ``challenger`` (``champion`` too when the use case
+promotes directly) and carries the lineage as version tags, so the registry alone answers
+"which code, config, data and run made this model".
+
+Registration is idempotent per Airflow run: a retried register task finds the version its run
+already registered (tag ``mlb.run_id``) instead of adding another.
+
+On the aws target with ``training.sagemaker.mlflow_tracking_server_arn`` set, the same calls go
+to that SageMaker managed MLflow tracking server: the ``sagemaker-mlflow`` plugin accepts the
+server's ARN as tracking and registry URI (and signs the requests with the worker's AWS
+credentials); artifacts then go to the server's own S3 artifact store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from mlblueprints import runtime
+from mlblueprints.config import UseCase
+
+log = logging.getLogger(__name__)
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+
+
+def tracking_uri(uc: UseCase | None) -> str:
+    """Where MLflow runs and registered models of ``uc`` live: the ARN of its SageMaker managed
+    MLflow tracking server (aws target, ``training.sagemaker.mlflow_tracking_server_arn`` set),
+    else the SQLite database under the runtime directory."""
+    arn = managed_tracking_server(uc)
+    if arn:
+        return arn
+    return f"sqlite:///{runtime.path('mlflow') / 'mlflow.db'}"
+
+
+def managed_tracking_server(uc: UseCase | None) -> str | None:
+    """The SageMaker managed MLflow tracking server ARN ``uc`` uses, or None (local SQLite)."""
+    if uc is None or uc.target != "aws" or uc.training is None:
+        return None
+    return uc.training.sagemaker.mlflow_tracking_server_arn
+
+
+def client(uc: UseCase | None = None) -> Any:
+    """An MlflowClient on ``uc``'s tracking server (and ``mlflow``'s fluent API pointed at it).
+    Without a use case: the local SQLite store."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(uc)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _experiment(uc: UseCase) -> str:
+    import mlflow
+
+    c = client(uc)
+    exp = c.get_experiment_by_name(uc.name)
+    if exp is not None:
+        return exp.experiment_id
+    # a managed tracking server keeps artifacts in its own S3 artifact store
+    location = None if managed_tracking_server(uc) else (runtime.path("mlflow", "artifacts") / uc.name).as_uri()
+    try:
+        return c.create_experiment(uc.name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created concurrently
+        return c.get_experiment_by_name(uc.name).experiment_id
+
+
+def model_version(uc: UseCase, alias: str) -> dict[str, Any] | None:
+    """The registered version behind ``alias`` (e.g. ``champion``), or None."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(uc)
+    try:
+        mv = c.get_model_version_by_alias(uc.model_name, alias)
+    except MlflowException:
+        return None
+    return {"version": int(mv.version), "run_id": mv.run_id, "source": mv.source, "tags": dict(mv.tags)}
+
+
+def load_booster(uc: UseCase, alias: str) -> Any:
+    """The XGBoost booster of the version behind ``alias`` (None when there is none)."""
+    import mlflow.xgboost
+
+    if model_version(uc, alias) is None:
+        return None
+    client(uc)
+    return mlflow.xgboost.load_model(f"models:/{uc.model_name}@{alias}")
+
+
+def _str_tags(d: dict[str, Any]) -> dict[str, str]:
+    return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str) for k, v in d.items()}
+
+
+def record(
+    uc: UseCase,
+    *,
+    booster: Any,
+    candidate: dict[str, float],
+    champion: dict[str, float] | None,
+    decision: dict[str, Any],
+    lineage: dict[str, Any],
+    params: dict[str, Any],
+    register: bool,
+    evaluation_dir: Path,
+) -> dict[str, Any]:
+    """Log the run (metrics, comparison, lineage, the model); register it when ``register``."""
+    import mlflow
+    import mlflow.xgboost
+
+    c = client(uc)
+    run_id_airflow = str(lineage.get("run_id"))
+    existing = (
+        [
+            mv
+            for mv in c.search_model_versions(f"name = '{uc.model_name}'")
+            if mv.tags.get("mlb.run_id") == run_id_airflow
+        ]
+        if register and c.search_registered_models(f"name = '{uc.model_name}'")
+        else []
+    )
+    exp = _experiment(uc)
+    tags = {f"mlb.{k}": v for k, v in _str_tags(lineage).items()}
+    tags["mlb.verdict"] = "registered" if register else "not promoted"
+    if existing:  # a retry of a register task whose first try got this far
+        mv = existing[0]
+        log.info("version %s of %s was registered by this run already", mv.version, uc.model_name)
+        mlflow_run_id = mv.run_id
+        version: int | None = int(mv.version)
+    else:
+        with mlflow.start_run(experiment_id=exp, run_name=run_id_airflow, tags=tags) as r:
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            mlflow.log_metrics({f"candidate_{k}": float(v) for k, v in candidate.items()})
+            if champion:
+                mlflow.log_metrics({f"champion_{k}": float(v) for k, v in champion.items()})
+            mlflow.log_dict(decision, "evaluation/gate.json")
+            mlflow.log_artifacts(str(evaluation_dir), "evaluation")
+            info = mlflow.xgboost.log_model(booster, name="model", model_format="ubj")
+            mlflow_run_id = r.info.run_id
+        version = None
+        if register:
+            mv = mlflow.register_model(info.model_uri, uc.model_name, tags=tags)
+            version = int(mv.version)
+    aliases: list[str] = []
+    if version is not None:
+        c.set_registered_model_alias(uc.model_name, CHALLENGER, str(version))
+        aliases.append(CHALLENGER)
+        if uc.training and uc.training.promote:
+            c.set_registered_model_alias(uc.model_name, CHAMPION, str(version))
+            aliases.append(CHAMPION)
+    return {"mlflow_run_id": mlflow_run_id, "model_name": uc.model_name, "version": version, "aliases": aliases}
+
+
+def promote(uc: UseCase, version: int) -> None:
+    """Make ``version`` the champion (the canary pattern's job; ``--promote`` for use cases
+    with no endpoint)."""
+    client(uc).set_registered_model_alias(uc.model_name, CHAMPION, str(version))
+
+
+def lineage(uc: UseCase, version: int | None = None, alias: str | None = None) -> dict[str, Any]:
+    """Everything the registry knows about a version: lineage tags, params, metrics, aliases."""
+    c = client(uc)
+    if version is None:
+        mv = c.get_model_version_by_alias(uc.model_name, alias or CHAMPION)
+    else:
+        mv = c.get_model_version(uc.model_name, str(version))
+    run = c.get_run(mv.run_id)
+    aliases = sorted(mv.aliases or [])
+    decode = {}
+    for k, v in mv.tags.items():
+        try:
+            decode[k.removeprefix("mlb.")] = json.loads(v)
+        except (TypeError, ValueError):
+            decode[k.removeprefix("mlb.")] = v
+    return {
+        "model_name": uc.model_name,
+        "version": int(mv.version),
+        "aliases": aliases,
+        "source": mv.source,
+        "mlflow_run_id": mv.run_id,
+        "lineage": decode,
+        "params": dict(run.data.params),
+        "metrics": dict(run.data.metrics),
+    }

@@ -6,6 +6,9 @@
     mlblueprints features get fraud_detection card_activity card_000001 --as-of watermark
     mlblueprints features training-set fraud_detection fraud_training
     mlblueprints features show fraud_detection                  offline and online store sizes
+    mlblueprints training run fraud_detection [--interrupt SIGTERM --after 5]   <usecase>__training
+    mlblueprints models lineage fraud_detection [--version N | --alias champion]
+    mlblueprints models promote fraud_detection N               alias champion -> version N
     mlblueprints demo                                           all of it, on embedded defaults
     mlblueprints tables fraud_detection                         what the tables hold
     mlblueprints quarantine fraud_detection transactions        quarantined rows and reasons
@@ -164,6 +167,57 @@ def _features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_training(usecase: str, conf: dict | None = None) -> int:
+    from mlblueprints.airflow import localrun
+
+    dag = localrun.get_dag(f"{usecase}__training")
+    t = time.perf_counter()
+    dr = dag.test(run_conf=conf or None)
+    bad = localrun.failed_tasks(dr)
+    print(
+        f"  {dag.dag_id}: {dr.state} in {time.perf_counter() - t:.0f}s"
+        + (f" (failed: {', '.join(bad)})" if bad else ""),
+        flush=True,
+    )
+    return 0 if dr.state == "success" else 1
+
+
+def _training(args: argparse.Namespace) -> int:
+    from mlblueprints.airflow import localrun
+
+    localrun.setup()
+    conf = {}
+    if args.interrupt:
+        conf["interrupt"] = {"signal": args.interrupt, "after_seconds": args.after}
+    if args.promote:
+        conf["promote"] = True
+    status = _run_training(args.usecase, conf)
+    latest = runtime.home() / "runs" / args.usecase / "training" / "latest.txt"
+    if latest.exists():
+        print()
+        print(latest.read_text())
+    return status
+
+
+def _models(args: argparse.Namespace) -> int:
+    import json
+
+    from mlblueprints.registry import local as registry
+
+    uc = _load(args.usecase)
+    if args.action == "promote":
+        registry.promote(uc, args.version)
+        print(f"{uc.model_name} version {args.version} is now the champion")
+        return 0
+    try:
+        out = registry.lineage(uc, version=args.version, alias=None if args.version else args.alias)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises its own exception types
+        print(f"{uc.model_name}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=1, default=str))
+    return 0
+
+
 def _parse_time(text: str):
     from datetime import datetime
 
@@ -207,17 +261,28 @@ def _demo(args: argparse.Namespace) -> int:
         # on a scheduler the Gold Asset event triggers <usecase>__features; dag.test has no
         # scheduler, so the demo runs it for the range the lakehouse run recomputed
         status = _run_features(DEMO_USECASE) or status
-    print(f"{args.days} daily runs of the lakehouse and feature DAGs in {time.perf_counter() - total:.0f}s\n")
+    print(f"{args.days} daily runs of the lakehouse and feature DAGs in {time.perf_counter() - total:.0f}s")
+    if status == 0:
+        # on a scheduler the feature Assets trigger <usecase>__training; the first try is
+        # interrupted like a Spot reclaim (SIGTERM, two-minute notice) to show the resume
+        print("training (the first try gets a simulated Spot interruption; the retry resumes) ...", flush=True)
+        status = _run_training(DEMO_USECASE, {"interrupt": {"signal": "SIGTERM", "after_seconds": 4}})
+    print()
     print("last lakehouse run:")
     print((home / "runs" / DEMO_USECASE / "lakehouse" / "latest.txt").read_text())
     print(_tables_text(DEMO_USECASE))
     print("last feature run:")
     print((home / "runs" / DEMO_USECASE / "features" / "latest.txt").read_text())
+    training = home / "runs" / DEMO_USECASE / "training" / "latest.txt"
+    if training.exists():
+        print("training run:")
+        print(training.read_text())
     print(f"run reports (JSON): {home / 'runs' / DEMO_USECASE}")
     print(
         f"inspect: .venv/bin/mlblueprints tables {DEMO_USECASE}; "
         f".venv/bin/mlblueprints quarantine {DEMO_USECASE} transactions; "
-        f".venv/bin/mlblueprints features show {DEMO_USECASE}"
+        f".venv/bin/mlblueprints features show {DEMO_USECASE}; "
+        f".venv/bin/mlblueprints models lineage {DEMO_USECASE}"
     )
     return status
 
@@ -331,7 +396,28 @@ def main(argv: list[str] | None = None) -> int:
     fsh.add_argument("usecase")
     fsh.set_defaults(fn=_features)
 
-    d = sub.add_parser("demo", help="generate data, run the lakehouse and feature DAGs for each day")
+    tr = sub.add_parser("training", help="run <usecase>__training (dag.test)")
+    trs = tr.add_subparsers(dest="action", required=True)
+    trr = trs.add_parser("run", help="train, evaluate, gate, register")
+    trr.add_argument("usecase")
+    trr.add_argument("--interrupt", choices=["SIGTERM", "SIGKILL"], help="simulate a Spot interruption of try 1")
+    trr.add_argument("--after", type=float, default=5.0, help="seconds into training (with --interrupt)")
+    trr.add_argument("--promote", action="store_true", help="make a registered candidate the champion")
+    trr.set_defaults(fn=_training)
+
+    m = sub.add_parser("models", help="registered models: lineage, promotion")
+    ms = m.add_subparsers(dest="action", required=True)
+    ml = ms.add_parser("lineage", help="a model version's full lineage (JSON)")
+    ml.add_argument("usecase")
+    ml.add_argument("--version", type=int)
+    ml.add_argument("--alias", default="challenger", help="when no --version (default challenger)")
+    ml.set_defaults(fn=_models)
+    mp = ms.add_parser("promote", help="make a version the champion (use cases with no endpoint)")
+    mp.add_argument("usecase")
+    mp.add_argument("version", type=int)
+    mp.set_defaults(fn=_models)
+
+    d = sub.add_parser("demo", help="generate data, run the lakehouse and feature DAGs for each day, then training")
     d.add_argument("--rows", type=int, default=200_000)
     d.add_argument("--days", type=int, default=7)
     d.set_defaults(fn=_demo)

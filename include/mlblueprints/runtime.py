@@ -6,6 +6,8 @@
     landing/        landed files, ``<dataset>/<YYYY-MM-DD>/<file>`` (the generator writes here)
     warehouse/      Iceberg tables (data + metadata) and ``catalog.db`` (the SQLite catalog)
     online/         online feature stores, one SQLite file per use case
+    training/       per training run: train/holdout splits, checkpoints, models of each try
+    mlflow/         MLflow tracking and model registry (``mlflow.db``) and artifacts
     quality/        Great Expectations validation results and Data Docs HTML
     runs/           one JSON summary per lakehouse run
 

@@ -129,6 +129,25 @@ def test_features_topology_schedule_and_assets(dagbag):
     }
 
 
+def test_training_topology_and_schedule(dagbag):
+    dag = dagbag.dags["fraud_detection__training"]
+    t = dag.task_dict
+    assert t["training_set"].downstream_task_ids == {"train", "register"}
+    assert t["train"].downstream_task_ids == {"evaluate", "register"}
+    assert t["evaluate"].downstream_task_ids == {"register"}
+    # all feature views updated, or a drift alert
+    cond = dag.timetable.asset_condition
+    assert type(cond).__name__ == "AssetAny"
+    parts = list(cond.objects)
+    assert type(parts[0]).__name__ == "AssetAll"
+    assert sorted(a.name for a in parts[0].objects) == [
+        "fraud_detection.features.card_activity",
+        "fraud_detection.features.merchant_activity",
+    ]
+    assert parts[1].name == "fraud_detection.drift_alert"
+    assert dag.params["interrupt"]["signal"] is None
+
+
 def test_broken_usecase_is_one_line_and_others_load(tmp_path):
     uc_dir = tmp_path / "usecases"
     shutil.copytree(ROOT / "dags" / "usecases", uc_dir)
@@ -139,7 +158,7 @@ def test_broken_usecase_is_one_line_and_others_load(tmp_path):
     assert not any(d.startswith("claims") for d in got["dags"])
     assert "fraud_detection__features" in got["dags"]
     # each DAG file that loads use cases reports the bad one once, as one line
-    for dag_file in ("lakehouse.py", "features.py"):
+    for dag_file in ("lakehouse.py", "features.py", "training.py"):
         msgs = [m for f, ws in got["warnings"].items() if f.endswith(dag_file) for m in ws if "claims.yaml" in m]
         assert len(msgs) == 1, (dag_file, got["warnings"])
         assert f"{uc_dir / 'claims.yaml'}: datasets: " in msgs[0] and "at least 1 item" in msgs[0]

@@ -171,6 +171,7 @@ def _run_training(usecase: str, conf: dict | None = None) -> int:
     from mlblueprints.airflow import localrun
 
     dag = localrun.get_dag(f"{usecase}__training")
+    localrun.quiet_retry_waits()
     t = time.perf_counter()
     dr = dag.test(run_conf=conf or None)
     bad = localrun.failed_tasks(dr)

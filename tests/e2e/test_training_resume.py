@@ -32,7 +32,7 @@ HPS: dict[str, Any] = {
     "label": "is_positive",
     "num_boost_round": ROUNDS,
     "seed": 7,
-    "max_depth": 6,
+    "max_depth": 5,  # not xgboost's default (6): every tree must obey it (see test_reference_run)
     "eta": 0.2,
     "subsample": 0.8,
     "colsample_bytree": 0.8,
@@ -141,6 +141,11 @@ def test_reference_run(reference: dict[str, Any], data_dir: Path) -> None:
     assert meta["hyperparameters_source"] == "SM_HPS"
     assert metrics["checkpoint_count"] == 0 and reference["checkpoints"] == []
     assert 0 < metrics["train_logloss"] < 0.45  # the target is learnable (prior logloss 0.56)
+    # the hyperparameters reach every round (xgboost 1.7 would drop them on the per-round updater switch
+    # if they were not passed again): no tree deeper than max_depth 5, i.e. more than 63 nodes
+    model = json.loads(xgb.Booster(model_file=str(Path(reference["model_dir"]) / "model.ubj")).save_raw("json"))
+    nodes = [int(t["tree_param"]["num_nodes"]) for t in model["learner"]["gradient_booster"]["model"]["trees"]]
+    assert len(nodes) == ROUNDS and max(nodes) <= 2 ** (5 + 1) - 1
     y = pq.read_table(data_dir, columns=["is_positive"]).column(0).to_numpy()
     p = reference["predictions"]
     assert p[y == 1].mean() > 0.5 > p[y == 0].mean()

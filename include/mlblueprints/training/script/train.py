@@ -60,10 +60,12 @@ whatever the order of files and rows and wherever training was interrupted:
   differently from one that never stopped. This script therefore starts every round with a fresh
   updater, by alternating the ``updater`` parameter between two equivalent sequences
   (``grow_quantile_histmaker`` and ``grow_quantile_histmaker,prune``; ``prune`` removes nothing,
-  since hist already refuses splits below ``gamma``). Every round is then the same whether it
-  follows a resume or not. This is also why the loop below calls ``Booster.update`` with the
-  global round number instead of ``xgb.train(..., xgb_model=...)``, which restarts the
-  iteration count (and so the per-iteration seed) at 0 on a resume.
+  since hist already refuses splits below ``gamma``), passed with every other parameter again.
+  Every round is then the same whether it follows a resume or not (checked with xgboost 3.2 and
+  with 1.7.6, the version of the SageMaker 1.7-1 container). This is also why the loop below
+  calls ``Booster.update`` with the global round number instead of ``xgb.train(...,
+  xgb_model=...)``, which restarts the iteration count (and so the per-iteration seed) at 0 on a
+  resume.
 
 Checkpoints (see ``checkpoints.py``): every ``checkpoint_interval_seconds`` of training and on
 SIGTERM (the Spot two-minute notice): the handler only sets a flag; after the round in progress
@@ -417,6 +419,7 @@ class CheckpointCallback(xgb.callback.TrainingCallback):
         self.t_last = self.t_start
         self.interrupted = False
         self.logloss: float | None = None
+        self.first_round_seconds: float | None = None  # on a resume: includes predicting the loaded trees
 
     def write(self, model: Any, rounds: int, reason: str) -> None:
         t = time.perf_counter()
@@ -426,6 +429,8 @@ class CheckpointCallback(xgb.callback.TrainingCallback):
 
     def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
         rounds = epoch + 1
+        if self.first_round_seconds is None:
+            self.first_round_seconds = time.perf_counter() - self.t_start
         self.logloss = parse_eval(model.eval(self.dtrain, "train", epoch))
         now = time.perf_counter()
         log(f"round {rounds}/{self.total} train-logloss={self.logloss:.6f} elapsed={now - self.t_start:.1f}s")
@@ -445,11 +450,19 @@ def parse_eval(text: str) -> float:
     return float(str(text).rsplit(":", 1)[1])
 
 
-def train_rounds(bst: Any, dtrain: Any, start: int, end: int, callback: CheckpointCallback) -> int:
-    """Boost rounds ``start..end-1`` (global numbering, so the per-round seed is right); returns rounds done."""
+def train_rounds(
+    bst: Any, dtrain: Any, params: dict[str, Any], start: int, end: int, callback: CheckpointCallback
+) -> int:
+    """Boost rounds ``start..end-1`` (global numbering, so the per-round seed is right); returns rounds done.
+
+    Each round switches the updater sequence (a fresh hist updater) and passes every parameter
+    again with it: XGBoost 1.7 (the SageMaker 1.7-1 container) configures a re-created updater
+    with only the parameters of that ``set_param`` call, and would otherwise grow the trees with
+    default ``max_depth``, ``eta``, ... from the second round on.
+    """
     done = start
     for i in range(start, end):
-        bst.set_param({"updater": UPDATER_SEQUENCES[i % 2]})
+        bst.set_param({**params, "updater": UPDATER_SEQUENCES[i % 2]})
         bst.update(dtrain, iteration=i)
         done = i + 1
         if callback.after_iteration(bst, i, {}):
@@ -514,6 +527,7 @@ def run(env: dict[str, str]) -> int:
     )
     store.lock()
     try:
+        t_resume = time.perf_counter()
         store.clean_stale()
         bst, resumed = None, None
         for c in store.candidates(max_rounds=cfg.num_boost_round):
@@ -534,12 +548,13 @@ def run(env: dict[str, str]) -> int:
         else:
             log(f"resuming from {resumed.path.name}: {start} rounds done, training {start + 1}..{cfg.num_boost_round}")
 
+        resume_seconds = time.perf_counter() - t_resume
         callback = CheckpointCallback(store, dtrain, cfg.num_boost_round, cfg.checkpoint_interval, sigterm, start)
         if sigterm.set:
             log("SIGTERM before training started: exiting")
             return EXIT_INTERRUPTED
         t_train = time.perf_counter()
-        done = train_rounds(bst, dtrain, start, cfg.num_boost_round, callback)
+        done = train_rounds(bst, dtrain, cfg.params, start, cfg.num_boost_round, callback)
         training_seconds = time.perf_counter() - t_train
         trained = done - start
         logloss = callback.logloss if callback.logloss is not None else parse_eval(bst.eval(dtrain, "train", done))
@@ -551,7 +566,9 @@ def run(env: dict[str, str]) -> int:
             "resumed_from_round": resumed.rounds if resumed else None,
             "rows": info["rows"],
             "load_seconds": round(load_seconds, 4),
+            "resume_seconds": round(resume_seconds, 4),
             "training_seconds": round(training_seconds, 4),
+            "first_round_seconds": round(callback.first_round_seconds or 0.0, 4),
             "seconds_per_round": round(training_seconds / trained, 6) if trained else None,
             "checkpoint_interval_seconds": cfg.checkpoint_interval,
             "checkpoint_count": store.count,

@@ -258,3 +258,26 @@ def test_check_config_reads_the_gold_sql_columns(tmp_path):
         f"{path}: features.card_activity: column 'card_risk' is not an output of gold.transaction_features",
         f"{path}: training_sets.fraud_training: column 'ticket' is not an output of gold.transaction_features",
     ]
+
+
+def test_label_columns_of_a_training_set_are_checked_by_name():
+    uc = fraud_usecase()
+    assert (
+        core.check_label_columns(
+            uc,
+            "fraud_training",
+            {
+                **GOLD,
+                "is_fraud": "int",
+                "channel": "string",
+                "merchant_category": "string",
+                "country": "string",
+                "event_hour": "long",
+            },
+        )
+        == "event_time"
+    )
+    with pytest.raises(
+        core.TrainingSetError, match="column 'channel': carried column is not in 'transaction_features'"
+    ):
+        core.check_label_columns(uc, "fraud_training", {**GOLD, "is_fraud": "int"})

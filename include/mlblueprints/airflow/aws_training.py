@@ -324,18 +324,7 @@ class AwsTraining:
 
         # the same checks as the local builder, against the Glue Data Catalog
         ltypes = {k: core.normalize_type(t) for k, t in fa.gold_types(uc, ts.labels.source, glue, s3).items()}
-        label_time = ts.labels.event_time or uc.gold[ts.labels.source].event_time
-        needed = {label_time: "event time", ts.labels.label: "label"}
-        needed.update({c: "carried" for c in ts.labels.columns})
-        for vname in ts.features:
-            needed.update({k: f"entity key of {vname}" for k in uc.features[vname].entity})
-        for c, role in needed.items():
-            if c not in ltypes:
-                raise TrainingSetError(
-                    uc, name, c, f"{role} column is not in {ts.labels.source!r} (it has: {', '.join(ltypes)})"
-                )
-        if ltypes[label_time] != "timestamp":
-            raise TrainingSetError(uc, name, label_time, f"event time must be a timestamp, got {ltypes[label_time]}")
+        label_time = core.check_label_columns(uc, name, ltypes)
 
         keys = list(dict.fromkeys(k for v in ts.features for k in uc.features[v].entity))
         label_cols = list(dict.fromkeys([*keys, label_time, *ts.labels.columns, ts.labels.label]))

@@ -54,6 +54,27 @@ class TrainingSetError(ValueError):
         super().__init__(f"{self.usecase}: {where}: {reason}")
 
 
+def check_label_columns(uc: UseCase, name: str, label_types: Mapping[str, str]) -> str:
+    """Check a training set's label table (column -> type) has every column the set needs: the
+    event time (a timestamp), the label, the carried columns and each view's entity keys.
+    Returns the label event-time column; raises :class:`TrainingSetError` naming the column."""
+    ts = uc.training_sets[name]
+    types = {k: normalize_type(t) for k, t in label_types.items()}
+    label_time = ts.labels.event_time or uc.gold[ts.labels.source].event_time
+    needed = {label_time: "event time", ts.labels.label: "label"}
+    needed.update({c: "carried" for c in ts.labels.columns})
+    for vname in ts.features:
+        needed.update({k: f"entity key of {vname}" for k in uc.features[vname].entity})
+    for c, role in needed.items():
+        if c not in types:
+            raise TrainingSetError(
+                uc, name, c, f"{role} column is not in {ts.labels.source!r} (it has: {', '.join(types)})"
+            )
+    if types[label_time] != "timestamp":
+        raise TrainingSetError(uc, name, label_time, f"event time must be a timestamp, got {types[label_time]}")
+    return label_time
+
+
 def offline_table(uc: UseCase, view: str) -> str:
     """Iceberg table of a view's history: ``fv_<view>_v<version>`` (a new version is a new table)."""
     return f"{OFFLINE_PREFIX}{view}_v{uc.features[view].version}"

@@ -334,19 +334,7 @@ def build_training_set(
     started = time.perf_counter()
     ts = uc.training_sets[name]
     labels_tbl = _gold(uc, ts.labels.source, f"training_sets.{name}")
-    ltypes = {k: core.normalize_type(t) for k, t in iceberg_types(labels_tbl).items()}
-    label_time = ts.labels.event_time or uc.gold[ts.labels.source].event_time
-    needed = {label_time: "event time", ts.labels.label: "label"}
-    needed.update({c: "carried" for c in ts.labels.columns})
-    for vname in ts.features:
-        needed.update({k: f"entity key of {vname}" for k in uc.features[vname].entity})
-    for c, role in needed.items():
-        if c not in ltypes:
-            raise TrainingSetError(
-                uc, name, c, f"{role} column is not in {ts.labels.source!r} (it has: {', '.join(ltypes)})"
-            )
-    if ltypes[label_time] != "timestamp":
-        raise TrainingSetError(uc, name, label_time, f"event time must be a timestamp, got {ltypes[label_time]}")
+    label_time = core.check_label_columns(uc, name, iceberg_types(labels_tbl))
 
     con = connect()
     g = uc.gold[ts.labels.source]

@@ -490,8 +490,9 @@ class UseCase(_Strict):
 
     def model_features(self) -> list[str]:
         """The model's input columns, in order."""
-        assert self.training is not None
         t = self.training
+        if t is None:
+            raise ValueError(f"{self.name}: the use case has no training section")
         ts = self.training_sets[t.training_set]
         base = t.features or [f for v in ts.features for f in self.features[v].features]
         return [*base, *t.extra_features]
@@ -499,6 +500,41 @@ class UseCase(_Strict):
     def view_target(self, view: str) -> str:
         """Where a feature view's stores live: its own ``target``, else the use case's."""
         return self.features[view].target or self.target
+
+    # Where data lives. These are the only answers besides ``mlblueprints.backends`` that depend
+    # on the target: an Iceberg namespace and an Asset URI are configuration, not behaviour.
+
+    @property
+    def namespace(self) -> str:
+        """The Iceberg namespace of the use case's tables: the Glue database on aws."""
+        return self.aws.glue_database if self.target == "aws" and self.aws else self.name
+
+    def warehouse_uri(self, table: str) -> str:
+        """Location of a lakehouse table (also its Airflow Asset URI, the same for both targets' DAGs)."""
+        if self.target == "aws" and self.aws:
+            return self.aws.s3_uri("warehouse", table)
+        return f"file://mlblueprints/{self.name}/warehouse/{table}"
+
+    def feature_view_uri(self, view: str, offline_table: str, feature_group: str) -> str:
+        """Location of a feature view's offline store (its Asset URI; a new version is a new Asset)."""
+        if self.view_target(view) == "aws" and self.aws is not None:
+            base = self.aws.feature_store.offline_s3_uri or self.aws.s3_uri("feature-store")
+            return f"{base.rstrip('/')}/{feature_group}"
+        return f"file://mlblueprints/{self.name}/features/{offline_table}"
+
+    @property
+    def aws_settings(self) -> AwsTarget:
+        """The ``aws`` section; a clear error when an aws backend is used without one."""
+        if self.aws is None:
+            raise ValueError(f"{self.name}: the aws section is required on the aws target")
+        return self.aws
+
+    @property
+    def mlflow_tracking_server(self) -> str | None:
+        """The SageMaker managed MLflow tracking server ARN of the aws target, or None (local SQLite)."""
+        if self.target != "aws" or self.training is None:
+            return None
+        return self.training.sagemaker.mlflow_tracking_server_arn
 
     @property
     def base_dir(self) -> Path:

@@ -12,3 +12,8 @@ from __future__ import annotations
 
 class PermanentError(Exception):
     """A failure that the same inputs reproduce: fail the step now, do not retry it."""
+
+
+class StepSkipped(Exception):  # noqa: N818 - a signal, not an error
+    """The step has nothing to do in this run (its message says why); downstream steps that need
+    its result are skipped too, and an Asset it would emit is not emitted."""

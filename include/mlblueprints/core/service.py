@@ -1,0 +1,122 @@
+"""Service calls: how a step hands a job to a managed AWS service and gets its result back.
+
+On the local target a step does all its work in the worker and returns its result. On the aws
+target the heavy part of some steps is a job of a managed service (Athena statements, a
+SageMaker training job). Such a backend method does not run the job itself: it returns a
+:class:`ServiceCall` - the request, what to resume with, and the state to resume from - and the
+orchestrator runs the job with the tool made for it (the Amazon provider's operators in a DAG,
+an optimized service integration in a state machine, :mod:`mlblueprints.aws.direct` in a test),
+then calls :func:`finish` with the job's output. Nothing here does I/O.
+
+A step function handles both shapes with :meth:`StepContext.then
+<mlblueprints.core.context.StepContext.then>`: what it does after the backend call runs at once
+on a local result, and after the job on a service call.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlblueprints.core.context import StepContext
+
+ATHENA = "athena"  # request: a list of Statement dicts, run in order; output: {"queries": {name: id}}
+SAGEMAKER_TRAINING = "sagemaker_training"  # request: CreateTrainingJob; output: {"Training": Describe...}
+KINDS = (ATHENA, SAGEMAKER_TRAINING)
+MARK = "__service_call__"
+
+
+@dataclass
+class Statement:
+    """One Athena statement of a step. ``body`` is the SELECT inside it (for validation);
+    ``fetch`` says that the step reads the statement's result rows afterwards."""
+
+    name: str
+    sql: str
+    kind: str  # merge | insert | delete | select | unload | optimize | vacuum
+    body: str | None = None
+    fetch: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ServiceCall:
+    """A job a backend asks the orchestrator to run, and how to resume after it."""
+
+    kind: str
+    request: Any
+    capability: str  # the backend that resumes (``backend_for(uc, capability, **backend_key)``)
+    resume: str  # its method: ``resume(state, output) -> result``
+    state: dict[str, Any] = field(default_factory=dict)
+    backend_key: dict[str, Any] = field(default_factory=dict)
+    then: str | None = None  # "module:function" called as fn(ctx, result, **then_kwargs)
+    then_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown service kind {self.kind!r}; known: {', '.join(KINDS)}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {MARK: True, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServiceCall:
+        return cls(**{k: v for k, v in data.items() if k != MARK})
+
+    @property
+    def statements(self) -> list[Statement]:
+        """The Athena statements of an ``athena`` call, in order."""
+        return [s if isinstance(s, Statement) else Statement(**s) for s in self.request]
+
+
+def is_call(value: Any) -> bool:
+    return isinstance(value, ServiceCall) or (isinstance(value, dict) and value.get(MARK) is True)
+
+
+def athena(
+    statements: list[Statement], capability: str, resume: str, state: dict[str, Any] | None = None, **key: Any
+) -> ServiceCall:
+    """A call that runs ``statements`` in order on Athena, then ``resume(state, {"queries": {name: id}})``."""
+    return ServiceCall(ATHENA, [s.as_dict() for s in statements], capability, resume, dict(state or {}), key)
+
+
+def qualified_name(fn: Callable[..., Any]) -> str:
+    """``module:function`` of a module-level function (what a service call can carry)."""
+    name = f"{fn.__module__}:{fn.__qualname__}"
+    if "<" in fn.__qualname__ or "." in fn.__qualname__:
+        raise ValueError(f"{name}: only module-level functions can resume a step after a service job")
+    return name
+
+
+def resolve(name: str) -> Callable[..., Any]:
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def finish(ctx: StepContext, call: ServiceCall | dict[str, Any], output: Any) -> Any:
+    """Resume a step after its service job: the backend turns the job's output into the step's
+    result, then the step's own continuation (if any) runs."""
+    if not isinstance(call, ServiceCall):
+        call = ServiceCall.from_dict(call)
+    backend = ctx.backend(call.capability, **call.backend_key)
+    result = getattr(backend, call.resume)(call.state, output)
+    if is_call(result):
+        raise RuntimeError(f"{call.capability}.{call.resume} returned another service call; one job per step")
+    if call.then:
+        result = resolve(call.then)(ctx, result, **call.then_kwargs)
+    return result
+
+
+def complete(ctx: StepContext, value: Any, run_job: Callable[[ServiceCall], Any]) -> Any:
+    """Run a step's result to completion outside an orchestrator: ``run_job`` executes the
+    service call synchronously (see :mod:`mlblueprints.aws.direct`)."""
+    if isinstance(value, dict) and value.get(MARK) is True:
+        value = ServiceCall.from_dict(value)
+    if isinstance(value, ServiceCall):
+        return finish(ctx, value, run_job(value))
+    return value

@@ -182,8 +182,8 @@ def ttl_duration(seconds: int) -> dict[str, Any]:
 
 
 def offline_s3_uri(uc: UseCase) -> str:
-    assert uc.aws is not None
-    return uc.aws.feature_store.offline_s3_uri or uc.aws.s3_uri("feature-store")
+    aws = uc.aws_settings
+    return aws.feature_store.offline_s3_uri or aws.s3_uri("feature-store")
 
 
 def _check_names(uc: UseCase, view: str, cols: ViewColumns) -> None:
@@ -221,8 +221,7 @@ def feature_definitions(uc: UseCase, view: str, cols: ViewColumns) -> list[dict[
 
 def create_feature_group_request(uc: UseCase, view: str, cols: ViewColumns) -> dict[str, Any]:
     """CreateFeatureGroup parameters of a view (only the stores its ``stores`` list)."""
-    aws = uc.aws
-    assert aws is not None, "the aws section is required"
+    aws = uc.aws_settings
     v = uc.features[view]
     _check_names(uc, view, cols)
     description = v.description or f"{uc.name} feature view {view} v{v.version}"

@@ -51,10 +51,10 @@ the files it finds there as models; reports go to ``/opt/ml/output/data``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
-import math
 import re
 from collections.abc import Mapping
 from functools import lru_cache
@@ -64,6 +64,10 @@ from urllib.parse import urlencode
 
 from mlblueprints.aws.requests import s3_put_kms, split_s3_uri
 from mlblueprints.config import UseCase
+from mlblueprints.training.core import (  # the one codec, shared with the local runner
+    decode_hyperparameters,  # noqa: F401 - part of this module's contract (tests decode requests)
+    encode_hyperparameters,
+)
 
 # ---------------------------------------------------------------- constants and limits
 
@@ -86,7 +90,6 @@ TRAIN_METRIC_REGEX = r"round \d+/\d+ train-logloss=([-+]?(?:\d+\.?\d*|\.\d+)(?:[
 METRIC_DEFINITIONS = ({"Name": TRAIN_METRIC_NAME, "Regex": TRAIN_METRIC_REGEX},)
 
 HYPERPARAMETERS_MAX = 100
-HYPERPARAMETER_VALUE_MAX = 2500
 RESERVED_HYPERPARAMETER_PREFIX = "sagemaker_"
 ENVIRONMENT_VALUE_MAX = 512
 
@@ -207,7 +210,8 @@ def training_job_name(uc: UseCase, run_id: str, try_number: int) -> str:
     digest = _digest("training-job", uc.name, run_id, int(try_number))[:JOB_NAME_HASH_LEN]
     prefix = _name_part(uc.name, SAGEMAKER_NAME_MAX - 1 - JOB_NAME_HASH_LEN) or "mlb"
     name = f"{prefix}-{digest}"
-    assert SAGEMAKER_NAME_RE.match(name), name
+    if not SAGEMAKER_NAME_RE.match(name):  # cannot happen with the prefix made safe above
+        raise ValueError(f"{name!r} is not a valid SageMaker name")
     return name
 
 
@@ -283,40 +287,6 @@ def framework_image_uri(uc: UseCase, scope: str = "training") -> str:
 
 
 # ---------------------------------------------------------------- hyperparameters
-
-
-def encode_hyperparameters(values: Mapping[str, Any]) -> dict[str, str]:
-    """Every value JSON-encoded (strings too): the framework containers ``json.loads`` each one.
-
-    NaN and infinities have no JSON form and are refused, as are values longer than the API's
-    2,500 characters once encoded.
-    """
-    out: dict[str, str] = {}
-    for k, v in values.items():
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError(f"hyperparameter {k!r} is {v!r}, which JSON cannot carry")
-        text = json.dumps(v, sort_keys=True, separators=(",", ":"), allow_nan=False)
-        if len(text) > HYPERPARAMETER_VALUE_MAX:
-            raise ValueError(
-                f"hyperparameter {k!r} is {len(text)} characters once JSON-encoded; SageMaker accepts at most "
-                f"{HYPERPARAMETER_VALUE_MAX} (pass large values in a file of the train channel)"
-            )
-        if not 0 < len(str(k)) <= 256:
-            raise ValueError(f"hyperparameter name {k!r} must have 1-256 characters")
-        out[str(k)] = text
-    return out
-
-
-def decode_hyperparameters(values: Mapping[str, str]) -> dict[str, Any]:
-    """What the container does with ``hyperparameters.json``: ``json.loads`` each value, the raw
-    string when it is not JSON."""
-    out: dict[str, Any] = {}
-    for k, v in values.items():
-        try:
-            out[k] = json.loads(v)
-        except (ValueError, TypeError):
-            out[k] = v
-    return out
 
 
 def train_metric_line(round_: int, logloss: float, total: int | None = None) -> str:
@@ -537,6 +507,98 @@ def create_training_job_request(
     return request
 
 
+def request_for_try(request: Mapping[str, Any], job_name: str, try_number: int) -> dict[str, Any]:
+    """The CreateTrainingJob request of one try of the training step's service task: the same
+    job with its per-try name (also in ``sagemaker_job_name``) and try-number tag."""
+    if not SAGEMAKER_NAME_RE.match(job_name):
+        raise ValueError(f"{job_name!r} is not a valid training job name (see training_job_name)")
+    out = copy.deepcopy(dict(request))
+    out["TrainingJobName"] = job_name
+    hps = dict(out.get("HyperParameters") or {})
+    if "sagemaker_job_name" in hps:
+        hps["sagemaker_job_name"] = json.dumps(job_name)
+    out["HyperParameters"] = hps
+    tags = [t for t in out.get("Tags", []) if t["Key"] != "mlblueprints:try-number"]
+    out["Tags"] = [*tags, {"Key": "mlblueprints:try-number", "Value": str(int(try_number))}][:TAGS_MAX]
+    return out
+
+
+# what makes two jobs the same training: data, code, image, hyperparameters, resources, checkpoints
+_SAME_JOB_HP_IGNORED = ("sagemaker_job_name",)
+
+
+def job_differences(request: Mapping[str, Any], described: Mapping[str, Any]) -> list[str]:
+    """Why the job ``described`` (a DescribeTrainingJob answer) is not the job ``request`` would
+    create, apart from its name: every input channel's data, the image, the hyperparameters
+    (``sagemaker_job_name`` aside), the instance type and count, and the checkpoint location.
+    An empty list: adopting that job gives the model this request would train."""
+
+    def channels(x: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            c["ChannelName"]: c.get("DataSource", {}).get("S3DataSource", {}).get("S3Uri")
+            for c in x.get("InputDataConfig", [])
+        }
+
+    def hps(x: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in (x.get("HyperParameters") or {}).items() if k not in _SAME_JOB_HP_IGNORED}
+
+    out = []
+    if channels(request) != channels(described):
+        out.append(f"input data {channels(described)} != {channels(request)}")
+    want_image = request.get("AlgorithmSpecification", {}).get("TrainingImage")
+    got_image = described.get("AlgorithmSpecification", {}).get("TrainingImage")
+    if want_image != got_image:
+        out.append(f"image {got_image} != {want_image}")
+    want, got = hps(request), hps(described)
+    if want != got:
+        keys = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+        out.append(f"hyperparameters differ: {', '.join(keys)}")
+    for key in ("InstanceType", "InstanceCount"):
+        a, b = request.get("ResourceConfig", {}).get(key), described.get("ResourceConfig", {}).get(key)
+        if a != b:
+            out.append(f"{key} {b} != {a}")
+    a = request.get("CheckpointConfig", {}).get("S3Uri")
+    b = (described.get("CheckpointConfig") or {}).get("S3Uri")
+    if a != b:
+        out.append(f"checkpoints {b} != {a}")
+    return out
+
+
+def model_quality_statistics(ev: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation as a model package's ModelQuality statistics: Model Monitor's
+    ``binary_classification_metrics`` layout (what SageMaker Studio shows) for the metrics it
+    names, and the whole evaluation (PR-AUC, calibration error, threshold, gate) under
+    ``mlblueprints``."""
+    c = ev["candidate"]
+    rows, pos = int(c.get("rows", 0)), int(c.get("positives", 0))
+    neg = rows - pos
+    tp = round(c["recall"] * pos)
+    fp = round(c["fpr"] * neg)
+
+    def m(v: float) -> dict[str, Any]:
+        return {"value": float(v), "standard_deviation": "NaN"}
+
+    return {
+        "version": 0.0,
+        "dataset": {"item_count": rows, "evaluation_time": ev.get("holdout")},
+        "binary_classification_metrics": {
+            "confusion_matrix": {"0": {"0": neg - fp, "1": fp}, "1": {"0": pos - tp, "1": tp}},
+            "recall": m(c["recall"]),
+            "precision": m(c["precision"]),
+            "false_positive_rate": m(c["fpr"]),
+            "auc": m(c["roc_auc"]),
+        },
+        "mlblueprints": {
+            "candidate": c,
+            "champion": ev.get("champion"),
+            "champion_version": ev.get("champion_version"),
+            "decision": ev.get("decision"),
+            "holdout": ev.get("holdout"),
+            "training_job_name": trained.get("job_name"),
+        },
+    }
+
+
 # ---------------------------------------------------------------- DescribeTrainingJob
 
 
@@ -701,3 +763,18 @@ def create_model_package_request(
         request["MetadataProperties"] = props
     request["ClientToken"] = _digest(json.dumps(request, sort_keys=True, default=str))[:36]
     return request
+
+
+def try_of_job(uc: UseCase, described: Mapping[str, Any], max_tries: int = 100) -> int:
+    """The try number a training job of this project was started by: its ``try-number`` tag where
+    the answer has tags, else the try whose :func:`training_job_name` it carries (1 if none)."""
+    for t in described.get("Tags") or []:
+        if t.get("Key") == "mlblueprints:try-number" and str(t.get("Value", "")).isdigit():
+            return int(t["Value"])
+    env = described.get("Environment") or {}
+    run_id = env.get("MLB_RUN_ID")
+    if run_id:
+        for k in range(1, max_tries + 1):
+            if training_job_name(uc, run_id, k) == described.get("TrainingJobName"):
+                return k
+    return 1

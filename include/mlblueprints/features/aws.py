@@ -27,9 +27,9 @@ Differences from the local target (``features.local``), both due to Feature Stor
   replaces a newer online value;
 * event times are kept to the millisecond (Feature Store's ``yyyy-MM-ddTHH:mm:ss.SSSZ``).
 
-This module does not import Airflow: the caller passes an
-:class:`~mlblueprints.lakehouse.aws.AwsRuntime` (Athena, and the boto3 session the SageMaker
-clients come from) or, for reads, a boto3 session.
+:class:`AwsFeatureStore` is the backend: its ``materialize`` does 1-2 and returns the Athena
+statements of 3 as a :class:`~mlblueprints.core.service.ServiceCall`; ``resume_materialize``
+does 4. Its clients come from the injected :class:`~mlblueprints.aws.session.AwsRuntime`.
 """
 
 from __future__ import annotations
@@ -48,10 +48,15 @@ from typing import Any
 from mlblueprints import runtime
 from mlblueprints.aws import featurestore as fsreq
 from mlblueprints.aws import requests as req
+from mlblueprints.aws import s3io
+from mlblueprints.aws.session import AwsRuntime
 from mlblueprints.config import UseCase
+from mlblueprints.core import service
+from mlblueprints.core.naming import safe
+from mlblueprints.core.service import ServiceCall, Statement
 from mlblueprints.features import core
 from mlblueprints.features.core import FeatureViewError, ViewColumns
-from mlblueprints.lakehouse.aws import AwsRuntime, Statement, fq
+from mlblueprints.lakehouse.aws import fq, unload_statement
 from mlblueprints.lakehouse.sqlgen import ident, literal, sql_type, to_trino
 from mlblueprints.lineage import RunInfo
 
@@ -83,24 +88,20 @@ class PutRecordError(RuntimeError):
 # ---------------------------------------------------------------- clients, errors, retries
 
 
-def clients(session: Any, uc: UseCase, workers: int | None = None) -> tuple[Any, Any]:
-    """(sagemaker, sagemaker-featurestore-runtime) clients of a boto3 session.
+def clients(rt: AwsRuntime, uc: UseCase, workers: int | None = None) -> tuple[Any, Any]:
+    """(sagemaker, sagemaker-featurestore-runtime) clients of the runtime.
 
     The runtime client does not retry by itself (:func:`put_records` does, per record, with
     the use case's ``max_attempts``) and has a connection per worker thread.
     """
     from botocore.config import Config
 
-    aws = uc.aws
-    assert aws is not None
-    n = workers or aws.feature_store.put_record_workers
-    sm = session.client("sagemaker", region_name=aws.region)
-    fs = session.client(
+    n = workers or uc.aws_settings.feature_store.put_record_workers
+    fs = rt.client(
         "sagemaker-featurestore-runtime",
-        region_name=aws.region,
-        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}, max_pool_connections=max(10, n + 2)),
+        Config(retries={"total_max_attempts": 1, "mode": "standard"}, max_pool_connections=max(10, n + 2)),
     )
-    return sm, fs
+    return rt.client("sagemaker"), fs
 
 
 def error_code(exc: BaseException) -> str | None:
@@ -166,8 +167,7 @@ def gold_types(uc: UseCase, gold: str, glue: Any, s3: Any = None) -> dict[str, s
     table's current Iceberg metadata (``Parameters.metadata_location``). Raises
     ``LookupError`` when the table (or any column of it) cannot be found.
     """
-    aws = uc.aws
-    assert aws is not None
+    aws = uc.aws_settings
     try:
         table = glue.get_table(DatabaseName=aws.glue_database, Name=gold)["Table"]
     except glue.exceptions.EntityNotFoundException:
@@ -388,33 +388,9 @@ def put_records(
 
 def staging_uri(uc: UseCase, view: str, run: RunInfo) -> str:
     """S3 prefix the batch is unloaded to: unique per run and try (UNLOAD needs an empty prefix)."""
-    assert uc.aws is not None
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{run.run_id}__{run.try_number}")
-    return uc.aws.s3_uri("_features", core.offline_table(uc, view), safe) + "/"
-
-
-def _download(s3: Any, uri: str, directory: Path) -> list[tuple[str, str]]:
-    bucket, prefix = req.split_s3_uri(uri)
-    files = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for o in page.get("Contents", []):
-            if o["Size"] == 0:
-                continue
-            local = directory / f"{len(files):05d}.parquet"
-            s3.download_file(bucket, o["Key"], str(local))
-            files.append((o["Key"], str(local)))
-    return files
-
-
-def _delete(s3: Any, uri: str, keys: list[str]) -> None:
-    bucket, _ = req.split_s3_uri(uri)
-    try:
-        for i in range(0, len(keys), 1000):
-            s3.delete_objects(
-                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True}
-            )
-    except Exception as exc:  # the staging copy is unique per try; leaving it costs storage only
-        log.warning("could not delete the staging files under %s: %s", uri, exc)
+    return (
+        uc.aws_settings.s3_uri("_features", core.offline_table(uc, view), safe(f"{run.run_id}__{run.try_number}")) + "/"
+    )
 
 
 def _rows(con: Any, sql: str) -> Iterator[dict[str, Any]]:
@@ -428,124 +404,19 @@ def _rows(con: Any, sql: str) -> Iterator[dict[str, Any]]:
             yield dict(zip(names, r))
 
 
-def materialize(
-    uc: UseCase,
-    view: str,
-    lo: date,
-    hi: date,
-    run: RunInfo,
-    rt: AwsRuntime,
-    *,
-    sm: Any = None,
-    fs: Any = None,
-) -> dict[str, Any]:
-    """Materialize ``view`` for the event dates [lo, hi] into its SageMaker feature group.
-
-    ``sm`` / ``fs`` (the sagemaker and sagemaker-featurestore-runtime clients) default to
-    :func:`clients` of ``rt.session``. Returns the same counts as the local target: ``rows_in``
-    (Gold rows of the range, plus those without an event time), ``skipped_null_key``,
-    ``skipped_null_event_time``, ``collapsed_duplicates`` (rows sharing an entity and instant
-    with the one kept), ``offline_rows`` (history records sent), ``online_entities`` (newest
-    record per entity sent); ``rows_in`` is the sum of the four. See the module docstring for
-    what differs from the local stores.
-    """
-    import duckdb
-
-    started = time.perf_counter()
-    aws = uc.aws
-    assert aws is not None, "the aws section is required"
+def materialize_statements(
+    uc: UseCase, view: str, cols: ViewColumns, lo: date, hi: date, target: str
+) -> list[Statement]:
+    """The UNLOAD of a view's batch (:func:`core.batch_sql` over its Gold table) and the SELECT
+    counting the rows it leaves out (:func:`core.skipped_sql`)."""
     v = uc.features[view]
-    g = uc.gold[v.source]
-    opts = aws.feature_store
-    glue = rt.session.client("glue", region_name=aws.region)
-    s3 = rt.session.client("s3", region_name=aws.region)
-    cols = view_columns(uc, view, glue, s3)
-    if sm is None or fs is None:
-        sm_default, fs_default = clients(rt.session, uc)
-        sm, fs = sm or sm_default, fs or fs_default
-    group = ensure_feature_group(sm, uc, view, cols, opts.wait_seconds, POLL_SECONDS)
-
     source = fq(uc, v.source)
-    body = to_trino(core.batch_sql(cols, source, g.primary_key, lo, hi))
-    target = staging_uri(uc, view, run)
-    unload = Statement(
-        f"features_unload_{view}",
-        f"UNLOAD ({body}) TO {literal(target)} WITH (format = 'PARQUET', compression = 'ZSTD')",
-        "unload",
-        body,
-    )
-    skipped_body = to_trino(core.skipped_sql(cols, source, lo, hi))
-    skipped = Statement(f"features_skipped_{view}", skipped_body, "select", skipped_body)
-    rt.run_query(unload)
-    counts = rt.fetch_rows(rt.run_query(skipped))
-    null_key, null_et, total = (int(x or 0) for x in list(counts[0].values())[:3]) if counts else (0, 0, 0)
-
-    typed = [*cols.entity, (fsreq.EVENT_TIME, "timestamp"), *cols.features, ("event_date", "date")]
-    puts: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(dir=runtime.path("tmp")) as tmp:
-        files = _download(s3, target, Path(tmp))
-        con = duckdb.connect()
-        if files:
-            paths = ", ".join(literal(p) for _, p in files)
-            src = f"SELECT * FROM read_parquet([{paths}], union_by_name = true)"
-        else:  # nothing in the range: an empty, typed batch
-            src = "SELECT " + ", ".join(f"CAST(NULL AS {sql_type(t)}) AS {ident(c)}" for c, t in typed) + " WHERE FALSE"
-        con.execute(f"CREATE VIEW batch AS {src}")
-        batch_rows = con.execute("SELECT count(*) FROM batch").fetchone()[0]
-        latest = core.latest_sql(cols, "batch")
-        entities = con.execute(f"SELECT count(*) FROM ({latest})").fetchone()[0]
-        collapsed = total - null_key - null_et - batch_rows
-        if collapsed < 0:
-            raise RuntimeError(
-                f"{uc.name}: features.{view}: the batch has {batch_rows} rows but Gold only {total - null_key - null_et} "
-                "usable ones: Gold changed while materializing; rerun the task"
-            )
-        if "offline" in v.stores:
-            offline = (
-                fsreq.put_record_request(uc, view, cols, r, [fsreq.OFFLINE_STORE])
-                for r in _rows(con, "SELECT * FROM batch")
-            )
-            puts["offline"] = put_records(fs, offline, opts.put_record_workers, opts.max_attempts)
-        if "online" in v.stores:
-            online = (fsreq.put_record_request(uc, view, cols, r, [fsreq.ONLINE_STORE]) for r in _rows(con, latest))
-            puts["online"] = put_records(fs, online, opts.put_record_workers, opts.max_attempts)
-        con.close()
-    _delete(s3, target, [k for k, _ in files])
-    log.info(
-        "features.%s [%s, %s] -> %s: %d Gold rows, %d history records, %d entities online (%d+%d skipped, %d collapsed)",
-        view,
-        lo,
-        hi,
-        group["name"],
-        total,
-        batch_rows if "offline" in v.stores else 0,
-        entities if "online" in v.stores else 0,
-        null_key,
-        null_et,
-        collapsed,
-    )
-    return {
-        "view": view,
-        "target": "aws",
-        "range": [lo.isoformat(), hi.isoformat()],
-        "rows_in": int(total),
-        "skipped_null_key": int(null_key),
-        "skipped_null_event_time": int(null_et),
-        "collapsed_duplicates": int(collapsed),
-        "offline_rows": int(batch_rows) if "offline" in v.stores else 0,
-        "online_entities": int(entities) if "online" in v.stores else 0,
-        "feature_group": group["name"],
-        "feature_group_arn": group["arn"],
-        "feature_group_created": group["created"],
-        "staging_uri": target,
-        "statements": [unload.name, skipped.name],
-        "put_record": puts,
-        "run_id": run.run_id,
-        "try_number": run.try_number,
-        "git_commit": run.git_commit,
-        "config_hash": run.config_hash,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    body = to_trino(core.batch_sql(cols, source, uc.gold[v.source].primary_key, lo, hi))
+    skipped = to_trino(core.skipped_sql(cols, source, lo, hi))
+    return [
+        unload_statement(f"features_unload_{view}", body, target),
+        Statement(f"features_skipped_{view}", skipped, "select", skipped, fetch=True),
+    ]
 
 
 # ---------------------------------------------------------------- online reads
@@ -561,7 +432,7 @@ def get_online_features(
     view: str,
     keys: Sequence[Any],
     as_of: datetime | None = None,
-    session: Any = None,
+    rt: AwsRuntime | None = None,
     *,
     fs: Any = None,
     cols: ViewColumns | None = None,
@@ -573,24 +444,22 @@ def get_online_features(
     The same contract as the local store: a dict of the entity keys, ``event_time`` (naive UTC)
     and the features, typed as in Gold; ``None`` for an entity the store does not know or whose
     value is older than the view's TTL at ``as_of`` (default: now). Reads with BatchGetRecord,
-    100 identifiers per call, retrying throttling and unprocessed identifiers. ``session``
-    defaults to a boto3 session of the use case's region; ``cols`` (else read from Glue) and
-    ``fs`` save calls on a hot path.
+    100 identifiers per call, retrying throttling and unprocessed identifiers. ``rt`` defaults
+    to a boto3 runtime of the use case's region; ``cols`` (else read from Glue) and ``fs`` save
+    calls on a hot path.
     """
-    aws = uc.aws
-    assert aws is not None, "the aws section is required"
+    aws = uc.aws_settings
     keys = list(keys)
     if not keys:
         return []
-    if session is None and (fs is None or cols is None):
-        import boto3
+    if rt is None and (fs is None or cols is None):
+        from mlblueprints.aws.session import boto3_runtime
 
-        session = boto3.Session(region_name=aws.region)
+        rt = boto3_runtime(uc)
     if cols is None:
-        glue = session.client("glue", region_name=aws.region)
-        cols = view_columns(uc, view, glue, session.client("s3", region_name=aws.region))
+        cols = view_columns(uc, view, rt.client("glue"), rt.client("s3"))  # type: ignore[union-attr]
     if fs is None:
-        _, fs = clients(session, uc, workers=1)
+        _, fs = clients(rt, uc, workers=1)  # type: ignore[arg-type]
     attempts = max_attempts or aws.feature_store.max_attempts
     types = fsreq.feature_types(cols)
     found: dict[str, dict[str, Any]] = {}
@@ -633,3 +502,164 @@ def get_online_features(
         else:
             out.append({n: rec.get(n) for n in names})
     return out
+
+
+# ---------------------------------------------------------------- the backend
+
+
+class AwsFeatureStore:
+    """The feature store capability on the aws target (``mlblueprints.backends.FeatureStore``):
+    SageMaker Feature Store fed from Athena; training sets built in the worker from UNLOADs
+    (:mod:`mlblueprints.features.aws_training_set`).
+
+    boto3 by hand for Feature Store: the Amazon provider has no operator or hook for feature
+    groups (Create/DescribeFeatureGroup) nor for the ``sagemaker-featurestore-runtime`` API
+    (PutRecord, BatchGetRecord). The Athena statements go through the provider's operator."""
+
+    CAPABILITY = "features"
+
+    def __init__(self, uc: UseCase, rt: AwsRuntime):
+        self.uc = uc
+        self.aws = uc.aws_settings
+        self.rt = rt
+
+    def materialize(self, view: str, lo: date, hi: date, run: RunInfo) -> ServiceCall:
+        """Check the view against Gold, ensure its feature group (module docstring, 1-2) and ask
+        for the batch's UNLOAD (3); :meth:`resume_materialize` writes the records (4)."""
+        uc = self.uc
+        cols = view_columns(uc, view, self.rt.client("glue"), self.rt.client("s3"))
+        sm, _ = clients(self.rt, uc)
+        group = ensure_feature_group(sm, uc, view, cols, self.aws.feature_store.wait_seconds, POLL_SECONDS)
+        target = staging_uri(uc, view, run)
+        state = {
+            "view": view,
+            "range": [lo.isoformat(), hi.isoformat()],
+            "cols": cols.as_dict(),
+            "group": group,
+            "target": target,
+            "run": run.as_dict(),
+            "started": time.time(),
+        }
+        stmts = materialize_statements(uc, view, cols, lo, hi, target)
+        return service.athena(stmts, self.CAPABILITY, "resume_materialize", state, view=view)
+
+    def resume_materialize(self, state: dict[str, Any], output: dict[str, Any]) -> dict[str, Any]:
+        """Returns the same counts as the local target: ``rows_in`` (Gold rows of the range, plus
+        those without an event time), ``skipped_null_key``, ``skipped_null_event_time``,
+        ``collapsed_duplicates`` (rows sharing an entity and instant with the one kept),
+        ``offline_rows`` (history records sent), ``online_entities`` (newest record per entity
+        sent); ``rows_in`` is the sum of the four."""
+        import duckdb
+
+        uc, view = self.uc, state["view"]
+        v = uc.features[view]
+        opts = self.aws.feature_store
+        cols = ViewColumns.from_dict(state["cols"])
+        run = RunInfo(**state["run"])
+        lo, hi = state["range"]
+        target = state["target"]
+        s3 = self.rt.client("s3")
+        _, fs = clients(self.rt, uc)
+        queries = output["queries"]
+        counts = self.rt.fetch_rows(queries[f"features_skipped_{view}"])
+        null_key, null_et, total = (int(x or 0) for x in list(counts[0].values())[:3]) if counts else (0, 0, 0)
+        typed = [*cols.entity, (fsreq.EVENT_TIME, "timestamp"), *cols.features, ("event_date", "date")]
+        puts: dict[str, Any] = {}
+        with tempfile.TemporaryDirectory(dir=runtime.path("tmp")) as tmp:
+            files = s3io.download_prefix(s3, target, Path(tmp))
+            con = duckdb.connect()
+            if files:
+                paths = ", ".join(literal(p) for _, p in files)
+                src = f"SELECT * FROM read_parquet([{paths}], union_by_name = true)"
+            else:  # nothing in the range: an empty, typed batch
+                src = (
+                    "SELECT "
+                    + ", ".join(f"CAST(NULL AS {sql_type(t)}) AS {ident(c)}" for c, t in typed)
+                    + " WHERE FALSE"
+                )
+            con.execute(f"CREATE VIEW batch AS {src}")
+            batch_rows = con.execute("SELECT count(*) FROM batch").fetchone()[0]
+            latest = core.latest_sql(cols, "batch")
+            entities = con.execute(f"SELECT count(*) FROM ({latest})").fetchone()[0]
+            collapsed = total - null_key - null_et - batch_rows
+            if collapsed < 0:
+                raise RuntimeError(
+                    f"{uc.name}: features.{view}: the batch has {batch_rows} rows but Gold only "
+                    f"{total - null_key - null_et} usable ones: Gold changed while materializing; rerun the step"
+                )
+            if "offline" in v.stores:
+                offline = (
+                    fsreq.put_record_request(uc, view, cols, r, [fsreq.OFFLINE_STORE])
+                    for r in _rows(con, "SELECT * FROM batch")
+                )
+                puts["offline"] = put_records(fs, offline, opts.put_record_workers, opts.max_attempts)
+            if "online" in v.stores:
+                online = (fsreq.put_record_request(uc, view, cols, r, [fsreq.ONLINE_STORE]) for r in _rows(con, latest))
+                puts["online"] = put_records(fs, online, opts.put_record_workers, opts.max_attempts)
+            con.close()
+        s3io.delete_keys(s3, req.split_s3_uri(target)[0], [k for k, _ in files], target)
+        group = state["group"]
+        log.info(
+            "features.%s [%s, %s] -> %s: %d Gold rows, %d history records, %d entities online (%d+%d skipped, %d collapsed)",
+            view,
+            lo,
+            hi,
+            group["name"],
+            total,
+            batch_rows if "offline" in v.stores else 0,
+            entities if "online" in v.stores else 0,
+            null_key,
+            null_et,
+            collapsed,
+        )
+        return {
+            "view": view,
+            "target": "aws",
+            "range": [lo, hi],
+            "rows_in": int(total),
+            "skipped_null_key": int(null_key),
+            "skipped_null_event_time": int(null_et),
+            "collapsed_duplicates": int(collapsed),
+            "offline_rows": int(batch_rows) if "offline" in v.stores else 0,
+            "online_entities": int(entities) if "online" in v.stores else 0,
+            "feature_group": group["name"],
+            "feature_group_arn": group["arn"],
+            "feature_group_created": group["created"],
+            "staging_uri": target,
+            "statements": list(queries),
+            "put_record": puts,
+            "run_id": run.run_id,
+            "try_number": run.try_number,
+            "git_commit": run.git_commit,
+            "config_hash": run.config_hash,
+            "seconds": round(time.time() - float(state["started"]), 3),
+        }
+
+    def check_view(self, view: str) -> str | None:
+        try:
+            view_columns(self.uc, view, self.rt.client("glue"), self.rt.client("s3"))
+        except FeatureViewError as exc:
+            return str(exc)
+        return None
+
+    def get_online_features(self, view: str, keys: Sequence[Any], as_of: Any = None) -> list[dict[str, Any] | None]:
+        return get_online_features(self.uc, view, keys, None if as_of == "watermark" else as_of, self.rt)
+
+    def build_training_set(self, name: str, run: RunInfo, job_dir: Path) -> ServiceCall:
+        from mlblueprints.features import aws_training_set
+
+        return aws_training_set.prepare(self.uc, self.rt, name, run, job_dir)
+
+    def resume_training_set(self, state: dict[str, Any], output: dict[str, Any]) -> dict[str, Any]:
+        from mlblueprints.features import aws_training_set
+
+        return aws_training_set.finish(self.uc, self.rt, state, output)
+
+    def describe(self, view: str) -> dict[str, Any]:
+        """Where the view's stores are (no AWS call)."""
+        group = core.feature_group_name(self.uc, view)
+        return {
+            "target": "aws",
+            "store": group,
+            "where": [f"Online store of {view}: SageMaker Feature Store feature group {group}"],
+        }

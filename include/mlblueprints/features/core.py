@@ -22,6 +22,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from mlblueprints.config import FEATURE_TYPES, UseCase
+from mlblueprints.errors import PermanentError
 
 OFFLINE_PREFIX = "fv_"
 TRAINING_PREFIX = "ts_"
@@ -31,7 +32,7 @@ RECORD_ID_SEPARATOR = "#"
 FEATURE_GROUP_NAME_RE = re.compile(r"^[a-zA-Z0-9]([-_]*[a-zA-Z0-9]){0,63}$")
 
 
-class FeatureViewError(ValueError):
+class FeatureViewError(PermanentError, ValueError):
     """A feature view that cannot be materialized; the message names the view and the column."""
 
     def __init__(self, uc: UseCase | str, view: str, column: str | None, reason: str):
@@ -43,7 +44,7 @@ class FeatureViewError(ValueError):
         super().__init__(f"{self.usecase}: {where}: {reason}")
 
 
-class TrainingSetError(ValueError):
+class TrainingSetError(PermanentError, ValueError):
     """A training set that cannot be built; the message names the training set and the column."""
 
     def __init__(self, uc: UseCase | str, name: str, column: str | None, reason: str):
@@ -87,11 +88,7 @@ def online_table(uc: UseCase, view: str) -> str:
 
 def asset_uri(uc: UseCase, view: str) -> str:
     """URI of a view's Airflow Asset (its offline store location; a new version is a new Asset)."""
-    table = offline_table(uc, view)
-    if uc.view_target(view) == "aws" and uc.aws is not None:
-        base = uc.aws.feature_store.offline_s3_uri or uc.aws.s3_uri("feature-store")
-        return f"{base.rstrip('/')}/{feature_group_name(uc, view)}"
-    return f"file://mlblueprints/{uc.name}/features/{table}"
+    return uc.feature_view_uri(view, offline_table(uc, view), feature_group_name(uc, view))
 
 
 def training_table(name: str) -> str:
@@ -159,6 +156,24 @@ class ViewColumns:
     def types(self) -> dict[str, str]:
         """Column -> type as the stores hold them (the event time is always ``event_time``)."""
         return {**dict(self.entity), "event_time": "timestamp", **dict(self.features)}
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form (a service call carries it from the step's prepare to its finish)."""
+        return {
+            "view": self.view,
+            "entity": [list(c) for c in self.entity],
+            "event_time": self.event_time,
+            "features": [list(c) for c in self.features],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ViewColumns:
+        return cls(
+            view=d["view"],
+            entity=tuple((str(n), str(t)) for n, t in d["entity"]),
+            event_time=d["event_time"],
+            features=tuple((str(n), str(t)) for n, t in d["features"]),
+        )
 
 
 def resolve_columns(uc: UseCase, view: str, gold_types: Mapping[str, str]) -> ViewColumns:

@@ -41,11 +41,12 @@ from pyiceberg.expressions import (
 
 from mlblueprints import runtime
 from mlblueprints.config import UseCase
+from mlblueprints.core.duck import connect
 from mlblueprints.features import core
 from mlblueprints.features.core import FeatureViewError, TrainingSetError, ViewColumns
 from mlblueprints.features.online import OnlineStore, store_path
 from mlblueprints.lakehouse import iceberg, naming
-from mlblueprints.lakehouse.local import _props, connect, target_file_size
+from mlblueprints.lakehouse.local import table_properties, target_file_size
 from mlblueprints.lakehouse.sqlgen import ident, literal
 from mlblueprints.lineage import RunInfo
 
@@ -177,7 +178,7 @@ def materialize(uc: UseCase, view: str, lo: date, hi: date, run: RunInfo) -> dic
             iceberg.query_schema(con, batch),
             "event_date",
             {
-                **_props(uc),
+                **table_properties(uc),
                 "mlb.feature-view": view,
                 "mlb.feature-view-version": str(v.version),
                 "mlb.entity": ",".join(v.entity),
@@ -285,23 +286,6 @@ def _newest_before(
     return out
 
 
-def latest_gold_range(uc: UseCase, golds: Sequence[str]) -> tuple[date, date] | None:
-    """The event dates recomputed by the current snapshot of each Gold table (merged), from the
-    ``mlb.recomputed`` property the lakehouse writes on every Gold commit."""
-    import json
-
-    los, his = [], []
-    for g in golds:
-        t = iceberg.load(iceberg.catalog(), naming.identifier(uc, g))
-        snap = t.current_snapshot() if t is not None else None
-        rng = snap.summary.additional_properties.get("mlb.recomputed") if snap and snap.summary else None
-        if rng:
-            lo, hi = json.loads(rng)
-            los.append(date.fromisoformat(lo))
-            his.append(date.fromisoformat(hi))
-    return (min(los), max(his)) if los else None
-
-
 # ------------------------------------------------------------------ reads
 
 
@@ -364,7 +348,7 @@ def build_training_set(
         naming.identifier(uc, core.training_table(name)),
         iceberg.query_schema(con, sql),
         "event_date",
-        {**_props(uc), "mlb.training-set": name},
+        {**table_properties(uc), "mlb.training-set": name},
     )
     props = run.snapshot_properties(
         step="training_set",
@@ -406,3 +390,66 @@ def build_training_set(
         "label_range": [label_start.isoformat() if label_start else None, label_end.isoformat() if label_end else None],
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+# ------------------------------------------------------------------ the backend
+
+
+class LocalFeatureStore:
+    """The feature store capability on the local target (``mlblueprints.backends.FeatureStore``):
+    Iceberg offline tables and a SQLite online store per use case."""
+
+    def __init__(self, uc: UseCase):
+        self.uc = uc
+
+    def materialize(self, view: str, lo: date, hi: date, run: RunInfo) -> dict[str, Any]:
+        return materialize(self.uc, view, lo, hi, run)
+
+    def check_view(self, view: str) -> str | None:
+        return check_view(self.uc, view)
+
+    def get_online_features(self, view: str, keys: Sequence[Any], as_of: Any = None) -> list[dict[str, Any] | None]:
+        from mlblueprints.features.online import get_online_features
+
+        return get_online_features(self.uc, view, keys, as_of)
+
+    def build_training_set(self, name: str, run: RunInfo, job_dir: Any = None) -> dict[str, Any]:
+        return build_training_set(self.uc, name, run)
+
+    def describe(self, view: str) -> dict[str, Any]:
+        """Sizes of a view's stores, and where they are (``features show``, run reports)."""
+        from mlblueprints.features.online import OnlineReader, OnlineStore
+
+        uc = self.uc
+        out: dict[str, Any] = {
+            "target": "local",
+            "where": [f"offline stores: Iceberg tables {uc.name}.{core.OFFLINE_PREFIX}<view>_v<version>"],
+        }
+        t = iceberg.load(iceberg.catalog(), naming.identifier(uc, core.offline_table(uc, view)))
+        snap = t.current_snapshot() if t is not None else None
+        if t is not None:
+            out["offline_rows"] = int(snap.summary.get("total-records", 0)) if snap and snap.summary else 0
+            out["snapshots"] = len(t.snapshots())
+        path = store_path(uc)
+        size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) if path.exists() else None
+        out["where"].insert(
+            0, f"online store: {path}" + (f" ({size / 1e6:.1f} MB)" if size is not None else " (not created yet)")
+        )
+        if path.exists() and "online" in uc.features[view].stores:
+            store = OnlineStore(path, readonly=True)
+            try:
+                if store.stored_types(core.online_table(uc, view)) is not None:
+                    stats = store.stats(core.online_table(uc, view))
+                    out.update(online_entities=stats["entities"], watermark=stats.get("watermark"))
+                    out["last_range"] = stats.get("last_range")
+                    out["online_stats"] = stats
+            finally:
+                store.close()
+            try:  # the entity with the newest value, and what a lookup returns for it at the watermark
+                reader = OnlineReader(uc, view)
+                key = reader.newest_key()
+                if key is not None:
+                    out["sample_lookup"] = (key, reader.get([key], as_of=reader.watermark())[0])
+            except LookupError:
+                pass
+        return out

@@ -368,6 +368,14 @@ class OnlineReader:
             con = self._local.con = connect(self.path, readonly=True)
         return con
 
+    def newest_key(self) -> Any:
+        """The key of the entity with the newest event time (a tuple for composite keys), or None."""
+        cols = ", ".join(_q(k) for k in self.keys)
+        row = self._con().execute(f"SELECT {cols} FROM {_q(self.table)} ORDER BY event_time DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        return row[0] if len(row) == 1 else tuple(row)
+
     def watermark(self) -> datetime | None:
         row = self._con().execute("SELECT watermark_us FROM _views WHERE table_name = ?", (self.table,)).fetchone()
         return from_micros(row[0]) if row and row[0] is not None else None
@@ -391,8 +399,7 @@ class OnlineReader:
 
     def get(self, keys: Sequence[Any], as_of: datetime | None = None) -> list[dict[str, Any] | None]:
         """Values per key (in order); None for an unknown key or a value older than the TTL."""
-        as_of_us = to_micros(as_of or datetime.now(UTC))
-        assert as_of_us is not None
+        as_of_us = int(to_micros(as_of or datetime.now(UTC)) or 0)  # a datetime always converts
         con = self._con()
         tuples = [self._key_tuple(k) for k in keys]
         if len(tuples) == 1:
@@ -423,15 +430,11 @@ def get_online_features(
     Each value is a dict of the entity keys, ``event_time`` and the features; ``None`` for an
     entity the store does not know or whose newest value is older than the view's TTL at
     ``as_of`` (default: now; ``"watermark"``: the newest event time materialized, which is what
-    a replay of historical data wants). Reads the local SQLite store, or SageMaker Feature
-    Store (``BatchGetRecord``) for a view held on aws.
+    a replay of historical data wants). Reads the local SQLite store (a view held on aws is read
+    through its backend: ``backend_for(uc, "features", view=view).get_online_features``).
     """
     if view not in uc.features:
         raise KeyError(f"{uc.name}: no feature view {view!r} (views: {', '.join(uc.features)})")
-    if uc.view_target(view) == "aws":
-        from mlblueprints.features import aws
-
-        return aws.get_online_features(uc, view, list(keys), as_of=None if as_of == "watermark" else as_of)
     reader = _reader(uc, view)
     if as_of == "watermark":
         as_of = reader.watermark()

@@ -413,3 +413,8 @@ def snapshot_id(table: Table | None) -> int | None:
         return None
     snap = table.current_snapshot()
     return snap.snapshot_id if snap else None
+
+
+def snapshot_files(table: Table, snapshot_id: int) -> list[str]:
+    """Local paths of the data files of one snapshot of a (copy-on-write) table."""
+    return [_local_path(t.file.file_path) for t in table.scan(snapshot_id=snapshot_id).plan_files()]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from mlblueprints.config import UseCase
+from mlblueprints.core.duck import connect
+from mlblueprints.core.reporting import Table
 from mlblueprints.lakehouse import iceberg, naming
-from mlblueprints.lakehouse.local import connect
 
 
 def _tables(uc: UseCase) -> list[str]:
@@ -14,13 +15,13 @@ def _tables(uc: UseCase) -> list[str]:
     from mlblueprints.features import core
 
     names += list(uc.gold)
-    names += [core.offline_table(uc, v) for v in uc.features if uc.view_target(v) == "local"]
+    names += [core.offline_table(uc, v) for v in uc.features]  # views held on aws have none here
     return names + [core.training_table(t) for t in uc.training_sets]
 
 
 def tables_text(uc: UseCase) -> str:
     cat = iceberg.catalog()
-    rows = [("table", "rows", "files", "MB", "snapshots", "location")]
+    table = Table(("table", "rows", "files", "MB", "snapshots", "location"), right=(1, 2, 3, 4), indent="  ")
     for name in _tables(uc):
         t = iceberg.load(cat, naming.identifier(uc, name))
         if t is None:
@@ -30,23 +31,15 @@ def tables_text(uc: UseCase) -> str:
         total = int(summary.get("total-records", 0)) if summary else 0
         files = int(summary.get("total-data-files", 0)) if summary else 0
         size = int(summary.get("total-files-size", 0)) if summary else 0
-        rows.append(
-            (
-                naming.identifier(uc, name),
-                f"{total:,}",
-                str(files),
-                f"{size / 1e6:.1f}",
-                str(len(t.snapshots())),
-                t.location().removeprefix("file://"),
-            )
+        table.add(
+            naming.identifier(uc, name),
+            total,
+            files,
+            f"{size / 1e6:.1f}",
+            len(t.snapshots()),
+            t.location().removeprefix("file://"),
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = ["Iceberg tables (SQLite catalog):"]
-    for r in rows:
-        out.append(
-            "  " + "  ".join(v.ljust(w) if i in (0, 5) else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
-        )
-    return "\n".join(out)
+    return "Iceberg tables (SQLite catalog):\n" + table.render()
 
 
 def quarantine_text(uc: UseCase, dataset: str, limit: int = 20, reason: str | None = None) -> str:

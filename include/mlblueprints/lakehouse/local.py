@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -41,7 +40,10 @@ from pyiceberg.table import Table
 
 from mlblueprints import runtime
 from mlblueprints.config import Dataset, UseCase
+from mlblueprints.core.duck import connect
+from mlblueprints.errors import PermanentError
 from mlblueprints.lakehouse import accounting, iceberg, naming, sqlgen
+from mlblueprints.lakehouse.naming import gold_date_range
 from mlblueprints.lakehouse.sqlgen import ident, literal
 from mlblueprints.lineage import RunInfo
 
@@ -50,22 +52,12 @@ log = logging.getLogger(__name__)
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 
 
-class LakehouseError(RuntimeError):
-    """A lakehouse step failed for a reason the user must act on; the message says what."""
+class LakehouseError(PermanentError, RuntimeError):
+    """A lakehouse step failed for a reason the user must act on; the message says what. A retry
+    cannot help."""
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def connect() -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection sized for the machine: bounded memory, spilling under the runtime dir."""
-    con = duckdb.connect(config={"preserve_insertion_order": True})
-    threads = int(os.environ.get("MLB_DUCKDB_THREADS") or max(1, os.cpu_count() or 1))
-    memory = os.environ.get("MLB_DUCKDB_MEMORY", "2GB")
-    con.execute(f"SET threads = {threads}")
-    con.execute(f"SET memory_limit = '{memory}'")
-    con.execute(f"SET temp_directory = '{runtime.path('tmp', 'duckdb')}'")
-    return con
 
 
 def landing_root(uc: UseCase, ds: Dataset) -> Path:
@@ -77,7 +69,8 @@ def target_file_size(uc: UseCase) -> int:
     return uc.lakehouse.target_file_size_mb * 1024 * 1024
 
 
-def _props(uc: UseCase) -> dict[str, str]:
+def table_properties(uc: UseCase) -> dict[str, str]:
+    """Iceberg properties of every table the use case writes locally (file size, codec, manifests)."""
     return {
         iceberg.TARGET_FILE_SIZE_PROP: str(target_file_size(uc)),
         "write.parquet.compression-codec": "zstd",
@@ -93,7 +86,11 @@ def _table(uc: UseCase, name: str) -> Table | None:
 
 def _ensure(uc: UseCase, con: duckdb.DuckDBPyConnection, name: str, sql: str, partition_by: str | None) -> Table:
     return iceberg.ensure_table(
-        iceberg.catalog(), naming.identifier(uc, name), iceberg.query_schema(con, sql), partition_by, _props(uc)
+        iceberg.catalog(),
+        naming.identifier(uc, name),
+        iceberg.query_schema(con, sql),
+        partition_by,
+        table_properties(uc),
     )
 
 
@@ -726,15 +723,6 @@ def build_silver(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) -> 
 # ------------------------------------------------------------------ silver -> gold
 
 
-def gold_date_range(touched: Iterable[date], lookback_days: int) -> tuple[date, date] | None:
-    """Event dates whose Gold rows a change on ``touched`` dates can affect: a row's features
-    look back ``lookback_days``, so a change on day d affects days d .. d + lookback_days."""
-    t = sorted(set(touched))
-    if not t:
-        return None
-    return t[0], t[-1] + timedelta(days=lookback_days)
-
-
 def build_gold(uc: UseCase, gold: str, touched: dict[str, list[str]], run: RunInfo) -> dict[str, Any]:
     """Silver -> Gold for the event dates a run touched (plus those their windows reach).
 
@@ -944,3 +932,57 @@ def gate(uc: UseCase, table: str, layer: str, scope: dict[str, Any], run: RunInf
         quality_dir=runtime.path("quality", uc.name),
         result_format=uc.lakehouse.gate_result_format,
     )
+
+
+def latest_gold_range(uc: UseCase, golds: Iterable[str]) -> tuple[date, date] | None:
+    """The event dates recomputed by the current snapshot of each Gold table (merged), from the
+    ``mlb.recomputed`` property every Gold commit records."""
+    los, his = [], []
+    for g in golds:
+        t = _table(uc, g)
+        snap = t.current_snapshot() if t is not None else None
+        rng = snap.summary.additional_properties.get("mlb.recomputed") if snap and snap.summary else None
+        if rng:
+            lo, hi = json.loads(rng)
+            los.append(date.fromisoformat(lo))
+            his.append(date.fromisoformat(hi))
+    return (min(los), max(his)) if los else None
+
+
+# ------------------------------------------------------------------ the backend
+
+
+class LocalLakehouse:
+    """The lakehouse capability on the local target (``mlblueprints.backends.Lakehouse``)."""
+
+    def __init__(self, uc: UseCase):
+        self.uc = uc
+
+    def ingest_bronze(self, dataset: str, dates: list[date], run: RunInfo) -> dict[str, Any]:
+        return ingest_bronze(self.uc, dataset, dates, run)
+
+    def build_silver(self, dataset: str, dates: list[date], run: RunInfo) -> dict[str, Any]:
+        return build_silver(self.uc, dataset, dates, run)
+
+    def build_gold(self, gold: str, touched: dict[str, list[str]], run: RunInfo) -> dict[str, Any]:
+        return build_gold(self.uc, gold, touched, run)
+
+    def reconcile(self, silvers: list[dict[str, Any]], ingests: list[dict[str, Any]]) -> dict[str, Any]:
+        return reconcile(self.uc, silvers, ingests)
+
+    def compact(self, run: RunInfo) -> dict[str, Any]:
+        return compact(self.uc, run)
+
+    def gate(self, table: str, layer: str, scope: dict[str, Any], run: RunInfo) -> Any:
+        return gate(self.uc, table, layer, scope, run)
+
+    def latest_gold_range(self, golds: Iterable[str]) -> tuple[date, date] | None:
+        return latest_gold_range(self.uc, golds)
+
+    def where(self) -> list[str]:
+        home = runtime.home()
+        return [
+            f"Data Docs (Great Expectations): {home / 'quality' / self.uc.name / 'uncommitted/data_docs/local_site/index.html'}",
+            f"Iceberg warehouse: {home / 'warehouse'} (SQLite catalog: warehouse/catalog.db, namespace {self.uc.name})",
+            f"Quarantine: table {self.uc.name}.<dataset>_quarantine; duplicates: {self.uc.name}.<dataset>_duplicates",
+        ]

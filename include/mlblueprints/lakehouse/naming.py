@@ -5,6 +5,7 @@ Pure and light (no heavy imports): the DAG factories import it at parse time.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 
 from mlblueprints.config import UseCase
@@ -25,15 +26,12 @@ def table_name(dataset: str, kind: str) -> str:
 
 def identifier(uc: UseCase, table: str) -> str:
     """Iceberg identifier ``<namespace>.<table>``; the namespace is the Glue database on aws."""
-    ns = uc.aws.glue_database if uc.target == "aws" and uc.aws else uc.name
-    return f"{ns}.{table}"
+    return f"{uc.namespace}.{table}"
 
 
 def asset_uri(uc: UseCase, table: str) -> str:
     """The Airflow Asset URI of a lakehouse table (the same string for both targets' DAGs)."""
-    if uc.target == "aws" and uc.aws:
-        return f"{uc.aws.s3_uri('warehouse', table)}"
-    return f"file://mlblueprints/{uc.name}/warehouse/{table}"
+    return uc.warehouse_uri(table)
 
 
 def asset_name(uc: UseCase, table: str) -> str:
@@ -51,3 +49,12 @@ def landing_dates(start: datetime | date, end: datetime | date | None) -> list[d
         e = e + timedelta(days=1)
     days = (e - s).days
     return [s + timedelta(days=i) for i in range(days)] if days > 0 else [s]
+
+
+def gold_date_range(touched: Iterable[date], lookback_days: int) -> tuple[date, date] | None:
+    """Event dates whose Gold rows a change on ``touched`` dates can affect: a row's features
+    look back ``lookback_days``, so a change on day d affects days d .. d + lookback_days."""
+    t = sorted(set(touched))
+    if not t:
+        return None
+    return t[0], t[-1] + timedelta(days=lookback_days)

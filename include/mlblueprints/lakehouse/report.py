@@ -1,23 +1,17 @@
-"""The run report: what one lakehouse run did, as a table a person reads and a JSON file.
+"""The lakehouse run report: what one run did, as a table a person reads.
 
-Written by the DAG's last task (which runs even when an upstream task failed) to
-``<runtime>/runs/<usecase>/lakehouse/<run_id>.json``; the text goes to the task log and to the
-demo's output.
+Rendered by the pattern's last step (which runs even when an upstream step failed) and written
+with :func:`mlblueprints.core.reporting.write_run_report`; the text goes to the task log and to
+the demo's output.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-from mlblueprints import runtime
 from mlblueprints.config import UseCase
+from mlblueprints.core.reporting import Table
 from mlblueprints.lakehouse import naming
-
-
-def _fmt(n: Any) -> str:
-    return f"{n:,}" if isinstance(n, int) else ("-" if n is None else str(n))
 
 
 def _verdict(g: dict[str, Any] | None) -> str:
@@ -28,7 +22,8 @@ def _verdict(g: dict[str, Any] | None) -> str:
     return g.get("verdict", "?")
 
 
-def render(uc: UseCase, run_id: str, dates: list[str], results: dict[str, Any]) -> str:
+def render(uc: UseCase, run_id: str, dates: list[str], results: dict[str, Any], where: list[str]) -> str:
+    """The report text; ``where`` are the lines saying where the backend keeps tables and reports."""
     rows = []
     reasons, files, warnings, docs = [], [], [], []
     for ds in uc.datasets:
@@ -88,16 +83,10 @@ def render(uc: UseCase, run_id: str, dates: list[str], results: dict[str, Any]) 
             from mlblueprints.quality.gx import describe_failure
 
             warnings.append(f"  gate gold {g}: {describe_failure(f)}")
-    header = ("layer", "table", "rows in", "rows out", "quarantined", "duplicates", "gate")
-    table = [header] + [(r[0], r[1], _fmt(r[2]), _fmt(r[3]), _fmt(r[4]), _fmt(r[5]), r[6]) for r in rows]
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    lines = [f"{uc.name}__lakehouse  run {run_id}  landing dates {', '.join(dates)}", ""]
-    for row in table:
-        lines.append(
-            "  ".join(
-                str(v).ljust(w) if i < 2 or i == 6 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths))
-            )
-        )
+    table = Table(("layer", "table", "rows in", "rows out", "quarantined", "duplicates", "gate"), right=(2, 3, 4, 5))
+    for r in rows:
+        table.add(*r)
+    lines = [f"{uc.name}__lakehouse  run {run_id}  landing dates {', '.join(dates)}", "", table.render()]
     rec = results.get("reconcile")
     lines.append("")
     if rec is None:
@@ -126,39 +115,5 @@ def render(uc: UseCase, run_id: str, dates: list[str], results: dict[str, Any]) 
             )
         )
     lines.append("")
-    lines.append(
-        f"Data Docs (Great Expectations): {runtime.home() / 'quality' / uc.name / 'uncommitted/data_docs/local_site/index.html'}"
-    )
-    for d in docs:
-        lines.append(f"  {d}")
-    lines.append(
-        f"Iceberg warehouse: {runtime.home() / 'warehouse'} (SQLite catalog: warehouse/catalog.db, namespace {uc.name})"
-    )
-    lines.append(f"Quarantine: table {uc.name}.<dataset>_quarantine; duplicates: {uc.name}.<dataset>_duplicates")
+    lines += [*where[:1], *(f"  {d}" for d in docs), *where[1:]]  # the gates' own pages under Data Docs
     return "\n".join(lines)
-
-
-def write_run_report(
-    uc: UseCase, run_id: str, dates: list[str], results: dict[str, Any]
-) -> tuple[Path, str, list[str]]:
-    """Write the JSON report and return (path, text, tasks that produced no result)."""
-    missing = sorted(t for t, v in results.items() if v is None)
-    text = render(uc, run_id, dates, results)
-    safe = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in run_id)
-    path = runtime.path("runs", uc.name, "lakehouse") / f"{safe}.json"
-    path.write_text(
-        json.dumps(
-            {
-                "usecase": uc.name,
-                "run_id": run_id,
-                "landing_dates": dates,
-                "missing": missing,
-                "tasks": results,
-                "text": text,
-            },
-            indent=1,
-            default=str,
-        )
-    )
-    (path.parent / "latest.txt").write_text(text + "\n")
-    return path, text, missing

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from mlblueprints.errors import PermanentError
 from mlblueprints.quality.suites import load_suite
 
 if TYPE_CHECKING:
@@ -30,8 +31,9 @@ for _noisy in ("great_expectations", "great_expectations._docs_decorators"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 
-class GateFailed(RuntimeError):
-    """A critical expectation failed; the message is a readable summary of what failed."""
+class GateFailed(PermanentError):
+    """A critical expectation failed (or a warning one, when warnings fail the run); the message
+    is a readable summary of what failed. The same data fails the same way: no retry."""
 
 
 @dataclass

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from mlblueprints import runtime
+from mlblueprints.errors import PermanentError
 
 SEVERITIES = ("critical", "warning", "info")
 
 
-class SuiteError(ValueError):
+class SuiteError(PermanentError, ValueError):
     pass
 
 

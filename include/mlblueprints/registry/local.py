@@ -1,4 +1,4 @@
-"""The model registry of the local target: MLflow tracking + model registry on SQLite.
+"""The model registry: MLflow tracking + model registry (on SQLite locally).
 
 ``<runtime>/mlflow/mlflow.db`` holds runs and registered models; artifacts go to
 ``<runtime>/mlflow/artifacts``. Every training run is an MLflow run (experiment = the use case)
@@ -35,17 +35,10 @@ def tracking_uri(uc: UseCase | None) -> str:
     """Where MLflow runs and registered models of ``uc`` live: the ARN of its SageMaker managed
     MLflow tracking server (aws target, ``training.sagemaker.mlflow_tracking_server_arn`` set),
     else the SQLite database under the runtime directory."""
-    arn = managed_tracking_server(uc)
+    arn = uc.mlflow_tracking_server if uc is not None else None
     if arn:
         return arn
     return f"sqlite:///{runtime.path('mlflow') / 'mlflow.db'}"
-
-
-def managed_tracking_server(uc: UseCase | None) -> str | None:
-    """The SageMaker managed MLflow tracking server ARN ``uc`` uses, or None (local SQLite)."""
-    if uc is None or uc.target != "aws" or uc.training is None:
-        return None
-    return uc.training.sagemaker.mlflow_tracking_server_arn
 
 
 def client(uc: UseCase | None = None) -> Any:
@@ -54,6 +47,10 @@ def client(uc: UseCase | None = None) -> Any:
     import mlflow
     from mlflow import MlflowClient
 
+    # the requirements are given explicitly (serving_requirements): MLflow's notes on how it would
+    # infer them (uv project found, no pip in a uv environment) say nothing to act on
+    for name in ("mlflow.utils.uv_utils", "mlflow.utils.environment"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     uri = tracking_uri(uc)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -68,7 +65,7 @@ def _experiment(uc: UseCase) -> str:
     if exp is not None:
         return exp.experiment_id
     # a managed tracking server keeps artifacts in its own S3 artifact store
-    location = None if managed_tracking_server(uc) else (runtime.path("mlflow", "artifacts") / uc.name).as_uri()
+    location = None if uc.mlflow_tracking_server else (runtime.path("mlflow", "artifacts") / uc.name).as_uri()
     try:
         return c.create_experiment(uc.name, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # created concurrently
@@ -95,6 +92,14 @@ def load_booster(uc: UseCase, alias: str) -> Any:
         return None
     client(uc)
     return mlflow.xgboost.load_model(f"models:/{uc.model_name}@{alias}")
+
+
+def serving_requirements() -> list[str]:
+    """What serving the logged model needs, pinned to the versions that trained it (given to MLflow
+    explicitly: its inference of a project's requirements takes seconds and warns per model)."""
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("mlflow", "xgboost", "numpy", "pandas", "scikit-learn")]
 
 
 def _str_tags(d: dict[str, Any]) -> dict[str, str]:
@@ -144,7 +149,9 @@ def record(
                 mlflow.log_metrics({f"champion_{k}": float(v) for k, v in champion.items()})
             mlflow.log_dict(decision, "evaluation/gate.json")
             mlflow.log_artifacts(str(evaluation_dir), "evaluation")
-            info = mlflow.xgboost.log_model(booster, name="model", model_format="ubj")
+            info = mlflow.xgboost.log_model(
+                booster, name="model", model_format="ubj", pip_requirements=serving_requirements()
+            )
             mlflow_run_id = r.info.run_id
         version = None
         if register:
@@ -191,3 +198,46 @@ def lineage(uc: UseCase, version: int | None = None, alias: str | None = None) -
         "params": dict(run.data.params),
         "metrics": dict(run.data.metrics),
     }
+
+
+# ------------------------------------------------------------------ the backend
+
+
+class MlflowRegistry:
+    """The registry capability on the local target (``mlblueprints.backends.Registry``): MLflow on
+    SQLite under the runtime directory. The aws registry adds SageMaker model packages."""
+
+    CHALLENGER, CHAMPION = CHALLENGER, CHAMPION
+
+    def __init__(self, uc: UseCase):
+        self.uc = uc
+
+    @property
+    def tracking_uri(self) -> str:
+        return tracking_uri(self.uc)
+
+    def model_version(self, alias: str) -> dict[str, Any] | None:
+        return model_version(self.uc, alias)
+
+    def load_booster(self, alias: str) -> Any:
+        return load_booster(self.uc, alias)
+
+    def record(self, **kw: Any) -> dict[str, Any]:
+        return record(self.uc, **kw)
+
+    def register_package(
+        self, ts: dict[str, Any], trained: dict[str, Any], ev: dict[str, Any], registered: dict[str, Any], run: Any
+    ) -> dict[str, Any] | None:
+        """No model package registry on the local target: the MLflow version is the registration."""
+        return None
+
+    def promote(self, version: int) -> None:
+        promote(self.uc, version)
+
+    def lineage(self, version: int | None = None, alias: str | None = None) -> dict[str, Any]:
+        return lineage(self.uc, version=version, alias=alias)
+
+    def where(self) -> list[str]:
+        uri = self.tracking_uri
+        where = f"; artifacts under {runtime.home() / 'mlflow' / 'artifacts'}" if uri.startswith("sqlite") else ""
+        return [f"MLflow tracking: {uri}{where}"]

@@ -15,10 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from mlblueprints.config import UseCase
+from mlblueprints.core.duck import connect
+from mlblueprints.errors import PermanentError
 from mlblueprints.features import core
 from mlblueprints.lakehouse import iceberg, naming
-from mlblueprints.lakehouse.local import connect
 from mlblueprints.lakehouse.sqlgen import ident, literal
+
+
+class TrainingDataError(PermanentError, ValueError):
+    """The training set cannot be split into a training and a holdout part."""
 
 
 def _snapshot_view(con: Any, uc: UseCase, snapshot_id: int) -> None:
@@ -26,7 +31,7 @@ def _snapshot_view(con: Any, uc: UseCase, snapshot_id: int) -> None:
     table = iceberg.load(iceberg.catalog(), naming.identifier(uc, core.training_table(name)))
     if table is None:
         raise LookupError(f"{uc.name}: training set {name} has not been built")
-    files = [iceberg._local_path(t.file.file_path) for t in table.scan(snapshot_id=snapshot_id).plan_files()]
+    files = iceberg.snapshot_files(table, snapshot_id)
     if not files:
         raise LookupError(f"{uc.name}: training set {name} snapshot {snapshot_id} is empty")
     con.execute(
@@ -55,7 +60,8 @@ def split_parquet(uc: UseCase, path: Path, job_dir: Path) -> dict[str, Any]:
 def _split(con: Any, uc: UseCase, job_dir: Path) -> dict[str, Any]:
     """The split of the training set the temp view ``ts`` holds; closes ``con``."""
     t = uc.training
-    assert t is not None
+    if t is None:
+        raise ValueError(f"{uc.name}: the use case has no training section")
     ts = uc.training_sets[t.training_set]
     label = ts.labels.label
     feats = uc.model_features()
@@ -86,7 +92,7 @@ def _split(con: Any, uc: UseCase, job_dir: Path) -> dict[str, Any]:
         key = "train" if is_train else "holdout"
         out[key] = {"rows": int(n), "positives": int(pos or 0), "from": lo.isoformat(), "to": hi.isoformat()}
     if "train" not in out:
-        raise ValueError(
+        raise TrainingDataError(
             f"{uc.name}: the training set spans {out['holdout']['from']}..{out['holdout']['to']}, "
             f"no day is left for training before the {t.holdout_days}-day holdout"
         )

@@ -2,7 +2,7 @@
 
 :func:`run_training_job` lays out a job directory the way SageMaker lays out ``/opt/ml``::
 
-    <job_dir>/input/config/hyperparameters.json   every value a string, as in CreateTrainingJob
+    <job_dir>/input/config/hyperparameters.json   every value JSON-encoded, exactly as CreateTrainingJob carries it
     <job_dir>/input/config/resourceconfig.json    one host, algo-1
     <job_dir>/input/config/inputdataconfig.json   one channel, train
     <job_dir>/model/                              SM_MODEL_DIR (model.ubj, model_meta.json)
@@ -15,7 +15,9 @@ this module's logger and returns what it produced. The checkpoint directory must
 try (pass a stable path): a rerun after an interruption resumes from it. ``model/`` and
 ``output/`` are emptied at the start of each run, so they never mix two tries.
 
-Standard library only: the Airflow task imports this at run time, DAG parsing never does.
+No heavy import: the training step imports this at run time, DAG parsing never does.
+
+:class:`LocalTrainer` is the trainer capability of the local target (``mlblueprints.backends.Trainer``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from mlblueprints.training import ENTRY_POINT, SCRIPT_DIR
+from mlblueprints.training.core import decode_hyperparameters, encode_hyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -59,47 +62,24 @@ class TrainingError(RuntimeError):
 class TrainingInterrupted(TrainingError):
     """Stopped by SIGTERM (exit 143, after a checkpoint) or killed by SIGKILL: a rerun resumes."""
 
+    one_line = True  # expected (a Spot interruption): logs say it in one line, no traceback
+
 
 class TrainingFailed(TrainingError):
     """Exited non-zero for another reason (bad data or hyperparameters, a crash, a timeout)."""
 
 
-def sagemaker_hyperparameters(hyperparameters: Mapping[str, Any]) -> dict[str, str]:
-    """Hyperparameters as CreateTrainingJob takes them: every value a string.
-
-    Lists and tuples become comma-separated (``features``), booleans ``true``/``false``, numbers
-    their ``repr``; ``None`` values are dropped.
-    """
-    out: dict[str, str] = {}
-    for key, value in hyperparameters.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (list, tuple)):
-            text = ",".join(str(v) for v in value)
-        elif isinstance(value, float):
-            text = repr(value)
-        else:
-            text = str(value)
-        out[str(key)] = text
-    return out
-
-
-def _decoded(value: str) -> Any:
-    """What the SageMaker training toolkit puts in SM_HPS for a string value (JSON if it parses)."""
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
+def _arg(value: Any) -> str:
+    """A hyperparameter as a command-line argument (``--name value``), as the toolkit passes it."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def training_env(
     job_dir: Path, train_dir: Path, hyperparameters: Mapping[str, Any], checkpoint_dir: Path
 ) -> dict[str, str]:
     """The ``SM_*`` variables SageMaker's training toolkit would set for this job (plus ours)."""
-    hps = sagemaker_hyperparameters(hyperparameters)
-    decoded = {k: _decoded(v) for k, v in hps.items()}
+    hps = encode_hyperparameters(hyperparameters)
+    decoded = decode_hyperparameters(hps)
     dirs = {
         "model_dir": job_dir / "model",
         "output_dir": job_dir / "output",
@@ -126,7 +106,7 @@ def training_env(
         "SM_LOG_LEVEL": "20",
         "SM_RESOURCE_CONFIG": json.dumps(resource_config),
         "SM_INPUT_DATA_CONFIG": json.dumps(input_data_config),
-        "SM_USER_ARGS": json.dumps([a for k, v in sorted(hps.items()) for a in (f"--{k}", v)]),
+        "SM_USER_ARGS": json.dumps([a for k, v in sorted(decoded.items()) for a in (f"--{k}", _arg(v))]),
         **{f"SM_{k.upper()}": str(v) for k, v in dirs.items()},
     }
     for key, value in decoded.items():
@@ -150,6 +130,18 @@ def training_env(
         sort_keys=True,
     )
     return env
+
+
+def write_input_config(config_dir: Path, hyperparameters: Mapping[str, Any]) -> dict[str, str]:
+    """``/opt/ml/input/config`` as SageMaker writes it: ``hyperparameters.json`` holds every value
+    encoded by the one codec (:func:`mlblueprints.training.core.encode_hyperparameters`), exactly
+    the strings CreateTrainingJob carries on aws. Returns those strings."""
+    hps = encode_hyperparameters(hyperparameters)
+    config_dir.mkdir(parents=True, exist_ok=True)
+    (config_dir / "hyperparameters.json").write_text(json.dumps(hps, indent=1, sort_keys=True))
+    (config_dir / "resourceconfig.json").write_text(json.dumps({"current_host": CURRENT_HOST, "hosts": [CURRENT_HOST]}))
+    (config_dir / "inputdataconfig.json").write_text(json.dumps({CHANNEL: {"TrainingInputMode": "File"}}))
+    return hps
 
 
 def _check_interrupt(interrupt: Mapping[str, Any] | None) -> tuple[str, float | None, int | None] | None:
@@ -281,10 +273,7 @@ def run_training_job(
         shutil.rmtree(d, ignore_errors=True)
     for d in (model_dir, output_data_dir, output_dir / "intermediate", config_dir, ckpt_dir):
         d.mkdir(parents=True, exist_ok=True)
-    hps = sagemaker_hyperparameters(hyperparameters)
-    (config_dir / "hyperparameters.json").write_text(json.dumps(hps, indent=1, sort_keys=True))
-    (config_dir / "resourceconfig.json").write_text(json.dumps({"current_host": CURRENT_HOST, "hosts": [CURRENT_HOST]}))
-    (config_dir / "inputdataconfig.json").write_text(json.dumps({CHANNEL: {"TrainingInputMode": "File"}}))
+    write_input_config(config_dir, hyperparameters)
 
     child_env = dict(os.environ)
     child_env.update(training_env(job_dir, train_dir, hyperparameters, ckpt_dir))
@@ -385,3 +374,46 @@ def _terminate(popen: subprocess.Popen[str]) -> None:
         popen.wait()
     except ProcessLookupError:
         pass
+
+
+# ------------------------------------------------------------------ the backend
+
+
+class LocalTrainer:
+    """The trainer capability on the local target: the training script as a local process."""
+
+    def __init__(self, uc: Any):
+        self.uc = uc
+
+    def train(self, tset: dict[str, Any], job_dir: Path, run: Any, interrupt: dict[str, Any] | None) -> dict[str, Any]:
+        """Split the training set by time, run the training job (try ``run.try_number`` in
+        ``<job_dir>/try-<n>``, checkpoints in ``<job_dir>/checkpoints``, shared by the tries so a
+        retry resumes). ``interrupt`` simulates a Spot interruption (first try only)."""
+        from mlblueprints.training import dataset
+        from mlblueprints.training.core import hyperparameters
+
+        jd = Path(job_dir)
+        try_number = int(run.try_number or 1)
+        data = dataset.split(self.uc, tset["snapshot_id"], jd)
+        if not interrupt or not interrupt.get("signal") or try_number > 1:
+            interrupt = None
+        out = run_training_job(
+            jd / f"try-{try_number}",
+            jd / "train",
+            hyperparameters(self.uc),
+            checkpoint_dir=jd / "checkpoints",
+            interrupt=interrupt,
+        )
+        return {
+            "job_name": f"{self.uc.name}-{jd.name}-try{try_number}",
+            "try_number": try_number,
+            "model_dir": str(out["model_dir"]),
+            "meta": out["meta"],
+            "metrics": out.get("metrics") or {},
+            "seconds": out["seconds"],
+            "data": data,
+            "job_dir": str(jd),
+        }
+
+    def ensure_local(self, trained: dict[str, Any]) -> None:
+        """The model and holdout of a local job are on this machine already."""

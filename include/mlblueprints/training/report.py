@@ -1,19 +1,19 @@
 """The run report of ``<usecase>__training``: training, the metrics table, the gate verdict and
-the lineage of what was registered. Written to ``<runtime>/runs/<usecase>/training/``."""
+the lineage of what was registered (written with :func:`mlblueprints.core.reporting.write_run_report`)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from mlblueprints import runtime
 from mlblueprints.config import UseCase
+from mlblueprints.core.reporting import Table
 
 METRIC_ORDER = ("roc_auc", "pr_auc", "precision", "recall", "fpr", "calibration_error", "threshold")
 
 
-def render(uc: UseCase, run_id: str, results: dict[str, Any]) -> str:
+def render(uc: UseCase, run_id: str, results: dict[str, Any], where: list[str]) -> str:
+    """The report text; ``where`` says where the registry keeps runs and models."""
     lines = [f"{uc.name}__training  run {run_id}", ""]
     ts = results.get("training_set")
     if ts:
@@ -44,16 +44,15 @@ def render(uc: UseCase, run_id: str, results: dict[str, Any]) -> str:
     ev = results.get("evaluate")
     if ev:
         cand, champ = ev["candidate"], ev.get("champion")
-        header = ("metric", "candidate", f"champion v{ev['champion_version']}" if champ else "champion")
-        rows = [header] + [
-            (k, f"{cand[k]:.4f}", f"{champ[k]:.4f}" if champ else "-") for k in METRIC_ORDER if k in cand
-        ]
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        lines.append("")
-        lines += [
-            "  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
-            for r in rows
-        ]
+        table = Table(
+            ("metric", "candidate", f"champion v{ev['champion_version']}" if champ else "champion"),
+            right=(1, 2),
+            indent="  ",
+        )
+        for k in METRIC_ORDER:
+            if k in cand:
+                table.add(k, f"{cand[k]:.4f}", f"{champ[k]:.4f}" if champ else "-")
+        lines += ["", table.render()]
         lines += ["", ev["decision_text"]]
     reg = results.get("register")
     if reg:
@@ -68,25 +67,5 @@ def render(uc: UseCase, run_id: str, results: dict[str, Any]) -> str:
         else:
             lines.append(f"not promoted: nothing registered (MLflow run {reg['mlflow_run_id']} has the comparison)")
     lines.append("")
-    from mlblueprints.registry.local import tracking_uri
-
-    uri = tracking_uri(uc)
-    where = f"; artifacts under {runtime.home() / 'mlflow' / 'artifacts'}" if uri.startswith("sqlite") else ""
-    lines.append(f"MLflow tracking: {uri}{where}")
+    lines += where
     return "\n".join(lines)
-
-
-def write_training_report(uc: UseCase, run_id: str, results: dict[str, Any]) -> tuple[Path, str, list[str]]:
-    missing = sorted(t for t, v in results.items() if v is None)
-    text = render(uc, run_id, results)
-    safe = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in run_id)
-    path = runtime.path("runs", uc.name, "training") / f"{safe}.json"
-    path.write_text(
-        json.dumps(
-            {"usecase": uc.name, "run_id": run_id, "missing": missing, "tasks": results, "text": text},
-            indent=1,
-            default=str,
-        )
-    )
-    (path.parent / "latest.txt").write_text(text + "\n")
-    return path, text, missing

@@ -1,0 +1,78 @@
+"""Run a service call to completion from Python, without an orchestrator.
+
+What the Amazon provider's operators do in a DAG task (and an optimized integration in a state
+machine), done synchronously with the runtime's clients: Athena statements in order, each
+polled until it ends; a SageMaker training job created and polled. Tests and scripts use it to
+drive an aws backend directly (:func:`mlblueprints.core.service.complete`). The outputs have the
+operators' shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from mlblueprints.aws import requests as req
+from mlblueprints.aws.session import AwsRuntime
+from mlblueprints.config import UseCase
+from mlblueprints.core import service
+from mlblueprints.lineage import RunInfo
+
+log = logging.getLogger(__name__)
+
+ATHENA_DONE = ("SUCCEEDED", "FAILED", "CANCELLED")
+TRAINING_DONE = ("Completed", "Failed", "Stopped")
+
+
+class ServiceJobFailed(RuntimeError):
+    """An Athena statement or a training job ended in another state than success."""
+
+
+def run_athena(rt: AwsRuntime, uc: UseCase, statements: list[service.Statement], run: RunInfo) -> dict[str, Any]:
+    aws = uc.aws
+    if aws is None:
+        raise ValueError(f"{uc.name}: the aws section is required")
+    athena = rt.client("athena")
+    done: dict[str, str] = {}
+    for st in statements:
+        token = req.client_request_token(run.run_id, run.task_id, run.try_number, st.name)
+        qid = athena.start_query_execution(**req.athena_start_query(aws, st.sql, token))["QueryExecutionId"]
+        while True:
+            status = athena.get_query_execution(QueryExecutionId=qid)["QueryExecution"]["Status"]
+            if status["State"] in ATHENA_DONE:
+                break
+            time.sleep(rt.athena_poll_seconds)
+        if status["State"] != "SUCCEEDED":
+            raise ServiceJobFailed(
+                f"athena statement {st.name} ({qid}) ended {status['State']}: {status.get('StateChangeReason', '')}"
+            )
+        done[st.name] = qid
+    return {"queries": done}
+
+
+def run_training(rt: AwsRuntime, request: dict[str, Any]) -> dict[str, Any]:
+    sm = rt.client("sagemaker")
+    sm.create_training_job(**request)
+    name = request["TrainingJobName"]
+    while True:
+        desc = sm.describe_training_job(TrainingJobName=name)
+        if desc["TrainingJobStatus"] in TRAINING_DONE:
+            break
+        time.sleep(rt.sagemaker_poll_seconds)
+    if desc["TrainingJobStatus"] != "Completed":
+        raise ServiceJobFailed(f"training job {name} ended {desc['TrainingJobStatus']}: {desc.get('FailureReason')}")
+    return {"Training": desc}
+
+
+def runner(rt: AwsRuntime, uc: UseCase, run: RunInfo):
+    """A ``run_job`` for :func:`mlblueprints.core.service.complete`."""
+
+    def run_job(call: service.ServiceCall) -> Any:
+        if call.kind == service.ATHENA:
+            return run_athena(rt, uc, call.statements, run)
+        if call.kind == service.SAGEMAKER_TRAINING:
+            return run_training(rt, call.request)
+        raise ValueError(f"no direct runner for service kind {call.kind!r}")
+
+    return run_job

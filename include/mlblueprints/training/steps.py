@@ -1,0 +1,182 @@
+"""The steps of the training pattern (declared in ``mlblueprints.patterns.training``).
+
+``training_set`` (feature store) -> ``train`` (trainer) -> ``evaluate`` -> ``register``
+(registry) -> ``publish`` -> ``report``. Evaluation and registration are the same code on both
+targets: the trainer backend makes the model and the holdout local first (``ensure_local``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from mlblueprints.core import reporting
+from mlblueprints.core.context import StepContext
+from mlblueprints.core.naming import registered_model_asset
+from mlblueprints.errors import PermanentError, StepSkipped
+from mlblueprints.training.core import MODEL_FILE, hyperparameters, job_dir
+
+log = logging.getLogger(__name__)
+
+
+def _training(ctx: StepContext) -> Any:
+    t = ctx.uc.training
+    if t is None:
+        raise PermanentError(f"{ctx.uc.name}: the use case has no training section")
+    return t
+
+
+def training_set(ctx: StepContext) -> Any:
+    """The point-in-time training set of ``training.training_set`` (pinned: a snapshot or object)."""
+    t = _training(ctx)
+    out = ctx.backend("features").build_training_set(t.training_set, ctx.run, job_dir(ctx.uc, ctx.run.run_id))
+    return ctx.then(out, _built)
+
+
+def _built(ctx: StepContext, out: dict[str, Any]) -> dict[str, Any]:
+    log.info("training set %s: %s rows, snapshot %s", out["table"], out["rows"], out["snapshot_id"])
+    return out
+
+
+def train(ctx: StepContext, tset: dict[str, Any]) -> Any:
+    """Train on the set's training split (the ``interrupt`` Param simulates a Spot interruption
+    of the first local try; the retry resumes from the checkpoint)."""
+    interrupt = dict(ctx.params.get("interrupt") or {}) or None
+    out = ctx.backend("trainer").train(tset, job_dir(ctx.uc, ctx.run.run_id), ctx.run, interrupt)
+    return ctx.then(out, _trained)
+
+
+def _trained(ctx: StepContext, out: dict[str, Any]) -> dict[str, Any]:
+    meta = out["meta"]
+    resumed = meta.get("resumed_from_round")
+    log.info(
+        "trained %s rounds in try %s%s in %.1fs",
+        meta["rounds"],
+        out["try_number"],
+        f" (resumed from the checkpoint at round {resumed})" if resumed else "",
+        out["seconds"],
+    )
+    return out
+
+
+def evaluate(ctx: StepContext, trained: dict[str, Any]) -> dict[str, Any]:
+    """Score the candidate and the reference (the champion) on the time-based holdout; apply the gate."""
+    import numpy as np
+    import xgboost as xgb
+
+    from mlblueprints.training import dataset
+    from mlblueprints.training import evaluate as ev
+
+    uc, t = ctx.uc, _training(ctx)
+    ctx.backend("trainer").ensure_local(trained)  # the model and holdout may be on another worker's disk
+    registry = ctx.backend("registry")
+    jd = Path(trained["job_dir"])
+    holdout = dataset.read_holdout(jd)
+    feats = uc.model_features()
+    label = uc.training_sets[t.training_set].labels.label
+    x = xgb.DMatrix(holdout[feats].to_numpy(dtype=np.float64), feature_names=feats)
+    y = holdout[label].to_numpy()
+    candidate = xgb.Booster()
+    candidate.load_model(str(Path(trained["model_dir"]) / MODEL_FILE))
+    cand = ev.evaluate(y, candidate.predict(x), t.threshold)
+    champ_info = registry.model_version(registry.CHAMPION)
+    champ = None
+    if champ_info is not None:
+        champ = ev.evaluate(y, registry.load_booster(registry.CHAMPION).predict(x), t.threshold)
+    against = f"champion v{champ_info['version']}" if champ_info else "baseline"
+    decision = ev.gate(cand, champ, t.gate, against)
+    log.info("\n%s", decision.text())
+    out_dir = jd / "evaluation"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {
+        "candidate": cand,
+        "champion": champ,
+        "champion_version": champ_info["version"] if champ_info else None,
+        "decision": decision.as_dict(),
+        "decision_text": decision.text(),
+        "holdout": trained["data"].get("holdout"),
+        "evaluation_dir": str(out_dir),
+    }
+    (out_dir / "evaluation.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def lineage(ctx: StepContext, ts: dict[str, Any], trained: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
+    """What a registered version records about how it was made."""
+    passed = ev["decision"]["passed"]
+    return {
+        "git_commit": ctx.run.git_commit,
+        "config_hash": ctx.run.config_hash,
+        "training_set": ts["table"],
+        "training_set_snapshot_id": ts["snapshot_id"],
+        "source_snapshots": ts["source_snapshots"],
+        "feature_views": ts["feature_views"],
+        "dag_id": ctx.run.dag_id,
+        "run_id": ctx.run.run_id,
+        "train_try_number": trained["try_number"],
+        "training_job_name": trained["job_name"],
+        "hyperparameters": hyperparameters(ctx.uc),
+        "holdout": ev["holdout"],
+        "metrics": ev["candidate"],
+        "gate": "passed" if passed else "not promoted",
+        "compared_with": ev["decision"]["against"],
+    }
+
+
+def register(ctx: StepContext, tset: dict[str, Any], trained: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
+    """Log the MLflow run; register the candidate (alias ``challenger``) only when the gate passed."""
+    import xgboost as xgb
+
+    uc = ctx.uc
+    ctx.backend("trainer").ensure_local(trained)
+    registry = ctx.backend("registry")
+    passed = ev["decision"]["passed"]
+    lin = lineage(ctx, tset, trained, ev)
+    booster = xgb.Booster()
+    booster.load_model(str(Path(trained["model_dir"]) / MODEL_FILE))
+    out = registry.record(
+        booster=booster,
+        candidate=ev["candidate"],
+        champion=ev["champion"],
+        decision=ev["decision"],
+        lineage=lin,
+        params=hyperparameters(uc),
+        register=passed,
+        evaluation_dir=Path(ev["evaluation_dir"]),
+    )
+    if passed and ctx.params.get("promote") and registry.CHAMPION not in out["aliases"]:
+        registry.promote(out["version"])
+        out["aliases"].append(registry.CHAMPION)
+    out["verdict"] = "registered" if passed else "not promoted"
+    out["lineage"] = lin
+    if passed:
+        package = registry.register_package(tset, trained, ev, out, ctx.run)
+        if package is not None:
+            out["model_package"] = package
+    log.info("%s: %s", out["verdict"], {k: v for k, v in out.items() if k != "lineage"})
+    return out
+
+
+def publish(ctx: StepContext, registered: dict[str, Any]) -> dict[str, Any]:
+    """Announce a registered challenger (the Asset explainability and promotion are scheduled on)."""
+    if registered.get("verdict") != "registered":
+        raise StepSkipped("the candidate was not registered: no challenger to announce")
+    extra = {"model": registered["model_name"], "version": registered["version"], "run_id": ctx.run.run_id}
+    ctx.emit(registered_model_asset(ctx.uc).name, extra)
+    return extra
+
+
+def report(ctx: StepContext, results: dict[str, Any]) -> dict[str, Any]:
+    from mlblueprints.training.report import render
+
+    registry = ctx.backend("registry")
+    if (results.get("register") or {}).get("verdict") == "not promoted" and results.get("publish") is None:
+        results = {**results, "publish": {"skipped": "the candidate was not registered"}}
+    text = reporting.with_failures(render(ctx.uc, ctx.run.run_id, results, registry.where()), ctx.failures)
+    path, missing = reporting.write_run_report(ctx.uc.name, "training", ctx.run.run_id, text, results)
+    log.info("\n%s", text)
+    if missing:
+        raise RuntimeError(f"run incomplete: step(s) {missing} did not succeed; report: {path}")
+    return {"report": str(path)}

@@ -1,18 +1,14 @@
 """Lakehouse DAGs: one ``<usecase>__lakehouse`` per YAML file in dags/usecases/.
 
-Configuration only: the logic lives in mlblueprints.airflow.lakehouse. A YAML that fails to load
-is reported as one warning line (file, field, reason) and only that use case is missing.
+Configuration only: the pattern is declared in mlblueprints.patterns.lakehouse and rendered by
+mlblueprints.airflow.builder. A YAML that fails to load is reported as one warning line (file,
+field, reason) and only that use case is missing.
 """
 
-import sys
+import runpy
 from pathlib import Path
 
-try:
-    import mlblueprints  # noqa: F401
-except ImportError:  # a checkout or an image where the package is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
+runpy.run_path(str(Path(__file__).with_name("_mlblueprints_path.py")))  # the package's import path
+from mlblueprints.airflow import register_dags  # noqa: E402
 
-from mlblueprints.airflow import register_dags
-from mlblueprints.airflow.lakehouse import build_lakehouse_dag
-
-register_dags(globals(), build_lakehouse_dag, Path(__file__).with_name("usecases"))
+register_dags(globals(), "lakehouse", Path(__file__).with_name("usecases"))

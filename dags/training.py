@@ -1,18 +1,13 @@
 """Training DAGs: one ``<usecase>__training`` per YAML file in dags/usecases/ with a ``training``
 section, scheduled on its feature views' Assets (and on its drift-alert Asset).
 
-Configuration only: the logic lives in mlblueprints.airflow.training.
+Configuration only: the pattern is declared in mlblueprints.patterns.training.
 """
 
-import sys
+import runpy
 from pathlib import Path
 
-try:
-    import mlblueprints  # noqa: F401
-except ImportError:  # a checkout or an image where the package is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
+runpy.run_path(str(Path(__file__).with_name("_mlblueprints_path.py")))  # the package's import path
+from mlblueprints.airflow import register_dags  # noqa: E402
 
-from mlblueprints.airflow import register_dags
-from mlblueprints.airflow.training import build_training_dag
-
-register_dags(globals(), build_training_dag, Path(__file__).with_name("usecases"))
+register_dags(globals(), "training", Path(__file__).with_name("usecases"))

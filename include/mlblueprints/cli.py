@@ -6,7 +6,7 @@
     mlblueprints features get fraud_detection card_activity card_000001 --as-of watermark
     mlblueprints features training-set fraud_detection fraud_training
     mlblueprints features show fraud_detection                  offline and online store sizes
-    mlblueprints training run fraud_detection [--interrupt SIGTERM --after 5]   <usecase>__training
+    mlblueprints training run fraud_detection [--interrupt SIGTERM --after 5]   <usecase>__training (5 rounds)
     mlblueprints models lineage fraud_detection [--version N | --alias champion]
     mlblueprints models promote fraud_detection N               alias champion -> version N
     mlblueprints demo                                           all of it, on embedded defaults
@@ -94,11 +94,11 @@ def _run_features(usecase: str, lo: date | None = None, hi: date | None = None, 
     """One run of ``<usecase>__features`` through dag.test for [lo, hi] (default: the range of the
     current Gold snapshot, i.e. what the last lakehouse run recomputed)."""
     from mlblueprints.airflow import localrun
-    from mlblueprints.features.local import latest_gold_range
+    from mlblueprints.backends import backend_for
 
     uc = _load(usecase)
     if lo is None or hi is None:
-        rng = latest_gold_range(uc, sorted({v.source for v in uc.features.values()}))
+        rng = backend_for(uc, "lakehouse").latest_gold_range(sorted({v.source for v in uc.features.values()}))
         if rng is None:
             print(f"{usecase}: no Gold table yet; run the lakehouse first", file=sys.stderr)
             return 1
@@ -132,7 +132,7 @@ def _features(args: argparse.Namespace) -> int:
         return status
     uc = _load(args.usecase)
     if args.action == "get":
-        from mlblueprints.features.online import get_online_features
+        from mlblueprints.backends import backend_for
 
         if args.view not in uc.features:
             print(f"{uc.name}: no feature view {args.view!r} (views: {', '.join(uc.features)})", file=sys.stderr)
@@ -141,7 +141,7 @@ def _features(args: argparse.Namespace) -> int:
         keys = [tuple(k.split(",")) if nkeys > 1 else k for k in args.keys]
         as_of = args.as_of if args.as_of in (None, "watermark") else _parse_time(args.as_of)
         try:
-            rows = get_online_features(uc, args.view, keys, as_of=as_of)
+            rows = backend_for(uc, "features", view=args.view).get_online_features(args.view, keys, as_of=as_of)
         except LookupError as exc:
             print(exc, file=sys.stderr)
             return 1
@@ -152,7 +152,7 @@ def _features(args: argparse.Namespace) -> int:
         from mlblueprints.features.local import build_training_set
         from mlblueprints.lineage import RunInfo
 
-        out = build_training_set(
+        out = build_training_set(  # the local store; a use case on aws builds its sets in the training DAG
             uc,
             args.name,
             RunInfo.for_usecase(uc, run_id=f"cli__{time.strftime('%Y%m%dT%H%M%S')}"),
@@ -189,7 +189,8 @@ def _training(args: argparse.Namespace) -> int:
     localrun.setup()
     conf = {}
     if args.interrupt:
-        conf["interrupt"] = {"signal": args.interrupt, "after_seconds": args.after}
+        when = {"after_seconds": args.after_seconds} if args.after_seconds is not None else {"after_rounds": args.after}
+        conf["interrupt"] = {"signal": args.interrupt, **when}
     if args.promote:
         conf["promote"] = True
     status = _run_training(args.usecase, conf)
@@ -203,15 +204,16 @@ def _training(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     import json
 
-    from mlblueprints.registry import local as registry
+    from mlblueprints.backends import backend_for
 
     uc = _load(args.usecase)
+    registry = backend_for(uc, "registry")
     if args.action == "promote":
-        registry.promote(uc, args.version)
+        registry.promote(args.version)
         print(f"{uc.model_name} version {args.version} is now the champion")
         return 0
     try:
-        out = registry.lineage(uc, version=args.version, alias=None if args.version else args.alias)
+        out = registry.lineage(version=args.version, alias=None if args.version else args.alias)
     except Exception as exc:  # noqa: BLE001 - MLflow raises its own exception types
         print(f"{uc.model_name}: {exc}", file=sys.stderr)
         return 1
@@ -267,7 +269,7 @@ def _demo(args: argparse.Namespace) -> int:
         # on a scheduler the feature Assets trigger <usecase>__training; the first try is
         # interrupted like a Spot reclaim (SIGTERM, two-minute notice) to show the resume
         print("training (the first try gets a simulated Spot interruption; the retry resumes) ...", flush=True)
-        status = _run_training(DEMO_USECASE, {"interrupt": {"signal": "SIGTERM", "after_seconds": 4}})
+        status = _run_training(DEMO_USECASE, {"interrupt": {"signal": "SIGTERM", "after_rounds": 40}})
     print()
     print("last lakehouse run:")
     print((home / "runs" / DEMO_USECASE / "lakehouse" / "latest.txt").read_text())
@@ -402,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     trr = trs.add_parser("run", help="train, evaluate, gate, register")
     trr.add_argument("usecase")
     trr.add_argument("--interrupt", choices=["SIGTERM", "SIGKILL"], help="simulate a Spot interruption of try 1")
-    trr.add_argument("--after", type=float, default=5.0, help="seconds into training (with --interrupt)")
+    trr.add_argument("--after", type=int, default=5, help="boosting rounds into training (with --interrupt)")
+    trr.add_argument("--after-seconds", type=float, help="seconds into training instead of rounds (with --interrupt)")
     trr.add_argument("--promote", action="store_true", help="make a registered candidate the champion")
     trr.set_defaults(fn=_training)
 

@@ -44,13 +44,36 @@ def setup(migrate: bool = True) -> dict[str, str]:
 
 def quiet_retry_waits() -> None:
     """dag.test() logs "No tasks to run" once a second while a task waits for its retry; the
-    command line shows the task outcomes instead."""
+    command line shows the task outcomes instead. An expected failure that a retry recovers from
+    (an exception with ``one_line = True``, e.g. a simulated Spot interruption) is logged as one
+    line instead of a traceback."""
+    import structlog
+
     logging.getLogger("airflow.sdk.definitions.dag").setLevel(logging.ERROR)
+    processors = list(structlog.get_config().get("processors") or [])
+    if processors and processors[0] is not _one_line_expected_failures:
+        structlog.configure(processors=[_one_line_expected_failures, *processors])
+
+
+def _one_line_expected_failures(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    exc = event.get("exc_info")
+    if exc is True:
+        exc = sys.exc_info()
+    err = exc[1] if isinstance(exc, tuple) else exc if isinstance(exc, BaseException) else None
+    while err is not None and not getattr(err, "one_line", False):
+        err = err.__cause__ or err.__context__
+    if err is not None:
+        event.pop("exc_info", None)
+        event["event"] = f"{event.get('event')}: {err}"
+    return event
 
 
 def get_dag(dag_id: str) -> Any:
     from airflow.dag_processing.dagbag import DagBag
 
+    # Airflow's reader of .airflowignore uses a pathspec API that pathspec has deprecated (after
+    # importing Airflow, whose configuration resets the warning filters)
+    warnings.filterwarnings("ignore", message="GitWildMatchPattern")
     bag = DagBag(dag_folder=str(runtime.project_root() / "dags"))
     if dag_id not in bag.dags:
         problems = "; ".join(f"{k}: {v}" for k, v in bag.import_errors.items())

@@ -1,0 +1,352 @@
+"""The Amazon provider's operators as the service steps of a pattern on aws.
+
+A declared service step (``Step.service``) becomes, on a backend that delegates its jobs, a task
+of one of these operators between the step's ``prepare`` and ``finish`` tasks. They are the
+provider's operators with what a lifecycle pattern needs on top:
+
+* :class:`AthenaStatementsOperator` runs a step's Athena statements in order (an
+  ``AthenaOperator`` runs one): deferrable between statements, each with a client request
+  token unique per run, task, try and statement; killed while it runs (worker side: ``on_kill``;
+  while deferred: the trigger's ``on_kill``) it stops the running query.
+* :class:`TrainingJobOperator` is ``SageMakerTrainingOperator`` with a job name unique per try,
+  a retry that adopts an earlier try's job only after checking it trained on the same input
+  data, image and hyperparameters, a deferral that lasts as long as Spot may wait, and a kill
+  that stops the job (the provider's operator leaves it running).
+
+The requests come from the pure builders (``mlblueprints.aws``) through the ``prepare`` task's
+XCom; the statements and the job's config are template fields, so the Airflow UI shows them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.providers.amazon.aws.hooks.athena import AthenaHook
+from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
+from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOperator, serialize
+from airflow.providers.amazon.aws.triggers.athena import AthenaTrigger
+from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
+from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
+from airflow.sdk.exceptions import AirflowException
+
+from mlblueprints.aws import requests as req
+from mlblueprints.config import UseCase
+from mlblueprints.core import service
+
+RUNNING_JOB = ("InProgress", "Stopping")
+
+
+def deferrable() -> bool:
+    """Service tasks defer to the triggerer (``MLB_DEFERRABLE=0`` makes them poll in the worker)."""
+    return os.environ.get("MLB_DEFERRABLE", "1").lower() not in ("0", "false", "no")
+
+
+def _poll(name: str, default: float) -> int:
+    return max(0, int(float(os.environ.get(name, default))))
+
+
+def _error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    return (response or {}).get("Error", {}).get("Code", "") if isinstance(response, dict) else ""
+
+
+# ---------------------------------------------------------------- Athena
+
+
+class StatementTrigger(AthenaTrigger):
+    """AthenaTrigger that remembers which statement of a step it waits for (the task resumes from
+    the event, whatever the triggerer keeps of its kwargs) and stops its query when the task is
+    killed while deferred."""
+
+    def __init__(
+        self,
+        query_execution_id: str,
+        waiter_delay: int,
+        waiter_max_attempts: int,
+        aws_conn_id: str | None,
+        index: int = 0,
+        done: dict[str, str] | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(query_execution_id, waiter_delay, waiter_max_attempts, aws_conn_id, **kwargs)
+        self.query_execution_id = query_execution_id
+        self.index, self.done = index, dict(done or {})
+        self.serialized_fields.update(index=index, done=self.done)
+        self.return_value = {"query_execution_id": query_execution_id, "index": index, "done": self.done}
+
+    async def on_kill(self) -> None:
+        hook = AthenaHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify)
+        await asyncio.to_thread(hook.stop_query, self.query_execution_id)
+
+
+class AthenaStatementsOperator(AwsBaseOperator[AthenaHook]):
+    """Run a list of Athena statements (``Statement`` dicts) in order; return ``{"queries": {name: id}}``."""
+
+    aws_hook_class = AthenaHook
+    template_fields: Sequence[str] = aws_template_fields("statements")
+    template_fields_renderers = {"statements": "json"}
+    ui_color = "#44b5e2"
+
+    def __init__(
+        self,
+        *,
+        statements: Any,
+        database: str,
+        workgroup: str,
+        result_configuration: dict[str, Any],
+        sleep_time: int = 5,
+        deferrable: bool = True,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.statements = statements
+        self.database = database
+        self.workgroup = workgroup
+        self.result_configuration = result_configuration
+        self.sleep_time = sleep_time
+        self.deferrable = deferrable
+        self.query_execution_id: str | None = None
+
+    def _statements(self) -> list[service.Statement]:
+        return [s if isinstance(s, service.Statement) else service.Statement(**s) for s in (self.statements or [])]
+
+    def _start(self, context: Any, st: service.Statement) -> str:
+        ti = context["ti"]
+        token = req.client_request_token(context["run_id"], ti.task_id, ti.try_number, st.name)
+        self.log.info("athena %s: %s (%d characters of SQL)", st.kind, st.name, len(st.sql))
+        self.query_execution_id = self.hook.run_query(
+            st.sql,
+            {"Database": self.database, "Catalog": "AwsDataCatalog"},
+            copy.deepcopy(self.result_configuration),
+            token,
+            self.workgroup,
+        )
+        return self.query_execution_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        return self._run_from(context, 0, {})
+
+    def _run_from(self, context: Any, index: int, done: dict[str, str]) -> dict[str, Any]:
+        stmts = self._statements()
+        while index < len(stmts):
+            st = stmts[index]
+            qid = self._start(context, st)
+            if self.deferrable:
+                self.defer(
+                    trigger=StatementTrigger(
+                        query_execution_id=qid,
+                        waiter_delay=self.sleep_time,
+                        waiter_max_attempts=10**6,
+                        aws_conn_id=self.aws_conn_id,
+                        region_name=self.region_name,
+                        verify=self.verify,
+                        botocore_config=self.botocore_config,
+                        index=index,
+                        done=done,
+                    ),
+                    method_name="resume_statements",
+                )
+            state = self.hook.poll_query_status(qid, sleep_time=self.sleep_time)
+            if state != "SUCCEEDED":
+                raise AirflowException(
+                    f"athena statement {st.name} ({qid}) ended {state}: {self.hook.get_state_change_reason(qid)}"
+                )
+            done = {**done, st.name: qid}
+            index += 1
+        self.query_execution_id = None
+        return {"queries": done}
+
+    def resume_statements(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        value = (event or {}).get("value")
+        if not event or event.get("status") != "success" or not isinstance(value, dict):
+            raise AirflowException(f"athena statement failed: {event}")
+        stmts = self._statements()
+        index, qid = int(value["index"]), value["query_execution_id"]
+        state = self.hook.check_query_status(qid)
+        if state != "SUCCEEDED":
+            raise AirflowException(
+                f"athena statement {stmts[index].name} ({qid}) ended {state}: {self.hook.get_state_change_reason(qid)}"
+            )
+        return self._run_from(context, index + 1, {**value["done"], stmts[index].name: qid})
+
+    def on_kill(self) -> None:
+        """Stop the statement that is running (the task was killed, cleared or timed out)."""
+        if self.query_execution_id:
+            self.log.info("stopping athena query %s", self.query_execution_id)
+            self.hook.stop_query(self.query_execution_id)
+
+
+# ---------------------------------------------------------------- SageMaker training
+
+
+class StoppingSageMakerTrigger(SageMakerTrigger):
+    """SageMakerTrigger that stops its training job when the task is killed while deferred."""
+
+    async def on_kill(self) -> None:
+        hook = SageMakerHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify)
+        await asyncio.to_thread(_stop_training_job, hook, self.job_name)
+
+
+def _stop_training_job(hook: SageMakerHook, name: str) -> bool:
+    try:
+        hook.conn.stop_training_job(TrainingJobName=name)
+        return True
+    except Exception as exc:  # not running any more (ValidationException): nothing to stop
+        if _error_code(exc) == "ValidationException":
+            return False
+        raise
+
+
+class TrainingJobOperator(SageMakerTrainingOperator):
+    """Start (or adopt) the training job of one try; output ``{"Training": Describe..., "how": ...}``.
+
+    ``how``: ``created`` (this try's job), or ``adopted`` (an earlier try's job of this run that
+    completed - or is still running and is waited for - on the same input data, image and
+    hyperparameters; see :func:`mlblueprints.aws.training.job_differences`).
+    """
+
+    def __init__(self, *, usecase: UseCase, **kwargs: Any):
+        kwargs.setdefault("check_if_job_exists", False)  # the name is ours, unique per try
+        super().__init__(**kwargs)
+        self.usecase = usecase
+        self._created: str | None = None
+
+    def _describe(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.hook.describe_training_job(name)
+        except Exception as exc:  # what SageMaker answers for an unknown job
+            if _error_code(exc) == "ValidationException":
+                return None
+            raise
+
+    def _wait_attempts(self) -> int:
+        stop = (self.config or {}).get("StoppingCondition", {})
+        longest = max(int(stop.get("MaxWaitTimeInSeconds", 0)), int(stop.get("MaxRuntimeInSeconds", 3600)))
+        return max(60, longest // max(1, self.check_interval) + 60)
+
+    def execute(self, context: Any) -> dict[str, Any] | None:
+        from mlblueprints.aws import training as tr
+
+        if not self.config:
+            return None
+        run_id, try_number = context["run_id"], int(context["ti"].try_number)
+        self.config = tr.request_for_try(
+            self.config, tr.training_job_name(self.usecase, run_id, try_number), try_number
+        )
+        self.max_attempts = self._wait_attempts()
+        for k in range(try_number, 0, -1):
+            name = tr.training_job_name(self.usecase, run_id, k)
+            desc = self._describe(name)
+            if desc is None:
+                continue
+            diffs = tr.job_differences(self.config, desc)
+            if diffs:
+                self.log.warning("not adopting training job %s: %s", name, "; ".join(diffs))
+                continue
+            status = desc["TrainingJobStatus"]
+            if status == "Completed":
+                self.log.info("adopting training job %s of try %d: completed on the same data", name, k)
+                return {"Training": serialize(desc), "how": "adopted"}
+            if status in RUNNING_JOB:
+                self.log.info("training job %s of try %d is still running on the same data: waiting for it", name, k)
+                return self._wait_for(context, name)
+            self.log.info("training job %s of try %d ended %s: not adopted", name, k, status)
+        self._created = self.config["TrainingJobName"]
+        return {**self._completed(super().execute(context)), "how": "created"}
+
+    def _completed(self, out: dict[str, Any] | None) -> dict[str, Any]:
+        """The provider's operator returns whatever state the job ended in (Stopped included):
+        only a Completed job is a success."""
+        desc = (out or {}).get("Training") or {}
+        if desc.get("TrainingJobStatus") != "Completed":
+            raise AirflowException(
+                f"training job {desc.get('TrainingJobName')} ended {desc.get('TrainingJobStatus')}: "
+                f"{desc.get('FailureReason') or 'no reason given'} (a retry starts a new job that resumes from "
+                "the checkpoints)"
+            )
+        return dict(out or {})
+
+    def _wait_for(self, context: Any, name: str) -> dict[str, Any]:
+        if self.deferrable:
+            self.defer(
+                trigger=StoppingSageMakerTrigger(
+                    job_name=name,
+                    job_type="Training",
+                    waiter_delay=self.check_interval,
+                    waiter_max_attempts=self.max_attempts,
+                    aws_conn_id=self.aws_conn_id,
+                    region_name=self.region_name,
+                    verify=self.verify,
+                    botocore_config=self.botocore_config,
+                ),
+                method_name="execute_complete",
+            )
+        self.hook.check_status(name, "TrainingJobStatus", self.hook.describe_training_job, self.check_interval)
+        return {**self._completed(self.serialize_result(name)), "how": "adopted"}
+
+    def defer(self, *, trigger: Any, method_name: str, **kwargs: Any) -> None:
+        # the provider's own deferral (after creating the job) uses a trigger that does not stop
+        # the job when the task is killed; swap in ours
+        if type(trigger) is SageMakerTrigger:
+            trigger = StoppingSageMakerTrigger(
+                job_name=trigger.job_name,
+                job_type=trigger.job_type,
+                waiter_delay=trigger.waiter_delay,
+                waiter_max_attempts=self._wait_attempts(),
+                aws_conn_id=trigger.aws_conn_id,
+                region_name=trigger.region_name,
+                verify=trigger.verify,
+                botocore_config=trigger.botocore_config,
+            )
+        super().defer(trigger=trigger, method_name=method_name, **kwargs)
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, dict]:
+        from mlblueprints.aws import training as tr
+
+        out = self._completed(super().execute_complete(context, event))
+        mine = tr.training_job_name(self.usecase, context["run_id"], int(context["ti"].try_number))
+        return {**out, "how": "created" if out["Training"].get("TrainingJobName") == mine else "adopted"}
+
+    def on_kill(self) -> None:
+        """Stop the job this try created (the provider's operator would leave it running)."""
+        if self._created:
+            self.log.info("stopping training job %s", self._created)
+            _stop_training_job(self.hook, self._created)
+
+
+# ---------------------------------------------------------------- the registry of service operators
+
+
+def service_operator(kind: str, uc: UseCase, *, task_id: str, request: Any) -> Any:
+    """The operator that runs a service call of ``kind`` for ``uc``; ``request`` is the XCom of
+    the step's prepare task (None: nothing to run)."""
+    aws = uc.aws
+    if aws is None:
+        raise ValueError(f"{uc.name}: service steps need the aws section")
+    common = {"task_id": task_id, "aws_conn_id": aws.aws_conn_id, "region_name": aws.region}
+    if kind == service.ATHENA:
+        return AthenaStatementsOperator(
+            statements=request,
+            database=aws.glue_database,
+            workgroup=aws.athena_workgroup,
+            result_configuration=req.athena_result_configuration(aws),
+            sleep_time=_poll("MLB_ATHENA_POLL_SECONDS", 5),
+            deferrable=deferrable(),
+            **common,
+        )
+    if kind == service.SAGEMAKER_TRAINING:
+        return TrainingJobOperator(
+            usecase=uc,
+            config=request,
+            wait_for_completion=True,
+            print_log=os.environ.get("MLB_SAGEMAKER_PRINT_LOG", "1").lower() not in ("0", "false", "no"),
+            check_interval=_poll("MLB_SAGEMAKER_POLL_SECONDS", 30),
+            deferrable=deferrable(),
+            **common,
+        )
+    raise ValueError(f"no operator for service kind {kind!r}")

@@ -26,41 +26,36 @@ from __future__ import annotations
 import copy
 import json
 import re
-import threading
-from collections import defaultdict
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import boto3
 import botocore.exceptions
 import botocore.session
-import duckdb
 import pytest
-import sqlglot
 import yaml
-from botocore.awsrequest import AWSResponse
 from botocore.stub import Stubber
 from botocore.validate import validate_parameters
+from moto_world import REGION, UNLOAD, AthenaTwin, FeatureStoreTwin, run_direct
 
 from helpers import ROOT, runtime_home
 from mlblueprints.aws import featurestore as fsreq
 from mlblueprints.aws import requests as req
+from mlblueprints.aws.session import boto3_runtime
 from mlblueprints.config import duration_seconds, load_usecase, parse_usecase
 from mlblueprints.datagen import generate_fraud
 from mlblueprints.features import aws as fa
 from mlblueprints.features import core
+from mlblueprints.features.aws import AwsFeatureStore
 from mlblueprints.features.core import FeatureViewError
 from mlblueprints.lakehouse import iceberg, local, naming
-from mlblueprints.lakehouse.aws import AwsRuntime, gold_columns
+from mlblueprints.lakehouse.aws import gold_columns
 from mlblueprints.lineage import RunInfo
 
 pytestmark = [pytest.mark.aws, pytest.mark.slow]
 
 moto = pytest.importorskip("moto")
-from moto import mock_aws  # noqa: E402
-from moto.athena.models import AthenaBackend, QueryResults  # noqa: E402
 
-REGION = "eu-west-1"
 BUCKET = "mlb-test-features"
 DB = "fraud_fs_lake"
 NAME = "fraud_fs"
@@ -69,7 +64,6 @@ DAYS = 2
 LO, HI = START, START + timedelta(days=DAYS - 1)
 GOLD = "transaction_features"
 VIEWS = ("card_activity", "card_merchant")
-UNLOAD = re.compile(r"^\s*UNLOAD\s*\((?P<body>.*)\)\s*TO\s*'(?P<target>s3://[^']+)'", re.S | re.I)
 
 
 def _usecase_data(target: str, kms: str = "arn:aws:kms:eu-west-1:123456789012:key/test") -> dict:
@@ -149,192 +143,14 @@ def lake(tmp_path_factory):
     }
 
 
-class AthenaTwin:
-    """Answers the feature step's UNLOAD and SELECT statements from the local Gold via DuckDB."""
-
-    def __init__(self, lake: dict, tmp: Path):
-        self.tmp = tmp
-        self.con = duckdb.connect()
-        self.con.execute(f"CREATE SCHEMA {DB}")
-        with runtime_home(lake["home"]):
-            t = iceberg.load(iceberg.catalog(), naming.identifier(lake["uc_local"], GOLD))
-            iceberg.register_view(self.con, "_gold", t)
-        self.con.execute(f'CREATE VIEW {DB}."{GOLD}" AS SELECT * FROM "_gold"')
-        self.executions: list[dict] = []
-        self.kms = ""
-
-    def duck(self, trino_sql: str) -> str:
-        return sqlglot.transpile(trino_sql, read="trino", write="duckdb")[0]
-
-    def answer(self, backend, exec_id: str, query: str, context, config, workgroup) -> None:
-        self.executions.append({"query": query, "context": context, "config": config, "workgroup": workgroup})
-        m = UNLOAD.match(query)
-        if m:  # Athena writes the rows as Parquet under the (empty) target prefix
-            sqlglot.parse_one(m["body"], read="trino", error_level=sqlglot.ErrorLevel.RAISE)
-            bucket, key = req.split_s3_uri(m["target"])
-            s3 = boto3.client("s3", region_name=REGION)
-            assert s3.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0) == 0, "UNLOAD needs an empty prefix"
-            out = self.tmp / f"unload-{exec_id}.parquet"
-            self.con.execute(f"COPY ({self.duck(m['body'])}) TO '{out}' (FORMAT parquet)")
-            s3.upload_file(
-                str(out),
-                bucket,
-                f"{key}{exec_id}_0",
-                ExtraArgs={"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms},
-            )
-            return
-        sqlglot.parse_one(query, read="trino", error_level=sqlglot.ErrorLevel.RAISE)
-        cur = self.con.execute(self.duck(query))
-        cols = [f"_col{i}" for i in range(len(cur.description))]  # what Athena names unnamed columns
-        header = {"Data": [{"VarCharValue": c} for c in cols]}
-        data = [{"Data": [{"VarCharValue": str(v)} if v is not None else {} for v in r]} for r in cur.fetchall()]
-        backend.query_results[exec_id] = QueryResults(
-            rows=[header, *data], column_info=[{"Name": c, "Type": "varchar"} for c in cols]
-        )
-
-
-class FeatureStoreTwin:
-    """sagemaker-featurestore-runtime in memory, behind real boto3 clients of a session.
-
-    The client validates every request against botocore's service model before this sees it;
-    it validates once more (so a client built with validation off would still be caught), keeps
-    every PutRecord, and answers BatchGetRecord from its online store. ``faults`` maps a record
-    identifier to error codes returned on its next attempts (throttling, 5xx)."""
-
-    STATUS = {"ThrottlingException": 400, "ServiceUnavailable": 503, "InternalFailure": 500, "ValidationError": 400}
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.puts: list[dict] = []
-        self.offline: list[dict] = []
-        self.online: dict[tuple[str, str], dict[str, str]] = {}
-        self.batch_gets: list[dict] = []
-        self.faults: dict[str, list[str]] = defaultdict(list)
-        self.failed_attempts = 0
-
-    def attach(self, session: boto3.Session) -> boto3.Session:
-        service = "sagemaker-featurestore-runtime"
-        session.events.register(f"before-parameter-build.{service}", self._keep_params)
-        session.events.register(f"before-call.{service}", self._answer)
-        return session
-
-    @staticmethod
-    def _keep_params(params, context, **_):
-        context["twin_params"] = copy.deepcopy(params)
-
-    def _answer(self, model, context, **_):
-        params = context["twin_params"]
-        validate_parameters(params, model.input_shape)
-        if model.name == "PutRecord":
-            rid = params["Record"][0]["ValueAsString"]
-            with self.lock:
-                if self.faults.get(rid):
-                    code = self.faults[rid].pop(0)
-                    self.failed_attempts += 1
-                    return self._error(code)
-                self.puts.append(params)
-                record = {f["FeatureName"]: f["ValueAsString"] for f in params["Record"]}
-                if "OfflineStore" in params["TargetStores"]:
-                    self.offline.append(record)
-                if "OnlineStore" in params["TargetStores"]:
-                    key = (params["FeatureGroupName"], rid)
-                    old = self.online.get(key)
-                    if old is None or fsreq.parse_iso_utc(record["event_time"]) >= fsreq.parse_iso_utc(
-                        old["event_time"]
-                    ):
-                        self.online[key] = record
-            return AWSResponse(None, 200, {}, None), {"ResponseMetadata": {"HTTPStatusCode": 200}}
-        if model.name == "BatchGetRecord":
-            with self.lock:
-                self.batch_gets.append(params)
-            records = []
-            for ident in params["Identifiers"]:
-                group = ident["FeatureGroupName"]
-                for rid in ident["RecordIdentifiersValueAsString"]:
-                    rec = self.online.get((group, rid))
-                    if rec is None:
-                        continue
-                    names = ident.get("FeatureNames") or list(rec)
-                    records.append(
-                        {
-                            "FeatureGroupName": group,
-                            "RecordIdentifierValueAsString": rid,
-                            "Record": [{"FeatureName": n, "ValueAsString": rec[n]} for n in names if n in rec],
-                        }
-                    )
-            parsed = {"Records": records, "Errors": [], "UnprocessedIdentifiers": []}
-            return AWSResponse(None, 200, {}, None), {**parsed, "ResponseMetadata": {"HTTPStatusCode": 200}}
-        raise AssertionError(f"unexpected Feature Store call {model.name}")
-
-    def _error(self, code: str):
-        status = self.STATUS.get(code, 400)
-        return AWSResponse(None, status, {}, None), {
-            "Error": {"Code": code, "Message": f"twin says {code}"},
-            "ResponseMetadata": {"HTTPStatusCode": status},
-        }
-
-
 @pytest.fixture
-def sagemaker_like_aws(monkeypatch):
-    """Patch moto's feature groups where it differs from SageMaker (see the module docstring)."""
-    from moto.sagemaker import models as sm_models
-    from moto.sagemaker.exceptions import ResourceNotFound
-    from moto.sagemaker.responses import SageMakerResponse
-
-    describe_backend = sm_models.SageMakerModelBackend.describe_feature_group
-
-    def describe_feature_group(self, feature_group_name):
-        try:
-            return describe_backend(self, feature_group_name)
-        except KeyError:
-            raise ResourceNotFound(f"Resource Not Found: FeatureGroup {feature_group_name} does not exist") from None
-
-    create_response = SageMakerResponse.create_feature_group
-
-    def create_feature_group(self):
-        out = create_response(self)
-        arn = next(
-            fg
-            for fg in self.sagemaker_backend.feature_groups
-            if fg.endswith("/" + self._get_param("FeatureGroupName").lower())
-        )
-        group = self.sagemaker_backend.feature_groups[arn]
-        group.online_store_config = self._get_param("OnlineStoreConfig")
-        group.description = self._get_param("Description")
-        return out
-
-    describe_group = sm_models.FeatureGroup.describe
-
-    def describe(self):
-        out = describe_group(self)
-        for key, attr in (("OnlineStoreConfig", "online_store_config"), ("Description", "description")):
-            if getattr(self, attr, None) is not None:
-                out[key] = getattr(self, attr)
-        return out
-
-    monkeypatch.setattr(sm_models.SageMakerModelBackend, "describe_feature_group", describe_feature_group)
-    monkeypatch.setattr(SageMakerResponse, "create_feature_group", create_feature_group)
-    monkeypatch.setattr(sm_models.FeatureGroup, "describe", describe)
-
-
-@pytest.fixture
-def aws_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("MLB_HOME", str(home))
+def aws_env(moto_world, monkeypatch):
     monkeypatch.setattr(fa, "BACKOFF_BASE_SECONDS", 0.001)
-    with mock_aws():
-        s3 = boto3.client("s3", region_name=REGION)
-        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-        kms = boto3.client("kms", region_name=REGION).create_key(Description="features")["KeyMetadata"]["Arn"]
-        boto3.client("athena", region_name=REGION).create_work_group(
-            Name="mlblueprints", Configuration={"ResultConfiguration": {"OutputLocation": f"s3://{BUCKET}/athena/"}}
-        )
-        uc = _write_usecase(tmp_path / "aws", _usecase_data("aws", kms))
-        yield {"uc": uc, "kms": kms, "tmp": tmp_path}
+    moto_world.bucket(BUCKET)
+    kms = moto_world.kms_key("features")
+    moto_world.workgroup(BUCKET)
+    uc = _write_usecase(moto_world.tmp / "aws", _usecase_data("aws", kms))
+    yield {"uc": uc, "kms": kms, "tmp": moto_world.tmp}
 
 
 def _glue_gold(uc, extra_drop: tuple[str, ...] = ()) -> None:
@@ -354,44 +170,32 @@ def _glue_gold(uc, extra_drop: tuple[str, ...] = ()) -> None:
     )
 
 
+def athena_twin(lake: dict, tmp: Path, kms: str) -> AthenaTwin:
+    """The Athena twin over the local target's Gold table."""
+    twin = AthenaTwin(DB, tmp, kms)
+    with runtime_home(lake["home"]):
+        t = iceberg.load(iceberg.catalog(), naming.identifier(lake["uc_local"], GOLD))
+        iceberg.register_view(twin.con, "_gold", t)
+    twin.con.execute(f'CREATE VIEW {DB}."{GOLD}" AS SELECT * FROM "_gold"')
+    return twin
+
+
 @pytest.fixture
 def world(lake, aws_env, sagemaker_like_aws, monkeypatch):
-    """moto + the Athena twin + the Feature Store twin, and an AwsRuntime like the Airflow one."""
+    """moto + the Athena twin + the Feature Store twin, and an AwsRuntime over the twin's session."""
     uc = aws_env["uc"]
     _glue_gold(uc)
-    twin = AthenaTwin(lake, aws_env["tmp"])
-    twin.kms = aws_env["kms"]
-    original = AthenaBackend.start_query_execution
-
-    def start_query_execution(self, query, context, config, workgroup, execution_parameters):
-        exec_id = original(self, query, context, config, workgroup, execution_parameters)
-        twin.answer(self, exec_id, query, context, config, workgroup)
-        return exec_id
-
-    monkeypatch.setattr(AthenaBackend, "start_query_execution", start_query_execution)
+    twin = athena_twin(lake, aws_env["tmp"], aws_env["kms"]).install(monkeypatch)
     store = FeatureStoreTwin()
     session = store.attach(boto3.Session(region_name=REGION))
-    return {**aws_env, "athena": twin, "store": store, "rt": _runtime(session, uc), "session": session}
+    rt = boto3_runtime(uc, session)
+    return {**aws_env, "athena": twin, "store": store, "rt": rt, "session": session}
 
 
-def _runtime(session: boto3.Session, uc) -> AwsRuntime:
-    """The AwsRuntime AwsLakehouse builds, minus Airflow: the same StartQueryExecution request."""
-    athena = session.client("athena", region_name=REGION)
-
-    def run_query(stmt) -> str:
-        token = req.client_request_token("test-run", "materialize", 1, stmt.name)
-        qid = athena.start_query_execution(**req.athena_start_query(uc.aws, stmt.sql, token))["QueryExecutionId"]
-        state = athena.get_query_execution(QueryExecutionId=qid)["QueryExecution"]["Status"]["State"]
-        assert state == "SUCCEEDED", state
-        return qid
-
-    def fetch_rows(qid: str) -> list[dict]:
-        rs = athena.get_query_results(QueryExecutionId=qid)["ResultSet"]
-        cols = [c["Name"] for c in rs["ResultSetMetadata"]["ColumnInfo"]]
-        rows = [[d.get("VarCharValue") for d in r["Data"]] for r in rs["Rows"]]
-        return [dict(zip(cols, r)) for r in (rows[1:] if rows and rows[0] == cols else rows)]
-
-    return AwsRuntime(session=session, run_query=run_query, fetch_rows=fetch_rows)
+def materialize(world: dict, view: str, run: RunInfo, uc=None) -> dict:
+    """One materialization through the aws backend, its Athena statements run synchronously."""
+    uc = uc or world["uc"]
+    return run_direct(uc, world["rt"], AwsFeatureStore(uc, world["rt"]).materialize(view, LO, HI, run), run)
 
 
 def _cols(uc, view):
@@ -694,7 +498,7 @@ def test_put_records_fails_naming_the_record_that_exhausts_its_attempts(aws_env)
 def test_put_records_in_parallel_sends_each_record_once(aws_env):
     store = FeatureStoreTwin()
     session = store.attach(boto3.Session(region_name=REGION))
-    _, fs = fa.clients(session, aws_env["uc"], workers=4)
+    _, fs = fa.clients(boto3_runtime(aws_env["uc"], session), aws_env["uc"], workers=4)
     requests = _put_requests(aws_env["uc"], 200)
     for i in range(0, 200, 7):
         store.faults[f"card_{i}"] = ["ThrottlingException", "InternalFailure"][: 1 + i % 2]
@@ -709,7 +513,7 @@ def test_put_records_in_parallel_sends_each_record_once(aws_env):
 def test_materialize_end_to_end_under_moto(world, lake):
     uc, store, athena = world["uc"], world["store"], world["athena"]
     run = RunInfo.for_usecase(uc, run_id="scheduled__2024-03-02T00:00:00+00:00", dag_id=f"{NAME}__features")
-    results = {view: fa.materialize(uc, view, LO, HI, run, world["rt"]) for view in VIEWS}
+    results = {view: materialize(world, view, run) for view in VIEWS}
 
     for view in VIEWS:
         out, exp = results[view], _expected(lake, uc, view)
@@ -769,7 +573,7 @@ def test_materialize_end_to_end_under_moto(world, lake):
     newest = max(r["event_time"] for r in exp["batch"])
     known = sorted(e[0] for e in exp["latest"])
     cards = known + [f"no_such_card_{i}" for i in range(100)]  # more than one BatchGetRecord call
-    got = fa.get_online_features(uc, "card_activity", cards, as_of=newest, session=world["session"])
+    got = fa.get_online_features(uc, "card_activity", cards, as_of=newest, rt=world["rt"])
     assert len(store.batch_gets) == -(-len(cards) // 100) == 2
     assert got[len(known) :] == [None] * 100
     for card, row in zip(known, got):
@@ -784,14 +588,12 @@ def test_materialize_end_to_end_under_moto(world, lake):
         }
     # older than the TTL at as_of: not served
     assert (
-        fa.get_online_features(
-            uc, "card_activity", cards[:3], as_of=newest + timedelta(days=30), session=world["session"]
-        )
+        fa.get_online_features(uc, "card_activity", cards[:3], as_of=newest + timedelta(days=30), rt=world["rt"])
         == [None] * 3
     )
     latest_pairs = _expected(lake, uc, "card_merchant")["latest"]
     pair = max(latest_pairs, key=lambda e: latest_pairs[e]["event_time"])
-    [row] = fa.get_online_features(uc, "card_merchant", [pair], as_of=newest, session=world["session"])
+    [row] = fa.get_online_features(uc, "card_merchant", [pair], as_of=newest, rt=world["rt"])
     want = latest_pairs[pair]
     assert row == {
         "card_id": pair[0],
@@ -804,7 +606,7 @@ def test_materialize_end_to_end_under_moto(world, lake):
     before_online = dict(store.online)
     n_offline = len(store.offline)
     store.faults[lake["dup_card"]] = ["ThrottlingException", "ServiceUnavailable"]
-    again = fa.materialize(uc, "card_activity", LO, HI, RunInfo(**{**run.as_dict(), "try_number": 2}), world["rt"])
+    again = materialize(world, "card_activity", RunInfo(**{**run.as_dict(), "try_number": 2}))
     assert again["feature_group_created"] is False and again["staging_uri"].endswith("__2/")
     assert len(store.offline) == n_offline + again["offline_rows"]
     assert store.online == before_online
@@ -821,7 +623,7 @@ def test_counts_match_the_local_target(world, lake):
 
     uc_local = lake["uc_local"]
     for view in VIEWS:
-        aws_out = fa.materialize(world["uc"], view, LO, HI, RunInfo.for_usecase(world["uc"], run_id="cmp"), world["rt"])
+        aws_out = materialize(world, view, RunInfo.for_usecase(world["uc"], run_id="cmp"))
         with runtime_home(lake["home"]):  # the lake's Gold; the local stores are written beside it
             local_out = features_local.materialize(uc_local, view, LO, HI, RunInfo.for_usecase(uc_local, run_id="cmp"))
         for k in (
@@ -844,14 +646,13 @@ def test_missing_gold_column_fails_before_anything_is_sent(lake, aws_env, sagema
     _glue_gold(uc, extra_drop=("card_txn_count_24h",))
     store = FeatureStoreTwin()
     session = store.attach(boto3.Session(region_name=REGION))
-    queries: list[str] = []
-    rt = AwsRuntime(session=session, run_query=lambda st: queries.append(st.sql) or "q", fetch_rows=lambda q: [])
+    store_backend = AwsFeatureStore(uc, boto3_runtime(uc, session))
     run = RunInfo.for_usecase(uc, run_id="bad")
     with pytest.raises(FeatureViewError) as err:
-        fa.materialize(uc, "card_activity", LO, HI, run, rt)
+        store_backend.materialize("card_activity", LO, HI, run)
     assert err.value.view == "card_activity" and err.value.column == "card_txn_count_24h"
     assert "features.card_activity: column 'card_txn_count_24h'" in str(err.value)
-    assert not queries and not store.puts
+    assert not _queries() and not store.puts
     sm = boto3.client("sagemaker", region_name=REGION)
     with pytest.raises(botocore.exceptions.ClientError, match="ResourceNotFound"):
         sm.describe_feature_group(FeatureGroupName=core.feature_group_name(uc, "card_activity"))
@@ -860,7 +661,7 @@ def test_missing_gold_column_fails_before_anything_is_sent(lake, aws_env, sagema
     with pytest.raises(
         FeatureViewError, match=r"features\.card_activity: Gold table .* is not in the Glue Data Catalog"
     ):
-        fa.materialize(uc, "card_activity", LO, HI, run, rt)
+        store_backend.materialize("card_activity", LO, HI, run)
 
 
 def test_type_change_against_an_existing_group_fails_before_anything_is_sent(lake, aws_env, sagemaker_like_aws):
@@ -878,17 +679,16 @@ def test_type_change_against_an_existing_group_fails_before_anything_is_sent(lak
     sm.create_feature_group(**fsreq.create_feature_group_request(uc, "card_activity", old))
     store = FeatureStoreTwin()
     session = store.attach(boto3.Session(region_name=REGION))
-    queries: list[str] = []
-    rt = AwsRuntime(session=session, run_query=lambda st: queries.append(st.sql) or "q", fetch_rows=lambda q: [])
+    store_backend = AwsFeatureStore(uc, boto3_runtime(uc, session))
     with pytest.raises(FeatureViewError) as err:
-        fa.materialize(uc, "card_activity", LO, HI, RunInfo.for_usecase(uc, run_id="bad"), rt)
+        store_backend.materialize("card_activity", LO, HI, RunInfo.for_usecase(uc, run_id="bad"))
     assert err.value.view == "card_activity" and err.value.column == "card_amount_sum_24h"
     assert (
         "type changed" in str(err.value)
         and "Integral" in str(err.value)
         and "bump features.card_activity.version" in str(err.value)
     )
-    assert not queries and not store.puts
+    assert not _queries() and not store.puts
     # and a group created without an online store cannot serve a view that wants one
     data = _usecase_data("aws", aws_env["kms"])
     data["features"]["card_merchant"]["stores"] = ["offline"]
@@ -897,20 +697,28 @@ def test_type_change_against_an_existing_group_fails_before_anything_is_sent(lak
         **fsreq.create_feature_group_request(offline_only, "card_merchant", _cols(offline_only, "card_merchant"))
     )
     with pytest.raises(FeatureViewError, match="has no online store"):
-        fa.materialize(uc, "card_merchant", LO, HI, RunInfo.for_usecase(uc, run_id="bad"), rt)
-    assert not queries and not store.puts
+        store_backend.materialize("card_merchant", LO, HI, RunInfo.for_usecase(uc, run_id="bad"))
+    assert not _queries() and not store.puts
 
 
-def test_aws_features_builds_its_clients_from_the_connection_session(aws_env):
-    """AwsFeatures without a DAG: its clients (the DAG-level test comes with the DAG factory)."""
+def _queries() -> list[str]:
+    """Every Athena query started so far (moto keeps them)."""
+    return boto3.client("athena", region_name=REGION).list_query_executions().get("QueryExecutionIds", [])
+
+
+def test_feature_store_clients_come_from_the_connection(aws_env):
+    """The backend's clients in a task: made from the Airflow connection (its endpoint and
+    region), the Feature Store runtime one sized for the parallel PutRecord and not retrying
+    by itself (put_records owns the retries)."""
     pytest.importorskip("airflow.providers.amazon")
-    from mlblueprints.airflow.aws_features import AwsFeatures
+    from mlblueprints.airflow.runtime import connection_runtime
 
-    feats = AwsFeatures(aws_env["uc"])
-    sm, fs = feats.clients(boto3.Session(region_name=REGION))
+    rt = connection_runtime(aws_env["uc"])
+    sm, fs = fa.clients(rt, aws_env["uc"])
     assert sm.meta.service_model.service_name == "sagemaker" and sm.meta.region_name == REGION
     assert fs.meta.service_model.service_name == "sagemaker-featurestore-runtime"
-    assert fs.meta.config.retries["total_max_attempts"] == 1  # put_records owns the retries
+    assert fs.meta.endpoint_url.startswith("http://127.0.0.1:"), "the connection's endpoint_url applies"
+    assert fs.meta.config.retries["total_max_attempts"] == 1
     assert fs.meta.config.max_pool_connections >= aws_env["uc"].aws.feature_store.put_record_workers
 
 
@@ -948,3 +756,208 @@ def test_gold_schema_from_iceberg_metadata_when_glue_lists_no_columns(aws_env):
         assert fa.view_columns(uc, view, glue, s3) == _cols(uc, view)
     with pytest.raises(FeatureViewError, match="has no columns in the Glue Data Catalog"):
         fa.view_columns(uc, "card_activity", glue)
+
+
+# ---------------------------------------------------------------- the features DAG on aws
+#
+# ``<usecase>__features`` runs as Airflow runs it (dag.test), for the shipped use case with
+# ``target: aws``: CreateFeatureGroup / DescribeFeatureGroup go to moto (through the moto server
+# behind the Airflow connection); the step's Feature Store client gets the twin attached; each
+# view's UNLOAD and SELECT run as the provider's Athena operator (deferrable: its trigger polls
+# moto's server) and are answered by the Athena twin over the ``lake`` fixture's Gold table.
+
+# not the lakehouse aws test's name: Asset names are global in the metadata DB, and the same
+# name with another bucket would make that test's Assets inactive
+DAG_NAME = "fraud_features_aws"
+DAG_VIEWS = ("card_activity", "merchant_activity")  # the views the shipped use case declares
+
+
+@pytest.fixture
+def dag_world(lake, moto_world, sagemaker_like_aws, airflow_db, monkeypatch):
+    """moto (with its server behind the Airflow connection), the Athena and Feature Store twins,
+    and an aws use case YAML (the shipped one with ``target: aws``) in a temp MLB_USECASES_DIR."""
+    from mlblueprints.features import aws as fa
+
+    mw = moto_world
+    mw.bucket(BUCKET)
+    kms = mw.kms_key("features")
+    mw.workgroup(BUCKET)
+    twin = athena_twin(lake, mw.tmp, kms).install(monkeypatch)
+
+    # moto does not implement sagemaker-featurestore-runtime (PutRecord answers "Not yet
+    # implemented"): the step's own Feature Store client - made from the connection, botocore
+    # validation on - gets the twin attached, which answers in memory and validates again.
+    # CreateFeatureGroup goes to moto; its parameters are kept as sent.
+    store = FeatureStoreTwin()
+    created: list[dict] = []
+    clients: list = []
+    original_clients = fa.clients
+
+    def keep_create(params, **_):
+        created.append(copy.deepcopy(params))
+
+    def task_clients(rt, uc, workers=None):
+        sm, fs = original_clients(rt, uc, workers)
+        store.attach(fs)
+        if sm not in clients:
+            sm.meta.events.register("before-parameter-build.sagemaker.CreateFeatureGroup", keep_create)
+        clients.extend([c for c in (sm, fs) if c not in clients])
+        return sm, fs
+
+    monkeypatch.setattr(fa, "clients", task_clients)
+    usecases = mw.tmp / "usecases"
+    usecases.mkdir()
+    data = yaml.safe_load((ROOT / "dags/usecases/fraud_detection.yaml").read_text())
+    data.update(name=DAG_NAME, target="aws", retry_delay_seconds=0)
+    data["gold"][GOLD]["sql"] = str(ROOT / "dags/usecases/sql/fraud_detection/transaction_features.sql")
+    # glue_database: the database the Athena twin serves Gold from
+    data["aws"].update(region=REGION, bucket=BUCKET, prefix="fraud", glue_database=DB, kms_key_arn=kms)
+    data["aws"]["feature_store"] = {"put_record_workers": 4}
+    (usecases / f"{DAG_NAME}.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("MLB_USECASES_DIR", str(usecases))
+    uc = load_usecase(usecases / f"{DAG_NAME}.yaml")
+    assert set(uc.features) == set(DAG_VIEWS) and all(uc.view_target(v) == "aws" for v in DAG_VIEWS)
+    _glue_gold(uc)  # the Gold table as the lakehouse DAG leaves it in Glue
+    yield {
+        "uc": uc,
+        "kms": kms,
+        "home": mw.home,
+        "athena": twin,
+        "store": store,
+        "created": created,
+        "clients": clients,
+    }
+
+
+def test_features_dag_on_aws_under_moto(dag_world, lake):  # noqa: F811
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from mlblueprints.airflow import localrun
+
+    uc, store, kms = dag_world["uc"], dag_world["store"], dag_world["kms"]
+    # one throttled PutRecord: retried by the task (the runtime client itself does not retry)
+    store.faults[lake["dup_card"]] = ["ThrottlingException"]
+
+    dag = localrun.get_dag(f"{DAG_NAME}__features")
+    dr = dag.test(run_conf={"event_dates": [LO.isoformat(), HI.isoformat()]})
+    tis = {ti.task_id: ti for ti in dr.get_task_instances()}
+    assert dr.state == "success", {t: ti.state for t, ti in tis.items()}
+    # each view's Gold batch is UNLOADed by the provider's Athena operator between prepare and finish
+    steps = [f"materialize__{v}.{t}" for v in DAG_VIEWS for t in ("prepare", "athena", "finish")]
+    assert set(tis) == {"plan", "report", *steps}
+    plan = tis["plan"].xcom_pull(task_ids="plan")
+    assert plan == {
+        "range": [LO.isoformat(), HI.isoformat()],
+        "views": sorted(DAG_VIEWS),
+        "source": "param event_dates",
+    }
+    outs = {v: tis[f"materialize__{v}.finish"].xcom_pull(task_ids=f"materialize__{v}.finish") for v in DAG_VIEWS}
+
+    # the tasks' clients: made from the connection (its endpoint), botocore's parameter validation on
+    services = {c.meta.service_model.service_name for c in dag_world["clients"]}
+    assert services == {"sagemaker", "sagemaker-featurestore-runtime"}
+    assert all(c.meta.config.parameter_validation for c in dag_world["clients"])
+    assert all(c.meta.endpoint_url.startswith("http://127.0.0.1:") for c in dag_world["clients"])
+
+    # CreateFeatureGroup: one request per view, valid against the service model; moto holds the groups
+    sm_model = botocore.session.get_session().get_service_model("sagemaker")
+    created = {r["FeatureGroupName"]: r for r in dag_world["created"]}
+    assert (
+        sorted(created)
+        == sorted(core.feature_group_name(uc, v) for v in DAG_VIEWS)
+        == sorted(f"{DAG_NAME.replace('_', '-')}-{v.replace('_', '-')}-v1" for v in DAG_VIEWS)
+    )
+    sm = boto3.client("sagemaker", region_name=REGION)
+    for view in DAG_VIEWS:
+        group = core.feature_group_name(uc, view)
+        request = created[group]
+        validate_parameters(request, sm_model.operation_model("CreateFeatureGroup").input_shape)
+        assert request["RecordIdentifierFeatureName"] == uc.features[view].entity[0]
+        assert request["EventTimeFeatureName"] == "event_time"
+        assert request["OnlineStoreConfig"] == {
+            "EnableOnlineStore": True,
+            "SecurityConfig": {"KmsKeyId": kms},
+            "TtlDuration": {"Unit": "Weeks", "Value": 1},  # ttl: 7d
+        }
+        assert request["OfflineStoreConfig"]["DataCatalogConfig"] == {
+            "Catalog": "AwsDataCatalog",
+            "Database": DB,
+            "TableName": f"fv_{view}_v1",
+        }
+        tags = {t["Key"]: t["Value"] for t in request["Tags"]}
+        assert tags["mlblueprints:usecase"] == DAG_NAME and tags["mlblueprints:view"] == view
+        got = sm.describe_feature_group(FeatureGroupName=group)
+        assert got["FeatureGroupStatus"] == "Created" and got["FeatureGroupArn"] == outs[view]["feature_group_arn"]
+        assert got["FeatureDefinitions"] == request["FeatureDefinitions"]
+        offline = got["OfflineStoreConfig"]
+        assert offline["TableFormat"] == "Iceberg"
+        assert offline["S3StorageConfig"]["S3Uri"] == f"s3://{BUCKET}/fraud/feature-store"
+        assert offline["S3StorageConfig"]["KmsKeyId"] == kms
+        assert got["RoleArn"] == uc.aws.iam_role_arn == "arn:aws:iam::123456789012:role/mlblueprints-execution"
+        assert got["OnlineStoreConfig"] == request["OnlineStoreConfig"]  # kept by sagemaker_like_aws
+
+    # PutRecord: every request valid against the service model, counts as the XCom summary says
+    rt_model = botocore.session.get_session().get_service_model("sagemaker-featurestore-runtime")
+    put_shape = rt_model.operation_model("PutRecord").input_shape
+    for p in store.puts:
+        validate_parameters(p, put_shape)
+        assert p["TargetStores"] in (["OfflineStore"], ["OnlineStore"])
+    assert store.failed_attempts == 1
+    retried = 0
+    for view in DAG_VIEWS:
+        out, exp = outs[view], _expected(lake, uc, view)
+        group = core.feature_group_name(uc, view)
+        offline_puts = [
+            p for p in store.puts if p["FeatureGroupName"] == group and p["TargetStores"] == ["OfflineStore"]
+        ]
+        online_puts = [p for p in store.puts if p["FeatureGroupName"] == group and p["TargetStores"] == ["OnlineStore"]]
+        assert out["target"] == "aws" and out["feature_group"] == group and out["feature_group_created"] is True
+        assert len(offline_puts) == out["put_record"]["offline"]["sent"] == out["offline_rows"] == exp["offline_rows"]
+        assert len(online_puts) == out["put_record"]["online"]["sent"] == out["online_entities"]
+        assert (
+            out["online_entities"]
+            == exp["online_entities"]
+            == len({p["Record"][0]["ValueAsString"] for p in online_puts})
+        )
+        for k in ("rows_in", "skipped_null_key", "skipped_null_event_time", "collapsed_duplicates"):
+            assert out[k] == exp[k], (view, k)
+        retried += out["put_record"]["offline"]["retried"] + out["put_record"]["online"]["retried"]
+        assert out["run_id"] == dr.run_id and out["try_number"] == 1
+    assert retried == store.failed_attempts
+    assert len(store.puts) == sum(o["offline_rows"] + o["online_entities"] for o in outs.values())
+
+    # Athena: two statements per view, our workgroup and database, results encrypted with our key
+    executions = dag_world["athena"].executions
+    assert len(executions) == 2 * len(DAG_VIEWS)
+    for e in executions:
+        assert e["workgroup"] == "mlblueprints" and e["context"].get("Database") == DB
+        assert e["config"]["EncryptionConfiguration"] == {"EncryptionOption": "SSE_KMS", "KmsKey": kms}
+    s3 = boto3.client("s3", region_name=REGION)
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix="fraud/_features/").get("KeyCount") == 0, "staging not deleted"
+
+    # the materialize tasks emitted the view Assets, with the range in their extra
+    with create_session() as session:
+        events = session.execute(
+            select(AssetModel.name, AssetEvent.source_task_id, AssetEvent.extra)
+            .join(AssetEvent, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetEvent.source_dag_id == f"{DAG_NAME}__features", AssetEvent.source_run_id == dr.run_id)
+        ).all()
+    assert sorted((n, t) for n, t, _ in events) == sorted(
+        (f"{DAG_NAME}.features.{v}", f"materialize__{v}.finish") for v in DAG_VIEWS
+    )
+    for _, _, extra in events:
+        assert extra["range"] == [LO.isoformat(), HI.isoformat()] and extra["version"] == 1
+
+    # the report: JSON under MLB_HOME/runs/<usecase>/features/, with the tasks' results
+    reports = dag_world["home"] / "runs" / DAG_NAME / "features"
+    [path] = reports.glob("*.json")
+    assert tis["report"].xcom_pull(task_ids="report") == {"report": str(path)}
+    report = json.loads(path.read_text())
+    assert report["usecase"] == DAG_NAME and report["run_id"] == dr.run_id and report["missing"] == []
+    assert report["tasks"]["plan"] == plan
+    for view in DAG_VIEWS:
+        assert report["tasks"][f"materialize__{view}"]["put_record"] == outs[view]["put_record"]
+        assert view in report["text"] and outs[view]["feature_group"] in report["text"]
+    assert (reports / "latest.txt").read_text().strip() == report["text"].strip()

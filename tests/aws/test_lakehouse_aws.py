@@ -19,10 +19,10 @@ from pathlib import Path
 
 import boto3
 import botocore.exceptions
-import duckdb
 import pytest
 import sqlglot
 import yaml
+from moto_world import REGION, UNLOAD, AthenaTwin
 
 from helpers import ROOT, runtime_home
 from mlblueprints.aws import requests as req
@@ -34,10 +34,7 @@ from mlblueprints.lineage import RunInfo
 pytestmark = [pytest.mark.aws, pytest.mark.slow]
 
 moto = pytest.importorskip("moto")
-from moto import mock_aws  # noqa: E402
-from moto.athena.models import AthenaBackend, QueryResults  # noqa: E402
 
-REGION = "eu-west-1"
 BUCKET = "mlb-test-lake"
 DB = "fraud_lake"
 START = date(2024, 3, 1)
@@ -73,123 +70,64 @@ def world(tmp_path_factory, airflow_db):
     return {"base": base, "landing": landing, "twin_home": twin_home, "uc_local": uc_local}
 
 
-class AthenaTwin:
-    """Answers SELECT and UNLOAD statements from the local twin's Iceberg tables via DuckDB."""
-
-    def __init__(self, uc_local, home: Path):
-        self.con = duckdb.connect()
-        self.con.execute(f"CREATE SCHEMA {DB}")
-        with runtime_home(home):
-            cat = iceberg.catalog()
-            for name in [
-                naming.table_name(ds, k)
-                for ds in uc_local.datasets
-                for k in ("bronze", "silver", "quarantine", "duplicates")
-            ] + list(uc_local.gold):
-                t = iceberg.load(cat, naming.identifier(uc_local, name))
-                iceberg.register_view(self.con, f"_{name}", t)
-                self.con.execute(f'CREATE VIEW {DB}."{name}" AS SELECT * FROM "_{name}"')
-
-    def run(self, trino_sql: str) -> tuple[list[str], list[tuple]]:
-        duck = sqlglot.transpile(trino_sql, read="trino", write="duckdb")[0]
-        cur = self.con.execute(duck)
-        return [d[0] for d in cur.description], cur.fetchall()
-
-
-def _text(v) -> str | None:
-    if v is None:
-        return None
-    if isinstance(v, list):
-        return "[" + ", ".join(str(x) for x in v) + "]"
-    return v.isoformat() if hasattr(v, "isoformat") else str(v)
-
-
-UNLOAD = re.compile(r"^\s*UNLOAD\s*\((?P<body>.*)\)\s*TO\s*'(?P<target>s3://[^']+)'", re.S | re.I)
+def twin_of(world: dict, tmp: Path, kms: str) -> AthenaTwin:
+    """The Athena twin over the tables the local target built from the same landed files."""
+    twin = AthenaTwin(DB, tmp, kms)
+    uc_local = world["uc_local"]
+    with runtime_home(world["twin_home"]):
+        cat = iceberg.catalog()
+        for name in [
+            naming.table_name(ds, k)
+            for ds in uc_local.datasets
+            for k in ("bronze", "silver", "quarantine", "duplicates")
+        ] + list(uc_local.gold):
+            iceberg.register_view(twin.con, f"_{name}", iceberg.load(cat, naming.identifier(uc_local, name)))
+            twin.con.execute(f'CREATE VIEW {DB}."{name}" AS SELECT * FROM "_{name}"')
+    return twin
 
 
 @pytest.fixture
-def aws_world(world, monkeypatch, tmp_path):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws", "extra": {"region_name": REGION}}))
-    monkeypatch.setenv("MLB_ATHENA_POLL_SECONDS", "0")
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("MLB_HOME", str(home))
-    twin = AthenaTwin(world["uc_local"], world["twin_home"])
-    executions: list[dict] = []
-    original = AthenaBackend.start_query_execution
-
-    def start_query_execution(self, query, context, config, workgroup, execution_parameters):
-        exec_id = original(self, query, context, config, workgroup, execution_parameters)
-        executions.append({"query": query, "context": context, "config": config, "workgroup": workgroup})
-        m = UNLOAD.match(query)
-        head = query.lstrip().split(None, 1)[0].upper()
-        if m:  # Athena would write the rows as Parquet under the target prefix
-            cols, rows = twin.run(m["body"])
-            local_file = tmp_path / f"unload-{exec_id}.parquet"
-            twin.con.execute(
-                f"COPY ({sqlglot.transpile(m['body'], read='trino', write='duckdb')[0]}) TO '{local_file}' (FORMAT parquet)"
-            )
-            bucket, key = req.split_s3_uri(m["target"])
-            boto3.client("s3", region_name=REGION).upload_file(
-                str(local_file),
-                bucket,
-                key + f"{exec_id}.parquet",
-                ExtraArgs={"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_arn["arn"]},
-            )
-        elif head in ("SELECT", "WITH"):
-            cols, rows = twin.run(query)
-            header = {"Data": [{"VarCharValue": c} for c in cols]}
-            data = [{"Data": [{"VarCharValue": _text(v)} if v is not None else {} for v in r]} for r in rows]
-            self.query_results[exec_id] = QueryResults(
-                rows=[header, *data], column_info=[{"Name": c, "Type": "varchar"} for c in cols]
-            )
-        return exec_id
-
-    kms_arn: dict[str, str] = {}
-    monkeypatch.setattr(AthenaBackend, "start_query_execution", start_query_execution)
-    with mock_aws():
-        s3 = boto3.client("s3", region_name=REGION)
-        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-        kms_arn["arn"] = boto3.client("kms", region_name=REGION).create_key(Description="lake")["KeyMetadata"]["Arn"]
-        boto3.client("athena", region_name=REGION).create_work_group(
-            Name="mlblueprints", Configuration={"ResultConfiguration": {"OutputLocation": f"s3://{BUCKET}/athena/"}}
-        )
-        for p in world["landing"].rglob("*"):
-            if p.is_file() and "_generator" not in p.parts:
-                s3.upload_file(str(p), BUCKET, f"fraud/landing/{p.relative_to(world['landing']).as_posix()}")
-        usecases = tmp_path / "usecases"
-        usecases.mkdir()
-        data = yaml.safe_load((ROOT / "dags/usecases/fraud_detection.yaml").read_text())
-        data.update(name=NAME, target="aws", retry_delay_seconds=0)
-        data["aws"].update(region=REGION, bucket=BUCKET, prefix="fraud", glue_database=DB, kms_key_arn=kms_arn["arn"])
-        data["gold"]["transaction_features"]["sql"] = str(
-            ROOT / "dags/usecases/sql/fraud_detection/transaction_features.sql"
-        )
-        (usecases / f"{NAME}.yaml").write_text(yaml.safe_dump(data))
-        expectations = tmp_path / "expectations"
-        shutil.copytree(ROOT / "expectations/fraud_detection", expectations / NAME)
-        for f in (expectations / NAME).glob("*.json"):
-            suite = json.loads(f.read_text())
-            suite["name"] = f"{NAME}/{f.stem}"
-            f.write_text(json.dumps(suite))
-        monkeypatch.setenv("MLB_USECASES_DIR", str(usecases))
-        monkeypatch.setenv("MLB_EXPECTATIONS_DIR", str(expectations))
-        yield {
-            "executions": executions,
-            "kms": kms_arn["arn"],
-            "uc": load_usecase(usecases / f"{NAME}.yaml"),
-            "home": home,
-        }
+def aws_world(world, moto_world, monkeypatch):
+    mw = moto_world
+    mw.bucket(BUCKET)
+    kms = mw.kms_key("lake")
+    mw.workgroup(BUCKET)
+    twin = twin_of(world, mw.tmp, kms).install(monkeypatch)
+    s3 = boto3.client("s3", region_name=REGION)
+    for p in world["landing"].rglob("*"):
+        if p.is_file() and "_generator" not in p.parts:
+            s3.upload_file(str(p), BUCKET, f"fraud/landing/{p.relative_to(world['landing']).as_posix()}")
+    usecases = mw.tmp / "usecases"
+    usecases.mkdir()
+    data = yaml.safe_load((ROOT / "dags/usecases/fraud_detection.yaml").read_text())
+    data.update(name=NAME, target="aws", retry_delay_seconds=0)
+    data["aws"].update(region=REGION, bucket=BUCKET, prefix="fraud", glue_database=DB, kms_key_arn=kms)
+    data["gold"]["transaction_features"]["sql"] = str(
+        ROOT / "dags/usecases/sql/fraud_detection/transaction_features.sql"
+    )
+    (usecases / f"{NAME}.yaml").write_text(yaml.safe_dump(data))
+    expectations = mw.tmp / "expectations"
+    shutil.copytree(ROOT / "expectations/fraud_detection", expectations / NAME)
+    for f in (expectations / NAME).glob("*.json"):
+        suite = json.loads(f.read_text())
+        suite["name"] = f"{NAME}/{f.stem}"
+        f.write_text(json.dumps(suite))
+    monkeypatch.setenv("MLB_USECASES_DIR", str(usecases))
+    monkeypatch.setenv("MLB_EXPECTATIONS_DIR", str(expectations))
+    yield {"executions": twin.executions, "kms": kms, "uc": load_usecase(usecases / f"{NAME}.yaml"), "home": mw.home}
 
 
-def test_lakehouse_dag_on_aws_under_moto(aws_world):
+def test_lakehouse_dag_on_aws_under_moto(aws_world, monkeypatch):
+    from mlblueprints import runtime
     from mlblueprints.airflow import localrun
 
+    # day 1: the Athena steps defer to their triggers (which poll moto's server over HTTP);
+    # day 2: the same operators poll in the worker (MLB_DEFERRABLE=0)
+    runs = [localrun.run_dag(localrun.get_dag(f"{NAME}__lakehouse"), START)]
+    monkeypatch.setenv("MLB_DEFERRABLE", "0")
     dag = localrun.get_dag(f"{NAME}__lakehouse")
-    runs = [localrun.run_dag(dag, START + timedelta(days=i)) for i in range(DAYS)]
+    assert not dag.task_dict["silver__transactions.athena"].deferrable
+    runs += [localrun.run_dag(dag, START + timedelta(days=i)) for i in range(1, DAYS)]
     for dr in runs:
         bad = {ti.task_id: ti.state for ti in dr.get_task_instances() if ti.state != "success"}
         assert dr.state == "success", bad
@@ -252,26 +190,73 @@ def test_lakehouse_dag_on_aws_under_moto(aws_world):
     } <= tables
 
     # the reconcile task read counts back from (the twin of) the tables and found them consistent
-    rec = next(ti for ti in runs[-1].get_task_instances() if ti.task_id == "reconcile")
-    result = rec.xcom_pull(task_ids="reconcile")
+    rec = next(ti for ti in runs[-1].get_task_instances() if ti.task_id == "reconcile.finish")
+    result = rec.xcom_pull(task_ids="reconcile.finish")
     rows = result["datasets"]["transactions"]
     assert result["ok"] and rows and all(r["landed"] > 0 and r["difference"] == 0 for r in rows)
     # the gates validated the unloaded rows with Great Expectations, in the worker
-    gate = next(ti for ti in runs[-1].get_task_instances() if ti.task_id == "gate_silver__transactions").xcom_pull(
-        task_ids="gate_silver__transactions"
-    )
+    gate = next(
+        ti for ti in runs[-1].get_task_instances() if ti.task_id == "gate_silver__transactions.finish"
+    ).xcom_pull(task_ids="gate_silver__transactions.finish")
     assert gate["rows"] > 0 and gate["verdict"].startswith("PASSED") and gate["docs_path"].startswith(f"s3://{BUCKET}/")
+
+    # lineage: Athena cannot set Iceberg snapshot properties, so Silver, Gold and compaction write
+    # a record per table they commit (run, code, config, statements, Glue metadata location)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="fraud/lineage/")["Contents"]]
+    assert {"transactions_silver", "transactions_quarantine", "transaction_features"} <= {k.split("/")[2] for k in keys}
+    for dr in runs:
+        safe_run = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in dr.run_id)
+        gold = [k for k in keys if k.startswith(f"fraud/lineage/transaction_features/{safe_run}__")]
+        assert gold and all(k.endswith(("__gold.json", "__compaction.json")) for k in gold), gold
+        record = json.loads(
+            s3.get_object(Bucket=BUCKET, Key=next(k for k in gold if k.endswith("__gold.json")))["Body"].read()
+        )
+        props = record["properties"]
+        assert props["mlb.run-id"] == dr.run_id and props["mlb.git-commit"] == runtime.git_commit()
+        assert props["mlb.config-hash"] == aws_world["uc"].config_hash() and props["mlb.step"] == "gold"
+        assert record["table"] == f"{DB}.transaction_features" and record["query_execution_ids"]
+
+
+def test_service_steps_are_provider_tasks_between_prepare_and_finish(aws_world):
+    """On aws every Athena step is prepare -> the provider's operator (deferrable) -> finish, with
+    the step's Asset on finish; the report reads the steps' results through the finish tasks."""
+    from mlblueprints.airflow import localrun
+    from mlblueprints.airflow.operators import AthenaStatementsOperator
+
+    dag = localrun.get_dag(f"{NAME}__lakehouse")
+    t = dag.task_dict
+    for step in ("ingest__transactions", "silver__transactions", "gate_silver__transactions", "reconcile", "compact"):
+        op = t[f"{step}.athena"]
+        assert isinstance(op, AthenaStatementsOperator) and op.deferrable, step
+        assert t[f"{step}.prepare"].downstream_task_ids == {f"{step}.athena"}
+        assert t[f"{step}.athena"].downstream_task_ids == {f"{step}.finish"}
+    assert [a.name for a in t["gate_gold__transaction_features.finish"].outlets] == [f"{NAME}.transaction_features"]
+    assert (
+        not t["gate_gold__transaction_features.prepare"].outlets
+        and not t["gate_gold__transaction_features.athena"].outlets
+    )
+    assert "report" in t and t["report"].trigger_rule == "all_done"
 
 
 def test_botocore_validation_is_on_for_our_requests(aws_world):
-    """A malformed request never reaches the (mock) service: botocore rejects it."""
+    """The project's own clients - made from the Airflow connection, as a task makes them -
+    validate every request: a malformed one never reaches the (mock) service."""
+    from mlblueprints.airflow.runtime import connection_runtime
+    from mlblueprints.features import aws as fa
+
     uc = aws_world["uc"]
-    glue = boto3.client("glue", region_name=REGION)
+    rt = connection_runtime(uc)
+    _, fs = fa.clients(rt, uc)
+    for client in (rt.client("glue"), rt.client("athena"), rt.client("s3"), rt.client("sagemaker"), fs):
+        assert client.meta.config.parameter_validation is True, client.meta.service_model.service_name
     good = req.glue_iceberg_table_input(uc.aws, "t", [("a", "string"), ("d", "date")], "d", 1 << 27)
     bad = json.loads(json.dumps(good))
     bad["OpenTableFormatInput"]["IcebergInput"]["CreateIcebergTableInput"]["Schema"]["Fields"][0]["Id"] = "one"
     with pytest.raises(botocore.exceptions.ParamValidationError):
-        glue.create_table(**bad)
-    athena = boto3.client("athena", region_name=REGION)
+        rt.client("glue").create_table(**bad)
     with pytest.raises(botocore.exceptions.ParamValidationError):
-        athena.start_query_execution(**{**req.athena_start_query(uc.aws, "SELECT 1", "short"), "WorkGroup": 7})
+        rt.client("athena").start_query_execution(
+            **{**req.athena_start_query(uc.aws, "SELECT 1", "short"), "WorkGroup": 7}
+        )
+    with pytest.raises(botocore.exceptions.ParamValidationError):
+        fs.put_record(FeatureGroupName=7, Record=[])  # a number where a name goes

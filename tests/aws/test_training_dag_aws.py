@@ -38,7 +38,7 @@ import pytest
 import sqlglot
 import yaml
 from botocore.validate import validate_parameters
-from test_features_aws import REGION, AthenaTwin
+from moto_world import REGION, AthenaTwin
 
 from helpers import ROOT, runtime_home
 from mlblueprints import runtime
@@ -55,8 +55,6 @@ from mlblueprints.lineage import RunInfo
 pytestmark = [pytest.mark.aws, pytest.mark.slow]
 
 moto = pytest.importorskip("moto")
-from moto import mock_aws  # noqa: E402
-from moto.athena.models import AthenaBackend  # noqa: E402
 
 # not another aws test's name: Asset names are global in the metadata DB
 NAME = "fraud_training_aws"
@@ -102,7 +100,7 @@ def _tar_gz(directory: Path) -> bytes:
 def _model_archives(uc_local, job: Path) -> dict[str, bytes]:
     """model.tar.gz and output.tar.gz as the SageMaker job of the use case leaves them: the real
     training script, run by the local runner on the local target's train split in ``job/train``."""
-    from mlblueprints.airflow.training import hyperparameters
+    from mlblueprints.training.core import hyperparameters
     from mlblueprints.training.local import run_training_job
 
     out = run_training_job(
@@ -198,16 +196,6 @@ def lake(tmp_path_factory, airflow_db):
     }
 
 
-class TrainingAthenaTwin(AthenaTwin):
-    """The Athena twin of test_features_aws, answering from the ``lake`` fixture's tables."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, tmp: Path, kms: str):
-        self.tmp = tmp
-        self.con = con
-        self.executions: list[dict] = []
-        self.kms = kms
-
-
 def _glue_tables(uc) -> dict[str, str]:
     """The Gold table and the views' offline stores as Glue lists them (moto keeps what it is
     given); returns their Iceberg metadata locations."""
@@ -241,33 +229,19 @@ def _glue_tables(uc) -> dict[str, str]:
 
 
 @pytest.fixture
-def dag_world(lake, airflow_db, monkeypatch, tmp_path):
-    """moto with the Athena twin and SageMaker's training output, an Airflow AWS connection, and
-    the aws use case YAML in a temp MLB_USECASES_DIR."""
+def dag_world(lake, moto_world, airflow_db, monkeypatch):
+    """moto (its server behind the Airflow connection) with the Athena twin and SageMaker's
+    training output, and the aws use case YAML in a temp MLB_USECASES_DIR."""
     from moto.sagemaker import models as sm_models
     from moto.sagemaker.responses import SageMakerResponse
 
-    from mlblueprints.airflow.aws_training import AwsTraining
+    from mlblueprints.training.aws import AwsTrainer
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps({"conn_type": "aws", "extra": {"region_name": REGION}}))
-    monkeypatch.setenv("MLB_ATHENA_POLL_SECONDS", "0")
-    monkeypatch.setenv("MLB_SAGEMAKER_POLL_SECONDS", "0")
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("MLB_HOME", str(home))
-
-    twin = TrainingAthenaTwin(lake["con"], tmp_path, "")  # its KMS key is made under moto below
-    original_start = AthenaBackend.start_query_execution
-
-    def start_query_execution(self, query, context, config, workgroup, execution_parameters):
-        exec_id = original_start(self, query, context, config, workgroup, execution_parameters)
-        twin.answer(self, exec_id, query, context, config, workgroup)
-        return exec_id
-
-    monkeypatch.setattr(AthenaBackend, "start_query_execution", start_query_execution)
+    mw = moto_world
+    mw.bucket(BUCKET)
+    kms = mw.kms_key("training")
+    mw.workgroup(BUCKET)
+    twin = AthenaTwin(DB, mw.tmp, kms, con=lake["con"]).install(monkeypatch)
 
     sent: dict[str, list[dict]] = {"CreateTrainingJob": [], "CreateModelPackageGroup": [], "CreateModelPackage": []}
 
@@ -316,28 +290,19 @@ def dag_world(lake, airflow_db, monkeypatch, tmp_path):
         return out
 
     monkeypatch.setattr(sm_models.FakeTrainingJob, "response_object", property(with_spot_times))
-
-    with mock_aws():
-        s3 = boto3.client("s3", region_name=REGION)
-        s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
-        kms = boto3.client("kms", region_name=REGION).create_key(Description="training")["KeyMetadata"]["Arn"]
-        twin.kms = kms
-        boto3.client("athena", region_name=REGION).create_work_group(
-            Name="mlblueprints", Configuration={"ResultConfiguration": {"OutputLocation": f"s3://{BUCKET}/athena/"}}
-        )
-        usecases = tmp_path / "usecases"
-        uc = _write_usecase(usecases, _usecase_data("aws", kms))
-        monkeypatch.setenv("MLB_USECASES_DIR", str(usecases))
-        locations = _glue_tables(uc)
-        yield {
-            "uc": uc,
-            "kms": kms,
-            "home": home,
-            "athena": twin,
-            "sent": sent,
-            "locations": locations,
-            "script_dir": AwsTraining.script_dir,
-        }
+    usecases = mw.tmp / "usecases"
+    uc = _write_usecase(usecases, _usecase_data("aws", kms))
+    monkeypatch.setenv("MLB_USECASES_DIR", str(usecases))
+    locations = _glue_tables(uc)
+    yield {
+        "uc": uc,
+        "kms": kms,
+        "home": mw.home,
+        "athena": twin,
+        "sent": sent,
+        "locations": locations,
+        "script_dir": AwsTrainer.script_dir,
+    }
 
 
 def _validate(operation: str, params: dict) -> None:
@@ -356,10 +321,13 @@ def test_training_dag_on_aws_under_moto(dag_world, lake):
     dr = dag.test()
     tis = {ti.task_id: ti for ti in dr.get_task_instances()}
     assert dr.state == "success", {t: ti.state for t, ti in tis.items()}
+    # the UNLOADs and the training job are the provider's operators between prepare and finish
+    services = ["training_set.prepare", "training_set.athena", "training_set.finish"]
+    services += ["train.prepare", "train.sagemaker_training", "train.finish"]
     assert {t: ti.state for t, ti in tis.items()} == dict.fromkeys(
-        ["training_set", "train", "evaluate", "register", "report"], "success"
+        [*services, "evaluate", "register", "publish", "report"], "success"
     )
-    res = {t: ti.xcom_pull(task_ids=t) for t, ti in tis.items()}
+    res = {t.removesuffix(".finish"): ti.xcom_pull(task_ids=t) for t, ti in tis.items()}
     commit = runtime.git_commit()
 
     # ---- training set: the same rows as the local builder, stale Feature Store writes dropped
@@ -501,28 +469,39 @@ def test_training_dag_on_aws_under_moto(dag_world, lake):
     report = json.loads(Path(res["report"]["report"]).read_text())
     assert report["missing"] == [] and ts["s3_uri"] in report["text"]
 
+    # ---- the challenger Asset, for explainability and promotion
+    assert res["publish"] == {"model": reg["model_name"], "version": 1, "run_id": dr.run_id}
+
     # ---- another worker (MWAA): the model and the holdout come back from S3
-    from mlblueprints.airflow.aws_training import AwsTraining
+    from mlblueprints.airflow.runtime import connection_runtime
+    from mlblueprints.training.aws import AwsTrainer
 
     holdout = Path(tr_out["job_dir"]) / "holdout" / "holdout.parquet"
     before = (Path(tr_out["model_dir"]) / "model.ubj").read_bytes(), holdout.read_bytes()
     shutil.rmtree(tr_out["job_dir"])
-    AwsTraining(uc).ensure_local(tr_out)
+    AwsTrainer(uc, connection_runtime(uc)).ensure_local(tr_out)
     assert ((Path(tr_out["model_dir"]) / "model.ubj").read_bytes(), holdout.read_bytes()) == before
 
 
-def test_earlier_tries_job_is_adopted_and_others_are_not(dag_world):
-    """A retry whose earlier try's job completed on the same training data uses that job's
-    model (nothing trained twice); a job on other data, or of another run, is not used."""
-    from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+def _operator_context(run_id: str, try_number: int) -> dict:
+    """What TrainingJobOperator.execute reads of the Airflow context."""
+    from types import SimpleNamespace
 
-    from mlblueprints.airflow.aws_training import AwsTraining
+    return {"run_id": run_id, "ti": SimpleNamespace(try_number=try_number, task_id="train.sagemaker_training")}
+
+
+def test_a_retry_adopts_an_earlier_tries_job_only_when_it_trained_the_same_thing(dag_world):
+    """A retry of the training task whose earlier try's job completed on the same data, image and
+    hyperparameters uses that job (nothing trained twice); a job that differs in any of them,
+    or of another run, is not adopted and the retry starts its own, named for its try."""
+    from mlblueprints.airflow.operators import TrainingJobOperator
 
     uc = dag_world["uc"]
     run_id = "manual__2024-03-03T00:00:00+00:00"
     train = f"s3://{BUCKET}/{PREFIX}/training/data/x/train/"
     s3 = boto3.client("s3", region_name=REGION)
     s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/training/source/a/sourcedir.tar.gz", Body=b"x")
+    s3.put_object(Bucket=BUCKET, Key=f"{PREFIX}/training/data/x/train/train.parquet", Body=b"x")
     request = tr.create_training_job_request(
         uc,
         job_name=tr.training_job_name(uc, run_id, 1),
@@ -535,19 +514,61 @@ def test_earlier_tries_job_is_adopted_and_others_are_not(dag_world):
     )
     sm = boto3.client("sagemaker", region_name=REGION)
     sm.create_training_job(**copy.deepcopy(request))
-    hook = SageMakerHook(aws_conn_id="aws_default", region_name=REGION)
-    aws_training = AwsTraining(uc)
-    got = aws_training.earlier_job(hook, RunInfo(run_id=run_id, try_number=3), train)
-    assert got["TrainingJobName"] == request["TrainingJobName"]
-    assert aws_training.earlier_job(hook, RunInfo(run_id=run_id, try_number=3), train.replace("/x/", "/y/")) is None
-    assert aws_training.earlier_job(hook, RunInfo(run_id=run_id, try_number=1), train) is None
-    assert aws_training.earlier_job(hook, RunInfo(run_id="other", try_number=3), train) is None
+    sent = dag_world["sent"]["CreateTrainingJob"]
+    sent.clear()
+
+    def operator(config: dict) -> TrainingJobOperator:
+        return TrainingJobOperator(
+            task_id="sagemaker_training",
+            usecase=uc,
+            config=copy.deepcopy(config),
+            deferrable=False,
+            check_interval=0,
+            print_log=False,
+            aws_conn_id="aws_default",
+            region_name=REGION,
+        )
+
+    out = operator(request).execute(_operator_context(run_id, 3))
+    assert out["how"] == "adopted" and out["Training"]["TrainingJobName"] == request["TrainingJobName"]
+    assert sent == [], "adopted: nothing created"
+    # other data, other hyperparameters: not the same training - try 3 creates its own job
+    for changed in (
+        {
+            **request,
+            "InputDataConfig": [
+                {
+                    **request["InputDataConfig"][0],
+                    "DataSource": {
+                        "S3DataSource": {
+                            **request["InputDataConfig"][0]["DataSource"]["S3DataSource"],
+                            "S3Uri": train.replace("/x/", "/y/"),
+                        }
+                    },
+                },
+                *request["InputDataConfig"][1:],
+            ],
+        },
+        {**request, "HyperParameters": {**request["HyperParameters"], "num_boost_round": "4"}},
+    ):
+        assert tr.job_differences(changed, sm.describe_training_job(TrainingJobName=request["TrainingJobName"]))
+    created = operator({**request, "HyperParameters": {**request["HyperParameters"], "num_boost_round": "4"}}).execute(
+        _operator_context(run_id, 3)
+    )
+    assert created["how"] == "created" and created["Training"]["TrainingJobName"] == tr.training_job_name(uc, run_id, 3)
+    [job] = sent
+    assert job["TrainingJobName"] == tr.training_job_name(uc, run_id, 3)
+    assert tr.decode_hyperparameters(job["HyperParameters"])["sagemaker_job_name"] == job["TrainingJobName"]
+    assert {t["Key"]: t["Value"] for t in job["Tags"]}.get("mlblueprints:try-number") == "3"
+    # another run's try 1 finds no earlier job of its own run
+    other = operator(request).execute(_operator_context("other", 1))
+    assert other["how"] == "created" and other["Training"]["TrainingJobName"] == tr.training_job_name(uc, "other", 1)
 
 
 def test_offline_store_dedupe_keeps_the_newest_write_and_honours_deletes():
     """The offline-store query, as Athena receives it (Trino), run back in DuckDB."""
-    from mlblueprints.airflow.aws_training import offline_store_sql
     from mlblueprints.config import parse_usecase
+    from mlblueprints.features.aws_training_set import offline_store_sql
     from mlblueprints.lakehouse.sqlgen import to_trino
 
     data = _usecase_data("aws")

@@ -18,7 +18,7 @@ import yaml
 
 from helpers import ROOT, fraud_usecase, read_table, runtime_home
 from mlblueprints.features import core, online
-from mlblueprints.features.local import latest_gold_range
+from mlblueprints.lakehouse.local import latest_gold_range
 
 pytestmark = pytest.mark.slow
 

@@ -39,10 +39,11 @@ def world(pipeline, tmp_path_factory, airflow_db):
         with runtime_home(home):
             from mlblueprints.airflow import localrun
             from mlblueprints.features import local as features
+            from mlblueprints.lakehouse.local import latest_gold_range
             from mlblueprints.lineage import RunInfo
 
             uc = load_usecase(uc_dir / "fraud_detection.yaml")
-            lo, hi = features.latest_gold_range(uc, ["transaction_features"])
+            lo, hi = latest_gold_range(uc, ["transaction_features"])
             for view in uc.features:  # what the feature DAG does (tested on its own)
                 features.materialize(uc, view, lo, hi, RunInfo.for_usecase(uc, run_id="features"))
             dag = localrun.get_dag("fraud_detection__training")

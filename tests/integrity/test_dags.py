@@ -81,10 +81,14 @@ def test_house_rules(dagbag):
     from airflow.sdk.definitions.timetables.assets import AssetTriggeredTimetable
     from airflow.timetables.interval import CronDataIntervalTimetable
 
+    from mlblueprints.config import load_usecase
+
     assert dagbag.dags
     for dag_id, dag in dagbag.dags.items():
+        uc = load_usecase(ROOT / "dags" / "usecases" / f"{dag_id.split('__')[0]}.yaml")
         assert "mlblueprints" in dag.tags and dag_id.split("__")[0] in dag.tags, dag_id
-        assert dag.catchup is False or dag.catchup is True
+        # catch-up only where the use case asks for it (the lakehouse's intervals); never on Assets
+        assert dag.catchup is (uc.catchup if dag_id.endswith("__lakehouse") else False), dag_id
         assert dag.start_date is not None and dag.start_date.tzinfo is not None
         assert dag.max_active_runs == 1
         if dag_id.endswith("__lakehouse"):
@@ -135,6 +139,9 @@ def test_training_topology_and_schedule(dagbag):
     assert t["training_set"].downstream_task_ids == {"train", "register"}
     assert t["train"].downstream_task_ids == {"evaluate", "register"}
     assert t["evaluate"].downstream_task_ids == {"register"}
+    # a registered challenger is announced by its own step (skipped when nothing was registered)
+    assert t["register"].downstream_task_ids == {"publish"}
+    assert [a.name for a in t["publish"].outlets] == ["fraud_detection.model.challenger"]
     # all feature views updated, or a drift alert
     cond = dag.timetable.asset_condition
     assert type(cond).__name__ == "AssetAny"

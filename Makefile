@@ -2,7 +2,9 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# the interpreter itself, not a version manager's shim: uv recreates .venv whenever the path it
+# is given differs from the one the environment was made with
+PYTHON ?= $(shell $$(command -v python3.11 || command -v python3) -c 'import sys; print(sys.executable)')
 UV_VERSION := 0.13.8
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
@@ -26,7 +28,7 @@ $(VENV)/.installed: $(UV) pyproject.toml uv.lock
 
 install: $(VENV)/.installed  ## create .venv from uv.lock (runtime + test dependencies)
 
-demo: install  ## generate data and run the lakehouse DAG end to end on embedded defaults
+demo: install  ## generate data; run the lakehouse, feature and training DAGs on embedded defaults
 	$(PY) -m mlblueprints.cli demo
 
 test: install  ## run the whole test suite (slow tests included)
@@ -35,9 +37,11 @@ test: install  ## run the whole test suite (slow tests included)
 test-fast: install  ## the tests not marked slow
 	$(PY) -m pytest -m "not slow"
 
-lint: install  ## ruff
-	$(VENV)/bin/ruff check include dags plugins tests bench
-	$(VENV)/bin/ruff format --check include dags plugins tests bench
+LINT_DIRS := $(wildcard include dags plugins tests bench)
+
+lint: install  ## ruff (Airflow's own AIR rules included)
+	$(VENV)/bin/ruff check $(LINT_DIRS)
+	$(VENV)/bin/ruff format --check $(LINT_DIRS)
 
 bench: install  ## benchmarks (long); results go to docs/benchmarks.md by hand
 	$(PY) bench/lakehouse.py

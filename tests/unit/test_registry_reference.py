@@ -81,8 +81,9 @@ def test_the_reference_booster_loads_from_the_use_cases_registry(mlb_home):
     x = rng.normal(size=(200, 3))
     y = (x[:, 0] + rng.normal(scale=0.5, size=200) > 0).astype(int)
     booster = xgb.train({"objective": "binary:logistic", "seed": 0}, xgb.DMatrix(x, label=y), num_boost_round=5)
-    local.client(uc)
-    with mlflow.start_run():
+    c = local.client(uc)
+    exp = c.create_experiment("reference", artifact_location=(mlb_home / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=exp):
         info = mlflow.xgboost.log_model(booster, name="model", model_format="ubj")
     mlflow.register_model(info.model_uri, uc.model_name)
     ref = reference_model(uc)

@@ -217,7 +217,7 @@ def _load(usecase: str):
     return load_usecase(runtime.usecases_dir() / f"{usecase}.yaml")
 
 
-def _run_features(usecase: str, lo: date | None = None, hi: date | None = None, quiet: bool = False) -> int:
+def _run_features(usecase: str, lo: date | None = None, hi: date | None = None, report: bool = False) -> int:
     """One run of ``<usecase>__features`` through dag.test for [lo, hi] (default: every event date
     Gold recomputed since the views last read it - after a backfill, all of it)."""
     from mlblueprints.airflow import localrun
@@ -247,6 +247,10 @@ def _run_features(usecase: str, lo: date | None = None, hi: date | None = None, 
         + (f" (failed: {', '.join(bad)})" if bad else ""),
         flush=True,
     )
+    latest = runtime.home() / "runs" / usecase / "features" / "latest.txt"
+    if report and latest.exists():
+        print()
+        print(latest.read_text())
     return 0 if dr.state == "success" else 1
 
 
@@ -256,15 +260,11 @@ def _features(args: argparse.Namespace) -> int:
     if args.action == "run":
         from mlblueprints.airflow import localrun
 
+        _load(args.usecase)  # a broken YAML: its problems, once, before Airflow parses anything
         localrun.setup()
         lo = date.fromisoformat(args.date_from) if args.date_from else None
         hi = date.fromisoformat(args.date_to) if args.date_to else lo
-        status = _run_features(args.usecase, lo, hi)
-        latest = runtime.home() / "runs" / args.usecase / "features" / "latest.txt"
-        if latest.exists():
-            print()
-            print(latest.read_text())
-        return status
+        return _run_features(args.usecase, lo, hi, report=True)
     uc = _load(args.usecase)
     if args.action == "get":
         from mlblueprints.features.online import get_online_features
@@ -321,6 +321,7 @@ def _run_training(usecase: str, conf: dict | None = None) -> int:
 def _training(args: argparse.Namespace) -> int:
     from mlblueprints.airflow import localrun
 
+    _load(args.usecase)  # a broken YAML: its problems, once, before Airflow parses anything
     localrun.setup()
     conf = {}
     if args.interrupt:

@@ -234,4 +234,6 @@ def test_from_landing_files_to_a_registered_model(world):
     assert out.returncode == 0, out.stderr
     lineage = json.loads(out.stdout)
     assert lineage["aliases"] == ["challenger"]
-    assert lineage["lineage"]["training_set"] == "ts_renewals" and lineage["lineage"]["feature_views"] == {"policy": 1}
+    assert lineage["lineage"]["training_set"] == f"{USECASE}.ts_renewals" and lineage["lineage"]["feature_views"] == {
+        "policy": 1
+    }

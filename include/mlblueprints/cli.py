@@ -2,17 +2,20 @@
 
     mlblueprints generate fraud --rows 200000 --days 7          synthetic landing files
     mlblueprints lakehouse fraud_detection 2024-03-01 [...]     run the lakehouse DAG per day
+    mlblueprints lakehouse fraud_detection --from D1 --to D2    backfill: one run per landing date
     mlblueprints features run fraud_detection [--from D --to D] run <usecase>__features (dag.test)
     mlblueprints features get fraud_detection card_activity card_000001 --as-of watermark
     mlblueprints features training-set fraud_detection fraud_training
     mlblueprints features show fraud_detection                  offline and online store sizes
-    mlblueprints training run fraud_detection [--interrupt SIGTERM --after 5]   <usecase>__training (5 rounds)
+    mlblueprints training run fraud_detection [--interrupt SIGTERM --after 5]   <usecase>__training
+                                                                (interrupt after 5 boosting rounds)
     mlblueprints models lineage fraud_detection [--version N | --alias champion]
     mlblueprints models promote fraud_detection N               alias champion -> version N
     mlblueprints demo                                           all of it, on embedded defaults
     mlblueprints tables fraud_detection                         what the tables hold
     mlblueprints quarantine fraud_detection transactions        quarantined rows and reasons
-    mlblueprints check-config [FILE ...]                        validate use-case YAMLs
+    mlblueprints check-config [FILE ...]                        validate use-case YAMLs and their suites
+    mlblueprints suites init fraud_detection [--force]          starter quality suites from the schema
     eval "$(mlblueprints airflow-env)"                          use the airflow CLI/UI on the same DB
 
 Everything is written under the runtime directory (``MLB_HOME``, default ``./.mlb``).
@@ -27,9 +30,11 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from mlblueprints import runtime
+from mlblueprints.errors import PermanentError
 
 DEMO_USECASE = "fraud_detection"
 DEMO_START = date(2024, 3, 1)
+DEMO_INTERRUPT_ROUND = 100  # the demo's simulated Spot notice comes after this many boosting rounds
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -61,27 +66,149 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _landing_dates(args: argparse.Namespace) -> list[date]:
+    """The landing dates of a ``lakehouse`` command: the dates given, or every day of
+    ``--from``..``--to`` (inclusive)."""
+    if args.dates and (args.date_from or args.date_to):
+        raise SystemExit("give landing dates or --from/--to, not both")
+    if args.dates:
+        return [date.fromisoformat(d) for d in args.dates]
+    if not args.date_from:
+        raise SystemExit("give one or more landing dates (YYYY-MM-DD), or --from D1 --to D2")
+    lo = date.fromisoformat(args.date_from)
+    hi = date.fromisoformat(args.date_to) if args.date_to else lo
+    if hi < lo:
+        raise SystemExit(f"--to {hi} is before --from {lo}")
+    return [lo + timedelta(days=i) for i in range((hi - lo).days + 1)]
+
+
+def _run_results(dr) -> dict:
+    """The return value of every task of a finished DAG run (None for a task that failed)."""
+    return {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in dr.get_task_instances()}
+
+
+def _lakehouse_row(uc, landing: date, dr, seconds: float) -> dict:
+    """One line of the backfill summary: what the run did, summed over data sets and Gold tables."""
+    from mlblueprints.airflow import localrun
+
+    res = _run_results(dr)
+
+    def total(prefix: str, key: str) -> int | None:
+        vals = [(res.get(f"{prefix}__{t}") or {}).get(key) for t in (uc.gold if prefix == "gold" else uc.datasets)]
+        vals = [v for v in vals if isinstance(v, int)]
+        return sum(vals) if vals else None
+
+    ranges = [(res.get(f"gold__{g}") or {}).get("recomputed") for g in uc.gold]
+    ranges = [r for r in ranges if r]
+    return {
+        "date": landing.isoformat(),
+        "state": str(dr.state),
+        "seconds": seconds,
+        "landed": total("ingest", "rows_landed"),
+        "silver": total("silver", "rows_into_silver"),
+        "quarantined": total("silver", "quarantined"),
+        "duplicates": total("silver", "duplicates"),
+        "gold": total("gold", "rows_written"),
+        "gold_range": f"{min(r[0] for r in ranges)}..{max(r[1] for r in ranges)}" if ranges else "-",
+        "failed": localrun.failed_tasks(dr),
+    }
+
+
+def _n(v: int | None) -> str:
+    return "-" if v is None else f"{v:,}"
+
+
+def _summary_table(rows: list[dict]) -> str:
+    """The backfill summary: one line per landing date and a total."""
+    head = (
+        "landing date",
+        "state",
+        "seconds",
+        "landed",
+        "silver",
+        "quarantined",
+        "duplicates",
+        "gold rows",
+        "gold event dates",
+        "failed tasks",
+    )
+    keys = ("landed", "silver", "quarantined", "duplicates", "gold")
+    table = [head]
+    for r in rows:
+        table.append(
+            (
+                r["date"],
+                r["state"],
+                f"{r['seconds']:.0f}",
+                *(_n(r[k]) for k in keys),
+                r["gold_range"],
+                ", ".join(r["failed"]) or "-",
+            )
+        )
+    sums = {k: sum(r[k] for r in rows if r[k] is not None) for k in keys}
+    ok = sum(r["state"] == "success" for r in rows)
+    table.append(
+        (
+            "total",
+            f"{ok}/{len(rows)} ok",
+            f"{sum(r['seconds'] for r in rows):.0f}",
+            *(_n(sums[k]) for k in keys),
+            "",
+            "",
+        )
+    )
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    numeric = {2, 3, 4, 5, 6, 7}
+    return "\n".join(
+        "  ".join(v.rjust(w) if i in numeric else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))).rstrip()
+        for row in table
+    )
+
+
 def _lakehouse(args: argparse.Namespace) -> int:
     from mlblueprints.airflow import localrun
 
+    uc = _load(args.usecase)  # a broken YAML: its problems, once, before Airflow parses anything
+    dates = _landing_dates(args)
     localrun.setup()
-    dag = localrun.get_dag(f"{args.usecase}__lakehouse")
-    status = 0
-    for d in args.dates:
-        landing = date.fromisoformat(d)
+    try:
+        dag = localrun.get_dag(f"{uc.name}__lakehouse")
+    except KeyError as exc:
+        print(exc.args[0] if exc.args else exc, file=sys.stderr)
+        return 2
+    rows = []
+    for i, landing in enumerate(dates, 1):
         t = time.perf_counter()
         dr = localrun.run_dag(dag, landing)
-        bad = localrun.failed_tasks(dr)
+        row = _lakehouse_row(uc, landing, dr, time.perf_counter() - t)
+        rows.append(row)
+        prefix = f"[{i}/{len(dates)}] " if len(dates) > 1 else ""
         print(
-            f"{dag.dag_id} landing date {landing}: {dr.state} in {time.perf_counter() - t:.0f}s"
-            + (f" (failed: {', '.join(bad)})" if bad else "")
+            f"{prefix}{dag.dag_id} landing date {landing}: {row['state']} in {row['seconds']:.0f}s, "
+            f"{_n(row['landed'])} rows landed, {_n(row['silver'])} into Silver, {_n(row['quarantined'])} quarantined, "
+            f"{_n(row['duplicates'])} duplicates" + (f" (failed: {', '.join(row['failed'])})" if row["failed"] else ""),
+            flush=True,
         )
-        status = status or (0 if dr.state == "success" else 1)
-    latest = runtime.home() / "runs" / args.usecase / "lakehouse" / "latest.txt"
-    if latest.exists():
-        print()
-        print(latest.read_text())
-    return status
+        if row["state"] != "success" and args.stop_on_failure:
+            print(f"stopping: {landing} failed (--stop-on-failure); {len(dates) - i} landing date(s) not run")
+            break
+    runs = runtime.home() / "runs" / uc.name / "lakehouse"
+    print()
+    if len(dates) == 1 and (runs / "latest.txt").exists():
+        print((runs / "latest.txt").read_text())
+    else:
+        print(_summary_table(rows))
+        print(f"\nthe full report of each run: {runs}/<run id>.json (the last one: {runs / 'latest.txt'})")
+    if uc.features and any(r["state"] == "success" for r in rows):
+        from mlblueprints.features.pending import pending_range
+
+        rng = pending_range(uc)
+        if rng:
+            print(
+                f"feature views: Gold event dates {rng[0]}..{rng[1]} are not materialized yet; "
+                f"run: mlblueprints features run {uc.name}"
+            )
+    return 0 if all(r["state"] == "success" for r in rows) and len(rows) == len(dates) else 1
 
 
 def _load(usecase: str):
@@ -90,18 +217,26 @@ def _load(usecase: str):
     return load_usecase(runtime.usecases_dir() / f"{usecase}.yaml")
 
 
-def _run_features(usecase: str, lo: date | None = None, hi: date | None = None, quiet: bool = False) -> int:
-    """One run of ``<usecase>__features`` through dag.test for [lo, hi] (default: the range of the
-    current Gold snapshot, i.e. what the last lakehouse run recomputed)."""
+def _run_features(usecase: str, lo: date | None = None, hi: date | None = None, report: bool = False) -> int:
+    """One run of ``<usecase>__features`` through dag.test for [lo, hi] (default: every event date
+    Gold recomputed since the views last read it - after a backfill, all of it)."""
     from mlblueprints.airflow import localrun
     from mlblueprints.backends import backend_for
+    from mlblueprints.features.pending import pending_range
 
     uc = _load(usecase)
     if lo is None or hi is None:
-        rng = backend_for(uc, "lakehouse").latest_gold_range(sorted({v.source for v in uc.features.values()}))
-        if rng is None:
+        if backend_for(uc, "lakehouse").latest_gold_range(sorted({v.source for v in uc.features.values()})) is None:
             print(f"{usecase}: no Gold table yet; run the lakehouse first", file=sys.stderr)
             return 1
+        rng = pending_range(uc)
+        if rng is None:
+            print(
+                f"  {usecase}: the feature views are up to date with Gold (nothing recomputed since they last "
+                "read it); --from/--to materializes a range again",
+                flush=True,
+            )
+            return 0
         lo, hi = lo or rng[0], hi or rng[1]
     dag = localrun.get_dag(f"{usecase}__features")
     t = time.perf_counter()
@@ -112,6 +247,10 @@ def _run_features(usecase: str, lo: date | None = None, hi: date | None = None, 
         + (f" (failed: {', '.join(bad)})" if bad else ""),
         flush=True,
     )
+    latest = runtime.home() / "runs" / usecase / "features" / "latest.txt"
+    if report and latest.exists():
+        print()
+        print(latest.read_text())
     return 0 if dr.state == "success" else 1
 
 
@@ -121,15 +260,11 @@ def _features(args: argparse.Namespace) -> int:
     if args.action == "run":
         from mlblueprints.airflow import localrun
 
+        _load(args.usecase)  # a broken YAML: its problems, once, before Airflow parses anything
         localrun.setup()
         lo = date.fromisoformat(args.date_from) if args.date_from else None
         hi = date.fromisoformat(args.date_to) if args.date_to else lo
-        status = _run_features(args.usecase, lo, hi)
-        latest = runtime.home() / "runs" / args.usecase / "features" / "latest.txt"
-        if latest.exists():
-            print()
-            print(latest.read_text())
-        return status
+        return _run_features(args.usecase, lo, hi, report=True)
     uc = _load(args.usecase)
     if args.action == "get":
         from mlblueprints.backends import backend_for
@@ -186,11 +321,16 @@ def _run_training(usecase: str, conf: dict | None = None) -> int:
 def _training(args: argparse.Namespace) -> int:
     from mlblueprints.airflow import localrun
 
+    _load(args.usecase)  # a broken YAML: its problems, once, before Airflow parses anything
     localrun.setup()
     conf = {}
     if args.interrupt:
-        when = {"after_seconds": args.after_seconds} if args.after_seconds is not None else {"after_rounds": args.after}
-        conf["interrupt"] = {"signal": args.interrupt, **when}
+        # rounds by default: seconds would count data loading, which on a slow machine can take
+        # longer than the whole budget, and the interruption would come before any checkpoint
+        if args.after_seconds is not None:
+            conf["interrupt"] = {"signal": args.interrupt, "after_seconds": args.after_seconds}
+        else:
+            conf["interrupt"] = {"signal": args.interrupt, "after_rounds": args.after}
     if args.promote:
         conf["promote"] = True
     status = _run_training(args.usecase, conf)
@@ -269,7 +409,7 @@ def _demo(args: argparse.Namespace) -> int:
         # on a scheduler the feature Assets trigger <usecase>__training; the first try is
         # interrupted like a Spot reclaim (SIGTERM, two-minute notice) to show the resume
         print("training (the first try gets a simulated Spot interruption; the retry resumes) ...", flush=True)
-        status = _run_training(DEMO_USECASE, {"interrupt": {"signal": "SIGTERM", "after_rounds": 40}})
+        status = _run_training(DEMO_USECASE, {"interrupt": {"signal": "SIGTERM", "after_rounds": DEMO_INTERRUPT_ROUND}})
     print()
     print("last lakehouse run:")
     print((home / "runs" / DEMO_USECASE / "lakehouse" / "latest.txt").read_text())
@@ -325,7 +465,7 @@ def _check_config(args: argparse.Namespace) -> int:
     from mlblueprints.config import UseCaseError, load_usecase, load_usecases
 
     if args.files:
-        errors = []
+        errors: list[UseCaseError] = []
         ok = []
         for f in args.files:
             try:
@@ -334,21 +474,40 @@ def _check_config(args: argparse.Namespace) -> int:
                 errors.append(exc)
     else:
         ok, errors = load_usecases(runtime.usecases_dir())
+    lines = [line for e in errors for line in e.lines]
     for uc in ok:
         problems = _check_usecase(uc)
-        errors += problems  # type: ignore[arg-type]
+        lines += problems
         if not problems:
             print(f"{uc.source_path}: ok")
-    for e in errors:
-        print(e, file=sys.stderr)
-    return 1 if errors else 0
+    for line in lines:
+        print(line, file=sys.stderr)
+    return 1 if lines else 0
 
 
 def _check_usecase(uc) -> list[str]:
-    """Checks that need more than the YAML: feature views against the Gold SQL's columns."""
+    """Checks that need more than the YAML: feature views against the Gold SQL's columns, and
+    every quality suite (present, expectation types and arguments, columns)."""
     from mlblueprints.features.core import check_against_gold_sql
+    from mlblueprints.quality.check import check_usecase_suites
 
-    return check_against_gold_sql(uc)
+    return check_against_gold_sql(uc) + check_usecase_suites(uc)
+
+
+def _suites(args: argparse.Namespace) -> int:
+    from mlblueprints.quality.check import check_usecase_suites
+    from mlblueprints.quality.starter import write_starter_suites
+
+    uc = _load(args.usecase)
+    for path, status in write_starter_suites(uc, force=args.force):
+        note = " (exists; --force overwrites it)" if status == "kept" else ""
+        print(f"{status}: {path}{note}")
+    problems = check_usecase_suites(uc)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if not problems:
+        print(f"{uc.name}: every suite checks out; add what you know about your data, then run check-config")
+    return 1 if problems else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,12 +530,17 @@ def main(argv: list[str] | None = None) -> int:
 
     lh = sub.add_parser("lakehouse", help="run <usecase>__lakehouse for landing dates (dag.test)")
     lh.add_argument("usecase")
-    lh.add_argument("dates", nargs="+", metavar="YYYY-MM-DD")
+    lh.add_argument("dates", nargs="*", metavar="YYYY-MM-DD", help="landing dates (or --from/--to)")
+    lh.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="backfill: first landing date")
+    lh.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="backfill: last landing date (inclusive)")
+    lh.add_argument("--stop-on-failure", action="store_true", help="do not run the dates after a failed one")
     lh.set_defaults(fn=_lakehouse)
 
     f = sub.add_parser("features", help="feature views: run, online lookups, training sets, store sizes")
     fs = f.add_subparsers(dest="action", required=True)
-    fr = fs.add_parser("run", help="run <usecase>__features (default range: what the last Gold commit recomputed)")
+    fr = fs.add_parser(
+        "run", help="run <usecase>__features (default: every event date Gold recomputed since the views last read it)"
+    )
     fr.add_argument("usecase")
     fr.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD")
     fr.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD")
@@ -404,8 +568,9 @@ def main(argv: list[str] | None = None) -> int:
     trr = trs.add_parser("run", help="train, evaluate, gate, register")
     trr.add_argument("usecase")
     trr.add_argument("--interrupt", choices=["SIGTERM", "SIGKILL"], help="simulate a Spot interruption of try 1")
-    trr.add_argument("--after", type=int, default=5, help="boosting rounds into training (with --interrupt)")
-    trr.add_argument("--after-seconds", type=float, help="seconds into training instead of rounds (with --interrupt)")
+    after = trr.add_mutually_exclusive_group()
+    after.add_argument("--after", type=int, default=5, help="boosting rounds into training (with --interrupt)")
+    after.add_argument("--after-seconds", type=float, help="seconds into training instead (loading data counts)")
     trr.add_argument("--promote", action="store_true", help="make a registered candidate the champion")
     trr.set_defaults(fn=_training)
 
@@ -440,12 +605,23 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("airflow-env", help="shell exports for the airflow CLI/UI on the runtime's DB")
     a.set_defaults(fn=_airflow_env)
 
-    c = sub.add_parser("check-config", help="validate use-case YAML files")
+    c = sub.add_parser("check-config", help="validate use-case YAML files and their quality suites")
     c.add_argument("files", nargs="*")
     c.set_defaults(fn=_check_config)
 
+    su = sub.add_parser("suites", help="quality suites")
+    sus = su.add_subparsers(dest="action", required=True)
+    si = sus.add_parser("init", help="write starter suites from the use case's schema (keeps existing files)")
+    si.add_argument("usecase")
+    si.add_argument("--force", action="store_true", help="overwrite existing suite files")
+    si.set_defaults(fn=_suites)
+
     args = p.parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except PermanentError as exc:  # a configuration problem: its reason, once, no traceback
+        print(exc, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

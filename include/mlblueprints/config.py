@@ -3,8 +3,14 @@
 A use case names its data sets (landing location, format, typed schema, primary key, event
 time, partitioning), the quality suites per layer, the Gold tables, the target (``local`` or
 ``aws``) and, for ``aws``, the account resources. Loading is strict: an unknown key, a wrong
-type or an inconsistent reference is an error, reported as one line naming the file, the field
-path and the reason (:class:`UseCaseError`).
+type or an inconsistent reference is an error. Every problem found is reported, one line each,
+naming the file, the field path and the reason (:class:`UseCaseError`); an unknown key is named
+with the closest known one, and a string field that YAML turned into a boolean (unquoted
+``yes``/``no``/``on``/``off``) says so.
+
+Problems are found in two passes: first the fields (types, ranges, unknown keys) of the whole
+file, then, once every field is valid, the references between sections (keys and event times
+in schemas, Gold inputs, feature views, training sets). Each pass lists all its problems.
 
 This module imports only pydantic and PyYAML, so DAG files can load configurations at parse
 time without pulling in the heavy data libraries.
@@ -12,9 +18,12 @@ time without pulling in the heavy data libraries.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
+import types
+import typing
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,6 +38,8 @@ from pydantic import (
     model_validator,
 )
 
+from mlblueprints.errors import PermanentError
+
 IDENT = r"^[a-z][a-z0-9_]*$"
 _TYPE_RE = re.compile(
     r"^(string|boolean|int|bigint|double|date|timestamp|decimal\((?P<p>\d{1,2}),\s*(?P<s>\d{1,2})\))$"
@@ -36,14 +47,41 @@ _TYPE_RE = re.compile(
 LAYERS = ("bronze", "silver", "gold")
 
 
-class UseCaseError(ValueError):
-    """A use-case YAML that cannot be loaded. ``str(err)`` is one readable line."""
+class UseCaseError(PermanentError, ValueError):
+    """A use-case YAML that cannot be loaded.
 
-    def __init__(self, path: Path | str, field: str, reason: str):
+    ``problems`` lists every ``(field path, reason)`` found; ``lines`` renders them as
+    ``<file>: <field path>: <reason>``, and ``str(err)`` is those lines (one line when there is
+    one problem). ``field`` and ``reason`` are the first problem's.
+    """
+
+    def __init__(self, path: Path | str, field: str, reason: str, more: list[tuple[str, str]] | None = None):
         self.path = str(path)
-        self.field = field
-        self.reason = reason
-        super().__init__(f"{self.path}: {field}: {reason}")
+        self.problems: list[tuple[str, str]] = [(field, reason), *(more or [])]
+        self.field, self.reason = field, reason
+        super().__init__("\n".join(self.lines))
+
+    @property
+    def lines(self) -> list[str]:
+        return [f"{self.path}: {f}: {r}" for f, r in self.problems]
+
+    @classmethod
+    def of(cls, path: Path | str, problems: list[tuple[str, str]]) -> UseCaseError:
+        return cls(path, *problems[0], more=problems[1:])
+
+
+class _Problems(ValueError):
+    """Raised by a validator with every problem it found, each with its field path relative to
+    the object validated; :func:`parse_usecase` turns them into one line each."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(r for _, r in problems))
+
+
+def _raise_problems(problems: list[tuple[str, str]]) -> None:
+    if problems:
+        raise _Problems(problems)
 
 
 class _Strict(BaseModel):
@@ -78,14 +116,21 @@ class Column(_Strict):
     @model_validator(mode="after")
     def _rules_fit_type(self) -> Column:
         numeric = self.type in ("int", "bigint", "double") or self.type.startswith("decimal")
+        problems = []
         if (self.min is not None or self.max is not None) and not numeric:
-            raise ValueError(f"min/max apply to numeric columns, not to type {self.type}")
+            problems.append(("", f"min/max apply to numeric columns, not to type {self.type}"))
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({self.min}) is larger than max ({self.max})")
+            problems.append(("", f"min ({self.min}) is larger than max ({self.max})"))
         if self.allowed is not None and self.type != "string":
-            raise ValueError("allowed values apply to string columns only")
+            hint = (
+                " (a boolean column accepts true/false, yes/no, y/n, t/f, 1/0 already)"
+                if self.type == "boolean"
+                else ""
+            )
+            problems.append(("allowed", f"allowed values apply to string columns only{hint}"))
         if self.format is not None and self.type not in ("date", "timestamp"):
-            raise ValueError("format applies to date and timestamp columns only")
+            problems.append(("format", "format applies to date and timestamp columns only"))
+        _raise_problems(problems)
         return self
 
     @property
@@ -129,19 +174,33 @@ class Dataset(_Strict):
     @model_validator(mode="after")
     def _references(self) -> Dataset:
         names = [c.name for c in self.schema_]
+        problems = []
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"schema lists column(s) twice: {', '.join(dupes)}")
-        for k in self.primary_key:
+            problems.append(("schema", f"schema lists column(s) twice: {', '.join(dupes)}"))
+        for i, k in enumerate(self.primary_key):
             if k not in names:
-                raise ValueError(f"primary_key column {k!r} is not in the schema")
+                problems.append(
+                    (f"primary_key[{i}]", f"primary_key column {k!r} is not in the schema{_did_you_mean(k, names)}")
+                )
         if self.event_time not in names:
-            raise ValueError(f"event_time column {self.event_time!r} is not in the schema")
-        if self.column(self.event_time).type != "timestamp":
-            raise ValueError(f"event_time column {self.event_time!r} must have type timestamp")
+            problems.append(
+                (
+                    "event_time",
+                    f"event_time column {self.event_time!r} is not in the schema{_did_you_mean(self.event_time, names)}",
+                )
+            )
+        elif self.column(self.event_time).type != "timestamp":
+            problems.append(
+                (
+                    "event_time",
+                    f"event_time column {self.event_time!r} must have type timestamp, not {self.column(self.event_time).type}",
+                )
+            )
         reserved = [n for n in names if n.startswith("_") or n == "event_date"]
         if reserved:
-            raise ValueError(f"column names starting with '_' and 'event_date' are reserved: {reserved}")
+            problems.append(("schema", f"column names starting with '_' and 'event_date' are reserved: {reserved}"))
+        _raise_problems(problems)
         return self
 
 
@@ -203,19 +262,21 @@ class FeatureView(_Strict):
     @model_validator(mode="after")
     def _columns(self) -> FeatureView:
         cols = [*self.entity, *self.features]
+        problems = []
         dupes = sorted({c for c in cols if cols.count(c) > 1})
         if dupes:
-            raise ValueError(f"column(s) listed twice across entity and features: {', '.join(dupes)}")
+            problems.append(("", f"column(s) listed twice across entity and features: {', '.join(dupes)}"))
         for c in cols:
             if not re.match(IDENT, c):
-                raise ValueError(f"column name {c!r} must match {IDENT}")
+                problems.append(("", f"column name {c!r} must match {IDENT}"))
         reserved = [c for c in cols if c in ("event_time", "event_date", "record_id") or c.startswith("_")]
         if reserved:
-            raise ValueError(
-                f"column names 'event_time', 'event_date', 'record_id' and '_...' are reserved: {reserved}"
+            problems.append(
+                ("", f"column names 'event_time', 'event_date', 'record_id' and '_...' are reserved: {reserved}")
             )
         if len(set(self.stores)) != len(self.stores):
-            raise ValueError("stores lists a store twice")
+            problems.append(("stores", "stores lists a store twice"))
+        _raise_problems(problems)
         return self
 
 
@@ -243,34 +304,70 @@ LOWER_IS_BETTER = ("calibration_error",)
 
 class ThresholdRule(_Strict):
     """How the operating threshold is chosen on the holdout: the lowest score threshold whose
-    false-positive rate is at most ``max_fpr`` (or whose precision is at least ``min_precision``)."""
+    false-positive rate is at most ``max_fpr``, or whose precision is at least ``min_precision``.
+    Exactly one of them; there is no default (the operating point is a business decision:
+    see docs/own-data.md for choosing it)."""
 
-    max_fpr: Annotated[float | None, Field(gt=0, lt=1)] = 0.01
+    max_fpr: Annotated[float | None, Field(gt=0, lt=1)] = None
     min_precision: Annotated[float | None, Field(gt=0, le=1)] = None
 
     @model_validator(mode="after")
     def _one_rule(self) -> ThresholdRule:
-        if (self.max_fpr is None) == (self.min_precision is None):
-            raise ValueError("set exactly one of max_fpr and min_precision")
+        if self.max_fpr is None and self.min_precision is None:
+            _raise_problems(
+                [("", "set one of max_fpr (e.g. {max_fpr: 0.01}) or min_precision (e.g. {min_precision: 0.8})")]
+            )
+        if self.max_fpr is not None and self.min_precision is not None:
+            _raise_problems([("", "set only one of max_fpr and min_precision")])
         return self
+
+    def describe(self) -> str:
+        return f"max_fpr {self.max_fpr:g}" if self.max_fpr is not None else f"min_precision {self.min_precision:g}"
+
+
+GateMetric = Literal["roc_auc", "pr_auc", "precision", "recall", "calibration_error"]
+# metrics whose no-skill value the gate derives from the holdout when no baseline is configured
+DERIVED_BASELINE_METRICS = ("roc_auc", "pr_auc")
 
 
 class Gate(_Strict):
-    """When a candidate is registered: it beats the champion (or, for the first model, the
-    baseline) on ``primary_metric`` by ``min_improvement``, and no other metric regresses by more
-    than its tolerance (absolute)."""
+    """When a candidate is registered.
+
+    Against a reference model (the champion, else the newest registered version): it beats the
+    reference on ``primary_metric`` by ``min_improvement`` and no metric in ``tolerances``
+    regresses by more than its tolerance (absolute). With no reference model, it beats the
+    baseline on the primary metric by ``min_improvement``.
+
+    ``baseline`` is a floor every registered model must reach, metric by metric (a ceiling for
+    calibration error). ROC-AUC and PR-AUC floors are never below what a model without skill
+    scores on the holdout (0.5, and the holdout's positive rate): configured lower, or not
+    configured, the gate uses those and says so. A primary metric of precision or recall needs
+    its baseline value configured.
+    """
 
     primary_metric: Literal["roc_auc", "pr_auc", "precision", "recall"] = "pr_auc"
     min_improvement: Annotated[float, Field(ge=0)] = 0.0
-    tolerances: dict[Literal["roc_auc", "pr_auc", "precision", "recall", "calibration_error"], float] = {
+    tolerances: dict[GateMetric, Annotated[float, Field(ge=0)]] = {
         "roc_auc": 0.01,
         "recall": 0.05,
         "calibration_error": 0.02,
     }
-    baseline: dict[Literal["roc_auc", "pr_auc", "precision", "recall", "calibration_error"], float] = {
-        "pr_auc": 0.05,
-        "roc_auc": 0.6,
-    }
+    baseline: dict[GateMetric, Annotated[float, Field(ge=0, le=1)]] = {}
+
+    @model_validator(mode="after")
+    def _primary_has_a_floor(self) -> Gate:
+        pm = self.primary_metric
+        if pm not in DERIVED_BASELINE_METRICS and pm not in self.baseline:
+            _raise_problems(
+                [
+                    (
+                        "baseline",
+                        f"give a baseline value for the primary metric {pm} (e.g. baseline: {{{pm}: 0.5}}); "
+                        f"only {' and '.join(DERIVED_BASELINE_METRICS)} have a floor derived from the data",
+                    )
+                ]
+            )
+        return self
 
 
 class SpotOptions(_Strict):
@@ -323,7 +420,7 @@ class Training(_Strict):
     seed: int = 42
     checkpoint_interval_seconds: Annotated[float, Field(ge=0)] = 300
     holdout_days: Annotated[int, Field(ge=1, le=365)] = 2  # the last days of label events
-    threshold: ThresholdRule = ThresholdRule()
+    threshold: ThresholdRule  # required: the operating point is a decision, not a default
     gate: Gate = Gate()
     model_name: str | None = None  # registered model name; default <usecase>_model
     promote: bool = False  # champion directly (use cases with no endpoint to canary on)
@@ -436,52 +533,95 @@ class UseCase(_Strict):
 
     @model_validator(mode="after")
     def _cross_references(self) -> UseCase:
+        problems: list[tuple[str, str]] = []
+        add = problems.append
         if self.target == "aws" and self.aws is None:
-            raise ValueError("target is aws but the aws section is missing")
+            add(("aws", "target is aws but the aws section is missing"))
         if self.end_date is not None and self.end_date < self.start_date:
-            raise ValueError("end_date is before start_date")
+            add(("end_date", "end_date is before start_date"))
         clash = set(self.datasets) & set(self.gold)
         if clash:
-            raise ValueError(f"gold table names clash with data set names: {sorted(clash)}")
+            add(("gold", f"gold table names clash with data set names: {sorted(clash)}"))
         for gname, g in self.gold.items():
-            for inp in g.inputs:
+            for i, inp in enumerate(g.inputs):
                 if inp not in self.datasets:
-                    raise ValueError(f"gold.{gname}.inputs names unknown data set {inp!r}")
+                    add(
+                        (
+                            f"gold.{gname}.inputs[{i}]",
+                            f"unknown data set {inp!r}{_did_you_mean(inp, self.datasets)} (data sets: {', '.join(self.datasets)})",
+                        )
+                    )
         for vname, v in self.features.items():
             if v.source not in self.gold:
-                raise ValueError(f"features.{vname}.source names unknown Gold table {v.source!r}")
-            if (v.target or self.target) == "aws" and self.aws is None:
-                raise ValueError(f"features.{vname} is held on aws but the aws section is missing")
+                add(
+                    (
+                        f"features.{vname}.source",
+                        f"unknown Gold table {v.source!r}{_did_you_mean(v.source, self.gold)}",
+                    )
+                )
+            if v.target == "aws" and self.target != "aws" and self.aws is None:
+                add((f"features.{vname}.target", "the view is held on aws but the aws section is missing"))
         for tname, t in self.training_sets.items():
             if t.labels.source not in self.gold:
-                raise ValueError(f"training_sets.{tname}.labels.source names unknown Gold table {t.labels.source!r}")
+                add(
+                    (
+                        f"training_sets.{tname}.labels.source",
+                        f"unknown Gold table {t.labels.source!r}{_did_you_mean(t.labels.source, self.gold)}",
+                    )
+                )
             seen: dict[str, str] = {}
-            for vname in t.features:
+            for i, vname in enumerate(t.features):
                 if vname not in self.features:
-                    raise ValueError(f"training_sets.{tname}.features names unknown feature view {vname!r}")
+                    add(
+                        (
+                            f"training_sets.{tname}.features[{i}]",
+                            f"unknown feature view {vname!r}{_did_you_mean(vname, self.features)}",
+                        )
+                    )
+                    continue
                 if "offline" not in self.features[vname].stores:
-                    raise ValueError(f"training_sets.{tname}: feature view {vname!r} has no offline store")
+                    add((f"training_sets.{tname}.features[{i}]", f"feature view {vname!r} has no offline store"))
                 for f in self.features[vname].features:
                     if f in seen:
-                        raise ValueError(f"training_sets.{tname}: feature {f!r} is in both {seen[f]!r} and {vname!r}")
+                        add(
+                            (
+                                f"training_sets.{tname}.features[{i}]",
+                                f"feature {f!r} is in both {seen[f]!r} and {vname!r}",
+                            )
+                        )
                     seen[f] = vname
             clash = sorted(set(seen) & {t.labels.label, *t.labels.columns})
             if clash:
-                raise ValueError(f"training_sets.{tname}: label/columns clash with feature names {clash}")
+                add((f"training_sets.{tname}.labels", f"label/columns clash with feature names {clash}"))
         if self.training is not None:
             t = self.training
             if t.training_set not in self.training_sets:
-                raise ValueError(f"training.training_set names unknown training set {t.training_set!r}")
-            ts = self.training_sets[t.training_set]
-            available = [f for v in ts.features for f in self.features[v].features]
-            for f in t.features or []:
-                if f not in available:
-                    raise ValueError(f"training.features: {f!r} is not a feature of training set {t.training_set!r}")
-            for f in t.extra_features:
-                if f not in ts.labels.columns:
-                    raise ValueError(
-                        f"training.extra_features: {f!r} is not in training_sets.{t.training_set}.labels.columns"
+                add(
+                    (
+                        "training.training_set",
+                        f"unknown training set {t.training_set!r}{_did_you_mean(t.training_set, self.training_sets)}",
                     )
+                )
+            else:
+                ts = self.training_sets[t.training_set]
+                available = [f for v in ts.features if v in self.features for f in self.features[v].features]
+                for i, f in enumerate(t.features or []):
+                    if f not in available:
+                        add(
+                            (
+                                f"training.features[{i}]",
+                                f"{f!r} is not a feature of training set {t.training_set!r}{_did_you_mean(f, available)}",
+                            )
+                        )
+                for i, f in enumerate(t.extra_features):
+                    if f not in ts.labels.columns:
+                        add(
+                            (
+                                f"training.extra_features[{i}]",
+                                f"{f!r} is not in training_sets.{t.training_set}.labels.columns",
+                            )
+                        )
+        _raise_problems(problems)
         return self
 
     @property
@@ -563,6 +703,12 @@ class UseCase(_Strict):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _did_you_mean(word: str, choices: Any) -> str:
+    """`` (did you mean 'x'?)`` when a choice is close to ``word``, else ``""``."""
+    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
 def _field_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -573,25 +719,188 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return out or "<root>"
 
 
-def parse_usecase(data: Any, path: Path | str = "<memory>") -> UseCase:
-    """Validate a parsed YAML document; raise :class:`UseCaseError` with the first problem."""
+def _join_path(base: tuple[Any, ...], rel: str) -> str:
+    head = _field_path(base) if base else ""
+    if not rel:
+        return head or "<root>"
+    if not head:
+        return rel
+    return head + rel if rel.startswith("[") else f"{head}.{rel}"
+
+
+# pydantic adds the member type of a union to an error's location (``...max_depth.float``)
+_TYPE_TAG = re.compile(r"^(float|int|str|bool|none|list\[.*\]|dict\[.*\]|literal\[.*\]|function-\w+(\[.*\])?)$")
+_MISSING_HINTS = {
+    "training.threshold": (
+        "required: the operating point on the holdout, {max_fpr: F} (flag at most this share of the "
+        "negatives) or {min_precision: P} (at least this share of the flagged rows are positives)"
+    ),
+}
+
+
+def _unwrap(ann: Any) -> Any:
+    while True:
+        origin = typing.get_origin(ann)
+        if origin is typing.Annotated:
+            ann = typing.get_args(ann)[0]
+            continue
+        if origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(ann) if a is not type(None)]
+            if len(args) == 1:
+                ann = args[0]
+                continue
+        return ann
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that validates the object at ``loc`` of a use case (None if not a model)."""
+    ann: Any = UseCase
+    for part in loc:
+        ann = _unwrap(ann)
+        origin = typing.get_origin(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            field = next((f for n, f in ann.model_fields.items() if part in (n, f.alias)), None)
+            if field is None:
+                return None
+            ann = field.annotation
+        elif origin is dict:
+            ann = typing.get_args(ann)[1]
+        elif origin is list:
+            ann = typing.get_args(ann)[0]
+        else:
+            return None
+    ann = _unwrap(ann)
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def _yaml_scalar(root: Any, loc: tuple[Any, ...]) -> str | None:
+    """The text of the YAML scalar at ``loc`` as written in the file (e.g. ``yes`` for a value
+    YAML read as ``True``), from the composed node tree; None when it cannot be found."""
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next(
+                (v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)),
+                None,
+            )
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+        else:
+            return None
+        if node is None:
+            return None
+    return node.value if isinstance(node, yaml.ScalarNode) else None
+
+
+def _problems(exc: ValidationError, root: Any) -> list[tuple[str, str]]:
+    """One ``(field path, reason)`` per problem of a validation error, readable."""
+    errors = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        tagged = bool(loc) and isinstance(loc[-1], str) and bool(_TYPE_TAG.match(loc[-1]))
+        parent = _model_at(loc[:-1]) if tagged else None
+        if tagged and not (parent is not None and loc[-1] in parent.model_fields):
+            loc = loc[:-1]
+        errors.append({**err, "loc": loc})
+    # a union member that failed each way: one problem, listing what would have been accepted
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for err in errors:
+        if err["loc"] in merged and err["type"].endswith("_type"):
+            prev = merged[err["loc"]]
+            prev["alternatives"].append(err["msg"].removeprefix("Input should be "))
+            prev["msg"] = f"Input should be one of: {', '.join(prev['alternatives'])} (got {err.get('input')!r})"
+            continue
+        merged.setdefault(err["loc"], {**err, "alternatives": [err["msg"].removeprefix("Input should be ")]})
+    errors = list(merged.values())
+
+    out: list[tuple[tuple[Any, ...], str, str]] = []  # (loc, path, reason)
+    suppressed: set[tuple[Any, ...]] = set()
+    booleans: dict[tuple[Any, ...], list[tuple[str, bool, str]]] = {}
+    for err in errors:
+        loc, kind = err["loc"], err["type"]
+        msg = err["msg"].removeprefix("Value error, ")
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, _Problems):
+            for rel, reason in cause.problems:
+                out.append((loc, _join_path(loc, rel), reason))
+            continue
+        if kind == "extra_forbidden":
+            parent, key = loc[:-1], loc[-1]
+            model = _model_at(parent)
+            known = [f.alias or n for n, f in model.model_fields.items() if not f.exclude] if model else []
+            hint = _did_you_mean(key, known)
+            if hint:
+                suppressed.add((*parent, difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)[0]))
+            elif known:
+                hint = f" (fields here: {', '.join(known)})"
+            out.append((loc, _field_path(parent), f"unknown field {key!r}{hint}"))
+            continue
+        if kind == "missing":
+            out.append((loc, _field_path(loc), _MISSING_HINTS.get(_field_path(loc), "required field is missing")))
+            continue
+        value = err.get("input")
+        if isinstance(value, bool) and kind in ("string_type", "literal_error", "enum"):
+            raw = _yaml_scalar(root, loc) if root is not None else None
+            expected = "a string" if kind == "string_type" else msg.removeprefix("Input should be ")
+            if kind != "string_type" and f"'{raw}'" not in expected:  # quoting would not help
+                out.append((loc, _field_path(loc), f"{msg} (YAML read the unquoted {raw} as a boolean)"))
+                continue
+            parent = loc[:-1] if loc and isinstance(loc[-1], int) else loc
+            booleans.setdefault(parent, []).append((raw or str(value).lower(), value, expected))
+            if len(booleans[parent]) == 1:
+                out.append((parent, "__booleans__", ""))
+            continue
+        out.append((loc, _field_path(loc), msg))
+
+    problems = []
+    for loc, path, reason in out:
+        if path == "__booleans__":
+            items = booleans[loc]
+            raws = [r for r, _, _ in items]
+            vals = ", ".join(str(v).lower() for _, v, _ in items)
+            expected = items[0][2]
+            if len(items) == 1:
+                reason = (
+                    f"YAML read the unquoted {raws[0]} as the boolean {vals}, but {expected} is expected here; "
+                    f"quote it: '{raws[0]}'"
+                )
+            else:
+                reason = (
+                    f"YAML read the unquoted {', '.join(raws)} as booleans ({vals}), but strings are expected here; "
+                    f"quote them: [{', '.join(repr(r) for r in raws)}]"
+                )
+            problems.append((_field_path(loc), reason))
+        elif loc in suppressed:
+            continue  # a required field that is there under a misspelt name (reported as unknown)
+        else:
+            problems.append((path, reason))
+    return problems
+
+
+def parse_usecase(data: Any, path: Path | str = "<memory>", *, source: str | None = None) -> UseCase:
+    """Validate a parsed YAML document; raise :class:`UseCaseError` listing every problem.
+
+    ``source``, the YAML text, lets a problem quote a value as it was written (``yes`` rather
+    than the ``True`` YAML read it as).
+    """
     if not isinstance(data, dict):
         raise UseCaseError(path, "<root>", f"expected a mapping, got {type(data).__name__}")
+    problems: list[tuple[str, str]] = []
+    stem = Path(path).stem
+    if str(path) != "<memory>" and isinstance(data.get("name"), str) and data["name"] != stem:
+        problems.append(("name", f"must equal the file name {stem!r} (got {data['name']!r})"))
     try:
         uc = UseCase.model_validate({**data, "source_path": str(path)})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(p for p in err["loc"] if p not in ("function-after", "function-before"))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling)"
-        more = len(exc.errors()) - 1
-        if more:
-            msg += f" (and {more} more problem{'s' if more > 1 else ''})"
-        raise UseCaseError(path, _field_path(loc), msg) from None
-    stem = Path(path).stem
-    if str(path) != "<memory>" and uc.name != stem:
-        raise UseCaseError(path, "name", f"must equal the file name {stem!r} (got {uc.name!r})")
+        root = None
+        if source is not None:
+            try:
+                root = yaml.compose(source, Loader=yaml.SafeLoader)
+            except yaml.YAMLError:
+                root = None
+        problems += _problems(exc, root)
+    if problems:
+        raise UseCaseError.of(path, problems)
     return uc
 
 
@@ -608,10 +917,14 @@ def load_usecase(path: Path | str) -> UseCase:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UseCaseError(path, where, f"invalid YAML: {problem}") from None
-    uc = parse_usecase(data, path)
-    for table in uc.gold:
-        if not uc.gold_sql_path(table).is_file():
-            raise UseCaseError(path, f"gold.{table}.sql", f"file not found: {uc.gold[table].sql}")
+    uc = parse_usecase(data, path, source=text)
+    missing = [
+        (f"gold.{table}.sql", f"file not found: {uc.gold[table].sql}")
+        for table in uc.gold
+        if not uc.gold_sql_path(table).is_file()
+    ]
+    if missing:
+        raise UseCaseError.of(path, missing)
     return uc
 
 

@@ -1,4 +1,5 @@
-"""Use-case YAML: valid files load; every kind of mistake is one line naming file, field, reason."""
+"""Use-case YAML: valid files load; every mistake is one line naming file, field, reason, and
+every mistake of a file is reported (not only the first)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def fraud() -> dict:
 
 def write(tmp_path: Path, name: str, data: dict | str) -> Path:
     p = tmp_path / f"{name}.yaml"
-    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
     (tmp_path / "sql" / "fraud_detection").mkdir(parents=True, exist_ok=True)
     (tmp_path / "sql" / "fraud_detection" / "transaction_features.sql").write_text("SELECT 1 AS x")
     return p
@@ -56,21 +57,21 @@ def test_config_hash_is_stable_and_sensitive():
         ),
         (
             lambda d: d["datasets"]["transactions"].update(primary_key=["nope"]),
-            "datasets.transactions",
+            "datasets.transactions.primary_key[0]",
             "primary_key column 'nope' is not in the schema",
         ),
         (
             lambda d: d["datasets"]["transactions"].update(event_time="amount"),
-            "datasets.transactions",
+            "datasets.transactions.event_time",
             "must have type timestamp",
         ),
         (lambda d: d.update(retries=0), "retries", "greater than or equal to 2"),
-        (lambda d: d.update(tragte="aws"), "tragte", "unknown field"),
-        (lambda d: d.update(target="aws", aws=None), "<root>", "target is aws but the aws section is missing"),
+        (lambda d: d.update(tragte="aws"), "<root>", "unknown field 'tragte' (did you mean 'target'?)"),
+        (lambda d: d.update(target="aws", aws=None), "aws", "target is aws but the aws section is missing"),
         (lambda d: d["aws"].update(kms_key_arn="my-key"), "aws.kms_key_arn", "should match pattern"),
         (
             lambda d: d["gold"]["transaction_features"].update(inputs=["payments"]),
-            "<root>",
+            "gold.transaction_features.inputs[0]",
             "unknown data set 'payments'",
         ),
         (
@@ -119,3 +120,156 @@ def test_one_bad_file_leaves_the_others(tmp_path):
     ok, errors = load_usecases(tmp_path)
     assert [u.name for u in ok] == ["fraud_detection"]
     assert len(errors) == 1 and str(errors[0]).startswith(f"{tmp_path / 'broken.yaml'}: datasets: ")
+
+
+# ------------------------------------------------------------------ every problem, readable
+
+
+def text_with(tmp_path: Path, *replacements: tuple[str, str]) -> Path:
+    """The shipped YAML with text replaced (as a person edits it: YAML's own reading applies)."""
+    text = FRAUD.read_text()
+    for old, new in replacements:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    return write(tmp_path, "fraud_detection", text)
+
+
+def problems(p: Path) -> list[str]:
+    with pytest.raises(UseCaseError) as exc:
+        load_usecase(p)
+    assert str(exc.value).splitlines() == exc.value.lines
+    return exc.value.lines
+
+
+def test_misspelt_key_is_named_with_the_key_it_resembles(tmp_path):
+    p = text_with(
+        tmp_path,
+        (
+            "    primary_key: [transaction_id]\n    event_time: event_time\n\n  customers:",
+            "    primary_keys: [transaction_id]\n    event_time: event_time\n\n  customers:",
+        ),
+    )
+    # one line: the unknown key, not the "required" error of the key it was meant to be
+    assert problems(p) == [f"{p}: datasets.transactions: unknown field 'primary_keys' (did you mean 'primary_key'?)"]
+
+
+def test_unknown_key_without_a_near_miss_lists_the_fields(tmp_path):
+    p = text_with(tmp_path, ("  holdout_days: 2\n", "  holdout_days: 2\n  colour: red\n"))
+    (line,) = problems(p)
+    assert line.startswith(f"{p}: training: unknown field 'colour' (fields here: training_set, algorithm, ")
+
+
+def test_unquoted_yes_no_in_a_string_list_gets_one_hint(tmp_path):
+    p = text_with(tmp_path, ("allowed: [USD, EUR, GBP]", "allowed: [yes, no]"))
+    assert problems(p) == [
+        f"{p}: datasets.transactions.schema[6].allowed: YAML read the unquoted yes, no as booleans (true, false), "
+        "but strings are expected here; quote them: ['yes', 'no']"
+    ]
+
+
+def test_unquoted_boolean_in_a_string_field(tmp_path):
+    p = text_with(tmp_path, ("owner: ml-platform", "owner: off"))
+    assert problems(p) == [
+        f"{p}: owner: YAML read the unquoted off as the boolean false, but a string is expected here; quote it: 'off'"
+    ]
+
+
+def test_quoting_hint_only_where_quoting_helps(tmp_path):
+    p = text_with(tmp_path, ("partition_by: none       # small", "partition_by: no       # small"))
+    assert problems(p) == [
+        f"{p}: datasets.customers.partition_by: Input should be 'event_date' or 'none' "
+        "(YAML read the unquoted no as a boolean)"
+    ]
+
+
+def test_every_problem_is_reported_one_line_each(tmp_path):
+    p = text_with(
+        tmp_path,
+        (
+            "    primary_key: [transaction_id]\n    event_time: event_time\n\n  customers:",
+            "    primary_keys: [transaction_id]\n    event_time: event_time\n\n  customers:",
+        ),
+        ("allowed: [USD, EUR, GBP]", "allowed: [yes, no]"),
+        ("retries: 2", "retries: 1"),
+        ("  holdout_days: 2\n", "  holdout_dayz: 2\n"),
+    )
+    assert problems(p) == [
+        f"{p}: retries: Input should be greater than or equal to 2",
+        f"{p}: datasets.transactions.schema[6].allowed: YAML read the unquoted yes, no as booleans (true, false), "
+        "but strings are expected here; quote them: ['yes', 'no']",
+        f"{p}: datasets.transactions: unknown field 'primary_keys' (did you mean 'primary_key'?)",
+        f"{p}: training: unknown field 'holdout_dayz' (did you mean 'holdout_days'?)",
+    ]
+
+
+def test_every_reference_problem_is_reported(tmp_path):
+    data = fraud()
+    data["gold"]["transaction_features"]["inputs"] = ["transaction"]
+    data["features"]["card_activity"]["source"] = "transaction_feature"
+    data["training"]["extra_features"] = ["amount", "hour"]
+    p = write(tmp_path, "fraud_detection", data)
+    assert problems(p) == [
+        f"{p}: gold.transaction_features.inputs[0]: unknown data set 'transaction' (did you mean 'transactions'?) "
+        "(data sets: transactions, customers, merchants)",
+        f"{p}: features.card_activity.source: unknown Gold table 'transaction_feature' "
+        "(did you mean 'transaction_features'?)",
+        f"{p}: training.extra_features[1]: 'hour' is not in training_sets.fraud_training.labels.columns",
+    ]
+
+
+# ------------------------------------------------------------------ no fraud-shaped defaults
+
+
+def test_shipped_usecase_states_its_threshold_and_baseline():
+    t = load_usecase(FRAUD).training
+    assert t.threshold.max_fpr == 0.01 and t.threshold.min_precision is None
+    assert t.gate.primary_metric == "pr_auc"
+    assert t.gate.baseline == {"pr_auc": 0.05, "roc_auc": 0.6}
+
+
+def test_min_precision_alone_just_works(tmp_path):
+    p = text_with(tmp_path, ("threshold: {max_fpr: 0.01}", "threshold: {min_precision: 0.8}"))
+    t = load_usecase(p).training.threshold
+    assert t.min_precision == 0.8 and t.max_fpr is None
+
+
+def test_threshold_rule_is_required(tmp_path):
+    data = fraud()
+    del data["training"]["threshold"]
+    p = write(tmp_path, "fraud_detection", data)
+    assert problems(p) == [
+        f"{p}: training.threshold: required: the operating point on the holdout, {{max_fpr: F}} (flag at most "
+        "this share of the negatives) or {min_precision: P} (at least this share of the flagged rows are positives)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("rule", "reason"),
+    [
+        ({"max_fpr": 0.01, "min_precision": 0.8}, "set only one of max_fpr and min_precision"),
+        ({}, "set one of max_fpr (e.g. {max_fpr: 0.01}) or min_precision (e.g. {min_precision: 0.8})"),
+        ({"max_fpr": None}, "set one of max_fpr (e.g. {max_fpr: 0.01}) or min_precision (e.g. {min_precision: 0.8})"),
+    ],
+)
+def test_threshold_rule_needs_exactly_one(tmp_path, rule, reason):
+    data = fraud()
+    data["training"]["threshold"] = rule
+    p = write(tmp_path, "fraud_detection", data)
+    assert problems(p) == [f"{p}: training.threshold: {reason}"]
+
+
+def test_baseline_is_optional_for_ranking_metrics(tmp_path):
+    data = fraud()
+    del data["training"]["gate"]["baseline"]
+    uc = load_usecase(write(tmp_path, "fraud_detection", data))
+    assert uc.training.gate.baseline == {}  # derived from the holdout at evaluation time
+
+
+def test_precision_or_recall_as_primary_metric_needs_its_baseline(tmp_path):
+    data = fraud()
+    data["training"]["gate"] = {"primary_metric": "recall", "baseline": {"pr_auc": 0.3}}
+    p = write(tmp_path, "fraud_detection", data)
+    assert problems(p) == [
+        f"{p}: training.gate.baseline: give a baseline value for the primary metric recall "
+        "(e.g. baseline: {recall: 0.5}); only roc_auc and pr_auc have a floor derived from the data"
+    ]

@@ -26,7 +26,7 @@ def _doc() -> dict:
 
 def _expect_error(doc: dict, field: str, words: str) -> None:
     with pytest.raises(UseCaseError) as e:
-        parse_usecase(doc, "uc.yaml")
+        parse_usecase(doc, "fraud_detection.yaml")
     assert e.value.field.startswith(field), str(e.value)
     assert words in e.value.reason, str(e.value)
 
@@ -50,7 +50,11 @@ def test_durations():
 @pytest.mark.parametrize(
     "mutate, field, words",
     [
-        (lambda d: d["features"]["card_activity"].update(source="nope"), "<root>", "unknown Gold table 'nope'"),
+        (
+            lambda d: d["features"]["card_activity"].update(source="nope"),
+            "features.card_activity.source",
+            "unknown Gold table 'nope'",
+        ),
         (
             lambda d: d["features"]["card_activity"].update(ttl="7 weeks"),
             "features.card_activity.ttl",
@@ -68,20 +72,24 @@ def test_durations():
             "reserved",
         ),
         (lambda d: d["features"]["card_activity"].update(stores=["offline", "offline"]), "features", "twice"),
-        (lambda d: d["features"]["card_activity"].update(colour="red"), "features.card_activity.colour", "unknown"),
+        (
+            lambda d: d["features"]["card_activity"].update(colour="red"),
+            "features.card_activity",
+            "unknown field 'colour'",
+        ),
         (
             lambda d: d["training_sets"]["fraud_training"].update(features=["card_activity", "ghost"]),
-            "<root>",
+            "training_sets.fraud_training.features[1]",
             "unknown feature view 'ghost'",
         ),
         (
             lambda d: d["features"]["merchant_activity"]["features"].append("card_txn_count_1h"),
-            "<root>",
+            "training_sets.fraud_training.features[1]",
             "'card_txn_count_1h' is in both",
         ),
         (
             lambda d: d["features"]["card_activity"].update(target="aws") or d.pop("aws"),
-            "<root>",
+            "features.card_activity.target",
             "aws section is missing",
         ),
     ],

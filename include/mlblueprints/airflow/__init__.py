@@ -47,3 +47,19 @@ def register_dags(namespace: MutableMapping[str, Any], pattern: str, usecases_di
         namespace[dag.dag_id] = dag
         built.append(dag.dag_id)
     return built
+
+
+def report_broken_usecases(usecases_dir: Path | None = None) -> None:
+    """Raise one error naming every use-case YAML that does not load (one line per problem), so
+    Airflow lists them among its import errors (``airflow dags list-import-errors``, the UI's
+    banner) - from a DAG file of their own, so that the pattern DAG files keep the other use
+    cases. Nothing happens when every YAML loads."""
+    directory = Path(os.environ.get("MLB_USECASES_DIR") or usecases_dir or runtime.usecases_dir())
+    _, errors = load_usecases(directory)
+    if errors:
+        lines = [line for err in errors for line in str(err).splitlines()]
+        raise BrokenUseCases(f"{len(errors)} use case(s) in {directory} do not load:\n" + "\n".join(lines))
+
+
+class BrokenUseCases(Exception):
+    """Use-case YAMLs that do not load; the message has one line per problem."""

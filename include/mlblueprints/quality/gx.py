@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from mlblueprints.errors import PermanentError
-from mlblueprints.quality.suites import load_suite
+from mlblueprints.quality.check import check_suite_for_table
 
 if TYPE_CHECKING:
     import duckdb
@@ -127,7 +127,10 @@ def run_gate(
     """Validate the DuckDB view ``view`` (a non-temporary view of ``con``'s database).
 
     Writes the validation result JSON and Data Docs; returns the report. Does not raise on
-    failed expectations (the caller decides); raises ``SuiteError`` for a broken suite file.
+    failed expectations (the caller decides). Raises ``SuiteError`` (a
+    :class:`~mlblueprints.errors.PermanentError`) before validating anything when the suite is
+    missing or broken: an unknown expectation type, arguments Great Expectations rejects, or a
+    column the view does not have - one line per problem, naming the file and the expectation.
     """
     import great_expectations as gx
     from great_expectations.core.expectation_suite import ExpectationSuite
@@ -140,7 +143,8 @@ def run_gate(
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
     started = time.perf_counter()
-    spec = load_suite(suite_name, expectations_dir)
+    types = {r[0]: r[1] for r in con.execute(f'DESCRIBE "{view}"').fetchall()}
+    spec = check_suite_for_table(suite_name, types, expectations_dir)
     quality_dir.mkdir(parents=True, exist_ok=True)
     cfg = DataContextConfig(
         store_backend_defaults=FilesystemStoreBackendDefaults(root_directory=str(quality_dir)),

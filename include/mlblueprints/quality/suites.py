@@ -9,7 +9,9 @@ A suite file is the JSON form of a Great Expectations 1.x ``ExpectationSuite``::
 
 ``severity`` is Great Expectations' own field: ``critical`` (an *error*: the gate fails and stops
 everything downstream), ``warning`` (recorded, the run continues) or ``info``. An expectation
-without one is ``critical``. This module only reads and checks the files (no GE import).
+without one is ``critical``. This module only reads and checks the files' shape (no GE import);
+:mod:`mlblueprints.quality.check` checks expectation types, arguments and columns against the
+installed Great Expectations and the use case.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ SEVERITIES = ("critical", "warning", "info")
 
 
 class SuiteError(PermanentError, ValueError):
-    pass
+    """A suite that is missing or cannot be run as written: a configuration error (a retry
+    cannot fix it). ``str(err)`` is one line per problem, each naming the file and, where there
+    is one, the expectation."""
 
 
 def suite_path(name: str, directory: Path | None = None) -> Path:
@@ -38,7 +42,9 @@ def load_suite(name: str, directory: Path | None = None) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise SuiteError(f"{path}: suite {name!r} not found") from None
+        raise SuiteError(
+            f"{path}: suite {name!r} not found (starter suites: mlblueprints suites init <usecase>)"
+        ) from None
     except json.JSONDecodeError as exc:
         raise SuiteError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
     if not isinstance(data, dict) or not isinstance(data.get("expectations"), list):

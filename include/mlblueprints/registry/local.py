@@ -222,6 +222,18 @@ class MlflowRegistry:
     def load_booster(self, alias: str) -> Any:
         return load_booster(self.uc, alias)
 
+    def reference_model(self, exclude_run_id: str | None = None) -> Any:
+        """What a candidate is judged against: the champion, else the newest registered version
+        (not one this run registered itself), else None (:mod:`mlblueprints.registry.reference`)."""
+        from mlblueprints.registry.reference import reference_model
+
+        return reference_model(self.uc, exclude_run_id=exclude_run_id)
+
+    def load_reference(self, ref: Any) -> Any:
+        from mlblueprints.registry.reference import load_reference_booster
+
+        return load_reference_booster(self.uc, ref)
+
     def record(self, **kw: Any) -> dict[str, Any]:
         return record(self.uc, **kw)
 

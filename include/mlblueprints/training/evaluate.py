@@ -9,9 +9,15 @@ operating threshold, and the expected calibration error. The threshold is chosen
 the configured rule on the same holdout (e.g. the lowest threshold whose false-positive rate is
 at most 1 %), so candidate and champion are compared at the operating point each would run at.
 
-:func:`gate` decides registration: the candidate must beat the reference (the champion, or the
-configured baseline for the first model) on the primary metric by ``min_improvement`` and may
-not regress any other metric by more than its tolerance.
+:func:`gate` decides registration. Against a reference model (the champion; with no champion, the
+newest registered version, see :mod:`mlblueprints.registry.reference`) the candidate must beat
+it on the primary metric by ``min_improvement`` and may not regress any metric in ``tolerances``
+by more than its tolerance. Every model must also reach the baseline, metric by metric: the
+configured ``gate.baseline`` values, with ROC-AUC and PR-AUC never below what a model without
+skill scores on the same holdout (0.5, and the holdout's positive rate) - so a baseline fitted to
+a rare label cannot wave through a useless model of a common one. With no reference model the
+primary metric must beat its baseline by ``min_improvement``. The decision says where each
+baseline value came from.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mlblueprints.config import LOWER_IS_BETTER, Gate, ThresholdRule
+from mlblueprints.config import LOWER_IS_BETTER, METRICS, Gate, ThresholdRule
 
 CALIBRATION_BINS = 10
 
@@ -101,10 +107,12 @@ def evaluate(y: np.ndarray, scores: np.ndarray, rule: ThresholdRule) -> dict[str
 @dataclass
 class GateDecision:
     passed: bool
-    against: str  # "champion v<N>" or "baseline"
+    against: str  # "champion v<N>", "v<N> (newest registered version; no champion)" or "baseline"
     primary_metric: str
     reasons: list[str] = field(default_factory=list)
     comparison: list[dict[str, Any]] = field(default_factory=list)
+    # metric -> {"value": floor, "source": where it came from}
+    baseline: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,6 +133,10 @@ class GateDecision:
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = [head] + ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+        if self.baseline:
+            lines.append(
+                "  baseline: " + "; ".join(f"{m} {b['value']:.4f} ({b['source']})" for m, b in self.baseline.items())
+            )
         return "\n".join(lines + [f"  - {r}" for r in self.reasons])
 
 
@@ -134,48 +146,106 @@ def _f(x: float | None, signed: bool = False) -> str:
     return f"{x:+.4f}" if signed else f"{x:.4f}"
 
 
-def gate(candidate: dict[str, float], reference: dict[str, float] | None, rules: Gate, against: str) -> GateDecision:
-    """Compare ``candidate`` with ``reference`` (the champion's metrics on the same holdout, or
-    the configured baseline when there is no champion)."""
-    ref = reference if reference is not None else dict(rules.baseline)
-    pm = rules.primary_metric
-    d = GateDecision(passed=True, against=against, primary_metric=pm)
-    if pm not in ref:
-        d.passed = False
-        d.reasons.append(f"no reference value for the primary metric {pm} (add it to training.gate.baseline)")
-        return d
-    delta = candidate[pm] - ref[pm]
-    ok = delta >= rules.min_improvement and (delta > 0 or rules.min_improvement == 0)
-    d.comparison.append(
-        {
-            "metric": pm,
-            "candidate": candidate[pm],
-            "reference": ref[pm],
-            "delta": delta,
-            "rule": f"primary: improve by >= {rules.min_improvement:g}",
-            "ok": ok,
-        }
-    )
-    if not ok:
-        d.passed = False
-        d.reasons.append(f"{pm} {candidate[pm]:.4f} does not beat {ref[pm]:.4f} by {rules.min_improvement:g}")
-    for metric, tol in rules.tolerances.items():
-        if metric == pm or metric not in ref:
+def no_skill(positive_rate: float | None) -> dict[str, float]:
+    """What a model without skill (random scores) gets on a holdout with this positive rate."""
+    out = {"roc_auc": 0.5}
+    if positive_rate is not None:
+        out["pr_auc"] = float(positive_rate)
+    return out
+
+
+def baseline_floors(rules: Gate, positive_rate: float | None) -> dict[str, dict[str, Any]]:
+    """The baseline every registered model must reach, metric by metric, and where each value
+    comes from: ``configured`` (``gate.baseline``) or ``no skill`` (derived from the holdout's
+    positive rate). A configured ROC-AUC or PR-AUC below the no-skill value is raised to it."""
+    derived = no_skill(positive_rate)
+    out: dict[str, dict[str, Any]] = {}
+    for m in METRICS:
+        conf, ns = rules.baseline.get(m), derived.get(m)  # type: ignore[call-overload]
+        why = "no skill" + (": the holdout's positive rate" if m == "pr_auc" else "")
+        if conf is None and ns is None:
             continue
-        delta = candidate[metric] - ref[metric]
-        regression = delta if metric in LOWER_IS_BETTER else -delta
-        ok = regression <= tol
+        if conf is None:
+            out[m] = {"value": ns, "source": why}
+        elif ns is not None and conf < ns:
+            out[m] = {"value": ns, "source": f"{why}; the configured {conf:g} is below it"}
+        else:
+            out[m] = {"value": float(conf), "source": "configured"}
+    return out
+
+
+def _positive_rate(metrics: dict[str, float]) -> float | None:
+    rows, pos = metrics.get("rows"), metrics.get("positives")
+    return float(pos) / float(rows) if rows and pos is not None else None
+
+
+def gate(candidate: dict[str, float], reference: dict[str, float] | None, rules: Gate, against: str) -> GateDecision:
+    """Decide whether ``candidate`` (metrics from :func:`evaluate`) is registered.
+
+    ``reference`` is the reference model's metrics on the same holdout (the champion, or with no
+    champion the newest registered version), or None when no model is registered yet; ``against``
+    names it. The baseline floors (:func:`baseline_floors`, derived from the candidate's
+    ``rows`` and ``positives``) are checked in both cases.
+    """
+    pm = rules.primary_metric
+    floors = baseline_floors(rules, _positive_rate(candidate))
+    d = GateDecision(passed=True, against=against, primary_metric=pm, baseline=floors)
+
+    def row(metric: str, ref: float, rule: str, ok: bool, reason: str) -> None:
         d.comparison.append(
             {
                 "metric": metric,
                 "candidate": candidate[metric],
-                "reference": ref[metric],
-                "delta": delta,
-                "rule": f"regress <= {tol:g}",
+                "reference": ref,
+                "delta": candidate[metric] - ref,
+                "rule": rule,
                 "ok": ok,
             }
         )
         if not ok:
             d.passed = False
-            d.reasons.append(f"{metric} regresses by {regression:.4f} (tolerance {tol:g})")
+            d.reasons.append(reason)
+
+    def beats(metric: str, ref: float, what: str) -> None:
+        delta = candidate[metric] - ref
+        ok = delta >= rules.min_improvement and (delta > 0 or rules.min_improvement == 0)
+        row(
+            metric,
+            ref,
+            f"primary: improve on {what} by >= {rules.min_improvement:g}",
+            ok,
+            f"{metric} {candidate[metric]:.4f} does not beat the {what}'s {ref:.4f} by {rules.min_improvement:g}",
+        )
+
+    if reference is not None:
+        beats(pm, reference[pm], "reference")
+        for metric, tol in rules.tolerances.items():
+            if metric == pm or metric not in reference:
+                continue
+            delta = candidate[metric] - reference[metric]
+            regression = delta if metric in LOWER_IS_BETTER else -delta
+            row(
+                metric,
+                reference[metric],
+                f"regress <= {tol:g}",
+                regression <= tol,
+                f"{metric} regresses by {regression:.4f} (tolerance {tol:g})",
+            )
+    elif pm in floors:
+        beats(pm, floors[pm]["value"], "baseline")
+    else:  # the configuration requires a baseline for precision/recall; kept for direct callers
+        d.passed = False
+        d.reasons.append(f"no baseline value for the primary metric {pm} (set training.gate.baseline.{pm})")
+    for metric, b in floors.items():
+        if reference is None and metric == pm:
+            continue  # checked above, with min_improvement
+        lower = metric in LOWER_IS_BETTER
+        ok = candidate[metric] <= b["value"] if lower else candidate[metric] >= b["value"]
+        row(
+            metric,
+            b["value"],
+            f"baseline: {'<=' if lower else '>='} {b['value']:.4f}",
+            ok,
+            f"{metric} {candidate[metric]:.4f} does not reach the baseline {b['value']:.4f} ({b['source']})",
+        )
     return d

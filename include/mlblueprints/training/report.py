@@ -45,7 +45,7 @@ def render(uc: UseCase, run_id: str, results: dict[str, Any], where: list[str]) 
     if ev:
         cand, champ = ev["candidate"], ev.get("champion")
         table = Table(
-            ("metric", "candidate", f"champion v{ev['champion_version']}" if champ else "champion"),
+            ("metric", "candidate", ev["decision"].get("against", "reference") if champ else "reference"),
             right=(1, 2),
             indent="  ",
         )

@@ -81,11 +81,10 @@ def evaluate(ctx: StepContext, trained: dict[str, Any]) -> dict[str, Any]:
     candidate = xgb.Booster()
     candidate.load_model(str(Path(trained["model_dir"]) / MODEL_FILE))
     cand = ev.evaluate(y, candidate.predict(x), t.threshold)
-    champ_info = registry.model_version(registry.CHAMPION)
-    champ = None
-    if champ_info is not None:
-        champ = ev.evaluate(y, registry.load_booster(registry.CHAMPION).predict(x), t.threshold)
-    against = f"champion v{champ_info['version']}" if champ_info else "baseline"
+    # the champion, else the newest registered version (never one this run registered itself)
+    ref = registry.reference_model(exclude_run_id=ctx.run.run_id)
+    champ = ev.evaluate(y, registry.load_reference(ref).predict(x), t.threshold) if ref else None
+    against = ref.label if ref else "baseline"
     decision = ev.gate(cand, champ, t.gate, against)
     log.info("\n%s", decision.text())
     out_dir = jd / "evaluation"
@@ -93,7 +92,8 @@ def evaluate(ctx: StepContext, trained: dict[str, Any]) -> dict[str, Any]:
     result = {
         "candidate": cand,
         "champion": champ,
-        "champion_version": champ_info["version"] if champ_info else None,
+        "champion_version": ref.version if ref else None,
+        "reference": ref.as_dict() if ref else None,
         "decision": decision.as_dict(),
         "decision_text": decision.text(),
         "holdout": trained["data"].get("holdout"),

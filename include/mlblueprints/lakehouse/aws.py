@@ -364,8 +364,12 @@ def gold_statement(uc: UseCase, gold: str, lo: date, hi: date) -> Statement:
     g = uc.gold[gold]
     history_lo = lo - timedelta(days=g.lookback_days)
     inputs = {
-        inp: f"SELECT * FROM {fq(uc, naming.table_name(inp, naming.SILVER))} "
-        f"WHERE event_date BETWEEN DATE {literal(history_lo.isoformat())} AND DATE {literal(hi.isoformat())}"
+        inp: f"SELECT * FROM {fq(uc, naming.table_name(inp, naming.SILVER))}"
+        + (
+            ""  # reference data (partition_by: none) is read whole
+            if uc.datasets[inp].partition_column is None
+            else f" WHERE event_date BETWEEN DATE {literal(history_lo.isoformat())} AND DATE {literal(hi.isoformat())}"
+        )
         for inp in g.inputs
     }
     user = uc.gold_sql_path(gold).read_text().strip().rstrip(";")
@@ -388,7 +392,7 @@ def gold_statement(uc: UseCase, gold: str, lo: date, hi: date) -> Statement:
 def build_gold_statement(uc: UseCase, gold: str, touched: dict[str, list[str]]) -> tuple[Statement | None, Any]:
     """The Gold MERGE for the event dates a change on ``touched`` can affect, and that range."""
     g = uc.gold[gold]
-    dates = {date.fromisoformat(d) for ds in g.inputs for d in touched.get(ds, [])}
+    dates = {date.fromisoformat(d) for ds in naming.gold_driving_inputs(uc, gold) for d in touched.get(ds, [])}
     rng = gold_date_range(dates, g.lookback_days)
     return (gold_statement(uc, gold, *rng), rng) if rng else (None, None)
 

@@ -199,8 +199,18 @@ def register_view(
 
     files = data_files(table, row_filter) if table is not None else []
     if files:
-        cols = ", ".join(ident(f.name) for f in table.schema().fields)
-        src = f"SELECT {cols} FROM read_parquet([{', '.join(literal(f) for f in files)}], union_by_name = true)"
+        reader = f"read_parquet([{', '.join(literal(f) for f in files)}], union_by_name = true)"
+        fields = table.schema().fields
+        present = None
+        if len(table.schemas()) > 1:  # the schema evolved: a column added or dropped since some files
+            present = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()}
+        cols = ", ".join(
+            ident(f.name)
+            if present is None or f.name in present
+            else f"CAST(NULL AS {duckdb_type(f.field_type)}) AS {ident(f.name)}"  # none of these files has it
+            for f in fields
+        )
+        src = f"SELECT {cols} FROM {reader}"
         # the files of a partition hold only its rows, but a filter on another column (or an
         # unpartitioned table) keeps whole files: filter the rows too
         conditions = [c for c in (expression_sql(row_filter), where) if c and c != "TRUE"]

@@ -43,7 +43,7 @@ from mlblueprints.config import Dataset, UseCase
 from mlblueprints.core.duck import connect
 from mlblueprints.errors import PermanentError
 from mlblueprints.lakehouse import accounting, iceberg, naming, sqlgen
-from mlblueprints.lakehouse.naming import gold_date_range
+from mlblueprints.lakehouse.naming import gold_date_range, gold_driving_inputs
 from mlblueprints.lakehouse.sqlgen import ident, literal
 from mlblueprints.lineage import RunInfo
 
@@ -731,7 +731,7 @@ def build_gold(uc: UseCase, gold: str, touched: dict[str, list[str]], run: RunIn
     """
     started = time.perf_counter()
     g = uc.gold[gold]
-    dates = {date.fromisoformat(d) for ds in g.inputs for d in touched.get(ds, [])}
+    dates = {date.fromisoformat(d) for ds in gold_driving_inputs(uc, gold) for d in touched.get(ds, [])}
     rng = gold_date_range(dates, g.lookback_days)
     con = connect()
     if rng is None:
@@ -743,9 +743,12 @@ def build_gold(uc: UseCase, gold: str, touched: dict[str, list[str]], run: RunIn
         silver = _table(uc, naming.table_name(inp, naming.SILVER))
         if silver is None:
             raise LakehouseError(f"gold {gold}: input {inp} has no Silver table yet")
-        row_filter = And(
-            GreaterThanOrEqual("event_date", history_lo.isoformat()), LessThanOrEqual("event_date", hi.isoformat())
-        )
+        if uc.datasets[inp].partition_column is None:  # reference data: read whole
+            row_filter: BooleanExpression = AlwaysTrue()
+        else:
+            row_filter = And(
+                GreaterThanOrEqual("event_date", history_lo.isoformat()), LessThanOrEqual("event_date", hi.isoformat())
+            )
         iceberg.register_view(con, inp, silver, row_filter)
         source_snapshots[naming.table_name(inp, naming.SILVER)] = iceberg.snapshot_id(silver)
     user_sql = uc.gold_sql_path(gold).read_text()

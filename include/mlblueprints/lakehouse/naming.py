@@ -58,3 +58,13 @@ def gold_date_range(touched: Iterable[date], lookback_days: int) -> tuple[date, 
     if not t:
         return None
     return t[0], t[-1] + timedelta(days=lookback_days)
+
+
+def gold_driving_inputs(uc: UseCase, gold: str) -> list[str]:
+    """The inputs of a Gold table whose new event dates decide what Gold recomputes: the
+    event-partitioned ones. An unpartitioned input (``partition_by: none``, reference data such as
+    customers or policies) is read whole by every recompute, and a change to it applies to the Gold
+    rows recomputed from then on: it does not rewrite history by itself."""
+    g = uc.gold[gold]
+    driving = [i for i in g.inputs if uc.datasets[i].partition_column is not None]
+    return driving or list(g.inputs)

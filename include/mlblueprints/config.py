@@ -297,16 +297,48 @@ class TrainingSet(_Strict):
     description: str | None = None
 
 
-METRICS = ("roc_auc", "pr_auc", "precision", "recall", "calibration_error")
-# calibration error is better when lower; every other metric when higher
-LOWER_IS_BETTER = ("calibration_error",)
+TASKS = ("binary", "multiclass", "regression")
+# the metrics evaluation reports for each task type; the gate may use any of them
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("roc_auc", "pr_auc", "precision", "recall", "calibration_error"),
+    "multiclass": ("log_loss", "accuracy", "macro_f1", "weighted_f1"),
+    "regression": ("rmse", "mae", "mape", "r2"),
+}
+METRICS = TASK_METRICS["binary"]
+# every other metric is better when higher
+LOWER_IS_BETTER = ("calibration_error", "log_loss", "rmse", "mae", "mape")
+# metrics bounded to [0, 1] (a baseline outside is a typo)
+UNIT_METRICS = ("roc_auc", "pr_auc", "precision", "recall", "calibration_error", "accuracy", "macro_f1", "weighted_f1")
+DEFAULT_PRIMARY_METRIC = {"binary": "pr_auc", "multiclass": "macro_f1", "regression": "rmse"}
+DEFAULT_TOLERANCES: dict[str, dict[str, float]] = {
+    "binary": {"roc_auc": 0.01, "recall": 0.05, "calibration_error": 0.02},
+    "multiclass": {"accuracy": 0.01, "log_loss": 0.05},
+    "regression": {"r2": 0.01},  # scale-free; an RMSE/MAE tolerance is in the target's own unit
+}
+# metrics whose no-skill value the gate derives from the holdout (a model that ignores its inputs:
+# random scores, the class priors, the mean or median target)
+DERIVED_BASELINE_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("roc_auc", "pr_auc"),
+    "multiclass": ("log_loss", "accuracy", "macro_f1", "weighted_f1"),
+    "regression": ("rmse", "mae", "r2"),
+}
+# XGBoost objectives a regression target may use (training.objective)
+REGRESSION_OBJECTIVES = (
+    "reg:squarederror",
+    "reg:absoluteerror",
+    "reg:pseudohubererror",
+    "reg:squaredlogerror",
+    "reg:tweedie",
+    "reg:gamma",
+    "count:poisson",
+)
 
 
 class ThresholdRule(_Strict):
-    """How the operating threshold is chosen on the holdout: the lowest score threshold whose
-    false-positive rate is at most ``max_fpr``, or whose precision is at least ``min_precision``.
-    Exactly one of them; there is no default (the operating point is a business decision:
-    see docs/own-data.md for choosing it)."""
+    """How the operating threshold of a binary model is chosen on the holdout: the lowest score
+    threshold whose false-positive rate is at most ``max_fpr``, or whose precision is at least
+    ``min_precision``. Exactly one of them; there is no default (the operating point is a
+    business decision: see docs/own-data.md for choosing it)."""
 
     max_fpr: Annotated[float | None, Field(gt=0, lt=1)] = None
     min_precision: Annotated[float | None, Field(gt=0, le=1)] = None
@@ -325,11 +357,6 @@ class ThresholdRule(_Strict):
         return f"max_fpr {self.max_fpr:g}" if self.max_fpr is not None else f"min_precision {self.min_precision:g}"
 
 
-GateMetric = Literal["roc_auc", "pr_auc", "precision", "recall", "calibration_error"]
-# metrics whose no-skill value the gate derives from the holdout when no baseline is configured
-DERIVED_BASELINE_METRICS = ("roc_auc", "pr_auc")
-
-
 class Gate(_Strict):
     """When a candidate is registered.
 
@@ -338,36 +365,19 @@ class Gate(_Strict):
     regresses by more than its tolerance (absolute). With no reference model, it beats the
     baseline on the primary metric by ``min_improvement``.
 
-    ``baseline`` is a floor every registered model must reach, metric by metric (a ceiling for
-    calibration error). ROC-AUC and PR-AUC floors are never below what a model without skill
-    scores on the holdout (0.5, and the holdout's positive rate): configured lower, or not
-    configured, the gate uses those and says so. A primary metric of precision or recall needs
-    its baseline value configured.
+    ``baseline`` is a floor every registered model must reach, metric by metric (a ceiling for a
+    metric that is better when lower). Where the gate can tell what a model without skill scores
+    on the holdout (ROC-AUC 0.5 and PR-AUC = the positive rate for a binary label; the class priors
+    for a multiclass one; the mean / median target for a regression), the baseline is never worse
+    than that: configured worse, or not configured, the gate uses the no-skill value and says so.
+    The primary metric, tolerances and baseline keys must be metrics of the task
+    (``training.task``); unset, the primary metric and tolerances are the task's defaults.
     """
 
-    primary_metric: Literal["roc_auc", "pr_auc", "precision", "recall"] = "pr_auc"
+    primary_metric: str | None = None
     min_improvement: Annotated[float, Field(ge=0)] = 0.0
-    tolerances: dict[GateMetric, Annotated[float, Field(ge=0)]] = {
-        "roc_auc": 0.01,
-        "recall": 0.05,
-        "calibration_error": 0.02,
-    }
-    baseline: dict[GateMetric, Annotated[float, Field(ge=0, le=1)]] = {}
-
-    @model_validator(mode="after")
-    def _primary_has_a_floor(self) -> Gate:
-        pm = self.primary_metric
-        if pm not in DERIVED_BASELINE_METRICS and pm not in self.baseline:
-            _raise_problems(
-                [
-                    (
-                        "baseline",
-                        f"give a baseline value for the primary metric {pm} (e.g. baseline: {{{pm}: 0.5}}); "
-                        f"only {' and '.join(DERIVED_BASELINE_METRICS)} have a floor derived from the data",
-                    )
-                ]
-            )
-        return self
+    tolerances: dict[str, Annotated[float, Field(ge=0)]] | None = None
+    baseline: dict[str, float] = {}
 
 
 class SpotOptions(_Strict):
@@ -388,7 +398,8 @@ class SageMakerTraining(_Strict):
     instance_type: str = "ml.m5.xlarge"
     instance_count: Annotated[int, Field(ge=1, le=100)] = 1
     volume_size_gb: Annotated[int, Field(ge=1, le=16384)] = 30
-    framework_version: str = "1.7-1"  # the SageMaker XGBoost framework container
+    # the framework container's version: default 1.7-1 for xgboost, 1.2-1 for sklearn
+    framework_version: str | None = None
     image_uri: str | None = None  # default: the framework image of the region
     spot: SpotOptions = SpotOptions()
     network_isolation: bool = True
@@ -407,11 +418,31 @@ class SageMakerTraining(_Strict):
         return self
 
 
+ModelFormat = Literal["xgboost", "sklearn", "mlflow"]
+
+
+def _and(items: tuple[str, ...] | list[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 class Training(_Strict):
     """Training, evaluation and registration of the use case's model."""
 
     training_set: str
     algorithm: Literal["xgboost"] = "xgboost"
+    # what the label is: a binary 0/1 (or boolean) label, one of several classes, or a number
+    task: Literal["binary", "multiclass", "regression"] = "binary"
+    # multiclass: the label's values, in the order of the model's outputs (default: the allowed
+    # values of the data set column the label comes from)
+    classes: Annotated[list[str], Field(min_length=2)] | None = None
+    objective: str | None = None  # regression: an XGBoost objective (default reg:squarederror)
+    # a team's own script-mode training script (path relative to the use case YAML), instead of
+    # the built-in XGBoost one; model_format says what it writes to SM_MODEL_DIR
+    entry_point: str | None = None
+    model_format: ModelFormat | None = None  # default: xgboost
+    # the SageMaker framework image on aws: xgboost, sklearn, or an image URI
+    framework: str = "xgboost"
     # model inputs: default every feature of the training set's views
     features: list[str] | None = None
     extra_features: list[str] = []  # numeric columns carried by the training set (labels.columns)
@@ -420,7 +451,7 @@ class Training(_Strict):
     seed: int = 42
     checkpoint_interval_seconds: Annotated[float, Field(ge=0)] = 300
     holdout_days: Annotated[int, Field(ge=1, le=365)] = 2  # the last days of label events
-    threshold: ThresholdRule  # required: the operating point is a decision, not a default
+    threshold: ThresholdRule | None = None  # binary: required (the operating point is a decision)
     gate: Gate = Gate()
     model_name: str | None = None  # registered model name; default <usecase>_model
     promote: bool = False  # champion directly (use cases with no endpoint to canary on)
@@ -429,10 +460,97 @@ class Training(_Strict):
     @field_validator("hyperparameters")
     @classmethod
     def _reserved(cls, v: dict[str, Any]) -> dict[str, Any]:
-        bad = sorted(set(v) & {"seed", "num_boost_round", "objective", "eval_metric"})
+        bad = sorted(set(v) & {"seed", "num_boost_round", "objective", "eval_metric", "num_class", "task"})
         if bad:
-            raise ValueError(f"set {bad} through their own fields (seed, num_boost_round), not hyperparameters")
+            raise ValueError(
+                f"set {bad} through their own fields (seed, num_boost_round, task, objective, classes), "
+                "not hyperparameters"
+            )
         return v
+
+    @field_validator("framework")
+    @classmethod
+    def _framework(cls, v: str) -> str:
+        if v in ("xgboost", "sklearn") or re.match(r"^[\w.-]+(:\d+)?/[\w./-]+(:[\w.-]+|@sha256:[0-9a-f]{64})$", v):
+            return v
+        raise ValueError(f"{v!r}: use xgboost, sklearn or an image URI (<registry>/<repository>:<tag>)")
+
+    @model_validator(mode="after")
+    def _task(self) -> Training:
+        task = self.task
+        valid = TASK_METRICS[task]
+        problems: list[tuple[str, str]] = []
+
+        def metric(field: str, m: str) -> None:
+            if m not in valid:
+                problems.append((field, f"{m!r} is not a metric of a {task} task; use one of {', '.join(valid)}"))
+
+        if self.gate.primary_metric is not None:
+            metric("gate.primary_metric", self.gate.primary_metric)
+        for k in self.gate.tolerances or {}:
+            metric(f"gate.tolerances.{k}", k)
+        for k, v in self.gate.baseline.items():
+            metric(f"gate.baseline.{k}", k)
+            if k in UNIT_METRICS and not 0 <= v <= 1:
+                problems.append((f"gate.baseline.{k}", f"{v:g} is outside [0, 1]"))
+        pm = self.primary_metric
+        if pm in valid and pm not in DERIVED_BASELINE_METRICS[task] and pm not in self.gate.baseline:
+            problems.append(
+                (
+                    "gate.baseline",
+                    f"give a baseline value for the primary metric {pm} (e.g. baseline: {{{pm}: 0.5}}); "
+                    f"only {_and(DERIVED_BASELINE_METRICS[task])} have a floor derived from the data",
+                )
+            )
+        if task == "binary" and self.threshold is None:
+            problems.append(
+                (
+                    "threshold",
+                    "required: the operating point on the holdout, {max_fpr: F} (flag at most this share of the "
+                    "negatives) or {min_precision: P} (at least this share of the flagged rows are positives)",
+                )
+            )
+        if task != "binary" and self.threshold is not None:
+            problems.append(("threshold", f"a {task} model has no score threshold; remove it"))
+        if task != "multiclass" and self.classes is not None:
+            problems.append(("classes", f"classes apply to multiclass tasks, not {task}"))
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            problems.append(("classes", "a class is listed twice"))
+        if task == "regression":
+            if self.objective is not None and self.objective not in REGRESSION_OBJECTIVES:
+                problems.append(
+                    (
+                        "objective",
+                        f"{self.objective!r} is not a regression objective; use one of {', '.join(REGRESSION_OBJECTIVES)}",
+                    )
+                )
+        elif self.objective is not None:
+            problems.append(("objective", f"the objective of a {task} task is fixed; set it for regression only"))
+        if self.entry_point is None and self.model_format not in (None, "xgboost"):
+            problems.append(
+                ("model_format", "the built-in training script writes an xgboost model; set entry_point too")
+            )
+        _raise_problems(problems)
+        return self
+
+    @property
+    def primary_metric(self) -> str:
+        return self.gate.primary_metric or DEFAULT_PRIMARY_METRIC[self.task]
+
+    @property
+    def tolerances(self) -> dict[str, float]:
+        return dict(self.gate.tolerances) if self.gate.tolerances is not None else dict(DEFAULT_TOLERANCES[self.task])
+
+    @property
+    def xgboost_objective(self) -> str:
+        return {"binary": "binary:logistic", "multiclass": "multi:softprob"}.get(
+            self.task, self.objective or "reg:squarederror"
+        )
+
+    @property
+    def format(self) -> str:
+        """What the training script writes: ``xgboost`` (a booster), ``sklearn`` or ``mlflow``."""
+        return self.model_format or "xgboost"
 
 
 class Compaction(_Strict):
@@ -621,6 +739,16 @@ class UseCase(_Strict):
                                 f"{f!r} is not in training_sets.{t.training_set}.labels.columns",
                             )
                         )
+                if t.task == "multiclass" and self.label_classes() is None:
+                    add(
+                        (
+                            "training.classes",
+                            f"a multiclass label needs its classes: set training.classes, or allowed values on "
+                            f"the data set column {ts.labels.label!r} the label comes from",
+                        )
+                    )
+            if t.entry_point is not None and not self.entry_point_path().is_file():
+                add(("training.entry_point", f"file not found: {t.entry_point} (relative to the use case YAML)"))
         _raise_problems(problems)
         return self
 
@@ -636,6 +764,31 @@ class UseCase(_Strict):
         ts = self.training_sets[t.training_set]
         base = t.features or [f for v in ts.features for f in self.features[v].features]
         return [*base, *t.extra_features]
+
+    def label_classes(self) -> list[str] | None:
+        """A multiclass label's classes, in the order of the model's outputs: ``training.classes``,
+        else the allowed values of the data set column of the label's name (one is enough)."""
+        t = self.training
+        if t is None:
+            return None
+        if t.classes is not None:
+            return list(t.classes)
+        label = self.training_sets[t.training_set].labels.label if t.training_set in self.training_sets else None
+        for ds in self.datasets.values():
+            for c in ds.columns:
+                if c.name == label and c.allowed:
+                    return list(c.allowed)
+        return None
+
+    def entry_point_path(self) -> Path:
+        """The training script: the team's own (``training.entry_point``), else the built-in one."""
+        from mlblueprints.training import ENTRY_POINT, SCRIPT_DIR
+
+        t = self.training
+        if t is None or t.entry_point is None:
+            return SCRIPT_DIR / ENTRY_POINT
+        p = Path(t.entry_point)
+        return p if p.is_absolute() else self.base_dir / p
 
     def view_target(self, view: str) -> str:
         """Where a feature view's stores live: its own ``target``, else the use case's."""
@@ -730,12 +883,7 @@ def _join_path(base: tuple[Any, ...], rel: str) -> str:
 
 # pydantic adds the member type of a union to an error's location (``...max_depth.float``)
 _TYPE_TAG = re.compile(r"^(float|int|str|bool|none|list\[.*\]|dict\[.*\]|literal\[.*\]|function-\w+(\[.*\])?)$")
-_MISSING_HINTS = {
-    "training.threshold": (
-        "required: the operating point on the holdout, {max_fpr: F} (flag at most this share of the "
-        "negatives) or {min_precision: P} (at least this share of the flagged rows are positives)"
-    ),
-}
+_MISSING_HINTS: dict[str, str] = {}
 
 
 def _unwrap(ann: Any) -> Any:

@@ -97,7 +97,7 @@ def test_killed_athena_task_stops_its_running_query(running_queries):
 
 
 def test_killed_deferred_athena_task_stops_its_query_from_the_trigger(running_queries):
-    from airflow.exceptions import TaskDeferred
+    from airflow.sdk.exceptions import TaskDeferred
 
     from mlblueprints.airflow.operators import StatementTrigger
 
@@ -117,7 +117,7 @@ def test_killed_deferred_athena_task_stops_its_query_from_the_trigger(running_qu
 def test_resumed_athena_task_runs_the_remaining_statements_in_order(moto_world):
     """Deferral between statements: the event says which statement finished, the task goes on
     with the next one, and the output names every statement's query."""
-    from airflow.exceptions import TaskDeferred
+    from airflow.sdk.exceptions import TaskDeferred
 
     moto_world.bucket(BUCKET)
     moto_world.workgroup(BUCKET)
@@ -236,7 +236,7 @@ def test_killed_training_task_stops_its_job(running_jobs):
 
 
 def test_killed_deferred_training_task_stops_its_job_from_the_trigger(running_jobs):
-    from airflow.exceptions import TaskDeferred
+    from airflow.sdk.exceptions import TaskDeferred
 
     from mlblueprints.airflow.operators import StoppingSageMakerTrigger
     from mlblueprints.aws import training as tr

@@ -371,8 +371,15 @@ def test_metric_regex_reads_the_script_lines():
     assert pattern.search("round 7/9 valid-logloss=0.2") is None
     # the line the training script itself prints (its format string, rendered)
     script = (ROOT / "include/mlblueprints/training/script/train.py").read_text()
-    assert 'f"round {rounds}/{self.total} train-logloss={self.logloss:.6f}' in script
+    assert 'f"round {rounds}/{self.total} train-{self.metric_name}={self.metric:.6f}' in script
     assert regex.fullmatch(SM_MODEL.shape_for("MetricRegex").metadata["pattern"], tr.TRAIN_METRIC_REGEX)
+    # every task's metric: what the script prints is what the job's metric definition reads
+    for metric in ("logloss", "mlogloss", "rmse", "mae"):
+        line = tr.train_metric_line(3, 2.5, total=9, metric=metric)
+        assert line == f"round 3/9 train-{metric}=2.500000"
+        assert re.compile(tr.train_metric_regex(metric)).search(line).group(1) == "2.500000"
+        assert re.compile(tr.train_metric_regex("logloss")).search(line) is None or metric == "logloss"
+        assert regex.fullmatch(SM_MODEL.shape_for("MetricRegex").metadata["pattern"], tr.train_metric_regex(metric))
 
 
 def test_request_without_run_and_with_odd_run_ids():
@@ -666,3 +673,79 @@ def test_the_pattern_check_catches_what_botocore_lets_through():
     with pytest.raises(AssertionError, match="TrainingJobName") as err:
         check_patterns(bad, SM_MODEL.operation_model("CreateTrainingJob").input_shape)
     assert "Tags[0].Value" in str(err.value)
+
+
+# ---------------------------------------------------------------- task types and frameworks
+
+
+def _claims_uc(label: str | None = None, **training):
+    data = yaml.safe_load((ROOT / "dags/usecases/claim_cost.yaml").read_text())
+    data["gold"]["claim_features"]["sql"] = str(ROOT / "dags/usecases/sql/claim_cost/claim_features.sql")
+    data["training"].update(training)
+    for k, v in list(data["training"].items()):
+        if v is None:
+            data["training"].pop(k)
+    if label:
+        data["training_sets"]["claim_cost_training"]["labels"]["label"] = label
+    return parse_usecase(data, str(ROOT / "dags/usecases/claim_cost.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("training", "objective", "metric"),
+    [
+        ({}, "reg:squarederror", "rmse"),
+        ({"objective": "reg:tweedie"}, "reg:tweedie", "rmse"),
+        ({"objective": "reg:absoluteerror"}, "reg:absoluteerror", "mae"),
+        ({"task": "multiclass", "objective": None, "gate": {}}, "multi:softprob", "mlogloss"),
+    ],
+)
+def test_training_job_request_for_each_task(training, objective, metric):
+    """The job trains what the use case declares: the task, its objective (and num_class), and the
+    metric definition reads the line the script prints for that objective."""
+    from mlblueprints.training.core import hyperparameters
+
+    uc = _claims_uc(label="severity" if training.get("task") == "multiclass" else None, **training)
+    req = job_request(uc, hyperparameters=hyperparameters(uc))
+    validate(SM_MODEL, "CreateTrainingJob", req)
+    hps = tr.decode_hyperparameters(req["HyperParameters"])
+    assert hps["task"] == uc.training.task and hps["objective"] == objective
+    assert hps.get("num_class") == (3 if uc.training.task == "multiclass" else None)
+    assert req["AlgorithmSpecification"]["MetricDefinitions"] == [
+        {"Name": f"train:{metric}", "Regex": tr.train_metric_regex(metric)}
+    ]
+    assert req["AlgorithmSpecification"]["TrainingImage"] == tr.xgboost_image_uri(REGION, "1.7-1")
+
+
+def test_a_teams_own_sklearn_script_runs_on_the_sklearn_image():
+    from mlblueprints.training.core import hyperparameters
+
+    uc = _claims_uc(
+        entry_point="scripts/sklearn_gbm/train.py", model_format="sklearn", framework="sklearn", objective=None
+    )
+    req = job_request(uc, hyperparameters=hyperparameters(uc))
+    validate(SM_MODEL, "CreateTrainingJob", req)
+    assert req["AlgorithmSpecification"]["TrainingImage"] == tr.sklearn_image_uri(REGION, "1.2-1")
+    assert req["AlgorithmSpecification"]["MetricDefinitions"] == []  # the team's script prints what it likes
+    assert tr.decode_hyperparameters(req["HyperParameters"])["sagemaker_program"] == "train.py"
+    image_uris = pytest.importorskip("sagemaker.core.image_uris")
+    for region in ("eu-west-1", "us-east-1"):
+        for version in ("1.2-1", "1.4-2"):
+            expected = image_uris.retrieve(
+                "sklearn", region=region, version=version, image_scope="training", instance_type="ml.m5.xlarge"
+            )
+            assert tr.sklearn_image_uri(region, version) == expected
+    # an image URI of the team's own
+    custom = _claims_uc(framework="123456789012.dkr.ecr.eu-west-1.amazonaws.com/our-trainer:2.1")
+    assert tr.framework_image_uri(custom) == "123456789012.dkr.ecr.eu-west-1.amazonaws.com/our-trainer:2.1"
+    pkg = tr.create_model_package_request(
+        uc,
+        model_data_url="s3://b/model.tar.gz",
+        image_uri=tr.framework_image_uri(uc, "inference"),
+        metrics_s3_uri=None,
+        approval_status="PendingManualApproval",
+        description="d",
+        customer_metadata={"git_commit": "abc", "training_job_name": "j"},
+    )
+    validate(SM_MODEL, "CreateModelPackage", pkg)
+    [container] = pkg["InferenceSpecification"]["Containers"]
+    assert container["Framework"] == "SKLEARN" and container["FrameworkVersion"] == "1.2-1"

@@ -92,7 +92,7 @@ def test_first_model_goes_through_the_same_gate_against_the_baseline():
     assert gate(_m(pr_auc=0.2), None, RULES, "baseline").passed
     d = gate(_m(pr_auc=0.105), None, RULES, "baseline")
     assert not d.passed
-    assert d.reasons == ["pr_auc 0.1050 does not beat the baseline's 0.1000 by 0.01"]
+    assert d.reasons == ["pr_auc 0.1050 does not beat the baseline's 0.1000 by 0.01 (higher is better)"]
 
 
 def _holdout(rows: int, positives: int, **kw):
@@ -126,7 +126,7 @@ def test_without_a_baseline_the_floor_is_no_skill_on_the_holdout():
     # a label with 68% positives: a model without skill already has PR-AUC 0.68
     d = gate(_holdout(1000, 680, pr_auc=0.66, roc_auc=0.55), None, common, "baseline")
     assert not d.passed
-    assert d.reasons == ["pr_auc 0.6600 does not beat the baseline's 0.6800 by 0"]
+    assert d.reasons == ["pr_auc 0.6600 does not beat the baseline's 0.6800 by 0 (higher is better)"]
     assert d.baseline == {
         "roc_auc": {"value": 0.5, "source": "no skill"},
         "pr_auc": {"value": 0.68, "source": "no skill: the holdout's positive rate"},
@@ -158,6 +158,6 @@ def test_comparison_with_the_newest_version_uses_the_model_rules():
         _holdout(1000, 680, roc_auc=0.79, pr_auc=0.85), newest, rules, "v2 (newest registered version; no champion)"
     )
     assert not worse.passed and worse.against == "v2 (newest registered version; no champion)"
-    assert worse.reasons == ["roc_auc 0.7900 does not beat the reference's 0.8000 by 0"]
+    assert worse.reasons == ["roc_auc 0.7900 does not beat the reference's 0.8000 by 0 (higher is better)"]
     assert "NOT PROMOTED against v2 (newest registered version; no champion)" in worse.text()
     assert gate(_holdout(1000, 680, roc_auc=0.81, pr_auc=0.85), newest, rules, "v2").passed

@@ -84,10 +84,21 @@ TRAIN_CHANNEL = "train"
 TRAIN_CONTENT_TYPE = "application/x-parquet"
 
 # the training script's stdout lines and the metric SageMaker extracts from them
+TRAIN_METRIC_LINE = "round {round}/{total} train-{metric}={value:.6f}"
+_NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+# the train metric the built-in script reports per objective (train.py's EVAL_METRIC)
+EVAL_METRIC = {"binary:logistic": "logloss", "multi:softprob": "mlogloss", "reg:absoluteerror": "mae"}
+
+
+def train_metric_regex(metric: str = "logloss") -> str:
+    return rf"round \d+/\d+ train-{re.escape(metric)}={_NUMBER}"
+
+
 TRAIN_METRIC_NAME = "train:logloss"
-TRAIN_METRIC_LINE = "round {round}/{total} train-logloss={value:.6f}"
-TRAIN_METRIC_REGEX = r"round \d+/\d+ train-logloss=([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+TRAIN_METRIC_REGEX = train_metric_regex("logloss")
 METRIC_DEFINITIONS = ({"Name": TRAIN_METRIC_NAME, "Regex": TRAIN_METRIC_REGEX},)
+DEFAULT_FRAMEWORK_VERSION = {"xgboost": "1.7-1", "sklearn": "1.2-1"}
+MODEL_FRAMEWORKS = {"xgboost": "XGBOOST", "sklearn": "SKLEARN"}
 
 HYPERPARAMETERS_MAX = 100
 RESERVED_HYPERPARAMETER_PREFIX = "sagemaker_"
@@ -108,7 +119,6 @@ LINEAGE_OMITTED_KEY = "lineage_omitted"
 DESCRIPTION_MAX = 1024  # EntityDescription
 
 APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")
-MODEL_FRAMEWORK = "XGBOOST"
 INFERENCE_CONTENT_TYPES = ("text/csv",)
 INFERENCE_RESPONSE_TYPES = ("text/csv",)
 _FRAMEWORK_VERSION_RE = re.compile(r"^[0-9]\.[A-Za-z0-9.-]+$")  # ModelPackageFrameworkVersion, 3-10
@@ -133,7 +143,7 @@ _ALTERNATE_DOMAINS = {
     "eu-isoe-west-1": "cloud.adc-e.uk",
     "eusc-de-east-1": "amazonaws.eu",
 }
-_IMAGE_CONFIG = ("core", "image_uri_config", "xgboost.json")
+_IMAGE_CONFIG = ("core", "image_uri_config")
 
 
 # ---------------------------------------------------------------- small helpers
@@ -238,17 +248,40 @@ def model_package_group_name(uc: UseCase) -> str:
 # ---------------------------------------------------------------- framework image
 
 
-@lru_cache(maxsize=1)
-def _xgboost_image_config() -> dict[str, Any]:
+@lru_cache(maxsize=4)
+def _image_config(framework: str) -> dict[str, Any]:
     spec = importlib.util.find_spec("sagemaker")  # finds the package without importing it
     for base in list(spec.submodule_search_locations or []) if spec else []:
-        path = Path(base).joinpath(*_IMAGE_CONFIG)
+        path = Path(base).joinpath(*_IMAGE_CONFIG, f"{framework}.json")
         if path.is_file():
             return json.loads(path.read_text(encoding="utf-8"))
     raise RuntimeError(
-        "cannot find sagemaker/core/image_uri_config/xgboost.json: install the sagemaker package "
+        f"cannot find sagemaker/core/image_uri_config/{framework}.json: install the sagemaker package "
         "(3.x) or set training.sagemaker.image_uri"
     )
+
+
+def _xgboost_image_config() -> dict[str, Any]:
+    return _image_config("xgboost")
+
+
+def sklearn_image_uri(region: str, version: str, scope: str = "training") -> str:
+    """The SageMaker scikit-learn framework image (CPU, Python 3) of a region and version, as
+    ``sagemaker.core.image_uris.retrieve("sklearn", ...)`` builds it, from the SDK's table."""
+    config = _image_config("sklearn")
+    if scope not in config:
+        raise ValueError(f"unknown image scope {scope!r}; use one of {sorted(config)}")
+    versions = config[scope]["versions"]
+    resolved = config[scope].get("version_aliases", {}).get(version, version)
+    if resolved not in versions:
+        raise ValueError(f"unknown SageMaker scikit-learn framework version {version!r}; known: {', '.join(versions)}")
+    entry = versions[resolved]
+    registries = entry["registries"]
+    if region not in registries:
+        raise ValueError(f"SageMaker scikit-learn {version} has no image in region {region!r}")
+    domain = _ALTERNATE_DOMAINS.get(region, "amazonaws.com")
+    tag = f"{resolved}-cpu-{(entry.get('py_versions') or ['py3'])[0]}"
+    return f"{registries[region]}.dkr.ecr.{region}.{domain}/{entry['repository']}:{tag}"
 
 
 def xgboost_image_uri(region: str, version: str, scope: str = "training") -> str:
@@ -276,23 +309,49 @@ def xgboost_image_uri(region: str, version: str, scope: str = "training") -> str
     return f"{registries[region]}.dkr.ecr.{region}.{domain}/{entry['repository']}:{resolved}"
 
 
+def framework_version(uc: UseCase) -> str | None:
+    """The framework container's version (``training.sagemaker.framework_version``, else the
+    default of ``training.framework``); None for an image URI."""
+    t = uc.training
+    if t is None:
+        raise ValueError(f"{uc.name}: the training section is required")
+    return t.sagemaker.framework_version or DEFAULT_FRAMEWORK_VERSION.get(t.framework)
+
+
 def framework_image_uri(uc: UseCase, scope: str = "training") -> str:
-    """``training.sagemaker.image_uri`` when set, else the XGBoost framework image of
-    ``aws.region`` and ``training.sagemaker.framework_version`` (``scope`` "training" or
-    "inference"; the XGBoost container serves with the image it trains with)."""
+    """The training (or serving) image: ``training.sagemaker.image_uri`` when set; else
+    ``training.framework`` when it is an image URI; else the framework image (xgboost or sklearn)
+    of ``aws.region`` and :func:`framework_version` (``scope`` "training" or "inference"; the
+    framework containers serve with the image they train with)."""
+    t = uc.training
     sm = _sagemaker(uc)
     if sm.image_uri:
         return sm.image_uri
-    return xgboost_image_uri(_aws(uc).region, sm.framework_version, scope)
+    if t is not None and t.framework not in DEFAULT_FRAMEWORK_VERSION:
+        return t.framework
+    version = framework_version(uc) or ""
+    if t is not None and t.framework == "sklearn":
+        return sklearn_image_uri(_aws(uc).region, version, scope)
+    return xgboost_image_uri(_aws(uc).region, version, scope)
+
+
+def metric_definitions(uc: UseCase) -> list[dict[str, str]]:
+    """CloudWatch metrics from the job's log: the built-in script's per-round train metric (a
+    team's own script prints what it likes: none are defined for it)."""
+    t = uc.training
+    if t is None or t.entry_point is not None:
+        return []
+    metric = EVAL_METRIC.get(t.xgboost_objective, "rmse")
+    return [{"Name": f"train:{metric}", "Regex": train_metric_regex(metric)}]
 
 
 # ---------------------------------------------------------------- hyperparameters
 
 
-def train_metric_line(round_: int, logloss: float, total: int | None = None) -> str:
+def train_metric_line(round_: int, value: float, total: int | None = None, metric: str = "logloss") -> str:
     """The stdout line the training script prints per boosting round (matched by
-    :data:`TRAIN_METRIC_REGEX`), e.g. ``round 12/300 train-logloss=0.123456``."""
-    return TRAIN_METRIC_LINE.format(round=int(round_), total=int(total or round_), value=float(logloss))
+    :func:`train_metric_regex`), e.g. ``round 12/300 train-logloss=0.123456``."""
+    return TRAIN_METRIC_LINE.format(round=int(round_), total=int(total or round_), metric=metric, value=float(value))
 
 
 def submit_directory(source_s3_uri: str, network_isolation: bool) -> str:
@@ -405,7 +464,7 @@ def create_training_job_request(
     hps = encode_hyperparameters(
         {
             **hyperparameters,
-            "sagemaker_program": ENTRY_POINT,
+            "sagemaker_program": uc.entry_point_path().name,
             "sagemaker_submit_directory": submit_directory(source_s3_uri, isolation),
             "sagemaker_region": aws.region,
             "sagemaker_container_log_level": 20,
@@ -474,7 +533,7 @@ def create_training_job_request(
         "AlgorithmSpecification": {
             "TrainingImage": framework_image_uri(uc),
             "TrainingInputMode": "File",
-            "MetricDefinitions": [dict(m) for m in METRIC_DEFINITIONS],
+            "MetricDefinitions": metric_definitions(uc),
         },
         "HyperParameters": hps,
         "RoleArn": aws.iam_role_arn,
@@ -565,38 +624,59 @@ def job_differences(request: Mapping[str, Any], described: Mapping[str, Any]) ->
 
 
 def model_quality_statistics(ev: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
-    """The evaluation as a model package's ModelQuality statistics: Model Monitor's
-    ``binary_classification_metrics`` layout (what SageMaker Studio shows) for the metrics it
-    names, and the whole evaluation (PR-AUC, calibration error, threshold, gate) under
-    ``mlblueprints``."""
+    """The evaluation as a model package's ModelQuality statistics, in Model Monitor's layout for
+    the task (what SageMaker Studio shows): ``binary_classification_metrics``,
+    ``multiclass_classification_metrics`` or ``regression_metrics`` for the metrics it names, and
+    the whole evaluation (the gate, the reference model, the details) under ``mlblueprints``."""
     c = ev["candidate"]
-    rows, pos = int(c.get("rows", 0)), int(c.get("positives", 0))
-    neg = rows - pos
-    tp = round(c["recall"] * pos)
-    fp = round(c["fpr"] * neg)
+    task = ev.get("task", "binary")
+    details = ev.get("candidate_details") or {}
 
     def m(v: float) -> dict[str, Any]:
         return {"value": float(v), "standard_deviation": "NaN"}
 
-    return {
+    out: dict[str, Any] = {
         "version": 0.0,
-        "dataset": {"item_count": rows, "evaluation_time": ev.get("holdout")},
-        "binary_classification_metrics": {
+        "dataset": {"item_count": int(c.get("rows", 0)), "evaluation_time": ev.get("holdout")},
+    }
+    if task == "binary":
+        rows, pos = int(c.get("rows", 0)), int(c.get("positives", 0))
+        neg = rows - pos
+        tp = round(c["recall"] * pos)
+        fp = round(c["fpr"] * neg)
+        out["binary_classification_metrics"] = {
             "confusion_matrix": {"0": {"0": neg - fp, "1": fp}, "1": {"0": pos - tp, "1": tp}},
             "recall": m(c["recall"]),
             "precision": m(c["precision"]),
             "false_positive_rate": m(c["fpr"]),
             "auc": m(c["roc_auc"]),
-        },
-        "mlblueprints": {
-            "candidate": c,
-            "champion": ev.get("champion"),
-            "champion_version": ev.get("champion_version"),
-            "decision": ev.get("decision"),
-            "holdout": ev.get("holdout"),
-            "training_job_name": trained.get("job_name"),
-        },
+        }
+    elif task == "multiclass":
+        classes = details.get("classes") or []
+        cm = details.get("confusion_matrix") or []
+        out["multiclass_classification_metrics"] = {
+            "confusion_matrix": {a: {p: int(cm[i][j]) for j, p in enumerate(classes)} for i, a in enumerate(classes)},
+            "accuracy": m(c["accuracy"]),
+            "weighted_f1": m(c["weighted_f1"]),
+        }
+    else:
+        out["regression_metrics"] = {
+            "mae": m(c["mae"]),
+            "mse": m(c["rmse"] ** 2),
+            "rmse": m(c["rmse"]),
+            "r2": m(c["r2"]),
+        }
+    out["mlblueprints"] = {
+        "task": task,
+        "candidate": c,
+        "candidate_details": details,
+        "champion": ev.get("champion"),
+        "champion_version": ev.get("champion_version"),
+        "decision": ev.get("decision"),
+        "holdout": ev.get("holdout"),
+        "training_job_name": trained.get("job_name"),
     }
+    return out
 
 
 # ---------------------------------------------------------------- DescribeTrainingJob
@@ -724,11 +804,13 @@ def create_model_package_request(
     if approval_status not in APPROVAL_STATUSES:
         raise ValueError(f"approval_status must be one of {APPROVAL_STATUSES}, got {approval_status!r}")
     _s3(model_data_url, "model_data_url")
-    sm = _sagemaker(uc)
-    container: dict[str, Any] = {"Image": image_uri, "ModelDataUrl": model_data_url, "Framework": MODEL_FRAMEWORK}
-    version = sm.framework_version
-    if 3 <= len(version) <= 10 and _FRAMEWORK_VERSION_RE.match(version):
-        container["FrameworkVersion"] = version
+    container: dict[str, Any] = {"Image": image_uri, "ModelDataUrl": model_data_url}
+    framework = MODEL_FRAMEWORKS.get(uc.training.framework if uc.training else "xgboost")
+    if framework:
+        container["Framework"] = framework
+        version = framework_version(uc) or ""
+        if 3 <= len(version) <= 10 and _FRAMEWORK_VERSION_RE.match(version):
+            container["FrameworkVersion"] = version
     metadata = model_lineage_metadata(uc, customer_metadata)
     request: dict[str, Any] = {
         "ModelPackageGroupName": model_package_group_name(uc),

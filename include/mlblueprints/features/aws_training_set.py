@@ -225,7 +225,7 @@ def finish(uc: UseCase, rt: AwsRuntime, state: dict[str, Any], output: dict[str,
         os.replace(partial, local_path)
     con.execute(f"CREATE OR REPLACE TEMP VIEW written AS SELECT * FROM read_parquet({literal(str(local_path))})")
     rows, positives = con.execute(
-        f"SELECT count(*), count(*) FILTER (WHERE {ident(ts.labels.label)} = 1) FROM written"
+        f"SELECT count(*), count(*) FILTER (WHERE {core.positive_sql(ts.labels.label)}) FROM written"
     ).fetchone()
     coverage = {
         v.name: con.execute(

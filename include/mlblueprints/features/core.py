@@ -76,6 +76,12 @@ def check_label_columns(uc: UseCase, name: str, label_types: Mapping[str, str]) 
     return label_time
 
 
+def positive_sql(label: str) -> str:
+    """True where a label is a positive of a binary label (1 / true), whatever its type; a
+    training set reports the count (for a multiclass or regression label it is just a count)."""
+    return f"lower(trim(CAST({_q(label)} AS VARCHAR))) IN ('1', 'true', '1.0')"
+
+
 def offline_table(uc: UseCase, view: str) -> str:
     """Iceberg table of a view's history: ``fv_<view>_v<version>`` (a new version is a new table)."""
     return f"{OFFLINE_PREFIX}{view}_v{uc.features[view].version}"

@@ -43,7 +43,7 @@ from mlblueprints import runtime
 from mlblueprints.config import UseCase
 from mlblueprints.core.duck import connect
 from mlblueprints.features import core
-from mlblueprints.features.core import FeatureViewError, TrainingSetError, ViewColumns
+from mlblueprints.features.core import FeatureViewError, TrainingSetError, ViewColumns, positive_sql
 from mlblueprints.features.online import OnlineStore, store_path
 from mlblueprints.lakehouse import iceberg, naming
 from mlblueprints.lakehouse.local import table_properties, target_file_size
@@ -374,9 +374,9 @@ def build_training_set(
         ).fetchall()[0][0]
         for v in views
     }
-    positives = con.execute(f"SELECT count(*) FILTER (WHERE {ident(ts.labels.label)} = 1) FROM written").fetchall()[0][
+    positives = con.execute(f"SELECT count(*) FILTER (WHERE {positive_sql(ts.labels.label)}) FROM written").fetchall()[
         0
-    ]
+    ][0]
     con.close()
     return {
         "training_set": name,

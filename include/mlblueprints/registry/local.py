@@ -102,6 +102,77 @@ def serving_requirements() -> list[str]:
     return [f"{p}=={version(p)}" for p in ("mlflow", "xgboost", "numpy", "pandas", "scikit-learn")]
 
 
+# what a registered scikit-learn model may be made of: skops refuses to load any other type (a
+# model saved by the training job that needs another type fails registration, naming it)
+TRUSTED_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.")
+
+
+def skops_trusted_types(estimator: Any) -> list[str]:
+    """The types skops must be told to trust to load ``estimator`` back: only scikit-learn's, numpy's
+    and scipy's own (e.g. ``sklearn.tree._tree.Tree``); anything else is refused, so a registered model
+    never needs arbitrary code to load."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import skops.io
+
+        untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(estimator))
+    foreign = [t for t in untrusted if not t.startswith(TRUSTED_TYPE_PREFIXES)]
+    if foreign:
+        from mlblueprints.training.models import ModelFormatError
+
+        raise ModelFormatError(
+            f"the scikit-learn model uses types outside scikit-learn, numpy and scipy: {foreign}; "
+            "they cannot be registered as a skops model (which loads without running code)"
+        )
+    return list(untrusted)
+
+
+def _pinned(package: str) -> str:
+    from importlib.metadata import version
+
+    return f"{package}=={version(package)}"
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _log_model(model: Any) -> str:
+    """Log a trained model under ``model`` in its own MLflow flavor; returns its URI."""
+    import mlflow
+
+    if model.flavor == "xgboost":
+        import mlflow.xgboost
+
+        info = mlflow.xgboost.log_model(
+            model.raw, name="model", model_format="ubj", pip_requirements=serving_requirements()
+        )
+        return info.model_uri
+    if model.flavor == "sklearn":
+        import warnings
+
+        import mlflow.sklearn
+
+        predict_fn = "predict" if model.task == "regression" else "predict_proba"
+        with warnings.catch_warnings():
+            # skops inspects every imported module on import, Airflow's deprecated aliases included
+            warnings.simplefilter("ignore")
+            info = mlflow.sklearn.log_model(
+                model.raw,
+                name="model",
+                pip_requirements=[*serving_requirements(), _pinned("skops")],
+                pyfunc_predict_fn=predict_fn,
+                serialization_format="skops",
+                skops_trusted_types=skops_trusted_types(model.raw),
+            )
+        return info.model_uri
+    # an MLflow model directory the training script wrote: kept as it is
+    mlflow.log_artifacts(model.source, "model")
+    return f"runs:/{mlflow.active_run().info.run_id}/model"
+
+
 def _str_tags(d: dict[str, Any]) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str) for k, v in d.items()}
 
@@ -109,7 +180,7 @@ def _str_tags(d: dict[str, Any]) -> dict[str, str]:
 def record(
     uc: UseCase,
     *,
-    booster: Any,
+    model: Any,
     candidate: dict[str, float],
     champion: dict[str, float] | None,
     decision: dict[str, Any],
@@ -118,9 +189,9 @@ def record(
     register: bool,
     evaluation_dir: Path,
 ) -> dict[str, Any]:
-    """Log the run (metrics, comparison, lineage, the model); register it when ``register``."""
+    """Log the run (metrics, comparison, lineage, the model in its own MLflow flavor); register it
+    when ``register``. ``model`` is a :class:`mlblueprints.training.models.Model`."""
     import mlflow
-    import mlflow.xgboost
 
     c = client(uc)
     run_id_airflow = str(lineage.get("run_id"))
@@ -144,18 +215,16 @@ def record(
     else:
         with mlflow.start_run(experiment_id=exp, run_name=run_id_airflow, tags=tags) as r:
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-            mlflow.log_metrics({f"candidate_{k}": float(v) for k, v in candidate.items()})
+            mlflow.log_metrics({f"candidate_{k}": float(v) for k, v in candidate.items() if _number(v)})
             if champion:
-                mlflow.log_metrics({f"champion_{k}": float(v) for k, v in champion.items()})
+                mlflow.log_metrics({f"champion_{k}": float(v) for k, v in champion.items() if _number(v)})
             mlflow.log_dict(decision, "evaluation/gate.json")
             mlflow.log_artifacts(str(evaluation_dir), "evaluation")
-            info = mlflow.xgboost.log_model(
-                booster, name="model", model_format="ubj", pip_requirements=serving_requirements()
-            )
+            model_uri = _log_model(model)
             mlflow_run_id = r.info.run_id
         version = None
         if register:
-            mv = mlflow.register_model(info.model_uri, uc.model_name, tags=tags)
+            mv = mlflow.register_model(model_uri, uc.model_name, tags=tags)
             version = int(mv.version)
     aliases: list[str] = []
     if version is not None:
@@ -229,10 +298,17 @@ class MlflowRegistry:
 
         return reference_model(self.uc, exclude_run_id=exclude_run_id)
 
-    def load_reference(self, ref: Any) -> Any:
-        from mlblueprints.registry.reference import load_reference_booster
+    def load_reference(self, ref: Any, task: str, features: list[str]) -> Any:
+        """The reference version as a :class:`mlblueprints.training.models.Model`, in its flavor."""
+        from mlblueprints.training.models import from_registry
 
-        return load_reference_booster(self.uc, ref)
+        client(self.uc)  # points mlflow's registry URI at the use case's store
+        return from_registry(ref.model_uri, task, features)
+
+    def version_task(self, version: int) -> str:
+        """The task a registered version was trained for (its lineage tag; binary before tasks existed)."""
+        mv = client(self.uc).get_model_version(self.uc.model_name, str(version))
+        return (mv.tags or {}).get("mlb.task", "binary")
 
     def record(self, **kw: Any) -> dict[str, Any]:
         return record(self.uc, **kw)

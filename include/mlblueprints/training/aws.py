@@ -93,7 +93,9 @@ class AwsTrainer:
         holdout_s3_uri = aws.s3_uri("training", "data", data_key, "holdout", "holdout.parquet")
         s3io.put_file(s3, jd / "holdout" / "holdout.parquet", holdout_s3_uri, aws, tr.TRAIN_CONTENT_TYPE)
 
-        code, code_sha = source_archive(self.script_dir)
+        script = uc.entry_point_path()  # the built-in script, or the team's own (its directory is the source)
+        script_dir = self.script_dir if self.uc.training.entry_point is None else script.parent
+        code, code_sha = source_archive(script_dir, script.name)
         key = tr.source_archive_key(uc, code_sha)
         s3.put_object(Body=code, **tr.s3_put_source_request(uc, key, run.git_commit))
         source_s3_uri = f"s3://{aws.bucket}/{key}"
@@ -174,6 +176,17 @@ class AwsTrainer:
                 out_archive = Path(tmp) / "output.tar.gz"
                 s3.download_file(*req.split_s3_uri(output_uri), str(out_archive))
                 s3io.extract_tar(out_archive, output_dir)
+
+        def read(fname: str) -> dict[str, Any] | None:
+            for d in (model_dir, output_dir):
+                if (d / fname).is_file():
+                    return json.loads((d / fname).read_text())
+            return None
+
+        fmt = self.uc.training.format
+        if fmt != "xgboost":  # a team's own script: the evaluate step loads it by its declared format
+            meta = read(META_FILE) or {"format": fmt, "rounds": None, "resumed_from_round": None}
+            return model_dir, meta, read(METRICS_FILE) or {}
         booster = xgb.Booster()
         if not (model_dir / MODEL_FILE).is_file():
             found = next((model_dir / f for f in BOOSTER_FILES if (model_dir / f).is_file()), None)
@@ -186,13 +199,6 @@ class AwsTrainer:
             booster.save_model(str(model_dir / MODEL_FILE))
         else:
             booster.load_model(str(model_dir / MODEL_FILE))
-
-        def read(fname: str) -> dict[str, Any] | None:
-            for d in (model_dir, output_dir):
-                if (d / fname).is_file():
-                    return json.loads((d / fname).read_text())
-            return None
-
         meta = read(META_FILE) or {
             "rounds": booster.num_boosted_rounds(),
             "resumed_from_round": None,
@@ -203,11 +209,14 @@ class AwsTrainer:
     def ensure_local(self, trained: dict[str, Any]) -> None:
         """Put the model and the holdout of ``trained`` back under its job dir when this worker does
         not have them: on MWAA / Celery the evaluate and register steps may run on another worker."""
+        from mlblueprints.training.models import detect_format
+
         model_dir = Path(trained["model_dir"])
         holdout = Path(trained["job_dir"]) / "holdout" / "holdout.parquet"
-        if (model_dir / MODEL_FILE).is_file() and holdout.is_file():
+        have_model = model_dir.is_dir() and detect_format(model_dir) is not None
+        if have_model and holdout.is_file():
             return
-        if not (model_dir / MODEL_FILE).is_file():
+        if not have_model:
             self._fetch_model({"ModelArtifacts": {"S3ModelArtifacts": trained["model_data_url"]}}, model_dir.parent)
         if not holdout.is_file():
             s3io.download(self.rt.client("s3"), trained["holdout_s3_uri"], holdout)

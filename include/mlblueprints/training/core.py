@@ -42,14 +42,19 @@ def hyperparameters(uc: UseCase) -> dict[str, Any]:
     if t is None:
         raise ValueError(f"{uc.name}: the use case has no training section")
     ts = uc.training_sets[t.training_set]
-    return {
+    out = {
         **t.hyperparameters,
         "features": ",".join(uc.model_features()),
         "label": ts.labels.label,
+        "task": t.task,
+        "objective": t.xgboost_objective,
         "num_boost_round": t.num_boost_round,
         "seed": t.seed,
         "checkpoint_interval_seconds": t.checkpoint_interval_seconds,
     }
+    if t.task == "multiclass":
+        out["num_class"] = len(uc.label_classes() or [])
+    return out
 
 
 def encode_hyperparameters(values: Mapping[str, Any]) -> dict[str, str]:
@@ -93,12 +98,12 @@ def job_dir(uc: UseCase, run_id: str) -> Path:
     return runtime.path("training", uc.name, safe(run_id))
 
 
-def source_archive(script_dir: Path) -> tuple[bytes, str]:
-    """The training code as a reproducible ``.tar.gz`` (``train.py`` at the root, sorted members,
-    no timestamps or owners, no caches) and its sha256: the same code gives the same bytes."""
+def source_archive(script_dir: Path, entry_point: str = ENTRY_POINT) -> tuple[bytes, str]:
+    """The training code as a reproducible ``.tar.gz`` (the entry point at the root, sorted
+    members, no timestamps or owners, no caches) and its sha256: the same code gives the same bytes."""
     script_dir = Path(script_dir)
-    if not (script_dir / ENTRY_POINT).is_file():
-        raise FileNotFoundError(f"the training code has no {ENTRY_POINT} at its root: {script_dir}")
+    if not (script_dir / entry_point).is_file():
+        raise FileNotFoundError(f"the training code has no {entry_point} at its root: {script_dir}")
     buf = io.BytesIO()
     with (
         gzip.GzipFile(filename="", fileobj=buf, mode="wb", mtime=0) as gz,

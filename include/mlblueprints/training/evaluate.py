@@ -27,7 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from mlblueprints.config import LOWER_IS_BETTER, METRICS, Gate, ThresholdRule
+from mlblueprints.config import (
+    DEFAULT_PRIMARY_METRIC,
+    DEFAULT_TOLERANCES,
+    LOWER_IS_BETTER,
+    TASK_METRICS,
+    Gate,
+    ThresholdRule,
+)
 
 CALIBRATION_BINS = 10
 
@@ -104,6 +111,124 @@ def evaluate(y: np.ndarray, scores: np.ndarray, rule: ThresholdRule) -> dict[str
     }
 
 
+def _summary(values: np.ndarray) -> dict[str, float]:
+    q = np.quantile(values, [0.05, 0.5, 0.95]) if len(values) else [np.nan] * 3
+    return {
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values)),
+        "p05": float(q[0]),
+        "p50": float(q[1]),
+        "p95": float(q[2]),
+        "max_abs": float(np.max(np.abs(values))),
+    }
+
+
+def evaluate_multiclass(
+    y: np.ndarray, probs: np.ndarray, classes: list[str]
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Metrics of class probabilities ``probs`` (rows x classes, columns in ``classes`` order)
+    against class indexes ``y``; the decision is the most probable class (argmax). Returns the
+    metrics the gate can use and the details a person reads (per-class precision / recall / F1,
+    the confusion matrix, what a model without skill scores)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, precision_recall_fscore_support
+
+    y = np.asarray(y, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    k = len(classes)
+    if p.ndim != 2 or p.shape[1] != k:
+        raise ValueError(f"expected class probabilities with {k} columns, got shape {p.shape}")
+    if len(y) == 0:
+        raise ValueError("the holdout is empty: cannot evaluate")
+    labels = list(range(k))
+    p = p / np.maximum(p.sum(axis=1, keepdims=True), 1e-300)  # float32 outputs: rows sum to 1 +- 1e-7
+    pred = p.argmax(axis=1)
+    prec, rec, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    metrics = {
+        "log_loss": float(log_loss(y, np.clip(p, 1e-15, 1.0), labels=labels)),
+        "accuracy": float(accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y, pred, labels=labels, average="weighted", zero_division=0)),
+        "rows": int(len(y)),
+    }
+    priors = np.bincount(y, minlength=k) / len(y)
+    top = float(priors.max())
+    details = {
+        "decision": "argmax",
+        "classes": list(classes),
+        "per_class": {
+            c: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(support[i])}
+            for i, c in enumerate(classes)
+        },
+        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),  # rows: actual, columns: predicted
+        "no_skill": {  # always predicting the class priors (log loss) or the most frequent class
+            "log_loss": float(-(priors[priors > 0] * np.log(priors[priors > 0])).sum()),
+            "accuracy": top,
+            "macro_f1": 2 * top / ((1 + top) * k),
+            "weighted_f1": top * 2 * top / (1 + top),
+        },
+    }
+    return metrics, details
+
+
+def evaluate_regression(y: np.ndarray, pred: np.ndarray) -> tuple[dict[str, float], dict[str, Any]]:
+    """RMSE, MAE, R² and - over the rows whose target is not 0, where it is defined - MAPE; the
+    residual summary; and what predicting the mean (RMSE, R²) or median (MAE) scores."""
+    y = np.asarray(y, dtype=np.float64)
+    f = np.asarray(pred, dtype=np.float64).reshape(-1)
+    if len(y) == 0:
+        raise ValueError("the holdout is empty: cannot evaluate")
+    if len(f) != len(y):
+        raise ValueError(f"{len(f)} predictions for {len(y)} rows")
+    resid = f - y
+    sst = float(((y - y.mean()) ** 2).sum())
+    nonzero = y != 0
+    metrics: dict[str, float] = {
+        "rmse": float(np.sqrt(np.mean(resid**2))),
+        "mae": float(np.mean(np.abs(resid))),
+        "r2": float(1.0 - (resid**2).sum() / sst) if sst > 0 else 0.0,
+        "rows": int(len(y)),
+    }
+    if nonzero.any():
+        metrics["mape"] = float(np.mean(np.abs(resid[nonzero] / y[nonzero])))
+    details = {
+        "decision": "none (the prediction is the value)",
+        "residuals": _summary(resid),
+        "target": {"min": float(y.min()), "max": float(y.max()), "mean": float(y.mean())},
+        "mape_rows": int(nonzero.sum()),
+        "no_skill": {
+            "rmse": float(np.std(y)),
+            "mae": float(np.mean(np.abs(y - np.median(y)))),
+            "r2": 0.0,
+        },
+    }
+    return metrics, details
+
+
+def evaluate_task(
+    task: str,
+    y: np.ndarray,
+    scores: np.ndarray,
+    *,
+    rule: ThresholdRule | None = None,
+    classes: list[str] | None = None,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """(metrics, details) of a model of ``task`` on the holdout: :func:`evaluate` (binary, at the
+    threshold ``rule`` chooses), :func:`evaluate_multiclass` or :func:`evaluate_regression`."""
+    if task == "binary":
+        if rule is None:
+            raise ValueError("a binary model needs a threshold rule")
+        m = evaluate(y, scores, rule)
+        rate = m["positives"] / m["rows"]
+        return m, {"decision": f"score >= {m['threshold']:.6g} ({rule.describe()})", "no_skill": no_skill(rate)}
+    if task == "multiclass":
+        if not classes:
+            raise ValueError("a multiclass model needs its classes")
+        return evaluate_multiclass(y, scores, classes)
+    if task == "regression":
+        return evaluate_regression(y, scores)
+    raise ValueError(f"unknown task {task!r}")
+
+
 @dataclass
 class GateDecision:
     passed: bool
@@ -154,21 +279,28 @@ def no_skill(positive_rate: float | None) -> dict[str, float]:
     return out
 
 
-def baseline_floors(rules: Gate, positive_rate: float | None) -> dict[str, dict[str, Any]]:
-    """The baseline every registered model must reach, metric by metric, and where each value
-    comes from: ``configured`` (``gate.baseline``) or ``no skill`` (derived from the holdout's
-    positive rate). A configured ROC-AUC or PR-AUC below the no-skill value is raised to it."""
-    derived = no_skill(positive_rate)
+def baseline_floors(
+    rules: Gate, positive_rate: float | None = None, *, task: str = "binary", no_skill_values: dict | None = None
+) -> dict[str, dict[str, Any]]:
+    """The baseline every registered model must reach, metric by metric (a ceiling for a metric
+    that is better when lower), and where each value comes from: ``configured``
+    (``gate.baseline``) or ``no skill`` (what a model that ignores its inputs scores on the same
+    holdout). A configured value worse than the no-skill one is replaced by it."""
+    derived = dict(no_skill_values) if no_skill_values is not None else no_skill(positive_rate)
     out: dict[str, dict[str, Any]] = {}
-    for m in METRICS:
-        conf, ns = rules.baseline.get(m), derived.get(m)  # type: ignore[call-overload]
+    for m in TASK_METRICS[task]:
+        conf, ns = rules.baseline.get(m), derived.get(m)
         why = "no skill" + (": the holdout's positive rate" if m == "pr_auc" else "")
         if conf is None and ns is None:
             continue
+        lower = m in LOWER_IS_BETTER
         if conf is None:
-            out[m] = {"value": ns, "source": why}
-        elif ns is not None and conf < ns:
-            out[m] = {"value": ns, "source": f"{why}; the configured {conf:g} is below it"}
+            out[m] = {"value": float(ns), "source": why}
+        elif ns is not None and (conf > ns if lower else conf < ns):
+            out[m] = {
+                "value": float(ns),
+                "source": f"{why}; the configured {conf:g} is {'above' if lower else 'below'} it",
+            }
         else:
             out[m] = {"value": float(conf), "source": "configured"}
     return out
@@ -179,17 +311,31 @@ def _positive_rate(metrics: dict[str, float]) -> float | None:
     return float(pos) / float(rows) if rows and pos is not None else None
 
 
-def gate(candidate: dict[str, float], reference: dict[str, float] | None, rules: Gate, against: str) -> GateDecision:
-    """Decide whether ``candidate`` (metrics from :func:`evaluate`) is registered.
+def gate(
+    candidate: dict[str, float],
+    reference: dict[str, float] | None,
+    rules: Gate,
+    against: str,
+    *,
+    task: str = "binary",
+    no_skill_values: dict[str, float] | None = None,
+) -> GateDecision:
+    """Decide whether ``candidate`` (metrics of :func:`evaluate_task`) is registered.
 
     ``reference`` is the reference model's metrics on the same holdout (the champion, or with no
     champion the newest registered version), or None when no model is registered yet; ``against``
-    names it. The baseline floors (:func:`baseline_floors`, derived from the candidate's
-    ``rows`` and ``positives``) are checked in both cases.
+    names it. The baseline (:func:`baseline_floors`, with the no-skill values of the holdout, for
+    a binary task derivable from the candidate's ``rows`` and ``positives``) is checked in both
+    cases. Each metric is compared in its direction (``LOWER_IS_BETTER``).
     """
-    pm = rules.primary_metric
-    floors = baseline_floors(rules, _positive_rate(candidate))
+    pm = rules.primary_metric or DEFAULT_PRIMARY_METRIC[task]
+    tolerances = rules.tolerances if rules.tolerances is not None else DEFAULT_TOLERANCES[task]
+    floors = baseline_floors(rules, _positive_rate(candidate), task=task, no_skill_values=no_skill_values)
     d = GateDecision(passed=True, against=against, primary_metric=pm, baseline=floors)
+    if candidate.get(pm) is None:
+        d.passed = False
+        d.reasons.append(f"the primary metric {pm} is not defined on this holdout")
+        return d
 
     def row(metric: str, ref: float, rule: str, ok: bool, reason: str) -> None:
         d.comparison.append(
@@ -207,20 +353,23 @@ def gate(candidate: dict[str, float], reference: dict[str, float] | None, rules:
             d.reasons.append(reason)
 
     def beats(metric: str, ref: float, what: str) -> None:
-        delta = candidate[metric] - ref
-        ok = delta >= rules.min_improvement and (delta > 0 or rules.min_improvement == 0)
+        lower = metric in LOWER_IS_BETTER
+        gain = (ref - candidate[metric]) if lower else (candidate[metric] - ref)
+        ok = gain >= rules.min_improvement and (gain > 0 or rules.min_improvement == 0)
+        verb = "lower" if lower else "higher"
         row(
             metric,
             ref,
-            f"primary: improve on {what} by >= {rules.min_improvement:g}",
+            f"primary: improve on {what} by >= {rules.min_improvement:g} ({verb} is better)",
             ok,
-            f"{metric} {candidate[metric]:.4f} does not beat the {what}'s {ref:.4f} by {rules.min_improvement:g}",
+            f"{metric} {candidate[metric]:.4f} does not beat the {what}'s {ref:.4f} by {rules.min_improvement:g} "
+            f"({verb} is better)",
         )
 
-    if reference is not None:
+    if reference is not None and reference.get(pm) is not None:
         beats(pm, reference[pm], "reference")
-        for metric, tol in rules.tolerances.items():
-            if metric == pm or metric not in reference:
+        for metric, tol in tolerances.items():
+            if metric == pm or reference.get(metric) is None or candidate.get(metric) is None:
                 continue
             delta = candidate[metric] - reference[metric]
             regression = delta if metric in LOWER_IS_BETTER else -delta
@@ -233,12 +382,14 @@ def gate(candidate: dict[str, float], reference: dict[str, float] | None, rules:
             )
     elif pm in floors:
         beats(pm, floors[pm]["value"], "baseline")
-    else:  # the configuration requires a baseline for precision/recall; kept for direct callers
+    else:  # the configuration requires a baseline for such a metric; kept for direct callers
         d.passed = False
         d.reasons.append(f"no baseline value for the primary metric {pm} (set training.gate.baseline.{pm})")
     for metric, b in floors.items():
-        if reference is None and metric == pm:
+        if (reference is None or reference.get(pm) is None) and metric == pm:
             continue  # checked above, with min_improvement
+        if candidate.get(metric) is None:
+            continue
         lower = metric in LOWER_IS_BETTER
         ok = candidate[metric] <= b["value"] if lower else candidate[metric] >= b["value"]
         row(

@@ -75,7 +75,11 @@ def _arg(value: Any) -> str:
 
 
 def training_env(
-    job_dir: Path, train_dir: Path, hyperparameters: Mapping[str, Any], checkpoint_dir: Path
+    job_dir: Path,
+    train_dir: Path,
+    hyperparameters: Mapping[str, Any],
+    checkpoint_dir: Path,
+    script: Path = SCRIPT_DIR / ENTRY_POINT,
 ) -> dict[str, str]:
     """The ``SM_*`` variables SageMaker's training toolkit would set for this job (plus ours)."""
     hps = encode_hyperparameters(hyperparameters)
@@ -100,9 +104,9 @@ def training_env(
         "SM_HOSTS": json.dumps([CURRENT_HOST]),
         "SM_NUM_CPUS": str(num_cpus),
         "SM_NUM_GPUS": "0",
-        "SM_USER_ENTRY_POINT": ENTRY_POINT,
-        "SM_MODULE_NAME": Path(ENTRY_POINT).stem,
-        "SM_MODULE_DIR": str(SCRIPT_DIR),
+        "SM_USER_ENTRY_POINT": script.name,
+        "SM_MODULE_NAME": script.stem,
+        "SM_MODULE_DIR": str(script.parent),
         "SM_LOG_LEVEL": "20",
         "SM_RESOURCE_CONFIG": json.dumps(resource_config),
         "SM_INPUT_DATA_CONFIG": json.dumps(input_data_config),
@@ -120,11 +124,11 @@ def training_env(
             "input_data_config": input_data_config,
             "job_name": job_dir.name,
             "log_level": 20,
-            "module_name": Path(ENTRY_POINT).stem,
+            "module_name": script.stem,
             "num_cpus": num_cpus,
             "num_gpus": 0,
             "resource_config": resource_config,
-            "user_entry_point": ENTRY_POINT,
+            "user_entry_point": script.name,
             **{k: str(v) for k, v in dirs.items()},
         },
         sort_keys=True,
@@ -182,6 +186,7 @@ class _Process:
         self.signal_after_round = signal_after_round
         self.sent: str | None = None
         self.last_round = 0
+        self.first_round: int | None = None  # the first progress round this process reported
         self.stdout_tail: deque[str] = deque(maxlen=200)
         self.stderr_tail: deque[str] = deque(maxlen=60)
         self._lock = threading.Lock()
@@ -215,6 +220,8 @@ class _Process:
             m = PROGRESS_RE.match(line)
             if m:
                 self.last_round = int(m.group(1))
+                if self.first_round is None:
+                    self.first_round = self.last_round
                 if self.signal_after_round and self.last_round >= self.signal_after_round[1]:
                     self.send(self.signal_after_round[0])
         stream.close()
@@ -234,6 +241,7 @@ def run_training_job(
     timeout: float | None = None,
     python: str = sys.executable,
     env: Mapping[str, str | None] | None = None,
+    script: Path | None = None,
 ) -> dict:
     """Run ``train.py`` locally as SageMaker would run it; return what it produced.
 
@@ -249,7 +257,8 @@ def run_training_job(
     ``model_meta.json`` (``None`` unless the run succeeded), ``metrics`` the parsed
     ``training_metrics.json`` (also written on a SIGTERM stop), ``interrupted`` the name of the
     signal that stopped it (or was sent to it), ``checkpoints`` the checkpoint directory's
-    ``ckpt-*`` names after the run.
+    ``ckpt-*`` names after the run, ``first_round``/``last_round`` the first and last
+    ``round <done>/<total>`` progress line the script printed (a resumed run starts past 1).
 
     Raises :class:`TrainingInterrupted` (SIGTERM exit 143, or killed by SIGKILL) or
     :class:`TrainingFailed` (any other non-zero exit, with the stderr tail; a timeout). If the
@@ -276,7 +285,8 @@ def run_training_job(
     write_input_config(config_dir, hyperparameters)
 
     child_env = dict(os.environ)
-    child_env.update(training_env(job_dir, train_dir, hyperparameters, ckpt_dir))
+    script = Path(script) if script is not None else SCRIPT_DIR / ENTRY_POINT
+    child_env.update(training_env(job_dir, train_dir, hyperparameters, ckpt_dir, script))
     child_env["PYTHONUNBUFFERED"] = "1"
     child_env["MLB_PARENT_PID"] = str(os.getpid())  # the script asks to get SIGTERM if we die
     for key, value in (env or {}).items():
@@ -285,7 +295,6 @@ def run_training_job(
         else:
             child_env[key] = value
 
-    script = SCRIPT_DIR / ENTRY_POINT
     log.info("training job %s: %s %s (checkpoints in %s)", job_dir.name, python, script, ckpt_dir)
     t0 = time.monotonic()
     popen = subprocess.Popen(
@@ -337,11 +346,12 @@ def run_training_job(
         "model_dir": str(model_dir),
         "output_dir": str(output_data_dir),
         "checkpoint_dir": str(ckpt_dir),
-        "meta": _read_json(model_dir / "model_meta.json") if rc == 0 else None,
+        "meta": _read_json(model_dir / "model_meta.json") if rc == 0 else None,  # the built-in script's
         "metrics": _read_json(output_data_dir / "training_metrics.json"),
         "seconds": round(seconds, 3),
         "interrupted": interrupted,
         "last_round": proc.last_round,
+        "first_round": proc.first_round,
         "checkpoints": checkpoints,
     }
     if rc == 0:
@@ -353,7 +363,9 @@ def run_training_job(
         raise TrainingFailed(f"training job {job_dir.name} timed out after {timeout:g} s", result)
     if rc in (EXIT_INTERRUPTED, -signal.SIGTERM, -signal.SIGKILL):
         how = "stopped by SIGTERM" if rc != -signal.SIGKILL else "killed by SIGKILL"
-        last = checkpoints[-1] if checkpoints else "none"
+        # the built-in script's ckpt-* directories; whatever else a team's own script keeps there
+        other = sorted(p.name for p in ckpt_dir.iterdir() if not p.name.startswith(".")) if ckpt_dir.is_dir() else []
+        last = checkpoints[-1] if checkpoints else (", ".join(other[:3]) or "none")
         raise TrainingInterrupted(
             f"training job {job_dir.name} {how} after round {proc.last_round} (newest checkpoint: {last}); "
             "a rerun with the same checkpoint_dir resumes",
@@ -403,12 +415,13 @@ class LocalTrainer:
             hyperparameters(self.uc),
             checkpoint_dir=jd / "checkpoints",
             interrupt=interrupt,
+            script=self.uc.entry_point_path(),
         )
         return {
             "job_name": f"{self.uc.name}-{jd.name}-try{try_number}",
             "try_number": try_number,
             "model_dir": str(out["model_dir"]),
-            "meta": out["meta"],
+            "meta": out["meta"] or _meta_of(Path(out["model_dir"]), self.uc, out),
             "metrics": out.get("metrics") or {},
             "seconds": out["seconds"],
             "data": data,
@@ -417,3 +430,19 @@ class LocalTrainer:
 
     def ensure_local(self, trained: dict[str, Any]) -> None:
         """The model and holdout of a local job are on this machine already."""
+
+
+def _meta_of(model_dir: Path, uc: Any, out: dict[str, Any]) -> dict[str, Any]:
+    """What is known of a model a team's own script wrote (the built-in script writes its own
+    meta): its files, and from its ``round <done>/<total>`` lines (if it prints them) how far it
+    got and the first round this process reported (past the first when it resumed)."""
+    t = uc.training
+    first, last = out.get("first_round"), out.get("last_round") or None
+    return {
+        "format": f"{t.format} (written by {uc.entry_point_path().name})",
+        "files": sorted(p.name for p in model_dir.iterdir()) if model_dir.is_dir() else [],
+        "rounds": last,
+        "first_round_reported": first,
+        "resumed_from_round": None,  # only the script knows; see first_round_reported
+        "rounds_trained_in_this_process": None,
+    }

@@ -6,21 +6,25 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mlblueprints.config import UseCase
+from mlblueprints.config import TASK_METRICS, UseCase
 from mlblueprints.core.reporting import Table
 
-METRIC_ORDER = ("roc_auc", "pr_auc", "precision", "recall", "fpr", "calibration_error", "threshold")
+# what the metrics table shows per task, in order (the gate's metrics and a few more)
+METRIC_ORDER = {
+    "binary": ("roc_auc", "pr_auc", "precision", "recall", "fpr", "calibration_error", "threshold"),
+    "multiclass": TASK_METRICS["multiclass"],
+    "regression": TASK_METRICS["regression"],
+}
 
 
 def render(uc: UseCase, run_id: str, results: dict[str, Any], where: list[str]) -> str:
     """The report text; ``where`` says where the registry keeps runs and models."""
     lines = [f"{uc.name}__training  run {run_id}", ""]
     ts = results.get("training_set")
+    task = uc.training.task if uc.training else "binary"
     if ts:
-        lines.append(
-            f"training set {ts['table']} snapshot {ts['snapshot_id']}: {ts['rows']:,} label events, "
-            f"{ts['positives']:,} positive"
-        )
+        shape = f", {ts['positives']:,} positive" if task == "binary" else f" ({task} label)"
+        lines.append(f"training set {ts['table']} snapshot {ts['snapshot_id']}: {ts['rows']:,} label events{shape}")
     tr = results.get("train")
     if tr:
         m, d = tr["meta"], tr["data"]
@@ -29,8 +33,9 @@ def render(uc: UseCase, run_id: str, results: dict[str, Any], where: list[str]) 
             f"holdout: {d['holdout']['rows']:,} rows {d['holdout']['from']}..{d['holdout']['to']}"
         )
         resumed = m.get("resumed_from_round")
+        made = f"{m['rounds']} boosting rounds" if m.get("rounds") is not None else str(m.get("format", "a model"))
         lines.append(
-            f"model: {m['rounds']} boosting rounds in {tr['seconds']:.1f}s"
+            f"model: {made} in {tr['seconds']:.1f}s"
             + (
                 f" (resumed from the checkpoint at round {resumed}; {m['rounds_trained_in_this_process']} rounds in "
                 "the last try)"
@@ -49,10 +54,10 @@ def render(uc: UseCase, run_id: str, results: dict[str, Any], where: list[str]) 
             right=(1, 2),
             indent="  ",
         )
-        for k in METRIC_ORDER:
-            if k in cand:
-                table.add(k, f"{cand[k]:.4f}", f"{champ[k]:.4f}" if champ else "-")
-        lines += ["", table.render()]
+        for k in METRIC_ORDER[ev.get("task", "binary")]:
+            if cand.get(k) is not None:
+                table.add(k, f"{cand[k]:.4f}", f"{champ[k]:.4f}" if champ and champ.get(k) is not None else "-")
+        lines += ["", table.render(), *details_lines(ev.get("candidate_details") or {})]
         lines += ["", ev["decision_text"]]
     reg = results.get("register")
     if reg:
@@ -69,3 +74,30 @@ def render(uc: UseCase, run_id: str, results: dict[str, Any], where: list[str]) 
     lines.append("")
     lines += where
     return "\n".join(lines)
+
+
+def details_lines(details: dict[str, Any]) -> list[str]:
+    """What the task's evaluation adds to the metrics: the decision rule, per-class figures and the
+    confusion matrix (multiclass), the residuals (regression)."""
+    lines = []
+    if details.get("decision"):
+        lines.append(f"  decision: {details['decision']}")
+    if details.get("per_class"):
+        t = Table(("class", "precision", "recall", "f1", "support"), right=(1, 2, 3, 4), indent="  ")
+        for c, m in details["per_class"].items():
+            t.add(c, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"])
+        lines += ["", t.render()]
+    if details.get("confusion_matrix"):
+        classes = details.get("classes") or [str(i) for i in range(len(details["confusion_matrix"]))]
+        t = Table(("actual \\ predicted", *classes), right=range(1, len(classes) + 1), indent="  ")
+        for c, row in zip(classes, details["confusion_matrix"]):
+            t.add(c, *row)
+        lines += ["", "  confusion matrix (rows: actual class, columns: predicted class)", t.render()]
+    if details.get("residuals"):
+        r = details["residuals"]
+        lines.append(
+            "  residuals (prediction - actual): "
+            + ", ".join(f"{k} {r[k]:.4g}" for k in ("mean", "std", "p05", "p50", "p95", "max_abs"))
+            + f"; MAPE over {details.get('mape_rows', 0):,} rows with a non-zero target"
+        )
+    return lines

@@ -16,7 +16,7 @@ from mlblueprints.core import reporting
 from mlblueprints.core.context import StepContext
 from mlblueprints.core.naming import registered_model_asset
 from mlblueprints.errors import PermanentError, StepSkipped
-from mlblueprints.training.core import MODEL_FILE, hyperparameters, job_dir
+from mlblueprints.training.core import hyperparameters, job_dir
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,17 @@ def _trained(ctx: StepContext, out: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _model(ctx: StepContext, trained: dict[str, Any]) -> Any:
+    from mlblueprints.training.models import load_model
+
+    t = _training(ctx)
+    return load_model(Path(trained["model_dir"]), t.format, t.task, ctx.uc.model_features())
+
+
 def evaluate(ctx: StepContext, trained: dict[str, Any]) -> dict[str, Any]:
-    """Score the candidate and the reference (the champion) on the time-based holdout; apply the gate."""
+    """Score the candidate and the reference model on the time-based holdout with the metrics of
+    the task; apply the gate."""
     import numpy as np
-    import xgboost as xgb
 
     from mlblueprints.training import dataset
     from mlblueprints.training import evaluate as ev
@@ -76,21 +83,35 @@ def evaluate(ctx: StepContext, trained: dict[str, Any]) -> dict[str, Any]:
     holdout = dataset.read_holdout(jd)
     feats = uc.model_features()
     label = uc.training_sets[t.training_set].labels.label
-    x = xgb.DMatrix(holdout[feats].to_numpy(dtype=np.float64), feature_names=feats)
+    x = holdout[feats].to_numpy(dtype=np.float64)
     y = holdout[label].to_numpy()
-    candidate = xgb.Booster()
-    candidate.load_model(str(Path(trained["model_dir"]) / MODEL_FILE))
-    cand = ev.evaluate(y, candidate.predict(x), t.threshold)
+    classes = uc.label_classes()
+
+    def measure(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        return ev.evaluate_task(t.task, y, model.scores(x), rule=t.threshold, classes=classes)
+
+    cand, details = measure(_model(ctx, trained))
     # the champion, else the newest registered version (never one this run registered itself)
     ref = registry.reference_model(exclude_run_id=ctx.run.run_id)
-    champ = ev.evaluate(y, registry.load_reference(ref).predict(x), t.threshold) if ref else None
+    champ, note = None, None
+    if ref is not None:
+        ref_task = registry.version_task(ref.version)
+        if ref_task != t.task:  # a model of another task cannot be compared metric by metric
+            note = f"{ref.label} is a {ref_task} model; this is a {t.task} task: compared with the baseline only"
+            ref = None
+        else:
+            champ, _ = measure(registry.load_reference(ref, t.task, feats))
     against = ref.label if ref else "baseline"
-    decision = ev.gate(cand, champ, t.gate, against)
+    decision = ev.gate(cand, champ, t.gate, against, task=t.task, no_skill_values=details.get("no_skill"))
+    if note:
+        decision.reasons.insert(0, note)
     log.info("\n%s", decision.text())
     out_dir = jd / "evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {
+        "task": t.task,
         "candidate": cand,
+        "candidate_details": details,
         "champion": champ,
         "champion_version": ref.version if ref else None,
         "reference": ref.as_dict() if ref else None,
@@ -105,6 +126,7 @@ def evaluate(ctx: StepContext, trained: dict[str, Any]) -> dict[str, Any]:
 
 def lineage(ctx: StepContext, ts: dict[str, Any], trained: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
     """What a registered version records about how it was made."""
+    t = _training(ctx)
     passed = ev["decision"]["passed"]
     return {
         "git_commit": ctx.run.git_commit,
@@ -118,6 +140,12 @@ def lineage(ctx: StepContext, ts: dict[str, Any], trained: dict[str, Any], ev: d
         "train_try_number": trained["try_number"],
         "training_job_name": trained["job_name"],
         "hyperparameters": hyperparameters(ctx.uc),
+        "task": t.task,
+        "objective": t.xgboost_objective if t.entry_point is None else None,
+        "classes": ctx.uc.label_classes() if t.task == "multiclass" else None,
+        "target_range": (trained["data"].get("train") or {}).get("label_range"),
+        "training_script": t.entry_point or "built-in (mlblueprints/training/script/train.py)",
+        "model_format": t.format,
         "holdout": ev["holdout"],
         "metrics": ev["candidate"],
         "gate": "passed" if passed else "not promoted",
@@ -127,17 +155,13 @@ def lineage(ctx: StepContext, ts: dict[str, Any], trained: dict[str, Any], ev: d
 
 def register(ctx: StepContext, tset: dict[str, Any], trained: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
     """Log the MLflow run; register the candidate (alias ``challenger``) only when the gate passed."""
-    import xgboost as xgb
-
     uc = ctx.uc
     ctx.backend("trainer").ensure_local(trained)
     registry = ctx.backend("registry")
     passed = ev["decision"]["passed"]
     lin = lineage(ctx, tset, trained, ev)
-    booster = xgb.Booster()
-    booster.load_model(str(Path(trained["model_dir"]) / MODEL_FILE))
     out = registry.record(
-        booster=booster,
+        model=_model(ctx, trained),
         candidate=ev["candidate"],
         champion=ev["champion"],
         decision=ev["decision"],

@@ -1,5 +1,9 @@
 """XGBoost training entry point under the SageMaker script-mode contract (checkpointing, resumable).
 
+One script for the three task types a use case can declare (``training.task``): a binary label
+(``binary:logistic``), one of several classes (``multi:softprob``, one probability per class) or a
+number (a regression objective such as ``reg:squarederror`` or ``reg:tweedie``).
+
 The same file runs unchanged in the SageMaker XGBoost framework container (``source_dir`` = this
 directory, ``entry_point`` = ``train.py``) and on a laptop as a subprocess started by
 :func:`mlblueprints.training.local.run_training_job`. It imports nothing from ``mlblueprints``:
@@ -23,24 +27,31 @@ Inputs (environment)
 Hyperparameters (SageMaker passes every value as a string; JSON-encoded strings are decoded)
 -------------------------------------------------------------------------------------------
 ``features``                     required; comma-separated column names, in model input order
-``label``                        required; a 0/1 column (no nulls)
+``label``                        required; the label column (no nulls): 0/1 for ``binary``, the
+                                 class index 0..num_class-1 for ``multiclass``, a number for
+                                 ``regression``
+``task``                         ``binary`` (default), ``multiclass`` or ``regression``
+``objective``                    default per task: ``binary:logistic``, ``multi:softprob``,
+                                 ``reg:squarederror``; a regression may name another regression
+                                 objective (``reg:tweedie``, ``reg:absoluteerror``, ...)
+``num_class``                    multiclass: the number of classes
 ``num_boost_round``              required; total rounds of the finished model (int >= 1)
 ``seed``                         default 42
 ``checkpoint_interval_seconds``  default 300; 0 = a checkpoint after every round
 anything else                    an XGBoost parameter (max_depth, eta, subsample,
                                  colsample_bytree, min_child_weight, nthread, ...); ``nthread``
                                  defaults to 2. Keys starting with ``sagemaker_`` or ``_`` are
-                                 ignored. Fixed: objective ``binary:logistic``, eval_metric
-                                 ``logloss``, tree_method ``hist``, ``seed_per_iteration``;
-                                 ``updater`` and ``process_type`` are refused.
+                                 ignored. Fixed: the eval metric of the task (``logloss``,
+                                 ``mlogloss``, ``rmse`` or ``mae``), tree_method ``hist``,
+                                 ``seed_per_iteration``; ``updater`` and ``process_type`` are refused.
 
 Outputs
 -------
 ``$SM_MODEL_DIR/model.ubj``                 the booster (UBJSON, ``Booster.save_model`` format)
 ``$SM_MODEL_DIR/model_meta.json``           features, label, rounds, seed, params, fingerprints,
                                             resumed_from_round, rounds_trained_in_this_process
-``$SM_OUTPUT_DATA_DIR/training_metrics.json`` train logloss, timings, checkpoint count and seconds
-stdout                                      one ``round <done>/<total> train-logloss=<x> ...``
+``$SM_OUTPUT_DATA_DIR/training_metrics.json`` the train metric, timings, checkpoint count and seconds
+stdout                                      one ``round <done>/<total> train-<metric>=<x> ...``
                                             line per round, checkpoint and resume decisions
 exit code                                   0 done; 143 stopped by SIGTERM after writing a
                                             checkpoint; 2 bad hyperparameters or data; 1 other
@@ -107,7 +118,20 @@ except ImportError:  # run as a script (SageMaker, the local runner): the siblin
 
 SCRIPT_VERSION = "1"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 143
-OBJECTIVE, EVAL_METRIC, TREE_METHOD = "binary:logistic", "logloss", "hist"
+TREE_METHOD = "hist"
+TASKS = ("binary", "multiclass", "regression")
+DEFAULT_OBJECTIVE = {"binary": "binary:logistic", "multiclass": "multi:softprob", "regression": "reg:squarederror"}
+REGRESSION_OBJECTIVES = (
+    "reg:squarederror",
+    "reg:absoluteerror",
+    "reg:pseudohubererror",
+    "reg:squaredlogerror",
+    "reg:tweedie",
+    "reg:gamma",
+    "count:poisson",
+)
+# the train metric reported per round (and to SageMaker's metric definitions)
+EVAL_METRIC = {"binary:logistic": "logloss", "multi:softprob": "mlogloss", "reg:absoluteerror": "mae"}
 DEFAULT_CHANNEL = "/opt/ml/input/data/train"
 DEFAULT_MODEL_DIR = "/opt/ml/model"
 DEFAULT_OUTPUT_DATA_DIR = "/opt/ml/output/data"
@@ -117,9 +141,9 @@ DEFAULT_SEED = 42
 DEFAULT_NTHREAD = 2
 DEFAULT_CHECKPOINT_INTERVAL = 300.0
 KEEP_CHECKPOINTS = 2
-SCRIPT_KEYS = ("features", "label", "num_boost_round", "seed", "checkpoint_interval_seconds")
-FIXED_PARAMS = {"objective": OBJECTIVE, "eval_metric": EVAL_METRIC, "tree_method": TREE_METHOD}
-REFUSED_PARAMS = ("updater", "process_type")
+SCRIPT_KEYS = ("features", "label", "num_boost_round", "seed", "checkpoint_interval_seconds", "task")
+FIXED_PARAMS = {"tree_method": TREE_METHOD}
+REFUSED_PARAMS = ("updater", "process_type", "eval_metric")
 # two updater sequences that grow the same trees; switching between them every round makes
 # XGBoost create a fresh hist updater (see the module docstring)
 UPDATER_SEQUENCES = ("grow_quantile_histmaker", "grow_quantile_histmaker,prune")
@@ -234,6 +258,28 @@ class Config:
             raise UsageError(f"hyperparameter label: {label!r} is also a feature")
         if "num_boost_round" not in hps:
             raise UsageError("hyperparameter num_boost_round is required")
+        task = _text(hps.get("task", "binary")).strip()
+        if task not in TASKS:
+            raise UsageError(f"hyperparameter task: {task!r} is not one of {', '.join(TASKS)}")
+        objective = _text(hps.get("objective", DEFAULT_OBJECTIVE[task])).strip()
+        if task == "regression":
+            if objective not in REGRESSION_OBJECTIVES:
+                raise UsageError(
+                    f"hyperparameter objective: {objective!r} is not a regression objective "
+                    f"({', '.join(REGRESSION_OBJECTIVES)})"
+                )
+        elif objective != DEFAULT_OBJECTIVE[task]:
+            raise UsageError(f"hyperparameter objective: a {task} task trains with {DEFAULT_OBJECTIVE[task]}")
+        self.num_class: int | None = None
+        if task == "multiclass":
+            if "num_class" not in hps:
+                raise UsageError("hyperparameter num_class is required for a multiclass task")
+            self.num_class = _as_int("num_class", hps["num_class"], 2)
+        elif "num_class" in hps:
+            raise UsageError(f"hyperparameter num_class: only a multiclass task has classes, not {task}")
+        self.task = task
+        self.objective = objective
+        self.eval_metric = EVAL_METRIC.get(objective, "rmse")
         self.features: list[str] = feats
         self.label: str = label
         self.num_boost_round = _as_int("num_boost_round", hps["num_boost_round"], 1)
@@ -244,7 +290,7 @@ class Config:
         params: dict[str, Any] = {}
         for key in sorted(hps):
             value = hps[key]
-            if key in SCRIPT_KEYS or key.startswith(("sagemaker_", "_")):
+            if key in SCRIPT_KEYS or key in ("objective", "num_class") or key.startswith(("sagemaker_", "_")):
                 continue
             if key in REFUSED_PARAMS:
                 raise UsageError(f"hyperparameter {key}: set by this script, not configurable")
@@ -264,6 +310,10 @@ class Config:
         else:
             params["nthread"] = DEFAULT_NTHREAD
         params.update(FIXED_PARAMS)
+        params["objective"] = self.objective
+        params["eval_metric"] = self.eval_metric
+        if self.num_class is not None:
+            params["num_class"] = self.num_class
         params["seed"] = self.seed
         params["seed_per_iteration"] = 1
         self.params: dict[str, Any] = dict(sorted(params.items()))
@@ -348,7 +398,40 @@ def _read_file_pandas(path: Path, columns: list[str]) -> np.ndarray:  # pragma: 
         raise UsageError(f"{path}: columns must be numeric or boolean ({exc})") from None
 
 
-def load_training_data(channel: Path, features: list[str], label: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def _values(y: np.ndarray) -> list[float | int]:
+    """Up to five distinct values, integers shown as integers."""
+    return [int(v) if float(v).is_integer() else v for v in sorted(set(y.tolist()))[:5]]
+
+
+def check_label(y: np.ndarray, label: str, cfg: Any) -> None:
+    """The label's values must be what the task trains on (no nulls anywhere)."""
+    if np.isnan(y).any():
+        raise UsageError(f"label {label!r} has {int(np.isnan(y).sum())} null value(s)")
+    if cfg.task == "binary":
+        bad = ~((y == 0) | (y == 1))
+        if bad.any():
+            raise UsageError(f"label {label!r} must be 0 or 1; found {_values(y[bad])}")
+    elif cfg.task == "multiclass":
+        bad = ~((y == np.floor(y)) & (y >= 0) & (y < cfg.num_class))
+        if bad.any():
+            raise UsageError(f"label {label!r} must be a class index 0..{cfg.num_class - 1}; found {_values(y[bad])}")
+    else:
+        if not np.isfinite(y).all():
+            raise UsageError(f"label {label!r} has infinite value(s)")
+        need = {"reg:tweedie": (0.0, True), "count:poisson": (0.0, True), "reg:gamma": (0.0, False)}
+        if cfg.objective in need:
+            lo, inclusive = need[cfg.objective]
+            bad = (y < lo) if inclusive else (y <= lo)
+            if bad.any():
+                rule = ">= 0" if inclusive else "> 0"
+                raise UsageError(f"label {label!r} must be {rule} for {cfg.objective}; found {float(y[bad].min())}")
+        if cfg.objective == "reg:squaredlogerror" and (y <= -1).any():
+            raise UsageError(f"label {label!r} must be > -1 for reg:squaredlogerror")
+
+
+def load_training_data(
+    channel: Path, features: list[str], label: str, cfg: Any = None
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """``(X, y, info)`` in canonical row order, and the data fingerprint in ``info``."""
     files = find_files(channel)
     parts = [_read_file(f, [*features, label]) for f in files]
@@ -356,17 +439,23 @@ def load_training_data(channel: Path, features: list[str], label: str) -> tuple[
     del parts
     if m.shape[0] == 0:
         raise UsageError(f"no rows in the training data under {channel}")
-    y = m[:, -1]
-    if np.isnan(y).any():
-        raise UsageError(f"label {label!r} has {int(np.isnan(y).sum())} null value(s)")
-    bad = ~((y == 0) | (y == 1))
-    if bad.any():
-        raise UsageError(f"label {label!r} must be 0 or 1; found {sorted(set(y[bad].tolist()))[:5]}")
+    check_label(m[:, -1], label, cfg if cfg is not None else _BinaryTask())
     m, fingerprint = canonical_rows(m, features, label)
     x = np.ascontiguousarray(m[:, :-1])
     y = np.ascontiguousarray(m[:, -1])
-    pos = int(y.sum())
-    return x, y, {"files": len(files), "rows": int(m.shape[0]), "positives": pos, "data_fingerprint": fingerprint}
+    info: dict[str, Any] = {"files": len(files), "rows": int(m.shape[0]), "data_fingerprint": fingerprint}
+    task = getattr(cfg, "task", "binary")
+    if task == "binary":
+        info["positives"] = int(y.sum())
+    elif task == "multiclass":
+        info["class_counts"] = np.bincount(y.astype(np.int64), minlength=cfg.num_class).tolist()
+    else:
+        info["label_range"] = [float(y.min()), float(y.max())]
+    return x, y, info
+
+
+class _BinaryTask:
+    task, objective, num_class = "binary", "binary:logistic", None
 
 
 def canonical_rows(m: np.ndarray, features: list[str], label: str) -> tuple[np.ndarray, str]:
@@ -418,7 +507,8 @@ class CheckpointCallback(xgb.callback.TrainingCallback):
         self.t_start = time.perf_counter()
         self.t_last = self.t_start
         self.interrupted = False
-        self.logloss: float | None = None
+        self.metric_name: str = "logloss"
+        self.metric: float | None = None
         self.first_round_seconds: float | None = None  # on a resume: includes predicting the loaded trees
 
     def write(self, model: Any, rounds: int, reason: str) -> None:
@@ -431,9 +521,9 @@ class CheckpointCallback(xgb.callback.TrainingCallback):
         rounds = epoch + 1
         if self.first_round_seconds is None:
             self.first_round_seconds = time.perf_counter() - self.t_start
-        self.logloss = parse_eval(model.eval(self.dtrain, "train", epoch))
+        self.metric = parse_eval(model.eval(self.dtrain, "train", epoch))
         now = time.perf_counter()
-        log(f"round {rounds}/{self.total} train-logloss={self.logloss:.6f} elapsed={now - self.t_start:.1f}s")
+        log(f"round {rounds}/{self.total} train-{self.metric_name}={self.metric:.6f} elapsed={now - self.t_start:.1f}s")
         if self.sigterm.set:
             if rounds > self.last_written:
                 self.write(model, rounds, "sigterm")
@@ -446,7 +536,7 @@ class CheckpointCallback(xgb.callback.TrainingCallback):
 
 
 def parse_eval(text: str) -> float:
-    """``"[12]\\ttrain-logloss:0.123"`` -> 0.123."""
+    """``"[12]\\ttrain-logloss:0.123"`` (any metric) -> 0.123."""
     return float(str(text).rsplit(":", 1)[1])
 
 
@@ -512,13 +602,20 @@ def run(env: dict[str, str]) -> int:
     )
 
     t_load = time.perf_counter()
-    x, y, info = load_training_data(channel, cfg.features, cfg.label)
+    x, y, info = load_training_data(channel, cfg.features, cfg.label, cfg)
     dtrain = xgb.DMatrix(x, label=y, feature_names=cfg.features, missing=np.nan, nthread=cfg.params["nthread"])
     del x
     load_seconds = time.perf_counter() - t_load
+    shape = (
+        f"{info['positives']} positive"
+        if "positives" in info
+        else f"class counts {info['class_counts']}"
+        if "class_counts" in info
+        else f"label {info['label_range'][0]:g}..{info['label_range'][1]:g}"
+    )
     log(
-        f"data: {info['rows']} rows ({info['positives']} positive) from {info['files']} file(s) in "
-        f"{load_seconds:.2f} s, fingerprint {info['data_fingerprint'][:16]}"
+        f"data: {info['rows']} rows ({shape}) from {info['files']} file(s) in "
+        f"{load_seconds:.2f} s, fingerprint {info['data_fingerprint'][:16]}; task {cfg.task}, objective {cfg.objective}"
     )
 
     params_fp = cfg.fingerprint()
@@ -550,6 +647,7 @@ def run(env: dict[str, str]) -> int:
 
         resume_seconds = time.perf_counter() - t_resume
         callback = CheckpointCallback(store, dtrain, cfg.num_boost_round, cfg.checkpoint_interval, sigterm, start)
+        callback.metric_name = cfg.eval_metric
         if sigterm.set:
             log("SIGTERM before training started: exiting")
             return EXIT_INTERRUPTED
@@ -557,9 +655,10 @@ def run(env: dict[str, str]) -> int:
         done = train_rounds(bst, dtrain, cfg.params, start, cfg.num_boost_round, callback)
         training_seconds = time.perf_counter() - t_train
         trained = done - start
-        logloss = callback.logloss if callback.logloss is not None else parse_eval(bst.eval(dtrain, "train", done))
+        value = callback.metric if callback.metric is not None else parse_eval(bst.eval(dtrain, "train", done))
         metrics = {
-            "train_logloss": logloss,
+            "train_metric": cfg.eval_metric,
+            f"train_{cfg.eval_metric}": value,
             "rounds": done,
             "num_boost_round": cfg.num_boost_round,
             "rounds_trained_in_this_process": trained,
@@ -594,6 +693,9 @@ def run(env: dict[str, str]) -> int:
         "model_sha256": ckpt_lib.sha256_bytes(model),
         "features": cfg.features,
         "label": cfg.label,
+        "task": cfg.task,
+        "objective": cfg.objective,
+        "num_class": cfg.num_class,
         "rounds": done,
         "num_boost_round": cfg.num_boost_round,
         "seed": cfg.seed,
@@ -601,10 +703,11 @@ def run(env: dict[str, str]) -> int:
         "data_fingerprint": info["data_fingerprint"],
         "params_fingerprint": params_fp,
         "rows": info["rows"],
-        "positives": info["positives"],
+        **{k: info[k] for k in ("positives", "class_counts", "label_range") if k in info},
         "resumed_from_round": resumed.rounds if resumed else None,
         "rounds_trained_in_this_process": trained,
-        "train_logloss": logloss,
+        "train_metric": cfg.eval_metric,
+        f"train_{cfg.eval_metric}": value,
         "checkpoint_interval_seconds": cfg.checkpoint_interval,
         "hyperparameters_source": source,
         "xgboost_version": xgb.__version__,
@@ -612,7 +715,7 @@ def run(env: dict[str, str]) -> int:
     }
     write_json_atomic(model_dir / META_FILE, meta)
     log(
-        f"done: {done} rounds ({trained} in this process), train-logloss={logloss:.6f}, "
+        f"done: {done} rounds ({trained} in this process), train-{cfg.eval_metric}={value:.6f}, "
         f"{store.count} checkpoint(s) in {store.seconds:.2f} s, model {model_dir / MODEL_FILE}"
     )
     return EXIT_OK

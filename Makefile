@@ -31,6 +31,9 @@ install: $(VENV)/.installed  ## create .venv from uv.lock (runtime + test depend
 demo: install  ## generate data; run the lakehouse, feature and training DAGs on embedded defaults
 	$(PY) -m mlblueprints.cli demo
 
+demo-claims: install  ## the second example: claim cost (a regression), landed, backfilled, trained
+	$(PY) -m mlblueprints.cli demo --usecase claim_cost
+
 test: install  ## run the whole test suite (slow tests included)
 	$(PY) -m pytest
 
@@ -60,4 +63,4 @@ lock:  ## re-resolve uv.lock after editing pyproject.toml, then regenerate requi
 clean:  ## remove the runtime directory (data, tables, Airflow DB, reports)
 	rm -rf "$(MLB_HOME)"
 
-.PHONY: help install demo test test-fast lint bench lock clean
+.PHONY: help install demo demo-claims test test-fast lint bench lock clean

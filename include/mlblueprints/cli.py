@@ -35,6 +35,8 @@ from mlblueprints.errors import PermanentError
 DEMO_USECASE = "fraud_detection"
 DEMO_START = date(2024, 3, 1)
 DEMO_INTERRUPT_ROUND = 100  # the demo's simulated Spot notice comes after this many boosting rounds
+CLAIMS_USECASE = "claim_cost"  # the regression example (`mlblueprints demo --usecase claim_cost`)
+CLAIMS_START = date(2024, 4, 1)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -43,6 +45,17 @@ def _generate(args: argparse.Namespace) -> int:
     from mlblueprints.datagen import DefectConfig, DriftConfig, generate_fraud
 
     out = Path(args.out) if args.out else runtime.home() / "landing"
+    if args.kind == "claims":
+        from mlblueprints.datagen.claims import generate_claims
+
+        t = time.perf_counter()
+        start = date.fromisoformat(args.start) if args.start else CLAIMS_START
+        m = generate_claims(
+            out, start=start, days=args.days, policies=args.policies, claims_per_day=args.claims_per_day, seed=args.seed
+        )
+        print(f"wrote {len(m.files)} files ({m.claims:,} claims of {m.policies:,} policies) under {out}")
+        print(f"in {time.perf_counter() - t:.1f}s; manifest: {out / '_generator' / 'claims_manifest.json'}")
+        return 0
     defects = DefectConfig.none() if args.clean else DefectConfig()
     known = [f.name for f in dataclasses.fields(DefectConfig)]
     for name in args.no_defect or []:
@@ -54,7 +67,7 @@ def _generate(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     manifest = generate_fraud(
         out,
-        start=date.fromisoformat(args.start),
+        start=date.fromisoformat(args.start) if args.start else DEMO_START,
         days=args.days,
         rows=args.rows,
         seed=args.seed,
@@ -83,8 +96,9 @@ def _landing_dates(args: argparse.Namespace) -> list[date]:
 
 
 def _run_results(dr) -> dict:
-    """The return value of every task of a finished DAG run (None for a task that failed)."""
-    return {ti.task_id: ti.xcom_pull(task_ids=ti.task_id) for ti in dr.get_task_instances()}
+    """The result of every step of a finished DAG run (None for a step that failed); a service
+    step's result is its ``finish`` task's."""
+    return {ti.task_id.removesuffix(".finish"): ti.xcom_pull(task_ids=ti.task_id) for ti in dr.get_task_instances()}
 
 
 def _lakehouse_row(uc, landing: date, dr, seconds: float) -> dict:
@@ -368,6 +382,9 @@ def _parse_time(text: str):
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.usecase == CLAIMS_USECASE:
+        return _demo_claims(args)
+    args.days = args.days or 7
     from mlblueprints.airflow import localrun
     from mlblueprints.datagen import generate_fraud
 
@@ -426,6 +443,55 @@ def _demo(args: argparse.Namespace) -> int:
         f".venv/bin/mlblueprints quarantine {DEMO_USECASE} transactions; "
         f".venv/bin/mlblueprints features show {DEMO_USECASE}; "
         f".venv/bin/mlblueprints models lineage {DEMO_USECASE}"
+    )
+    return status
+
+
+def _demo_claims(args: argparse.Namespace) -> int:
+    """The regression example end to end: claims landed over ``days``, one backfill of the
+    lakehouse, one feature run over what it loaded, training (interrupted once, resumed)."""
+    from mlblueprints.airflow import localrun
+    from mlblueprints.datagen.claims import generate_claims
+
+    days = args.days or 10
+    home = runtime.home()
+    print(f"runtime directory: {home}  (MLB_HOME; delete it to start over)")
+    print("setting up Airflow (SQLite metadata DB) ...", flush=True)
+    localrun.setup()
+    landing = home / "landing"
+    if not (landing / "_generator" / "claims_manifest.json").exists():
+        m = generate_claims(landing, start=CLAIMS_START, days=days, seed=7)
+        print(f"generated {m.claims:,} claims of {m.policies:,} policies over {days} days -> {landing}")
+    else:
+        print(f"reusing landing files in {landing}")
+    t = time.perf_counter()
+    dates = [CLAIMS_START + timedelta(days=i) for i in range(days)]
+    status = _lakehouse(
+        argparse.Namespace(
+            usecase=CLAIMS_USECASE,
+            dates=[d.isoformat() for d in dates],
+            date_from=None,
+            date_to=None,
+            stop_on_failure=True,
+        )
+    )
+    if status == 0:
+        status = _run_features(CLAIMS_USECASE)
+    if status == 0:
+        print(
+            "training (regression; the first try gets a simulated Spot interruption; the retry resumes) ...", flush=True
+        )
+        status = _run_training(CLAIMS_USECASE, {"interrupt": {"signal": "SIGTERM", "after_rounds": 50}})
+    print(f"claims demo in {time.perf_counter() - t:.0f}s")
+    for pattern in ("features", "training"):
+        text = home / "runs" / CLAIMS_USECASE / pattern / "latest.txt"
+        if text.exists():
+            print(f"\nlast {pattern} run:")
+            print(text.read_text())
+    print(f"run reports (JSON): {home / 'runs' / CLAIMS_USECASE}")
+    print(
+        f"inspect: .venv/bin/mlblueprints tables {CLAIMS_USECASE}; "
+        f".venv/bin/mlblueprints models lineage {CLAIMS_USECASE}"
     )
     return status
 
@@ -517,15 +583,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     g = sub.add_parser("generate", help="write synthetic landing files")
-    g.add_argument("kind", choices=["fraud"])
+    g.add_argument("kind", choices=["fraud", "claims"])
     g.add_argument("--out", help="landing root (default: <MLB_HOME>/landing)")
-    g.add_argument("--start", default=DEMO_START.isoformat())
+    g.add_argument("--start", help=f"first day (default {DEMO_START} for fraud, {CLAIMS_START} for claims)")
     g.add_argument("--days", type=int, default=7)
     g.add_argument("--rows", type=int, default=200_000, help="distinct valid transactions in total")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--clean", action="store_true", help="inject no defects")
     g.add_argument("--no-defect", action="append", metavar="NAME", help="switch one defect off (repeatable)")
     g.add_argument("--drift-from", metavar="DATE", help="shift distributions from this day on")
+    g.add_argument("--policies", type=int, default=2000, help="claims: insured policies")
+    g.add_argument("--claims-per-day", type=int, default=500, help="claims: mean claims filed per day")
     g.set_defaults(fn=_generate)
 
     lh = sub.add_parser("lakehouse", help="run <usecase>__lakehouse for landing dates (dag.test)")
@@ -587,8 +655,14 @@ def main(argv: list[str] | None = None) -> int:
     mp.set_defaults(fn=_models)
 
     d = sub.add_parser("demo", help="generate data, run the lakehouse and feature DAGs for each day, then training")
-    d.add_argument("--rows", type=int, default=200_000)
-    d.add_argument("--days", type=int, default=7)
+    d.add_argument(
+        "--usecase",
+        choices=[DEMO_USECASE, CLAIMS_USECASE],
+        default=DEMO_USECASE,
+        help=f"{DEMO_USECASE} (binary, default) or {CLAIMS_USECASE} (a regression target)",
+    )
+    d.add_argument("--rows", type=int, default=200_000, help="fraud: distinct valid transactions")
+    d.add_argument("--days", type=int, default=None, help="days of landing files (default 7 fraud, 10 claims)")
     d.set_defaults(fn=_demo)
 
     t = sub.add_parser("tables", help="row counts, files and snapshots of a use case's tables")

@@ -43,21 +43,29 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import re
-import resource
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, date, datetime, timedelta
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from harness import (
+    Profile,
+    StepRunner,
+    TimedConnection,
+    duckdb_settings,
+    log,
+    machine_facts,
+    mb,
+    recorded,
+    run_child_step,
+)
 
 SCRIPT = Path(__file__).resolve()
 PROJECT = SCRIPT.parent.parent
@@ -76,60 +84,6 @@ BATCH_KEYS = 100
 # ====================================================================== child side (one step)
 
 
-def _vm_hwm_kb() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
-
-
-def _now_ns() -> int:
-    return time.perf_counter_ns()
-
-
-class _Profile:
-    """Inclusive wall time per wrapped function and per SQL statement; phase stamps on the monotonic clock."""
-
-    def __init__(self) -> None:
-        self.sql: dict[str, list[float]] = {}
-        self.calls: dict[str, list[float]] = {}
-        self.phases: list[tuple[str, int]] = []
-
-    def stamp(self, event: str) -> None:
-        ns = _now_ns()
-        self.phases.append((event, ns))
-        print(f"@@mlb-bench {event} {ns}", flush=True)  # the step's log shows the phases as they happen
-
-    def add(self, bucket: dict[str, list[float]], key: str, seconds: float) -> None:
-        entry = bucket.setdefault(key, [0.0, 0])
-        entry[0] += seconds
-        entry[1] += 1
-
-    def wrap(self, owner: Any, attr: str, name: str, stamp: str | None = None) -> None:
-        fn = getattr(owner, attr)
-        prof = self
-
-        def timed(*a: Any, **k: Any) -> Any:
-            if stamp:
-                prof.stamp(f"{stamp}_begin")
-            t = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                prof.add(prof.calls, name, time.perf_counter() - t)
-                if stamp:
-                    prof.stamp(f"{stamp}_end")
-
-        setattr(owner, attr, timed)
-
-    def summary(self) -> dict[str, Any]:
-        def rows(bucket: dict[str, list[float]]) -> list[dict[str, Any]]:
-            out = [{"what": k, "seconds": round(v[0], 4), "count": v[1]} for k, v in bucket.items()]
-            return sorted(out, key=lambda r: -r["seconds"])
-
-        return {"sql": rows(self.sql)[:30], "calls": rows(self.calls), "phases": self.phases}
-
-
 def _label(sql: str, prefix: str) -> str:
     s = " ".join(re.sub(r"--[^\n]*", "", str(sql)).split())
     m = re.match(r"COPY \(.*\) TO '([^']*)'", s)
@@ -144,35 +98,10 @@ def _label(sql: str, prefix: str) -> str:
     return prefix + s[:110]
 
 
-class _TimedDuck:
-    """A DuckDB connection whose execute/sql calls are timed; everything else is forwarded."""
-
-    def __init__(self, con: Any, prof: _Profile) -> None:
-        self._con = con
-        self._prof = prof
-
-    def execute(self, sql: Any, *a: Any, **k: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return self._con.execute(sql, *a, **k)
-        finally:
-            self._prof.add(self._prof.sql, _label(sql, "duckdb: "), time.perf_counter() - t)
-
-    def sql(self, sql: Any, *a: Any, **k: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return self._con.sql(sql, *a, **k)
-        finally:
-            self._prof.add(self._prof.sql, _label(sql, "duckdb: "), time.perf_counter() - t)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._con, name)
-
-
 class _TimedSqlite:
     """The online store's sqlite3 connection, timed per statement; stamps the write transaction."""
 
-    def __init__(self, con: sqlite3.Connection, prof: _Profile) -> None:
+    def __init__(self, con: sqlite3.Connection, prof: Profile) -> None:
         self._con = con
         self._prof = prof
 
@@ -200,13 +129,13 @@ class _TimedSqlite:
         return getattr(self._con, name)
 
 
-def _instrument_materialize(prof: _Profile) -> None:
+def _instrument_materialize(prof: Profile) -> None:
     from mlblueprints.features import local as fl
     from mlblueprints.features.online import OnlineStore
     from mlblueprints.lakehouse import iceberg
 
     raw_connect = fl.connect
-    fl.connect = lambda: _TimedDuck(raw_connect(), prof)
+    fl.connect = lambda: TimedConnection(raw_connect(), prof, lambda sql: _label(sql, "duckdb: "))
     prof.wrap(iceberg, "write_files", "offline: iceberg.write_files (DuckDB batch query -> Parquet)", "offline_write")
     prof.wrap(iceberg, "commit_files", "offline: iceberg.commit_files (Iceberg commit)", "offline_commit")
     prof.wrap(iceberg, "register_view", "iceberg.register_view (scan planning)")
@@ -311,7 +240,7 @@ def _step_gold(home: Path, p: dict[str, Any]) -> dict[str, Any]:
     return w
 
 
-def _step_materialize(home: Path, p: dict[str, Any], prof: _Profile) -> dict[str, Any]:
+def _step_materialize(home: Path, p: dict[str, Any], prof: Profile) -> dict[str, Any]:
     from mlblueprints.features import local as fl
     from mlblueprints.lineage import RunInfo
 
@@ -324,7 +253,7 @@ def _step_materialize(home: Path, p: dict[str, Any], prof: _Profile) -> dict[str
     return out
 
 
-def _step_pit(home: Path, p: dict[str, Any], prof: _Profile) -> dict[str, Any]:
+def _step_pit(home: Path, p: dict[str, Any], prof: Profile) -> dict[str, Any]:
     from mlblueprints.features import core
     from mlblueprints.lakehouse.local import connect
 
@@ -445,134 +374,16 @@ def child_main(name: str, params_path: str, result_path: str) -> None:
     from mlblueprints.features import local  # noqa: F401
 
     import_seconds = time.perf_counter() - t
-    prof = _Profile()
+    prof = Profile(top_sql=30)
     if name == "materialize":
         _instrument_materialize(prof)
-    rss_before = _vm_hwm_kb()
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    t = time.perf_counter()
     fn = STEPS[name]
-    out = fn(home, params) if name == "gold" else fn(home, params, prof)
-    seconds = time.perf_counter() - t
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    result = {
-        "step": name,
-        "seconds": round(seconds, 3),
-        "cpu_seconds": round(cpu, 3),
-        "user_seconds": round(ru1.ru_utime - ru0.ru_utime, 3),
-        "system_seconds": round(ru1.ru_stime - ru0.ru_stime, 3),
-        "import_seconds": round(import_seconds, 3),
-        "rss_after_imports_kb": rss_before,
-        "out": out,
-        "profile": prof.summary(),
-    }
-    Path(result_path).write_text(json.dumps(result, indent=1, default=str))
+    run_child_step(
+        name, result_path, lambda: fn(home, params) if name == "gold" else fn(home, params, prof), import_seconds, prof
+    )
 
 
 # ====================================================================== parent side
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-def log(msg: str) -> None:
-    print(f"[{datetime.now().strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class Runner:
-    def __init__(self, work: Path, home: Path, env: dict[str, str]) -> None:
-        self.work = work
-        self.home = home
-        self.env = env
-        self.n = 0
-
-    def spawn(self, name: str, params: dict[str, Any]) -> tuple[subprocess.Popen[bytes], Path, Path, float]:
-        self.n += 1
-        d = self.work / "steps"
-        d.mkdir(parents=True, exist_ok=True)
-        base = d / f"{self.n:03d}-{name}"
-        pp, rp, lp = base.with_suffix(".params.json"), base.with_suffix(".result.json"), base.with_suffix(".log")
-        pp.write_text(json.dumps(params, default=str))
-        env = {**os.environ, **self.env, "MLB_HOME": str(self.home)}
-        with lp.open("w") as lf:
-            proc = subprocess.Popen(
-                [sys.executable, str(SCRIPT), "_step", name, str(pp), str(rp)],
-                stdout=lf,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=str(PROJECT),
-            )
-        return proc, rp, lp, time.perf_counter()
-
-    @staticmethod
-    def finish(name: str, proc: Any, rp: Path, lp: Path, started: float, status: int, ru: Any) -> dict[str, Any]:
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.perf_counter() - started
-        if proc.returncode != 0 or not rp.exists():
-            raise BenchError(f"step {name} exited with {proc.returncode}; log {lp}:\n{lp.read_text()[-4000:]}")
-        res = json.loads(rp.read_text())
-        res.update(
-            process_seconds=round(wall, 3),
-            process_cpu_seconds=round(ru.ru_utime + ru.ru_stime, 3),
-            peak_rss_kb=ru.ru_maxrss,
-            log=str(lp),
-        )
-        return res
-
-    def step(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Run one step in a fresh subprocess and wait; adds wall time, CPU time and peak RSS (wait4)."""
-        proc, rp, lp, started = self.spawn(name, params)
-        _, status, ru = os.wait4(proc.pid, 0)
-        return self.finish(name, proc, rp, lp, started, status, ru)
-
-
-def _mb(kb: float) -> str:
-    return f"{kb / 1024:,.0f} MB"
-
-
-def machine_facts() -> dict[str, Any]:
-    mem_kb = 0
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            mem_kb = int(line.split()[1])
-    cpu = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-
-    def ver(pkg: str) -> str:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu,
-        "ram_gib": round(mem_kb / 1024 / 1024, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "duckdb": ver("duckdb"),
-        "pyiceberg": ver("pyiceberg"),
-        "pyarrow": ver("pyarrow"),
-        "sqlite": sqlite3.sqlite_version,
-        "perf_counter": time.get_clock_info("perf_counter").implementation,
-        "loadavg_start": os.getloadavg(),
-    }
-
-
-def duckdb_settings() -> dict[str, str]:
-    t = os.environ.get("MLB_DUCKDB_THREADS")
-    m = os.environ.get("MLB_DUCKDB_MEMORY")
-    return {
-        "threads": t or str(max(1, os.cpu_count() or 1)),
-        "threads_source": "MLB_DUCKDB_THREADS" if t else "default (cpu count)",
-        "memory_limit": m or "2GB",
-        "memory_source": "MLB_DUCKDB_MEMORY" if m else "default",
-    }
 
 
 # ---------------------------------------------------------------------- section 1: materialization
@@ -791,7 +602,7 @@ def run_lookups_idle(lk: Lookups, per_kind: int, pause: float) -> dict[str, Any]
     return {"seconds": round(seconds, 3), "stats": latency_stats(lk.take())}
 
 
-def run_concurrent_write(r: Runner, lk: Lookups, day: date, pause: float, probe_every: float) -> dict[str, Any]:
+def run_concurrent_write(r: StepRunner, lk: Lookups, day: date, pause: float, probe_every: float) -> dict[str, Any]:
     """Materialize ``day`` in a subprocess while this process keeps looking up keys until it exits."""
     lk.take()
     probes_before = len(lk.probes)
@@ -807,7 +618,7 @@ def run_concurrent_write(r: Runner, lk: Lookups, day: date, pause: float, probe_
             next_probe = time.perf_counter() + probe_every
         if pause:
             time.sleep(pause)
-    res = Runner.finish("materialize", proc, rp, lp, started, status, ru)
+    res = StepRunner.finish("materialize", proc, rp, lp, started, status, ru)
     txn = _phase_windows(res, "txn_open", "txn_close")
     alive = _phase_windows(res, "materialize_begin", "materialize_end")
     groups = classify(lk.take(), txn, alive)
@@ -832,7 +643,7 @@ def run_concurrent_write(r: Runner, lk: Lookups, day: date, pause: float, probe_
     }
 
 
-def run_feature_store(r: Runner, args: argparse.Namespace) -> dict[str, Any]:
+def run_feature_store(r: StepRunner, args: argparse.Namespace) -> dict[str, Any]:
     from mlblueprints.config import load_usecase
 
     days = 2 + args.max_writes
@@ -912,7 +723,7 @@ def run_feature_store(r: Runner, args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------- section 3: PIT
 
 
-def run_pit(r: Runner, args: argparse.Namespace) -> dict[str, Any]:
+def run_pit(r: StepRunner, args: argparse.Namespace) -> dict[str, Any]:
     log(f"PIT vs equi-join: {args.pit_events:,} events over {args.pit_entities:,} cards, {args.pit_days} days")
     res = r.step(
         "pit",
@@ -997,7 +808,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{s['offline_seconds']:>10.2f}{_rate(s['offline_rows_per_second']):>9}"
                 f"{s['offline_write_seconds']:>8.2f} +{s['offline_commit_seconds']:>5.2f} |"
                 f"{s['online_txn_seconds']:>9.2f}{_rate(s['online_entities_per_second']):>9} |"
-                f"{s['cpu_seconds']:>7.1f}{_mb(s['peak_rss_kb']):>10}"
+                f"{s['cpu_seconds']:>7.1f}{mb(s['peak_rss_kb']):>10}"
             )
         w(
             "   split of each call (s): the online transaction = DuckDB fetch + upsert + stale-row query + purge + COMMIT"
@@ -1092,7 +903,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         ratio = pit["median"]["pit"] / pit["median"]["equi"]
         w(
             f"   ratio pit / equi = {ratio:.2f}x; same result (count and per-column hash sums): "
-            f"{'yes' if pit['same_result'] else 'NO'}; order {', '.join(pit['order'])}; peak RSS {_mb(pit['peak_rss_kb'])}"
+            f"{'yes' if pit['same_result'] else 'NO'}; order {', '.join(pit['order'])}; peak RSS {mb(pit['peak_rss_kb'])}"
         )
         for name, prof in pit.get("profiles", {}).items():
             ops = ", ".join(
@@ -1191,29 +1002,23 @@ def main(argv: list[str]) -> int:
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "args": vars(args),
-        "machine": machine_facts(),
+        "machine": machine_facts(
+            "duckdb",
+            "pyiceberg",
+            "pyarrow",
+            sqlite=sqlite3.sqlite_version,
+            perf_counter=time.get_clock_info("perf_counter").implementation,
+        ),
         "duckdb": duckdb_settings(),
         "workdir": str(work),
     }
     log(f"work dir {work}")
-    r = Runner(work, home, env)
-    t = time.perf_counter()
-    ok = False
-    try:
+    r = StepRunner(SCRIPT, work, env, home)
+    with recorded(results, work, args):
         if "store" in args.sections:
             results["feature_store"] = run_feature_store(r, args)
         if "pit" in args.sections:
             results["pit"] = run_pit(r, args)
-        ok = True
-    finally:
-        results["loadavg_end"] = os.getloadavg()
-        results["elapsed_seconds"] = round(time.perf_counter() - t, 1)
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
-        if not ok:
-            log(f"failed; step logs and data kept in {work}")
-        elif not args.keep and not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
     text = report(results, args)
     text += f"\ntotal benchmark time {results['elapsed_seconds']:.0f} s" + (f"; JSON: {args.json}" if args.json else "")
     print(text)

@@ -24,19 +24,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, date, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from harness import (
+    Profile,
+    StepRunner,
+    TimedConnection,
+    duckdb_settings,
+    log,
+    machine_facts,
+    mb,
+    recorded,
+    run_child_step,
+)
 
 SCRIPT = Path(__file__).resolve()
 PROJECT = SCRIPT.parent.parent
@@ -54,92 +62,27 @@ SCAN_SQL = (
 # ====================================================================== child side (one step)
 
 
-def _vm_hwm_kb() -> int:
-    """Peak resident set size of this process so far (kB), from /proc."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
+def _label(sql: Any) -> str:
+    """A statement's label in the profile: literals masked, COPY targets named by their table."""
+    s = " ".join(re.sub(r"--[^\n]*", "", str(sql)).split())
+    m = re.match(r"COPY \(.*\) TO '([^']*)'", s)
+    if m:
+        t = re.search(r"/([^/]+)/data/write-", m.group(1))
+        return f"COPY (...) TO <{t.group(1) if t else 'file'}> parquet"
+    tag = ""
+    if s.startswith("INSERT INTO _stage"):
+        tag = " [jsonl file]" if "json_extract_string" in s else " [csv file]"
+    s = re.sub(r"'[^']*'", "'?'", s)
+    return s[: 90 - len(tag)] + tag
 
 
-class _Profile:
-    """Inclusive wall time per wrapped function and per SQL statement of the library's connections."""
-
-    def __init__(self) -> None:
-        self.sql: dict[str, list[float]] = {}
-        self.calls: dict[str, list[float]] = {}
-
-    @staticmethod
-    def label(sql: str) -> str:
-        s = " ".join(re.sub(r"--[^\n]*", "", str(sql)).split())
-        m = re.match(r"COPY \(.*\) TO '([^']*)'", s)
-        if m:
-            t = re.search(r"/([^/]+)/data/write-", m.group(1))
-            return f"COPY (...) TO <{t.group(1) if t else 'file'}> parquet"
-        tag = ""
-        if s.startswith("INSERT INTO _stage"):
-            tag = " [jsonl file]" if "json_extract_string" in s else " [csv file]"
-        s = re.sub(r"'[^']*'", "'?'", s)
-        return s[: 90 - len(tag)] + tag
-
-    def add(self, bucket: dict[str, list[float]], key: str, seconds: float) -> None:
-        entry = bucket.setdefault(key, [0.0, 0])
-        entry[0] += seconds
-        entry[1] += 1
-
-    def wrap(self, owner: Any, attr: str, name: str) -> None:
-        fn = getattr(owner, attr)
-        prof = self
-
-        def timed(*a: Any, **k: Any) -> Any:
-            t = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                prof.add(prof.calls, name, time.perf_counter() - t)
-
-        setattr(owner, attr, timed)
-
-    def summary(self) -> dict[str, Any]:
-        def rows(bucket: dict[str, list[float]]) -> list[dict[str, Any]]:
-            out = [{"what": k, "seconds": round(v[0], 3), "count": v[1]} for k, v in bucket.items()]
-            return sorted(out, key=lambda r: -r["seconds"])
-
-        return {"sql": rows(self.sql)[:25], "calls": rows(self.calls)}
-
-
-class _TimedConnection:
-    """A DuckDB connection whose execute/sql calls are timed; everything else is forwarded."""
-
-    def __init__(self, con: Any, prof: _Profile) -> None:
-        self._con = con
-        self._prof = prof
-
-    def execute(self, sql: Any, *a: Any, **k: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return self._con.execute(sql, *a, **k)
-        finally:
-            self._prof.add(self._prof.sql, _Profile.label(sql), time.perf_counter() - t)
-
-    def sql(self, sql: Any, *a: Any, **k: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return self._con.sql(sql, *a, **k)
-        finally:
-            self._prof.add(self._prof.sql, _Profile.label(sql), time.perf_counter() - t)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._con, name)
-
-
-def _instrument(prof: _Profile) -> None:
+def _instrument(prof: Profile) -> None:
     from pyiceberg.table import Transaction
 
     from mlblueprints.lakehouse import iceberg, local
 
     raw_connect = local.connect
-    local.connect = lambda: _TimedConnection(raw_connect(), prof)
+    local.connect = lambda: TimedConnection(raw_connect(), prof, _label)
     for name in ("_digest", "_read_csv_file", "_read_jsonl_file", "_manifest_rows"):
         prof.wrap(local, name, f"local.{name}")
     for name in ("write", "register_view", "ensure_table", "partition_files", "remove_orphan_files"):
@@ -156,7 +99,7 @@ def _instrument(prof: _Profile) -> None:
         from mlblueprints.quality import gx as mlb_gx
 
         prof.wrap(mlb_gx, "run_gate", "gx.run_gate (whole)")
-        prof.wrap(mlb_gx, "load_suite", "gx.load_suite")
+        prof.wrap(mlb_gx, "check_suite_for_table", "gx: suite loaded and checked")
         prof.wrap(gx, "get_context", "GX get_context")
         prof.wrap(Checkpoint, "run", "GX Checkpoint.run")
         prof.wrap(ValidationDefinition, "run", "GX ValidationDefinition.run (the expectations)")
@@ -168,7 +111,7 @@ def _instrument(prof: _Profile) -> None:
             try:
                 return raw_execute(self, statement, *a, **k)
             finally:
-                prof.add(prof.sql, "GX: " + _Profile.label(statement), time.perf_counter() - t)
+                prof.add(prof.sql, "GX: " + _label(statement), time.perf_counter() - t)
 
         duckdb_engine.CursorWrapper.execute = execute
 
@@ -408,144 +351,33 @@ def child_main(name: str, params_path: str, result_path: str) -> None:
 
         from mlblueprints.quality import gx  # noqa: F401
     import_seconds = time.perf_counter() - t
-    prof = _Profile()
+    prof = Profile()
     _instrument(prof)
-    rss_before = _vm_hwm_kb()
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    t = time.perf_counter()
-    out = STEPS[name](home, params)
-    seconds = time.perf_counter() - t
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    result = {
-        "step": name,
-        "seconds": round(seconds, 3),
-        "cpu_seconds": round(cpu, 3),
-        "import_seconds": round(import_seconds, 3),
-        "rss_after_imports_kb": rss_before,
-        "rss_peak_self_kb": _vm_hwm_kb(),
-        "out": out,
-        "profile": prof.summary(),
-    }
-    Path(result_path).write_text(json.dumps(result, indent=1, default=str))
+    run_child_step(name, result_path, lambda: STEPS[name](home, params), import_seconds, prof)
 
 
 # ====================================================================== parent side
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-def log(msg: str) -> None:
-    print(f"[{datetime.now().strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class Runner:
-    def __init__(self, work: Path, env: dict[str, str]) -> None:
-        self.work = work
-        self.env = env
-        self.n = 0
-
-    def step(self, name: str, home: Path, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Run one step in a fresh subprocess; adds its wall time, CPU time and peak RSS (wait4)."""
-        self.n += 1
-        d = self.work / "steps"
-        d.mkdir(parents=True, exist_ok=True)
-        base = d / f"{self.n:03d}-{name}"
-        pp, rp, lp = base.with_suffix(".params.json"), base.with_suffix(".result.json"), base.with_suffix(".log")
-        pp.write_text(json.dumps(params or {}, default=str))
-        env = {**os.environ, **self.env, "MLB_HOME": str(home)}
-        with lp.open("w") as lf:
-            t = time.perf_counter()
-            proc = subprocess.Popen(
-                [sys.executable, str(SCRIPT), "_step", name, str(pp), str(rp)],
-                stdout=lf,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=str(PROJECT),
-            )
-            _, status, ru = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            wall = time.perf_counter() - t
-        if proc.returncode != 0 or not rp.exists():
-            tail = lp.read_text()[-4000:]
-            raise BenchError(f"step {name} (MLB_HOME={home}) exited with {proc.returncode}; log {lp}:\n{tail}")
-        res = json.loads(rp.read_text())
-        res.update(
-            process_seconds=round(wall, 3),
-            process_cpu_seconds=round(ru.ru_utime + ru.ru_stime, 3),
-            peak_rss_kb=ru.ru_maxrss,
-            log=str(lp),
-        )
-        return res
-
-
-def _mb(kb: float) -> str:
-    return f"{kb / 1024:,.0f} MB"
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
-def machine_facts() -> dict[str, Any]:
-    mem_kb = 0
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            mem_kb = int(line.split()[1])
-    cpu = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-
-    def ver(pkg: str) -> str:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu,
-        "ram_gib": round(mem_kb / 1024 / 1024, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "duckdb": ver("duckdb"),
-        "pyiceberg": ver("pyiceberg"),
-        "great_expectations": ver("great_expectations"),
-        "pyarrow": ver("pyarrow"),
-        "loadavg_start": os.getloadavg(),
-    }
-
-
-def duckdb_settings() -> dict[str, str]:
-    t = os.environ.get("MLB_DUCKDB_THREADS")
-    m = os.environ.get("MLB_DUCKDB_MEMORY")
-    return {
-        "threads": t or str(max(1, os.cpu_count() or 1)),
-        "threads_source": "MLB_DUCKDB_THREADS" if t else "default (cpu count)",
-        "memory_limit": m or "2GB",
-        "memory_source": "MLB_DUCKDB_MEMORY" if m else "default",
-    }
-
-
-def run_size(r: Runner, rows: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_size(r: StepRunner, rows: int, args: argparse.Namespace) -> dict[str, Any]:
     home = r.work / f"rows_{rows}"
     home.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {"rows": rows, "home": str(home)}
     log(f"{rows:,} rows: generating {args.days} days ({args.defects} defects)")
     res["generate"] = gen = r.step(
-        "generate", home, {"rows": rows, "days": args.days, "seed": 42, "defects": args.defects}
+        "generate", home=home, params={"rows": rows, "days": args.days, "seed": 42, "defects": args.defects}
     )
     log(f"  generated in {gen['seconds']:.1f} s: {gen['out']['files']} files, {gen['out']['bytes']} bytes")
 
     res["floor_runs"] = []
     for i in range(args.floor_repeats):
-        f = r.step("floor", home)
+        f = r.step("floor", home=home)
         res["floor_runs"].append(f)
-        log(f"  floor {i + 1}/{args.floor_repeats}: {f['seconds']:.2f} s, peak RSS {_mb(f['peak_rss_kb'])}")
+        log(f"  floor {i + 1}/{args.floor_repeats}: {f['seconds']:.2f} s, peak RSS {mb(f['peak_rss_kb'])}")
     med = statistics.median(f["seconds"] for f in res["floor_runs"])
     res["floor"] = {
         "seconds": round(med, 3),
@@ -558,20 +390,20 @@ def run_size(r: Runner, rows: int, args: argparse.Namespace) -> dict[str, Any]:
     dates = [d.isoformat() for d in _landing_dates(home)]
     layers: dict[str, Any] = {}
     log(f"  landing->Bronze over {len(dates)} landing dates in one call")
-    layers["bronze"] = {"step": r.step("bronze", home)}
+    layers["bronze"] = {"step": r.step("bronze", home=home)}
     layers["bronze"]["gate"] = r.step(
-        "gate", home, {"table": DATASET, "layer": "bronze", "scope": {"landing_dates": dates}}
+        "gate", home=home, params={"table": DATASET, "layer": "bronze", "scope": {"landing_dates": dates}}
     )
     log("  Bronze->Silver")
-    layers["silver"] = {"step": r.step("silver", home)}
+    layers["silver"] = {"step": r.step("silver", home=home)}
     touched = layers["silver"]["step"]["out"]["touched_event_dates"]
     layers["silver"]["gate"] = r.step(
-        "gate", home, {"table": DATASET, "layer": "silver", "scope": {"event_dates": touched}}
+        "gate", home=home, params={"table": DATASET, "layer": "silver", "scope": {"event_dates": touched}}
     )
     log("  Silver->Gold")
-    layers["gold"] = {"step": r.step("gold", home, {"touched": touched})}
+    layers["gold"] = {"step": r.step("gold", home=home, params={"touched": touched})}
     rng = layers["gold"]["step"]["out"]["recomputed"]
-    layers["gold"]["gate"] = r.step("gate", home, {"table": GOLD, "layer": "gold", "scope": {"range": rng}})
+    layers["gold"]["gate"] = r.step("gate", home=home, params={"table": GOLD, "layer": "gold", "scope": {"range": rng}})
     for key, lay in layers.items():
         s, g = lay["step"], lay["gate"]
         lay["summary"] = {
@@ -590,7 +422,7 @@ def run_size(r: Runner, rows: int, args: argparse.Namespace) -> dict[str, Any]:
             "gate_import_seconds": g["import_seconds"],
         }
         log(
-            f"  {key}: {s['seconds']:.1f} s, peak {_mb(s['peak_rss_kb'])}; gate {g['seconds']:.1f} s "
+            f"  {key}: {s['seconds']:.1f} s, peak {mb(s['peak_rss_kb'])}; gate {g['seconds']:.1f} s "
             f"({'passed' if g['out']['success'] else 'FAILED'})"
         )
     res["layers"] = layers
@@ -609,28 +441,28 @@ def run_size(r: Runner, rows: int, args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-def run_compaction(r: Runner, rows: int, source: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_compaction(r: StepRunner, rows: int, source: Path, args: argparse.Namespace) -> dict[str, Any]:
     home = r.work / f"rows_{rows}_compaction"
     home.mkdir(parents=True, exist_ok=True)
     waves = args.waves
     log(f"  compaction: splitting the landing files into {waves} waves")
-    split = r.step("split_waves", home, {"source": str(source), "waves": waves})
+    split = r.step("split_waves", home=home, params={"source": str(source), "waves": waves})
     ingests = []
     for k in range(waves):
         for f in sorted((home / "waves" / str(k)).glob("*/*")):
             dst = home / "landing" / DATASET / f.parent.name / f.name
             dst.parent.mkdir(parents=True, exist_ok=True)
             f.rename(dst)
-        ingests.append(r.step("bronze", home, {"run_id": f"bench-wave-{k}"}))
+        ingests.append(r.step("bronze", home=home, params={"run_id": f"bench-wave-{k}"}))
         log(f"    wave {k + 1}/{waves}: ingest {ingests[-1]['seconds']:.1f} s")
     shutil.rmtree(home / "waves", ignore_errors=True)
     params = {"table": BRONZE_TABLE, "repeats": args.query_repeats}
-    before = r.step("scan", home, params)
+    before = r.step("scan", home=home, params=params)
     cparams: dict[str, Any] = {"tables": [BRONZE_TABLE]}
     if args.compaction_min_files:
         cparams["min_files"] = args.compaction_min_files
-    comp = r.step("compact", home, cparams)
-    after = r.step("scan", home, params)
+    comp = r.step("compact", home=home, params=cparams)
+    after = r.step("scan", home=home, params=params)
     log(
         f"    files {before['out']['table_files']} -> {after['out']['table_files']}, "
         f"scan {before['out']['total_median']:.3f} s -> {after['out']['total_median']:.3f} s"
@@ -722,14 +554,14 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         fr = fl["rows"] / fl["seconds"]
         w(
             f"{'floor (read+Parquet)':<24}{fl['rows']:>12,}{fl['seconds']:>9.2f}{fr:>11,.0f}{fl['cpu_seconds']:>8.1f}"
-            f"{_mb(fl['peak_rss_kb']):>10}{'':>10} |  runs: {', '.join(f'{x:.2f}' for x in fl['runs'])} s"
+            f"{mb(fl['peak_rss_kb']):>10}{'':>10} |  runs: {', '.join(f'{x:.2f}' for x in fl['runs'])} s"
         )
         for key, label in LAYERS:
             s = res["layers"][key]["summary"]
             w(
                 f"{label:<24}{s['rows']:>12,}{s['seconds']:>9.2f}{s['rows_per_second']:>11,.0f}{s['cpu_seconds']:>8.1f}"
-                f"{_mb(s['peak_rss_kb']):>10}{_mb(s['rss_after_imports_kb']):>10} |{s['gate_seconds']:>8.2f}"
-                f"{_mb(s['gate_peak_rss_kb']):>10}{_pct(s['gate_share_of_layer']):>12}{_pct(s['gate_over_step']):>10}"
+                f"{mb(s['peak_rss_kb']):>10}{mb(s['rss_after_imports_kb']):>10} |{s['gate_seconds']:>8.2f}"
+                f"{mb(s['gate_peak_rss_kb']):>10}{_pct(s['gate_share_of_layer']):>12}{_pct(s['gate_over_step']):>10}"
                 + ("" if s["gate_success"] else "  GATE FAILED")
             )
         t = res["totals"]
@@ -795,7 +627,7 @@ def compaction_report(c: dict[str, Any], rows: int) -> str:
     )
     b, a = c["before"], c["after"]
     w(
-        f"  compact(): {c['compact']['seconds']:.1f} s, peak RSS {_mb(c['compact']['peak_rss_kb'])}, "
+        f"  compact(): {c['compact']['seconds']:.1f} s, peak RSS {mb(c['compact']['peak_rss_kb'])}, "
         f"partitions compacted {res.get('partitions_compacted', 0)}, files rewritten {res.get('files_rewritten', 0)} -> "
         f"written {res.get('files_written', 0)}; same rows and amount: "
         f"{'yes' if (b['rows'], b['amount']) == (a['rows'], a['amount']) else 'NO'}; "
@@ -850,8 +682,8 @@ def targets_report(results: dict[str, Any]) -> str:
             else:
                 verdict = "FAIL: above memory_limit, grows with rows"
             L.append(
-                f"  peak RSS {label:<16} {_mb(a['peak_rss_kb']):>9} at {small['rows']:,} -> {_mb(b['peak_rss_kb']):>9} at "
-                f"{big['rows']:,}: x{ratio:.2f} for x{factor:.0f} rows; cap {_mb((limit_kb or 0) + b['rss_after_imports_kb'] + 512 * 1024)}"
+                f"  peak RSS {label:<16} {mb(a['peak_rss_kb']):>9} at {small['rows']:,} -> {mb(b['peak_rss_kb']):>9} at "
+                f"{big['rows']:,}: x{ratio:.2f} for x{factor:.0f} rows; cap {mb((limit_kb or 0) + b['rss_after_imports_kb'] + 512 * 1024)}"
                 f" -> {verdict}"
             )
     for res in sizes:
@@ -938,28 +770,16 @@ def main(argv: list[str]) -> int:
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "args": vars(args),
-        "machine": machine_facts(),
+        "machine": machine_facts("duckdb", "pyiceberg", "great_expectations", "pyarrow"),
         "duckdb": duckdb_settings(),
         "workdir": str(work),
         "sizes": [],
     }
     log(f"work dir {work}")
-    r = Runner(work, env)
-    t = time.perf_counter()
-    ok = False
-    try:
+    r = StepRunner(SCRIPT, work, env)
+    with recorded(results, work, args):
         for rows in args.rows:
             results["sizes"].append(run_size(r, rows, args))
-        ok = True
-    finally:
-        results["loadavg_end"] = os.getloadavg()
-        results["elapsed_seconds"] = round(time.perf_counter() - t, 1)
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
-        if not ok:
-            log(f"failed; step logs and data kept in {work}")
-        elif not args.keep and not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
     print(report(results, args))
     print(f"total benchmark time {results['elapsed_seconds']:.0f} s" + (f"; JSON: {args.json}" if args.json else ""))
     return 0

@@ -36,7 +36,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -44,21 +43,17 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT / "include"))
 
+from harness import log, machine_facts  # noqa: E402
 from mlblueprints.training.local import TrainingInterrupted, run_training_job  # noqa: E402
 
 LONG_INTERVAL = 300.0
 KINDS = ("uninterrupted", "uninterrupted_long", "sigkill", "sigterm")
-
-
-def log(msg: str) -> None:
-    print(f"[{datetime.now().strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -278,31 +273,6 @@ def summarize(results: dict[str, Any], interval: float) -> dict[str, Any]:
     return s
 
 
-def machine_facts() -> dict[str, Any]:
-    cpu = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-
-    def ver(pkg: str) -> str:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "xgboost": ver("xgboost"),
-        "numpy": ver("numpy"),
-        "pyarrow": ver("pyarrow"),
-        "loadavg_start": os.getloadavg(),
-    }
-
-
 def report(results: dict[str, Any]) -> str:
     a, m, s, d = results["args"], results["machine"], results["summary"], results["data"]
     interval = a["interval"]
@@ -405,7 +375,7 @@ def main(argv: list[str]) -> int:
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "args": vars(args),
-        "machine": machine_facts(),
+        "machine": machine_facts("xgboost", "numpy", "pyarrow"),
         "runs": [],
     }
     t = time.perf_counter()

@@ -140,7 +140,7 @@ def _instrument(prof: _Profile) -> None:
 
     raw_connect = local.connect
     local.connect = lambda: _TimedConnection(raw_connect(), prof)
-    for name in ("_digest", "_read_csv_file", "_read_jsonl_file", "_manifest_rows"):
+    for name in ("_scan", "_read_csv_file", "_read_jsonl_file", "_manifest_rows"):
         prof.wrap(local, name, f"local.{name}")
     for name in ("write", "register_view", "ensure_table", "partition_files", "remove_orphan_files"):
         prof.wrap(iceberg, name, f"iceberg.{name}")

@@ -44,6 +44,7 @@ REASON_CODES = (
     "malformed_record",
     "missing_required",
     "invalid_type",
+    "implausible_event_time",
     "out_of_range",
     "unknown_category",
 )
@@ -77,8 +78,23 @@ def sql_type(col_type: str) -> str:
     }.get(col_type) or col_type.upper()
 
 
+_INT_RE = "^[+-]?[0-9]+$"
+_DOUBLE_RE = "^[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]+)?$"
+_DOUBLE_MAX = "1.7976931348623157e308"
+
+
+def _decimal_re(scale: int) -> str:
+    """Digits with at most ``scale`` digits after the point (more only as trailing zeros)."""
+    if scale == 0:
+        return "^[+-]?([0-9]+([.]0*)?|[.]0+)$"
+    return f"^[+-]?([0-9]+([.][0-9]{{0,{scale}}}0*)?|[.][0-9]{{1,{scale}}}0*)$"
+
+
 def cast_expr(col: Column, text: str) -> str:
-    """Expression that types the trimmed text ``text`` of a column; NULL when it cannot."""
+    """Expression that types the trimmed text ``text`` of a column; NULL unless the text is
+    exactly a value of the type: an integer is digits (no point, exponent, hex or '_'), a
+    decimal has no more digits after the point than its scale (``12.505`` is not a
+    ``decimal(12,2)``: it is not rounded), a double is a finite decimal number."""
     t = col.type
     if t == "string":
         return text
@@ -90,6 +106,17 @@ def cast_expr(col: Column, text: str) -> str:
     if t in ("timestamp", "date") and col.format:
         parsed = f"TRY(STRPTIME({text}, {literal(col.format)}))"
         return parsed if t == "timestamp" else f"CAST({parsed} AS DATE)"
+    if t in ("int", "bigint"):
+        return f"CASE WHEN REGEXP_MATCHES({text}, {literal(_INT_RE)}) THEN TRY_CAST({text} AS {sql_type(t)}) END"
+    if t == "double":
+        value = f"TRY_CAST({text} AS DOUBLE)"
+        return (
+            f"CASE WHEN REGEXP_MATCHES({text}, {literal(_DOUBLE_RE)}) AND {value} BETWEEN -{_DOUBLE_MAX} "
+            f"AND {_DOUBLE_MAX} THEN {value} END"
+        )
+    if t.startswith("decimal"):
+        scale = int(t[t.index(",") + 1 : -1])
+        return f"CASE WHEN REGEXP_MATCHES({text}, {literal(_decimal_re(scale))}) THEN TRY_CAST({text} AS {sql_type(t)}) END"
     return f"TRY_CAST({text} AS {sql_type(t)})"
 
 
@@ -131,6 +158,17 @@ def _checks(ds: Dataset) -> list[_Check]:
         if c.type != "string":
             k = cols[c.name]
             checks.append(_Check("invalid_type", c.name, f"{k.s} IS NOT NULL AND {k.v} IS NULL"))
+    # an event time outside the data set's window, relative to the landing date of its file
+    w = ds.event_time_window
+    et = cols[ds.event_time].v
+    checks.append(
+        _Check(
+            "implausible_event_time",
+            ds.event_time,
+            f"({et} < TIMESTAMP {literal(w.earliest.isoformat() + ' 00:00:00')} OR {et} >= "
+            f"CAST(_landing_date AS TIMESTAMP) + INTERVAL '{w.max_days_after_landing + 1}' DAY)",
+        )
+    )
     for c in ds.columns:
         k = cols[c.name]
         if c.min is not None:

@@ -343,10 +343,12 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _check_usecase(uc) -> list[str]:
-    """Checks that need more than the YAML: feature views against the Gold SQL's columns."""
+    """Checks that need more than the YAML: the Gold SQL (one SELECT over its inputs), then
+    feature views against the Gold SQL's columns."""
     from mlblueprints.features.core import check_against_gold_sql
+    from mlblueprints.lakehouse.sqlgen import gold_sql_problems
 
-    return check_against_gold_sql(uc)
+    return gold_sql_problems(uc) or check_against_gold_sql(uc)
 
 
 def main(argv: list[str] | None = None) -> int:

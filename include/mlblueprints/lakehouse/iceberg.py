@@ -268,9 +268,14 @@ def query_schema(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Schema:
     return con.sql(f"SELECT * FROM ({sql}) AS q LIMIT 0").to_arrow_table().schema
 
 
+def data_dir(table: Table) -> Path:
+    """The local folder holding a table's data files (one ``write-<uuid>`` folder per commit)."""
+    return Path(_local_path(table.location())) / "data"
+
+
 def new_write_dir(table: Table) -> Path:
     """A fresh directory under the table's data location for the files of one commit."""
-    location = Path(_local_path(table.location())) / "data" / f"write-{uuid.uuid4().hex}"
+    location = data_dir(table) / f"write-{uuid.uuid4().hex}"
     location.mkdir(parents=True, exist_ok=False)
     return location
 

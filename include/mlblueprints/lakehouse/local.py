@@ -979,52 +979,96 @@ def build_silver(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) -> 
 # ------------------------------------------------------------------ silver -> gold
 
 
+def _shift(d: date, days: int) -> date:
+    """``d`` + ``days``, clamped to the calendar's ends (9999-12-31 + 7 days is 9999-12-31)."""
+    try:
+        return d + timedelta(days=days)
+    except OverflowError:
+        return date.max if days > 0 else date.min
+
+
 def gold_date_range(touched: Iterable[date], lookback_days: int) -> tuple[date, date] | None:
     """Event dates whose Gold rows a change on ``touched`` dates can affect: a row's features
     look back ``lookback_days``, so a change on day d affects days d .. d + lookback_days."""
     t = sorted(set(touched))
     if not t:
         return None
-    return t[0], t[-1] + timedelta(days=lookback_days)
+    return t[0], _shift(t[-1], lookback_days)
+
+
+def sandbox(con: duckdb.DuckDBPyConnection, directories: Iterable[Path]) -> None:
+    """Lock a connection down before it runs a use case's SQL: files only under
+    ``directories`` (and the spill directory), no network, no extension loading or installing,
+    and no setting can be changed back. ``read_text('/proc/self/environ')``, ``glob('/etc/*')``,
+    ``read_csv('https://...')`` then fail with a permission error."""
+    dirs = sorted({str(Path(d)).rstrip("/") + "/" for d in [*directories, runtime.path("tmp", "duckdb")]})
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute(f"SET allowed_directories = [{', '.join(literal(d) for d in dirs)}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
 
 
 def build_gold(uc: UseCase, gold: str, touched: dict[str, list[str]], run: RunInfo) -> dict[str, Any]:
     """Silver -> Gold for the event dates a run touched (plus those their windows reach).
 
-    The Gold SQL runs over views of its input Silver tables restricted to the needed history;
-    the recomputed partitions replace the old ones in one commit.
+    The Gold SQL (checked first: one SELECT over its inputs, see
+    :func:`sqlgen.parse_gold_sql`) runs on a sandboxed connection (:func:`sandbox`) over views
+    of its input Silver tables restricted to the needed history; it can read those tables'
+    files and write the Gold table's, nothing else. The recomputed partitions replace the old
+    ones in one commit.
     """
     started = time.perf_counter()
     g = uc.gold[gold]
     dates = {date.fromisoformat(d) for ds in g.inputs for d in touched.get(ds, [])}
     rng = gold_date_range(dates, g.lookback_days)
-    con = connect()
     if rng is None:
         return {"table": gold, "rows_written": 0, "recomputed": None, "seconds": 0.0}
+    path = uc.gold_sql_path(gold)
+    try:
+        user_sql = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise sqlgen.GoldSqlError(f"gold {gold}: cannot read {path}: {exc}") from None
+    try:
+        _, body = sqlgen.parse_gold_sql(user_sql, list(g.inputs))
+        cols = sqlgen.output_columns(user_sql)
+    except (sqlgen.GoldSqlError, ValueError) as exc:
+        raise sqlgen.GoldSqlError(f"gold {gold}: {path.name} {exc}") from None
+    for need in (*g.primary_key, g.event_time):
+        if need not in cols:
+            raise sqlgen.GoldSqlError(f"gold {gold}: the SQL does not output column {need!r} (outputs {cols})")
     lo, hi = rng
-    history_lo = lo - timedelta(days=g.lookback_days)
-    source_snapshots = {}
+    history_lo = _shift(lo, -g.lookback_days)
+    inputs = {}
     for inp in g.inputs:
         silver = _table(uc, naming.table_name(inp, naming.SILVER))
         if silver is None:
             raise LakehouseError(f"gold {gold}: input {inp} has no Silver table yet")
-        row_filter = And(
-            GreaterThanOrEqual("event_date", history_lo.isoformat()), LessThanOrEqual("event_date", hi.isoformat())
-        )
-        iceberg.register_view(con, inp, silver, row_filter)
-        source_snapshots[naming.table_name(inp, naming.SILVER)] = iceberg.snapshot_id(silver)
-    user_sql = uc.gold_sql_path(gold).read_text()
-    cols = sqlgen.output_columns(user_sql)
-    for need in (*g.primary_key, g.event_time):
-        if need not in cols:
-            raise LakehouseError(f"gold {gold}: the SQL does not output column {need!r} (outputs {cols})")
-    body = user_sql.strip().rstrip(";")
+        inputs[inp] = silver
+    source_snapshots = {naming.table_name(inp, naming.SILVER): iceberg.snapshot_id(t) for inp, t in inputs.items()}
+    row_filter = And(
+        GreaterThanOrEqual("event_date", history_lo.isoformat()), LessThanOrEqual("event_date", hi.isoformat())
+    )
+
+    def sandboxed(writable: list[Path]) -> duckdb.DuckDBPyConnection:
+        con = connect()
+        for inp, t in inputs.items():
+            iceberg.register_view(con, inp, t, row_filter)
+        sandbox(con, [*(iceberg.data_dir(t) for t in inputs.values()), *writable])
+        return con
+
     if "event_date" not in cols:
-        body = f"SELECT *, CAST({ident(g.event_time)} AS DATE) AS event_date FROM ({body})"
+        body = f"SELECT *, CAST({ident(g.event_time)} AS DATE) AS event_date FROM (\n{body}\n)"
     sql = (
-        f"SELECT * FROM ({body}) WHERE event_date BETWEEN DATE {literal(lo.isoformat())} "
+        f"SELECT * FROM (\n{body}\n) WHERE event_date BETWEEN DATE {literal(lo.isoformat())} "
         f"AND DATE {literal(hi.isoformat())}"
     )
+    table = _table(uc, gold)
+    if table is None:  # its location is known once it exists: learn its schema read-only first
+        probe = sandboxed([])
+        table = _ensure(uc, probe, gold, sql, "event_date")
+        probe.close()
+    con = sandboxed([iceberg.data_dir(table)])
     table = _ensure(uc, con, gold, sql, "event_date")
     replace = And(GreaterThanOrEqual("event_date", lo.isoformat()), LessThanOrEqual("event_date", hi.isoformat()))
     props = run.snapshot_properties(
@@ -1039,6 +1083,7 @@ def build_gold(uc: UseCase, gold: str, touched: dict[str, list[str]], run: RunIn
         snapshot_properties=props,
         target_file_size=target_file_size(uc),
     )
+    con.close()
     return {
         "table": gold,
         "recomputed": [lo.isoformat(), hi.isoformat()],

@@ -25,6 +25,9 @@ def setup(migrate: bool = True) -> dict[str, str]:
     """Point Airflow at the runtime directory and migrate its SQLite DB (idempotent)."""
     if "airflow" in sys.modules and os.environ.get("AIRFLOW_HOME") != str(runtime.home() / "airflow"):
         log.warning("airflow was imported before setup(); its configuration may not be the runtime's")
+    from mlblueprints import relocate
+
+    relocate.check_home()
     env = runtime.airflow_env()
     os.environ.update(env)
     # Airflow's API test client imports starlette's, which warns about httpx on every start

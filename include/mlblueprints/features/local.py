@@ -239,6 +239,16 @@ def materialize(uc: UseCase, view: str, lo: date, hi: date, run: RunInfo) -> dic
         )
         online_out["stats"] = store.stats(table)
         store.close()
+        if online_out.get("purged_expired") or online_out.get("future_rows"):
+            log.warning(
+                "features.%s: %s entities online after this batch; %s purged as older than the TTL before the "
+                "newest event time (%s); %s row(s) dated more than a day after the wall clock did not move it",
+                view,
+                online_out["stats"].get("entities"),
+                online_out.get("purged_expired"),
+                online_out.get("watermark"),
+                online_out.get("future_rows"),
+            )
     if offline is None:
         shutil.rmtree(location, ignore_errors=True)
     con.close()

@@ -12,6 +12,7 @@
     mlblueprints demo                                           all of it, on embedded defaults
     mlblueprints tables fraud_detection                         what the tables hold
     mlblueprints quarantine fraud_detection transactions        quarantined rows and reasons
+    mlblueprints set-aside fraud_detection transactions/2024-03-01/part-001.csv   stop reading a rejected file
     mlblueprints check-config [FILE ...]                        validate use-case YAMLs
     eval "$(mlblueprints airflow-env)"                          use the airflow CLI/UI on the same DB
 
@@ -310,6 +311,17 @@ def _quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_aside(args: argparse.Namespace) -> int:
+    """Rename a rejected landed file to _<name> (not read any more) and record it in the file
+    manifest; its landing date's next run no longer fails on it."""
+    from mlblueprints.lakehouse import local
+
+    out = local.set_aside(_load(args.usecase), args.source_file, args.reason)
+    print(f"{out['source_file']}: {out['reason']}")
+    print(f"now rerun its landing date: mlblueprints lakehouse {args.usecase} {out['landing_date']}")
+    return 0
+
+
 def _airflow_env(args: argparse.Namespace) -> int:
     """Print shell exports that point the airflow CLI at the runtime's SQLite metadata DB."""
     import shlex
@@ -436,6 +448,15 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--limit", type=int, default=20)
     q.set_defaults(fn=_quarantine)
 
+    sa = sub.add_parser(
+        "set-aside",
+        help="stop reading a rejected landed file: rename it to _<name> and record it (then rerun its date)",
+    )
+    sa.add_argument("usecase")
+    sa.add_argument("source_file", metavar="FILE", help="as named in the run: <data set folder>/<YYYY-MM-DD>/<file>")
+    sa.add_argument("--reason", help="why (recorded in the file manifest)")
+    sa.set_defaults(fn=_set_aside)
+
     a = sub.add_parser("airflow-env", help="shell exports for the airflow CLI/UI on the runtime's DB")
     a.set_defaults(fn=_airflow_env)
 
@@ -444,7 +465,14 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(fn=_check_config)
 
     args = p.parse_args(argv)
-    return args.fn(args)
+    from mlblueprints.airflow.localrun import RunConflict
+    from mlblueprints.errors import PermanentError
+
+    try:
+        return args.fn(args)
+    except (PermanentError, RunConflict) as exc:  # a bad input or a busy DAG: its one line, no traceback
+        print(f"mlblueprints {args.cmd}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from pyiceberg.table import Table
 
 from mlblueprints import runtime
 from mlblueprints.config import Dataset, UseCase
+from mlblueprints.errors import PermanentError
 from mlblueprints.lakehouse import accounting, iceberg, naming, scan, sqlgen
 from mlblueprints.lakehouse.sqlgen import ident, literal
 from mlblueprints.lineage import RunInfo
@@ -131,7 +132,7 @@ class FileOutcome:
     format: str
     size_bytes: int
     records: int
-    status: str  # ingested | already_ingested | duplicate_file | empty | rejected
+    status: str  # ingested | already_ingested | duplicate_file | empty | rejected | set_aside
     duplicate_of: str | None = None
     reason: str | None = None
     new: bool = True  # False: seen by an earlier run, not recorded again
@@ -768,6 +769,71 @@ def _manifest_rows(con: duckdb.DuckDBPyConnection, files_tbl: Table) -> list[dic
     cur = con.execute("SELECT source_file, file_checksum, status, landing_date FROM _manifest")
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+class SetAsideError(PermanentError):
+    """A landed file that cannot be set aside (not found, already ingested, a name clash)."""
+
+
+def set_aside(uc: UseCase, source_file: str, reason: str | None = None) -> dict[str, Any]:
+    """Set a landed file aside: rename ``<dataset dir>/<date>/<name>`` to ``_<name>`` (files
+    named ``_*`` are not read) and record it in the file manifest (status ``set_aside``, who and
+    why), so the next run of its landing date no longer fails on it. A file already ingested is
+    refused: its rows are in Bronze, renaming the file would not remove them."""
+    parts = source_file.strip("/").split("/")
+    datasets = {landing_root(uc, d).name: name for name, d in uc.datasets.items()}
+    if len(parts) != 3 or parts[0] not in datasets:
+        raise SetAsideError(
+            f"{source_file!r} is not <data set folder>/<YYYY-MM-DD>/<file> of {uc.name} "
+            f"(data set folders: {', '.join(sorted(datasets))})"
+        )
+    folder, day, name = parts
+    try:
+        landing = date.fromisoformat(day)
+    except ValueError:
+        raise SetAsideError(f"{source_file!r}: {day!r} is not a landing date (YYYY-MM-DD)") from None
+    if name.startswith(("_", ".")) or name in ("", ".."):
+        raise SetAsideError(f"{source_file!r}: names starting with '_' or '.' are not read anyway")
+    dataset = datasets[folder]
+    ds = uc.datasets[dataset]
+    path = landing_root(uc, ds) / day / name
+    if not os.path.lexists(path):
+        raise SetAsideError(f"{source_file}: no such file under {landing_root(uc, ds)}")
+    target = path.with_name("_" + name)
+    if os.path.lexists(target):
+        raise SetAsideError(f"{source_file}: {target.name} exists already; move one of them yourself")
+    con = connect()
+    files_tbl = _table(uc, naming.table_name(dataset, naming.BRONZE_FILES))
+    checksum, size, fmt = "", 0, FORMATS.get(path.suffix.lower(), path.suffix.lower().lstrip(".") or "none")
+    if path.is_file() and not path.is_symlink():
+        s = _scan(path, "", ds.landing.csv_delimiter)
+        checksum, size = s.sha256, s.size
+    if files_tbl is not None and checksum:
+        for r in _manifest_rows(con, files_tbl):
+            if r["file_checksum"] == checksum and r["status"] == "ingested":
+                raise SetAsideError(
+                    f"{source_file}: already ingested (as {r['source_file']}); its rows are in Bronze, setting the "
+                    "file aside would not remove them"
+                )
+    os.rename(path, target)
+    who = os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
+    why = f"set aside by {who}" + (f": {reason}" if reason else "") + f"; renamed to {target.name}"
+    run = RunInfo.for_usecase(uc, run_id=f"set_aside__{datetime.now(UTC):%Y%m%dT%H%M%S}")
+    if files_tbl is None:
+        con.register("_files_schema", FILES_SCHEMA.empty_table())
+        files_tbl = _ensure(
+            uc, con, naming.table_name(dataset, naming.BRONZE_FILES), "SELECT * FROM _files_schema", None
+        )
+    out = FileOutcome(source_file, checksum, fmt, size, 0, "set_aside", reason=why)
+    row = out.as_row(landing, run, datetime.now(UTC).replace(tzinfo=None))
+    _write_manifest(con, files_tbl, [row], run.snapshot_properties(step="set_aside", landing_dates=[day]), uc)
+    return {
+        "dataset": dataset,
+        "source_file": source_file,
+        "renamed_to": str(target),
+        "landing_date": day,
+        "reason": why,
+    }
 
 
 # ------------------------------------------------------------------ bronze -> silver

@@ -45,7 +45,7 @@ from mlblueprints.features import core
 from mlblueprints.features.core import FeatureViewError, TrainingSetError, ViewColumns
 from mlblueprints.features.online import OnlineStore, store_path
 from mlblueprints.lakehouse import iceberg, naming
-from mlblueprints.lakehouse.local import _props, connect, target_file_size
+from mlblueprints.lakehouse.local import _props, connect, on_storage_errors, target_file_size
 from mlblueprints.lakehouse.sqlgen import ident, literal
 from mlblueprints.lineage import RunInfo
 
@@ -146,6 +146,7 @@ def check_view(uc: UseCase, view: str) -> str | None:
     return None
 
 
+@on_storage_errors
 def materialize(uc: UseCase, view: str, lo: date, hi: date, run: RunInfo) -> dict[str, Any]:
     """Materialize ``view`` for the event dates [lo, hi] into its offline and online stores."""
     started = time.perf_counter()
@@ -328,6 +329,7 @@ def offline_rows(uc: UseCase, view: str, where: str | None = None) -> Any:
 # ------------------------------------------------------------------ training sets
 
 
+@on_storage_errors
 def build_training_set(
     uc: UseCase,
     name: str,

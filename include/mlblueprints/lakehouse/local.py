@@ -11,10 +11,13 @@ quarantine (with a reason code) or duplicates; :func:`reconcile` checks it per l
 from __future__ import annotations
 
 import csv
+import errno
+import functools
 import io
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -54,6 +57,75 @@ FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl
 
 class LakehouseError(RuntimeError):
     """A lakehouse step failed for a reason the user must act on; the message says what."""
+
+
+# ------------------------------------------------------------------ disk failures
+
+
+class StorageError(RuntimeError):
+    """The local disk refused a write or a read (full, over quota, a size limit, permissions,
+    read-only): one line naming the step, the reason and the path. Not permanent: every step is
+    idempotent, so a rerun after freeing space or fixing permissions completes it."""
+
+
+_STORAGE_ERRNO = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for a file size limit",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+}
+_STORAGE_TEXT = {
+    "no space left on device": errno.ENOSPC,
+    "database or disk is full": errno.ENOSPC,
+    "disk quota exceeded": errno.EDQUOT,
+    "file too large": errno.EFBIG,
+    "permission denied": errno.EACCES,
+    "operation not permitted": errno.EPERM,
+    "read-only file system": errno.EROFS,
+    "attempt to write a readonly database": errno.EROFS,
+}
+_PATH_IN_MESSAGE = re.compile(r"""(?:file|directory|path)[: ]+\\?["']([^"'\\]+)""", re.IGNORECASE)
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """``reason (path)`` when ``exc`` is the disk refusing a read or write, else None."""
+    code = exc.errno if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNO else None
+    text = str(exc)
+    if code is None:
+        lowered = text.lower()
+        code = next((c for t, c in _STORAGE_TEXT.items() if t in lowered), None)
+    if code is None:
+        return None
+    path = getattr(exc, "filename", None)
+    if not path:
+        m = _PATH_IN_MESSAGE.search(text)
+        path = m.group(1) if m else None
+    return _STORAGE_ERRNO[code] + (f" ({path})" if path else "")
+
+
+def on_storage_errors(fn: Any) -> Any:
+    """Turn the disk refusing a write or read inside a step into one :class:`StorageError` line."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (StorageError, PermanentError):
+            raise
+        except Exception as exc:
+            problem = storage_problem(exc)
+            if problem is None:
+                raise
+            uc = args[0] if args and isinstance(args[0], UseCase) else None
+            step = f"{uc.name} {fn.__name__}" if uc else fn.__name__
+            raise StorageError(
+                f"{step}: {problem}; free space or fix permissions under {runtime.home()}, then rerun "
+                "(the step is idempotent)"
+            ) from None
+
+    return wrapper
 
 
 # ------------------------------------------------------------------ helpers
@@ -572,6 +644,7 @@ def _read_jsonl_file(
 _JSONL_LINES = scan.FileScan(sha256="", size=0, head=b"")
 
 
+@on_storage_errors
 def ingest_bronze(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) -> dict[str, Any]:
     """Landing -> Bronze for the landing dates: raw records as received, with ingest metadata.
 
@@ -775,6 +848,7 @@ class SetAsideError(PermanentError):
     """A landed file that cannot be set aside (not found, already ingested, a name clash)."""
 
 
+@on_storage_errors
 def set_aside(uc: UseCase, source_file: str, reason: str | None = None) -> dict[str, Any]:
     """Set a landed file aside: rename ``<dataset dir>/<date>/<name>`` to ``_<name>`` (files
     named ``_*`` are not read) and record it in the file manifest (status ``set_aside``, who and
@@ -839,6 +913,7 @@ def set_aside(uc: UseCase, source_file: str, reason: str | None = None) -> dict[
 # ------------------------------------------------------------------ bronze -> silver
 
 
+@on_storage_errors
 def build_silver(uc: UseCase, dataset: str, dates: list[date], run: RunInfo) -> dict[str, Any]:
     """Bronze -> Silver for the landing dates: type, quarantine, deduplicate, partition by event date.
 
@@ -1075,6 +1150,7 @@ def sandbox(con: duckdb.DuckDBPyConnection, directories: Iterable[Path]) -> None
     con.execute("SET lock_configuration = true")
 
 
+@on_storage_errors
 def build_gold(uc: UseCase, gold: str, touched: dict[str, list[str]], run: RunInfo) -> dict[str, Any]:
     """Silver -> Gold for the event dates a run touched (plus those their windows reach).
 
@@ -1165,6 +1241,7 @@ def build_gold(uc: UseCase, gold: str, touched: dict[str, list[str]], run: RunIn
 # ------------------------------------------------------------------ reconciliation
 
 
+@on_storage_errors
 def reconcile(
     uc: UseCase, silver_summaries: list[dict[str, Any]], ingest_summaries: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -1216,6 +1293,7 @@ def reconcile(
 # ------------------------------------------------------------------ compaction
 
 
+@on_storage_errors
 def compact(uc: UseCase, run: RunInfo, tables: list[str] | None = None) -> dict[str, Any]:
     """Rewrite partitions made of many small files into files of the target size.
 

@@ -182,3 +182,26 @@ def test_dag_files_are_configuration_only():
         code = [ln for ln in p.read_text().splitlines() if ln.strip() and not ln.strip().startswith("#")]
         assert len(code) < 25, f"{p.name} has logic; move it to mlblueprints.airflow"
         assert "def " not in p.read_text() and "@task" not in p.read_text(), p.name
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "name: claims\nstart_date: 2024-01-01\n".encode("utf-16"),  # a UTF-16 YAML
+        ("claims: " + "[" * 50_000 + "]" * 50_000 + "\n").encode(),  # nested too deeply
+        bytes(range(256)),  # binary
+    ],
+    ids=["utf16", "deeply-nested", "binary"],
+)
+def test_an_unreadable_usecase_removes_only_itself(tmp_path, content):
+    """One UTF-16 or deeply nested YAML used to remove every DAG of every use case (import errors
+    on all DAG files); now it is that file's one line and the other use cases load."""
+    uc_dir = tmp_path / "usecases"
+    shutil.copytree(ROOT / "dags" / "usecases", uc_dir)
+    (uc_dir / "claims.yaml").write_bytes(content)
+    got = parse(ROOT / "dags", {"MLB_USECASES_DIR": str(uc_dir)})
+    assert {"fraud_detection__lakehouse", "fraud_detection__features", "fraud_detection__training"} <= set(got["dags"])
+    assert not any(str(ROOT / "dags") in f and "fraud_detection" in e for f, e in got["errors"].items())
+    reported = [m for ws in got["warnings"].values() for m in ws] + list(got["errors"].values())
+    lines = [m for m in reported if str(uc_dir / "claims.yaml") in m]
+    assert lines and all(m.count("\n") == 0 for m in lines), reported

@@ -31,9 +31,9 @@ from pydantic import (
     model_validator,
 )
 
-# names that become tables, folders, DAG ids and columns: short enough for every file system and
-# service they end up in (a file name is at most 255 bytes; Glue and Athena take 255)
-MAX_NAME = 64
+# names that become tables, folders, DAG and task ids and columns: short enough for every file system,
+# Airflow id and service they end up in (a file name is at most 255 bytes with its suffixes)
+MAX_NAME = 200
 IDENT = rf"^[a-z][a-z0-9_]{{0,{MAX_NAME - 1}}}$"
 # a quality suite: <folder>/<name> under expectations/, never outside it
 SUITE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}){0,3}$")

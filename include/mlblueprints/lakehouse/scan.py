@@ -16,9 +16,9 @@ The rules:
   else it is an ordinary character; an unterminated quoted field runs to the end of the file
   (one record). An empty line is blank. The first record is the header.
 
-Counting is vectorised (numpy) over chunks; a file whose quotes are not RFC 4180 (a quote
-opening a field in its middle) is finished by an exact state machine, slower, from the chunk
-where that happens. Pure: no DuckDB, no Iceberg.
+Counting is vectorised (numpy) over chunks; a chunk whose quotes are not RFC 4180 (a quote in
+the middle of a field, a quoted field closed in the middle of one) is split by an exact state
+machine instead, slower. Pure: no DuckDB, no Iceberg.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class _Splitter:
         self.csv = csv_delim is not None
         self.delim = csv_delim if csv_delim is not None else -1
         self.parity = 0  # quotes seen so far, mod 2 (the fast path)
-        self.exact = False  # the exact state machine took over
+        self.exact = False  # the last chunk was split by the exact state machine
         self.state = _START
         self.prev = -1  # last byte of the previous chunk (-1: start of the stream)
         self.base = 0  # offset of the current chunk
@@ -102,10 +102,15 @@ class _Splitter:
         the line end there. ``phys``/``plen``: every line end of the chunk (quotes ignored)."""
         if not self.csv:
             return phys, plen
-        if self.exact:
-            return self._exact(b)
+        if self.exact:  # the previous chunk needed the exact machine: carry its state as parity
+            self.parity = 1 if self.state == _QUOTED else 0
+            if self.state == _UNQUOTED:
+                self.prev = ord("a")  # in the middle of a field: a quote here is not an opening one
+            elif self.state == _START:
+                self.prev = self.delim
+            self.exact = False
         quotes = np.flatnonzero(a == QUOTE)
-        if quotes.size == 0 and not self.parity:
+        if quotes.size == 0 and not self.parity and not (self.prev == QUOTE and a.size and a[0] != self.delim):
             if a.size:
                 self.prev = int(a[-1])
             return phys, plen
@@ -122,6 +127,8 @@ class _Splitter:
         if ok and closing.size:
             inner = closing[closing + 1 < a.size]
             ok = bool(np.isin(a[inner + 1], (self.delim, LF, CR, QUOTE)).all())
+        if ok and not self.parity and self.prev == QUOTE and a.size:  # the last chunk ended by closing a field
+            ok = int(a[0]) in (self.delim, LF, CR, QUOTE)
         if not ok:
             self.exact = True
             self.state = self._state_from_parity()

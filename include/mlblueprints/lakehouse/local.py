@@ -585,8 +585,12 @@ def _read_jsonl_file(
     removal = literal(json.dumps({n: None for n in declared}))
     keys = "[" + ", ".join(literal(n) for n in declared) + "]"
     fields = ", ".join(f"s.{ident(n)} AS {ident(n)}" for n in declared)
-    # a value that looks like an object or array (cheap) is checked exactly (rarely needed)
-    maybe_nested = " OR ".join(f"left(t.{ident(n)}, 1) IN ('{{', '[')" for n in declared)
+    n_declared = len(declared)
+    # the common case, cheap: exactly the declared keys (no key twice, nothing extra)
+    plain = f"(k = {keys} OR (len(k) = {n_declared} AND list_has_all(k, {keys})))"
+    # a value that may be an object or array (a brace or bracket past the first byte) is checked
+    # exactly, per declared key
+    maybe_nested = "(strpos(substr(raw, 2), '{') > 0 OR strpos(raw, '[') > 0)"
     nested = (
         "CASE "
         + " ".join(
@@ -598,7 +602,7 @@ def _read_jsonl_file(
     )
     sql = f"""
         SELECT {fields},
-            CASE WHEN ok AND len(list_filter(k, lambda x: NOT list_contains({keys}, x))) > 0
+            CASE WHEN ok AND NOT is_plain AND len(list_filter(k, lambda x: NOT list_contains({keys}, x))) > 0
                  THEN CAST(json_merge_patch(raw, {removal}) AS VARCHAR) END AS _extra,
             CASE WHEN NOT ok THEN raw END AS _raw_record,
             CASE WHEN NOT ok THEN COALESCE(err,
@@ -612,10 +616,12 @@ def _read_jsonl_file(
             FROM (
                 SELECT *, obj AND NOT dup AND nested_key IS NULL AS ok
                 FROM (
-                    SELECT *, CASE WHEN obj AND ({maybe_nested}) THEN {nested} END AS nested_key
+                    SELECT *,
+                        CASE WHEN NOT obj OR is_plain THEN FALSE ELSE len(k) <> len(list_distinct(k)) END AS dup,
+                        CASE WHEN obj AND {maybe_nested} THEN {nested} END AS nested_key
                     FROM (
                         SELECT *, CASE WHEN obj THEN json_transform(raw, {struct}) END AS t,
-                               COALESCE(len(k) <> len(list_distinct(k)), FALSE) AS dup
+                               COALESCE({plain}, FALSE) AS is_plain
                         FROM (
                             SELECT *, CASE WHEN obj THEN json_keys(raw) END AS k
                             FROM (

@@ -241,7 +241,7 @@ def scan_file(path: Path, fmt: str, csv_delimiter: str = ",", chunk_size: int = 
             k = b.find(b"\x00")
             if k >= 0:
                 out.nul_offset = base + k
-        if out.invalid_utf8 is None:
+        if out.invalid_utf8 is None and not (b.isascii() and not decoder.getstate()[0]):
             try:
                 decoder.decode(b)
             except UnicodeDecodeError as exc:
@@ -265,13 +265,8 @@ def scan_file(path: Path, fmt: str, csv_delimiter: str = ",", chunk_size: int = 
             starts = np.concatenate(([rec_start], nexts[:-1]))
             lengths = ends_abs - starts
             if jsonl:
-                content = _content_prefix(a)
-                first_has = rec_content or bool(content[ends[0]] - content[max(rec_start - base, 0)] > 0)
-                has = np.empty(ends.size, dtype=bool)
-                has[0] = first_has
-                if ends.size > 1:
-                    has[1:] = (content[ends[1:]] - content[nexts[:-1] - base]) > 0
-                blank = ~has
+                blank = _blank_lines(a, b, np.maximum(starts - base, 0), ends)
+                blank[0] = blank[0] and not rec_content
             else:
                 blank = lengths == 0
             # the physical line where each record starts
@@ -343,11 +338,15 @@ def _line_ends(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ends, tlen
 
 
-def _content_prefix(a: np.ndarray) -> np.ndarray:
-    """content[i] = number of bytes other than space, tab, CR, LF in a[:i] (length n + 1)."""
-    c = np.zeros(a.size + 1, dtype=np.int32)
-    np.cumsum((a != SPACE) & (a != TAB) & (a != LF) & (a != CR), out=c[1:])
-    return c
+def _blank_lines(a: np.ndarray, b: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Which of the lines [starts, ends) of a chunk hold nothing but spaces and tabs. A line that
+    starts with another byte is not blank (almost every line: decided without looking further)."""
+    empty = ends <= starts
+    first = a[np.minimum(starts, max(a.size - 1, 0))] if a.size else np.zeros(starts.size, dtype=np.uint8)
+    blank = empty | (first == SPACE) | (first == TAB)
+    for i in np.flatnonzero(blank & ~empty):  # lines starting with a space or tab: look at them
+        blank[i] = not b[starts[i] : ends[i]].strip(b" \t")
+    return blank
 
 
 def normalize_line_ends(path: Path, out: Path, fmt: str, csv_delimiter: str = ",", chunk_size: int = CHUNK) -> None:

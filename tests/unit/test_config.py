@@ -216,3 +216,19 @@ def test_tab_and_semicolon_delimiters_and_the_event_time_window_load(tmp_path):
     assert uc.datasets["transactions"].landing.csv_delimiter == "\t"
     assert uc.datasets["transactions"].event_time_window.earliest.isoformat() == "2024-01-01"
     assert uc.datasets["customers"].event_time_window.max_days_after_landing == 1  # the default
+
+
+def test_a_suite_name_cannot_read_outside_expectations(tmp_path):
+    from mlblueprints.errors import PermanentError
+    from mlblueprints.quality.suites import SuiteError, load_suite
+
+    (tmp_path / "expectations").mkdir()
+    (tmp_path / "secret.json").write_text('{"expectations": []}')
+    for name in ("../secret", "/etc/passwd", "a/../../secret"):
+        with pytest.raises(SuiteError, match="inside expectations/") as err:
+            load_suite(name, tmp_path / "expectations")
+        assert isinstance(err.value, PermanentError)  # configuration: never retried
+    (tmp_path / "expectations" / "uc").mkdir()
+    (tmp_path / "expectations" / "uc" / "link.json").symlink_to(tmp_path / "secret.json")
+    with pytest.raises(SuiteError, match="resolves outside"):
+        load_suite("uc/link", tmp_path / "expectations")

@@ -37,7 +37,7 @@ def tables_text(uc: UseCase) -> str:
                 str(files),
                 f"{size / 1e6:.1f}",
                 str(len(t.snapshots())),
-                t.location().removeprefix("file://"),
+                str(iceberg.data_dir(t).parent),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

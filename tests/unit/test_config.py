@@ -232,3 +232,16 @@ def test_a_suite_name_cannot_read_outside_expectations(tmp_path):
     (tmp_path / "expectations" / "uc" / "link.json").symlink_to(tmp_path / "secret.json")
     with pytest.raises(SuiteError, match="resolves outside"):
         load_suite("uc/link", tmp_path / "expectations")
+
+
+def test_check_config_names_an_unreadable_file_in_one_line(tmp_path, capsys):
+    from mlblueprints import cli
+
+    bad = tmp_path / "claims.yaml"
+    bad.write_bytes("name: claims\n".encode("utf-16"))
+    assert cli.main(["check-config", str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        f"{bad}: <file>: not UTF-8 text (UTF-16 text (byte-order mark FF FE)); save the file as UTF-8"
+    )
+    assert "Traceback" not in captured.err + captured.out

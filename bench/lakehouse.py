@@ -83,7 +83,7 @@ def _instrument(prof: Profile) -> None:
 
     raw_connect = local.connect
     local.connect = lambda: TimedConnection(raw_connect(), prof, _label)
-    for name in ("_digest", "_read_csv_file", "_read_jsonl_file", "_manifest_rows"):
+    for name in ("_scan", "_read_csv_file", "_read_jsonl_file", "_manifest_rows"):
         prof.wrap(local, name, f"local.{name}")
     for name in ("write", "register_view", "ensure_table", "partition_files", "remove_orphan_files"):
         prof.wrap(iceberg, name, f"iceberg.{name}")

@@ -16,6 +16,7 @@
     mlblueprints quarantine fraud_detection transactions        quarantined rows and reasons
     mlblueprints check-config [FILE ...]                        validate use-case YAMLs and their suites
     mlblueprints suites init fraud_detection [--force]          starter quality suites from the schema
+    mlblueprints set-aside fraud_detection transactions/2024-03-01/part-001.csv   stop reading a rejected file
     eval "$(mlblueprints airflow-env)"                          use the airflow CLI/UI on the same DB
 
 Everything is written under the runtime directory (``MLB_HOME``, default ``./.mlb``).
@@ -518,6 +519,17 @@ def _quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_aside(args: argparse.Namespace) -> int:
+    """Rename a rejected landed file to _<name> (not read any more) and record it in the file
+    manifest; its landing date's next run no longer fails on it."""
+    from mlblueprints.lakehouse import local
+
+    out = local.set_aside(_load(args.usecase), args.source_file, args.reason)
+    print(f"{out['source_file']}: {out['reason']}")
+    print(f"now rerun its landing date: mlblueprints lakehouse {args.usecase} {out['landing_date']}")
+    return 0
+
+
 def _airflow_env(args: argparse.Namespace) -> int:
     """Print shell exports that point the airflow CLI at the runtime's SQLite metadata DB."""
     import shlex
@@ -552,12 +564,15 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _check_usecase(uc) -> list[str]:
-    """Checks that need more than the YAML: feature views against the Gold SQL's columns, and
-    every quality suite (present, expectation types and arguments, columns)."""
+    """Checks that need more than the YAML: the Gold SQL (one SELECT over its inputs), the feature
+    views against the Gold SQL's columns, and every quality suite (present, expectation types and
+    arguments, columns)."""
     from mlblueprints.features.core import check_against_gold_sql
+    from mlblueprints.lakehouse.sqlgen import gold_sql_problems
     from mlblueprints.quality.check import check_usecase_suites
 
-    return check_against_gold_sql(uc) + check_usecase_suites(uc)
+    sql = gold_sql_problems(uc)
+    return sql + ([] if sql else check_against_gold_sql(uc)) + check_usecase_suites(uc)
 
 
 def _suites(args: argparse.Namespace) -> int:
@@ -676,6 +691,15 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--limit", type=int, default=20)
     q.set_defaults(fn=_quarantine)
 
+    sa = sub.add_parser(
+        "set-aside",
+        help="stop reading a rejected landed file: rename it to _<name> and record it (then rerun its date)",
+    )
+    sa.add_argument("usecase")
+    sa.add_argument("source_file", metavar="FILE", help="as named in the run: <data set folder>/<YYYY-MM-DD>/<file>")
+    sa.add_argument("--reason", help="why (recorded in the file manifest)")
+    sa.set_defaults(fn=_set_aside)
+
     a = sub.add_parser("airflow-env", help="shell exports for the airflow CLI/UI on the runtime's DB")
     a.set_defaults(fn=_airflow_env)
 
@@ -691,11 +715,17 @@ def main(argv: list[str] | None = None) -> int:
     si.set_defaults(fn=_suites)
 
     args = p.parse_args(argv)
+    from mlblueprints.airflow.localrun import RunConflict
+    from mlblueprints.config import UseCaseError
+
     try:
         return args.fn(args)
-    except PermanentError as exc:  # a configuration problem: its reason, once, no traceback
+    except UseCaseError as exc:  # a configuration problem: its lines, once, no traceback
         print(exc, file=sys.stderr)
         return 2
+    except (PermanentError, RunConflict) as exc:  # a bad input or a busy DAG: its one line, no traceback
+        print(f"mlblueprints {args.cmd}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

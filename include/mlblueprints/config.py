@@ -18,10 +18,12 @@ time without pulling in the heavy data libraries.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import hashlib
 import json
 import re
+import string
 import types
 import typing
 from datetime import date
@@ -40,7 +42,12 @@ from pydantic import (
 
 from mlblueprints.errors import PermanentError
 
-IDENT = r"^[a-z][a-z0-9_]*$"
+# names that become tables, folders, DAG and task ids and columns: short enough for every file system,
+# Airflow id and service they end up in (a file name is at most 255 bytes with its suffixes)
+MAX_NAME = 200
+IDENT = rf"^[a-z][a-z0-9_]{{0,{MAX_NAME - 1}}}$"
+# a quality suite: <folder>/<name> under expectations/, never outside it
+SUITE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}){0,3}$")
 _TYPE_RE = re.compile(
     r"^(string|boolean|int|bigint|double|date|timestamp|decimal\((?P<p>\d{1,2}),\s*(?P<s>\d{1,2})\))$"
 )
@@ -88,10 +95,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def check_name(v: str, what: str = "name") -> str:
+    """A table-like name: lower-case letters, digits and '_', starting with a letter, at most
+    :data:`MAX_NAME` characters (it becomes a table, a folder and part of DAG and task ids)."""
+    if not isinstance(v, str) or not re.match(r"^[a-z][a-z0-9_]*$", v):
+        raise ValueError(f"{what} {v!r} must be lower-case letters, digits and '_', starting with a letter")
+    if len(v) > MAX_NAME:
+        raise ValueError(f"{what} is {len(v)} characters long; at most {MAX_NAME} are allowed")
+    return v
+
+
+def check_suite_name(v: str | None) -> str | None:
+    """A quality suite name: a path under expectations/ without '..', e.g. ``fraud/transactions.silver``."""
+    if v is None or v == "":
+        return v
+    if not SUITE_RE.match(v) or any(part in (".", "..") or part.startswith("..") for part in v.split("/")):
+        raise ValueError(
+            f"suite name {v!r} must be <folder>/<name> made of letters, digits, '_', '-' and '.', "
+            "inside expectations/ (no '..', no leading '/')"
+        )
+    return v
+
+
 class Column(_Strict):
     """One column of a landed data set, as it must look once typed in Silver."""
 
-    name: Annotated[str, Field(pattern=IDENT)]
+    name: str
     type: str
     required: bool = False
     min: float | None = None
@@ -99,6 +128,11 @@ class Column(_Strict):
     allowed: list[str] | None = None
     format: str | None = None
     description: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "column name")
 
     @field_validator("type")
     @classmethod
@@ -138,12 +172,36 @@ class Column(_Strict):
         return self.type in ("int", "bigint", "double") or self.type.startswith("decimal")
 
 
+# one ASCII character that cannot be confused with a quote, a line end or part of a value
+CSV_DELIMITERS = "\t" + "".join(c for c in string.punctuation if c != '"')
+
+
 class Landing(_Strict):
     """Where raw files land: ``<path>/<YYYY-MM-DD>/<file>`` (the directory is the landing date)."""
 
     path: str
     formats: list[Literal["csv", "jsonl"]] = ["csv", "jsonl"]
-    csv_delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
+    csv_delimiter: str = ","
+
+    @field_validator("csv_delimiter")
+    @classmethod
+    def _delimiter(cls, v: str) -> str:
+        if len(v) != 1 or v not in CSV_DELIMITERS:
+            raise ValueError(
+                f"{v!r} cannot be a CSV delimiter; use one ASCII punctuation character other than '\"' "
+                "(e.g. ',', ';', '|') or a tab ('\\t')"
+            )
+        return v
+
+
+class EventTimeWindow(_Strict):
+    """Which event times are plausible for a record landed on day D: not before ``earliest``,
+    and before the end of D plus ``max_days_after_landing`` days. Others are quarantined
+    (``implausible_event_time``): a clock in the wrong year must not move the feature store's
+    clock or the recomputed Gold range."""
+
+    earliest: date = date(1970, 1, 2)
+    max_days_after_landing: Annotated[int, Field(ge=0, le=3650)] = 1
 
 
 class Dataset(_Strict):
@@ -154,8 +212,16 @@ class Dataset(_Strict):
     # event_date: one partition per event day (facts); none: unpartitioned (small reference data)
     partition_by: Literal["event_date", "none"] = "event_date"
     quality: dict[Literal["bronze", "silver"], str] = {}
+    event_time_window: EventTimeWindow = EventTimeWindow()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("quality")
+    @classmethod
+    def _suites(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v.values():
+            check_suite_name(name)
+        return v
 
     @property
     def columns(self) -> list[Column]:
@@ -215,6 +281,11 @@ class GoldTable(_Strict):
     quality: str | None = None
     description: str | None = None
 
+    @field_validator("quality")
+    @classmethod
+    def _suite(cls, v: str | None) -> str | None:
+        return check_suite_name(v)
+
 
 _DURATION_RE = re.compile(r"^(?P<n>\d+)\s*(?P<u>s|m|h|d)$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -267,8 +338,10 @@ class FeatureView(_Strict):
         if dupes:
             problems.append(("", f"column(s) listed twice across entity and features: {', '.join(dupes)}"))
         for c in cols:
-            if not re.match(IDENT, c):
-                problems.append(("", f"column name {c!r} must match {IDENT}"))
+            try:
+                check_name(c, "column name")
+            except ValueError as exc:
+                problems.append(("", str(exc)))
         reserved = [c for c in cols if c in ("event_time", "event_date", "record_id") or c.startswith("_")]
         if reserved:
             problems.append(
@@ -619,7 +692,7 @@ class AwsTarget(_Strict):
 
 
 class UseCase(_Strict):
-    name: Annotated[str, Field(pattern=IDENT)]
+    name: str
     description: str = ""
     owner: str = "ml-platform"
     target: Literal["local", "aws"] = "local"
@@ -641,12 +714,16 @@ class UseCase(_Strict):
     # Where the YAML was read from; set by the loader, not by the file.
     source_path: str | None = Field(default=None, exclude=True)
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "use case name")
+
     @field_validator("datasets", "gold", "features", "training_sets")
     @classmethod
     def _table_names(cls, v: dict[str, Any]) -> dict[str, Any]:
         for k in v:
-            if not re.match(IDENT, k):
-                raise ValueError(f"table name {k!r} must match {IDENT}")
+            check_name(k, "table name")
         return v
 
     @model_validator(mode="after")
@@ -1052,28 +1129,66 @@ def parse_usecase(data: Any, path: Path | str = "<memory>", *, source: str | Non
     return uc
 
 
-def load_usecase(path: Path | str) -> UseCase:
-    path = Path(path)
+# a use-case file is a page of configuration: anything larger is not one
+MAX_YAML_BYTES = 1 << 20
+_NOT_UTF8_HINTS = (
+    (codecs.BOM_UTF16_LE, "UTF-16 text (byte-order mark FF FE)"),
+    (codecs.BOM_UTF16_BE, "UTF-16 text (byte-order mark FE FF)"),
+    (b"\x1f\x8b", "gzip-compressed data"),
+)
+
+
+def _read_yaml(path: Path) -> tuple[Any, str]:
+    """The parsed YAML of a use-case file and its text."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise UseCaseError(path, "<file>", f"cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise UseCaseError(path, "<file>", f"{len(raw):,} bytes; a use-case file is at most {MAX_YAML_BYTES:,}")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        hint = next((what for magic, what in _NOT_UTF8_HINTS if raw.startswith(magic)), None)
+        line = raw[: exc.start].count(b"\n") + 1
+        what = hint or f"invalid byte 0x{raw[exc.start]:02x} at line {line}"
+        raise UseCaseError(path, "<file>", f"not UTF-8 text ({what}); save the file as UTF-8") from None
+    if "\x00" in text:
+        raise UseCaseError(path, "<file>", "contains NUL bytes (binary, or UTF-16 text without a byte-order mark)")
+    try:
+        return yaml.safe_load(text), text
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UseCaseError(path, where, f"invalid YAML: {problem}") from None
-    uc = parse_usecase(data, path, source=text)
-    missing = [
-        (f"gold.{table}.sql", f"file not found: {uc.gold[table].sql}")
-        for table in uc.gold
-        if not uc.gold_sql_path(table).is_file()
-    ]
-    if missing:
-        raise UseCaseError.of(path, missing)
-    return uc
+    except RecursionError:
+        raise UseCaseError(path, "<file>", "invalid YAML: nested too deeply") from None
+
+
+def load_usecase(path: Path | str) -> UseCase:
+    """Load and check one use-case YAML. Every failure, whatever raised it, is a
+    :class:`UseCaseError`: every problem of the file, one line each, naming the file, the field
+    and the reason."""
+    path = Path(path)
+    try:
+        data, text = _read_yaml(path)
+        uc = parse_usecase(data, path, source=text)
+        missing = [
+            (f"gold.{table}.sql", f"file not found: {uc.gold[table].sql}")
+            for table in uc.gold
+            if not uc.gold_sql_path(table).is_file()
+        ]
+        if missing:
+            raise UseCaseError.of(path, missing)
+        return uc
+    except UseCaseError:
+        raise
+    except RecursionError:
+        raise UseCaseError(path, "<file>", "nested too deeply to be a use case") from None
+    except Exception as exc:  # noqa: BLE001 - any failure of one file is that file's one line
+        first = (str(exc).splitlines() or [""])[0][:300]
+        raise UseCaseError(path, "<file>", f"cannot be loaded: {type(exc).__name__}: {first}") from None
 
 
 def load_usecases(directory: Path | str) -> tuple[list[UseCase], list[UseCaseError]]:

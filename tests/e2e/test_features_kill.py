@@ -101,13 +101,25 @@ def world(tmp_path_factory) -> dict:
             local.ingest_bronze(uc, ds, [DAY], run)
             touched[ds] = local.build_silver(uc, ds, [DAY], run)["touched_event_dates"]
         local.build_gold(uc, "transaction_features", touched, run)
+    # homes are copied below: tables record paths relative to their home, so a copy is independent
     reference = base / "reference"
     shutil.copytree(gold_home, reference)
     with runtime_home(reference):
         for view in (VIEW, "card_activity"):
             fl.materialize(uc, view, DAY, DAY, RunInfo.for_usecase(uc, run_id="reference"))
         ref = {v: _state(uc, v) for v in (VIEW, "card_activity")}
-    return {"uc": uc, "yaml": uc_dir / "fraud_detection.yaml", "gold_home": gold_home, "reference": ref}
+    return {
+        "uc": uc,
+        "yaml": uc_dir / "fraud_detection.yaml",
+        "gold_home": gold_home,
+        "gold_files": _files(gold_home),
+        "reference": ref,
+    }
+
+
+def _files(home: Path) -> dict[str, int]:
+    """Every file of a home's warehouse (path -> size): what a copy must never change."""
+    return {str(p.relative_to(home)): p.stat().st_size for p in (home / "warehouse").rglob("*") if p.is_file()}
 
 
 def _state(uc, view: str) -> tuple[list, list]:
@@ -159,7 +171,8 @@ def test_killed_materialization_then_rerun_matches_an_uninterrupted_one(world, t
         if moment == "before_offline_commit":
             # files written but invisible: the table has no snapshot with data
             assert table is not None and iceberg.snapshot_id(table) is None
-            assert list((Path(table.location().removeprefix("file://")) / "data").glob("write-*/**/*.parquet"))
+            assert list(iceberg.data_dir(table).glob("write-*/**/*.parquet"))
+            assert iceberg.data_dir(table).is_relative_to(home)
         else:
             assert len(read_table(uc, core.offline_table(uc, VIEW))) == 120_000  # the offline commit landed
         # the online store never holds part of a batch: the killed transaction rolled back
@@ -174,3 +187,8 @@ def test_killed_materialization_then_rerun_matches_an_uninterrupted_one(world, t
         stats = online.OnlineStore(online.store_path(uc)).stats(core.online_table(uc, VIEW))
         table.refresh()
         assert stats["offline_snapshot_id"] == iceberg.snapshot_id(table)
+        # the copy read and wrote only its own files; the home it was copied from is untouched
+        for name in (core.offline_table(uc, VIEW), "transaction_features"):
+            t = iceberg.load(iceberg.catalog(), naming.identifier(uc, name))
+            assert all(Path(f).is_relative_to(home) for f in iceberg.data_files(t))
+    assert _files(world["gold_home"]) == world["gold_files"]

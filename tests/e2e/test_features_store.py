@@ -354,3 +354,18 @@ def test_readers_see_whole_batches_while_a_materialization_writes(uc):
     # every read saw one batch or the other, never a mix
     assert seen <= {tuple([1] * len(keys)), tuple([2] * len(keys))}
     assert online.get_online_features(uc, "card_activity", keys[:1], as_of="watermark")[0]["card_txn_count_1h"] == 2
+
+
+def test_a_row_dated_in_the_future_does_not_expire_every_other_entity(uc):
+    """One Gold row dated 2030 used to move the online store's clock there: 113 of 114 entities
+    were purged as expired. The clock only follows event times up to a day after the wall clock."""
+    cards = [txn(f"t{i}", T + timedelta(minutes=i), f"card_{i:03d}") for i in range(114)]
+    future = txn("t_future", datetime(2030, 1, 1, 0, 0), "card_future")
+    write_gold(uc, "transaction_features", [*cards, future])
+    out = fl.materialize(uc, "card_activity", D1, date(2030, 1, 1), run())
+    assert out["offline_rows"] == 115 and out["online_entities"] == 115
+    assert out["online"]["purged_expired"] == 0 and out["online"]["future_rows"] == 1
+    assert out["online"]["stats"]["entities"] == 115
+    assert out["online"]["watermark"] == (T + timedelta(minutes=113)).isoformat()
+    got = online.get_online_features(uc, "card_activity", ["card_000", "card_113", "card_future"], as_of="watermark")
+    assert [g["card_id"] if g else None for g in got] == ["card_000", "card_113", "card_future"]

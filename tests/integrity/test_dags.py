@@ -193,3 +193,30 @@ def test_dag_files_are_configuration_only():
         code = [ln for ln in p.read_text().splitlines() if ln.strip() and not ln.strip().startswith("#")]
         assert len(code) < 25, f"{p.name} has logic; move it to mlblueprints.airflow"
         assert "def " not in p.read_text() and "@task" not in p.read_text(), p.name
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "name: claims\nstart_date: 2024-01-01\n".encode("utf-16"),  # a UTF-16 YAML
+        ("claims: " + "[" * 50_000 + "]" * 50_000 + "\n").encode(),  # nested too deeply
+        bytes(range(256)),  # binary
+    ],
+    ids=["utf16", "deeply-nested", "binary"],
+)
+def test_an_unreadable_usecase_removes_only_itself(tmp_path, content):
+    """One UTF-16 or deeply nested YAML used to remove every DAG of every use case (import errors
+    on all DAG files); now it is that file's one line and the other use cases load."""
+    uc_dir = tmp_path / "usecases"
+    shutil.copytree(ROOT / "dags" / "usecases", uc_dir)
+    (uc_dir / "claims.yaml").write_bytes(content)
+    got = parse(ROOT / "dags", {"MLB_USECASES_DIR": str(uc_dir)})
+    assert {"fraud_detection__lakehouse", "fraud_detection__features", "fraud_detection__training"} <= set(got["dags"])
+    assert not any(str(ROOT / "dags") in f and "fraud_detection" in e for f, e in got["errors"].items())
+    warned = [m for ws in got["warnings"].values() for m in ws if str(uc_dir / "claims.yaml") in m]
+    assert len(warned) == 3 and all(m.strip().count("\n") == 0 for m in warned), got["warnings"]
+    # and once among the import errors, from usecase_errors.py, as a line of its own
+    [(path, error)] = got["errors"].items()
+    assert path.endswith("usecase_errors.py")
+    [line] = [ln for ln in error.splitlines() if str(uc_dir / "claims.yaml") in ln]
+    assert line.startswith(f"{uc_dir / 'claims.yaml'}: <file>: "), line

@@ -273,3 +273,129 @@ def test_precision_or_recall_as_primary_metric_needs_its_baseline(tmp_path):
         f"{p}: training.gate.baseline: give a baseline value for the primary metric recall "
         "(e.g. baseline: {recall: 0.5}); only roc_auc and pr_auc have a floor derived from the data"
     ]
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("name: broken\n".encode("utf-16"), "<file>: not UTF-8 text (UTF-16 text (byte-order mark FF FE)); save"),
+        ("name: broken\n".encode("utf-16-be"), "<file>: contains NUL bytes (binary, or UTF-16 text without"),
+        (b"name: caf\xe9\n", "<file>: not UTF-8 text (invalid byte 0xe9 at line 1)"),
+        (b"name: a\x00b\n", "<file>: contains NUL bytes"),
+        (("a: " * 5000 + "1\n").encode(), "invalid YAML"),
+        (("[" * 100_000 + "]" * 100_000 + "\n").encode(), "nested too deeply"),
+        (b"x" * (2 << 20), "<file>: 2,097,152 bytes; a use-case file is at most 1,048,576"),
+        (b"- just\n- a list\n", "<root>: expected a mapping, got list"),
+    ],
+)
+def test_any_unreadable_yaml_is_that_files_one_line_and_the_others_load(tmp_path, content, reason):
+    """A UTF-16, binary, deeply nested or oversized YAML used to raise past the loader and remove
+    every DAG of every use case."""
+    write(tmp_path, "fraud_detection", fraud())
+    (tmp_path / "broken.yaml").write_bytes(content)
+    ok, errors = load_usecases(tmp_path)
+    assert [u.name for u in ok] == ["fraud_detection"]
+    (err,) = errors
+    assert str(err).startswith(f"{tmp_path / 'broken.yaml'}: ") and "\n" not in str(err)
+    assert reason in str(err), str(err)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "reason"),
+    [
+        (
+            lambda d: d["datasets"].update({"t" * 301: d["datasets"]["customers"]}),
+            "datasets",
+            "table name is 301 characters long; at most 200 are allowed",
+        ),
+        (
+            lambda d: d["datasets"]["transactions"]["schema"][0].update(name="c" * 201),
+            "datasets.transactions.schema[0].name",
+            "at most 200",
+        ),
+        (
+            lambda d: d["datasets"]["transactions"]["landing"].update(csv_delimiter="\n"),
+            "datasets.transactions.landing.csv_delimiter",
+            "cannot be a CSV delimiter",
+        ),
+        (
+            lambda d: d["datasets"]["transactions"]["landing"].update(csv_delimiter='"'),
+            "datasets.transactions.landing.csv_delimiter",
+            "cannot be a CSV delimiter",
+        ),
+        (
+            lambda d: d["datasets"]["transactions"]["landing"].update(csv_delimiter=",,"),
+            "datasets.transactions.landing.csv_delimiter",
+            "cannot be a CSV delimiter",
+        ),
+        (
+            lambda d: d["datasets"]["transactions"]["landing"].update(csv_delimiter="a"),
+            "datasets.transactions.landing.csv_delimiter",
+            "cannot be a CSV delimiter",
+        ),
+        (
+            lambda d: d["datasets"]["transactions"].update(quality={"silver": "../../etc/passwd"}),
+            "datasets.transactions.quality",
+            "inside expectations/ (no '..'",
+        ),
+        (
+            lambda d: d["gold"]["transaction_features"].update(quality="/etc/passwd"),
+            "gold.transaction_features.quality",
+            "no leading '/'",
+        ),
+        (
+            lambda d: d["datasets"]["transactions"].update(event_time_window={"max_days_after_landing": -1}),
+            "datasets.transactions.event_time_window.max_days_after_landing",
+            "greater than or equal to 0",
+        ),
+    ],
+)
+def test_names_delimiters_and_suites_are_checked_at_load(tmp_path, mutate, field, reason):
+    data = fraud()
+    mutate(data)
+    p = write(tmp_path, "fraud_detection", data)
+    with pytest.raises(UseCaseError) as exc:
+        load_usecase(p)
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith(f"{p}: {field}: "), msg
+    assert reason in msg, msg
+
+
+def test_tab_and_semicolon_delimiters_and_the_event_time_window_load(tmp_path):
+    data = fraud()
+    data["datasets"]["transactions"]["landing"]["csv_delimiter"] = "\t"
+    data["datasets"]["customers"]["landing"]["csv_delimiter"] = ";"
+    data["datasets"]["transactions"]["event_time_window"] = {"earliest": "2024-01-01", "max_days_after_landing": 0}
+    uc = load_usecase(write(tmp_path, "fraud_detection", data))
+    assert uc.datasets["transactions"].landing.csv_delimiter == "\t"
+    assert uc.datasets["transactions"].event_time_window.earliest.isoformat() == "2024-01-01"
+    assert uc.datasets["customers"].event_time_window.max_days_after_landing == 1  # the default
+
+
+def test_a_suite_name_cannot_read_outside_expectations(tmp_path):
+    from mlblueprints.errors import PermanentError
+    from mlblueprints.quality.suites import SuiteError, load_suite
+
+    (tmp_path / "expectations").mkdir()
+    (tmp_path / "secret.json").write_text('{"expectations": []}')
+    for name in ("../secret", "/etc/passwd", "a/../../secret"):
+        with pytest.raises(SuiteError, match="inside expectations/") as err:
+            load_suite(name, tmp_path / "expectations")
+        assert isinstance(err.value, PermanentError)  # configuration: never retried
+    (tmp_path / "expectations" / "uc").mkdir()
+    (tmp_path / "expectations" / "uc" / "link.json").symlink_to(tmp_path / "secret.json")
+    with pytest.raises(SuiteError, match="resolves outside"):
+        load_suite("uc/link", tmp_path / "expectations")
+
+
+def test_check_config_names_an_unreadable_file_in_one_line(tmp_path, capsys):
+    from mlblueprints import cli
+
+    bad = tmp_path / "claims.yaml"
+    bad.write_bytes("name: claims\n".encode("utf-16"))
+    assert cli.main(["check-config", str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        f"{bad}: <file>: not UTF-8 text (UTF-16 text (byte-order mark FF FE)); save the file as UTF-8"
+    )
+    assert "Traceback" not in captured.err + captured.out

@@ -82,6 +82,26 @@ def verdicts(rows: list[dict]) -> list[tuple]:
         ({"currency": "XYZ"}, "unknown_category", "currency"),
         ({"channel": "telepathy"}, "unknown_category", "channel"),
         ({"_raw_record": "a,b"}, "malformed_record", None),
+        # exact casts: a value the type cannot hold exactly is invalid, never rounded
+        ({"amount": "12.505"}, "invalid_type", "amount"),
+        ({"amount": "0.005"}, "invalid_type", "amount"),
+        ({"amount": "1e1"}, "invalid_type", "amount"),
+        ({"amount": "1_000"}, "invalid_type", "amount"),
+        ({"amount": "12.500"}, None, None),
+        ({"is_fraud": "0.6"}, "invalid_type", "is_fraud"),
+        ({"is_fraud": "1.4"}, "invalid_type", "is_fraud"),
+        ({"is_fraud": "0x1"}, "invalid_type", "is_fraud"),
+        ({"is_fraud": "1e0"}, "invalid_type", "is_fraud"),
+        ({"is_fraud": "1.0"}, "invalid_type", "is_fraud"),
+        ({"is_fraud": "+1"}, None, None),
+        ({"currency": "usd"}, "unknown_category", "currency"),
+        # event time against the landing date (2024-03-01) of the record's file
+        ({"event_time": "2030-01-01T00:00:00Z"}, "implausible_event_time", "event_time"),
+        ({"event_time": "9999-12-31T23:59:59Z"}, "implausible_event_time", "event_time"),
+        ({"event_time": "2024-03-03T00:00:00Z"}, "implausible_event_time", "event_time"),
+        ({"event_time": "2024-03-02T23:59:59Z"}, None, None),
+        ({"event_time": "1970-01-01T00:00:00Z"}, "implausible_event_time", "event_time"),
+        ({"event_time": "2020-01-01T00:00:00Z"}, None, None),
         # the first failing check names the reason; the detail lists all of them
         ({"card_id": "", "amount": "abc", "currency": "XYZ"}, "missing_required", "card_id"),
         ({"amount": "abc", "currency": "XYZ"}, "invalid_type", "amount"),
@@ -97,6 +117,32 @@ def test_reason_codes(change, code, column):
         assert f"{code}:{column}" in got[2]
     if change == {"card_id": "", "amount": "abc", "currency": "XYZ"}:
         assert got[2] == "missing_required:card_id; invalid_type:amount; unknown_category:currency"
+
+
+def test_event_time_window_is_configurable():
+    window = {"earliest": date(2024, 2, 1), "max_days_after_landing": 0}
+    ds = TX.model_copy(update={"event_time_window": TX.event_time_window.model_copy(update=window)})
+    con = duckdb.connect()
+    times = ["2024-01-31T23:59:59Z", "2024-02-01T00:00:00Z", "2024-03-01T23:59:59Z", "2024-03-02T00:00:00Z"]
+    bronze(con, [{**GOOD, "event_time": t} for t in times])
+    got = con.execute(
+        f"SELECT _reason_code FROM ({sqlgen.silver_validate_sql(ds, 'b')}) ORDER BY _line_number"
+    ).fetchall()
+    assert [g[0] for g in got] == ["implausible_event_time", None, None, "implausible_event_time"]
+
+
+def test_exact_decimals_keep_their_digits():
+    """A decimal within its scale is stored exactly; trailing zeros beyond it are not rounding."""
+    con = duckdb.connect()
+    bronze(con, [{**GOOD, "amount": a} for a in ("12.5", "12.500", "0.01", "+7", "00012.30")])
+    sql = f"SELECT amount, _reason_code FROM (SELECT {sqlgen.typed_projection(TX)}, _reason_code, _line_number FROM ({sqlgen.silver_validate_sql(TX, 'b')})) ORDER BY _line_number"
+    assert [(str(a), r) for a, r in con.execute(sql).fetchall()] == [
+        ("12.50", None),
+        ("12.50", None),
+        ("0.01", None),
+        ("7.00", None),
+        ("12.30", None),
+    ]
 
 
 def test_typed_values_and_event_date():

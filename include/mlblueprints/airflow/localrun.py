@@ -3,15 +3,25 @@
 DAG runs go through ``dag.test()`` (the same code path as ``airflow dags test``): real task
 instances, XComs, retries and Asset events recorded in the metadata DB, no scheduler process.
 Environment variables must be in place before Airflow is imported, so :func:`setup` comes first.
+
+A DAG returned by :func:`get_dag` runs one ``dag.test()`` at a time per metadata DB: the run holds
+a lock file (``<AIRFLOW_HOME>/locks/<dag_id>.lock``) for as long as it runs, and a second process
+asking for the same DAG gets :class:`RunConflict` (one line) instead of deleting the first one's
+run. The operating system releases the lock of a killed process, which is how :func:`setup` tells
+the runs of killed processes, left ``running`` forever, from live ones: it marks them failed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import logging
 import os
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +35,9 @@ def setup(migrate: bool = True) -> dict[str, str]:
     """Point Airflow at the runtime directory and migrate its SQLite DB (idempotent)."""
     if "airflow" in sys.modules and os.environ.get("AIRFLOW_HOME") != str(runtime.home() / "airflow"):
         log.warning("airflow was imported before setup(); its configuration may not be the runtime's")
+    from mlblueprints import relocate
+
+    relocate.check_home()
     env = runtime.airflow_env()
     os.environ.update(env)
     # Airflow's API test client imports starlette's, which warns about httpx on every start
@@ -39,7 +52,102 @@ def setup(migrate: bool = True) -> dict[str, str]:
         )
         if out.returncode != 0:
             raise RuntimeError(f"airflow db migrate failed:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
+        for line in fail_stuck_runs():
+            log.warning("%s", line)
     return env
+
+
+class RunConflict(RuntimeError):
+    """The DAG is already running in another process on the same metadata DB (try again once it
+    has finished)."""
+
+
+def _lock_path(dag_id: str) -> Path:
+    airflow_home = Path(os.environ.get("AIRFLOW_HOME") or runtime.home() / "airflow")
+    locks = airflow_home / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return locks / f"{dag_id}.lock"
+
+
+@contextlib.contextmanager
+def run_lock(dag_id: str) -> Iterator[None]:
+    """Hold the lock of ``dag_id`` for the duration; :class:`RunConflict` when another live
+    process holds it (the operating system releases the lock of a killed process)."""
+    path = _lock_path(dag_id)
+    f = path.open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunConflict(
+            f"{dag_id} is already running ({holder}); wait for that run to finish, then run this one again"
+        ) from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()}, started {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
+        f.flush()
+        yield
+    finally:
+        f.seek(0)
+        f.truncate()
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def _lock_held(dag_id: str) -> bool:
+    """Whether a live process runs ``dag_id`` now (holds its lock)."""
+    path = _lock_path(dag_id)
+    with path.open("a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def fail_stuck_runs() -> list[str]:
+    """Mark failed the ``dag.test()`` runs left ``running`` or ``queued`` by a process that is
+    gone (nobody holds their DAG's lock), and their unfinished task instances; a scheduler with
+    ``max_active_runs=1`` would otherwise wait for them forever. Runs started by a scheduler or
+    the UI are not touched. Returns one line per run marked failed."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState, TaskInstanceState
+    from airflow.utils.types import DagRunTriggeredByType
+    from sqlalchemy import select
+
+    finished = {
+        TaskInstanceState.SUCCESS,
+        TaskInstanceState.FAILED,
+        TaskInstanceState.SKIPPED,
+        TaskInstanceState.UPSTREAM_FAILED,
+        TaskInstanceState.REMOVED,
+    }
+    out = []
+    now = datetime.now(UTC)
+    with create_session() as session:
+        runs = session.scalars(
+            select(DagRun).where(
+                DagRun.state.in_([DagRunState.RUNNING, DagRunState.QUEUED]),
+                DagRun.triggered_by == DagRunTriggeredByType.TEST,
+            )
+        ).all()
+        for dr in runs:
+            if _lock_held(dr.dag_id):
+                continue
+            for ti in dr.get_task_instances(session=session):
+                if ti.state not in finished:
+                    ti.state = TaskInstanceState.FAILED
+                    ti.end_date = now
+            dr.state = DagRunState.FAILED
+            dr.end_date = now
+            out.append(f"{dr.dag_id} run {dr.run_id}: its process is gone; marked failed")
+        session.commit()
+    return out
 
 
 def quiet_retry_waits() -> None:
@@ -78,7 +186,21 @@ def get_dag(dag_id: str) -> Any:
     if dag_id not in bag.dags:
         problems = "; ".join(f"{k}: {v}" for k, v in bag.import_errors.items())
         raise KeyError(f"no DAG {dag_id!r} in dags/ (found {sorted(bag.dags)}){' - ' + problems if problems else ''}")
-    return bag.dags[dag_id]
+    dag = bag.dags[dag_id]
+    _one_run_at_a_time(dag)
+    return dag
+
+
+def _one_run_at_a_time(dag: Any) -> None:
+    """Make ``dag.test()`` hold the DAG's lock while it runs (see :func:`run_lock`)."""
+    test = dag.test
+
+    @functools.wraps(test)
+    def locked_test(*args: Any, **kwargs: Any) -> Any:
+        with run_lock(dag.dag_id):
+            return test(*args, **kwargs)
+
+    dag.test = locked_test
 
 
 def logical_date_for(landing: date) -> datetime:

@@ -46,7 +46,7 @@ from mlblueprints.features import core
 from mlblueprints.features.core import FeatureViewError, TrainingSetError, ViewColumns, positive_sql
 from mlblueprints.features.online import OnlineStore, store_path
 from mlblueprints.lakehouse import iceberg, naming
-from mlblueprints.lakehouse.local import table_properties, target_file_size
+from mlblueprints.lakehouse.local import on_storage_errors, table_properties, target_file_size
 from mlblueprints.lakehouse.sqlgen import ident, literal
 from mlblueprints.lineage import RunInfo
 
@@ -147,6 +147,7 @@ def check_view(uc: UseCase, view: str) -> str | None:
     return None
 
 
+@on_storage_errors
 def materialize(uc: UseCase, view: str, lo: date, hi: date, run: RunInfo) -> dict[str, Any]:
     """Materialize ``view`` for the event dates [lo, hi] into its offline and online stores."""
     started = time.perf_counter()
@@ -240,6 +241,16 @@ def materialize(uc: UseCase, view: str, lo: date, hi: date, run: RunInfo) -> dic
         )
         online_out["stats"] = store.stats(table)
         store.close()
+        if online_out.get("purged_expired") or online_out.get("future_rows"):
+            log.warning(
+                "features.%s: %s entities online after this batch; %s purged as older than the TTL before the "
+                "newest event time (%s); %s row(s) dated more than a day after the wall clock did not move it",
+                view,
+                online_out["stats"].get("entities"),
+                online_out.get("purged_expired"),
+                online_out.get("watermark"),
+                online_out.get("future_rows"),
+            )
     if offline is None:
         shutil.rmtree(location, ignore_errors=True)
     con.close()
@@ -302,6 +313,7 @@ def offline_rows(uc: UseCase, view: str, where: str | None = None) -> Any:
 # ------------------------------------------------------------------ training sets
 
 
+@on_storage_errors
 def build_training_set(
     uc: UseCase,
     name: str,

@@ -46,6 +46,8 @@ SQLITE_TYPES = {
 }
 # SQLite limits the number of host parameters of one statement (32766 by default)
 _MAX_PARAMS = 30000
+# how far after the wall clock an event time may move the store's clock (clock skew)
+FUTURE_TOLERANCE_US = 86_400 * 1_000_000
 
 
 def store_path(uc: UseCase | str) -> Path:
@@ -196,6 +198,10 @@ class OnlineStore:
         rows in [lo, hi] that the batch did not replace lost their source row: ``reresolve(keys)``
         returns the newest offline rows before ``lo`` for them (same tuple layout); the others are
         removed. Then rows that expired before the newest event time ever materialized are purged.
+
+        The newest event time (the store's clock, ``watermark``) only moves to event times up
+        to one day after the wall clock: a row dated in the future is stored, but it does not
+        expire every other entity (counted as ``future_rows``).
         """
         keys = cols.entity_names
         names = [*keys, "event_time", "event_date", *cols.feature_names]
@@ -210,8 +216,9 @@ class OnlineStore:
             f"WHERE excluded.event_time >= {_q(table)}.event_time "
             f"OR {_q(table)}.event_date BETWEEN '{lo.isoformat()}' AND '{hi.isoformat()}'"
         )
-        upserted = 0
+        upserted = future = 0
         max_et: int | None = None
+        clock_cap = to_micros(datetime.now(UTC)) + FUTURE_TOLERANCE_US
         tail = (batch_id, offline_snapshot_id)
         con = self.con
         con.execute("BEGIN IMMEDIATE")
@@ -219,7 +226,9 @@ class OnlineStore:
             buf: list[tuple[Any, ...]] = []
             for r in rows:
                 et = r[et_pos]
-                if max_et is None or et > max_et:
+                if et > clock_cap:
+                    future += 1
+                elif max_et is None or et > max_et:
                     max_et = et
                 buf.append((*r, et + ttl_us, *tail))
                 if len(buf) >= chunk:
@@ -287,6 +296,7 @@ class OnlineStore:
             "entities_reresolved": reresolved,
             "entities_removed": removed,
             "purged_expired": purged,
+            "future_rows": future,
             "watermark": from_micros(watermark).isoformat() if watermark is not None else None,
         }
 

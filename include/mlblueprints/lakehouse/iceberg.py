@@ -1,5 +1,11 @@
 """Iceberg tables of the local target: a SQLite catalog and a warehouse on the file system.
 
+Paths in the catalog and in the tables' metadata are relative to the runtime directory
+(``mlb://warehouse/<namespace>/<table>/...``, read by :class:`HomeFileIO`), so a runtime directory
+can be moved or copied as a whole: a copy reads and writes only its own files. (Tables written
+before this scheme hold absolute ``file://`` paths; :func:`load` refuses one whose paths lie
+outside the current runtime directory instead of writing into another directory's files.)
+
 Writes are two-stage and atomic: DuckDB streams a query into Parquet files under a fresh
 directory of the table's data location (bounded memory, files cut at the target size), then one
 Iceberg transaction deletes what the write replaces and adds the new files. Until that commit
@@ -26,9 +32,13 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression, EqualTo, In
+from pyiceberg.io import PY_IO_IMPL
+from pyiceberg.io.pyarrow import PyArrowFileIO
 from pyiceberg.table import Table
+from pyiceberg.typedef import EMPTY_DICT
 
-from mlblueprints import runtime
+from mlblueprints import relocate, runtime
+from mlblueprints.errors import PermanentError
 
 if TYPE_CHECKING:
     import duckdb
@@ -38,16 +48,54 @@ log = logging.getLogger(__name__)
 TARGET_FILE_SIZE_PROP = "write.target-file-size-bytes"
 
 
+HOME_SCHEME = "mlb"
+HOME_PROP = "mlb.home"
+
+
+class HomeFileIO(PyArrowFileIO):
+    """PyArrow's FileIO plus the scheme ``mlb://<path>``: ``<path>`` relative to the runtime
+    directory the catalog was opened in (the ``mlb.home`` property)."""
+
+    @staticmethod
+    def parse_location(location: str, properties: Mapping[str, str] = EMPTY_DICT) -> tuple[str, str, str]:
+        prefix = f"{HOME_SCHEME}://"
+        if location.startswith(prefix):
+            return "file", "", str(Path(properties[HOME_PROP]) / location[len(prefix) :])
+        return PyArrowFileIO.parse_location(location, properties)
+
+
+class MovedHomeError(PermanentError):
+    """A table whose metadata lies outside the runtime directory (a moved or copied old home)."""
+
+
 def catalog(home: Path | None = None) -> Catalog:
-    """The local SQLite-backed Iceberg catalog under ``<runtime>/warehouse``."""
-    wh = (home or runtime.home()) / "warehouse"
+    """The local SQLite-backed Iceberg catalog under ``<runtime>/warehouse``; table locations are
+    ``mlb://warehouse/...``, relative to the runtime directory."""
+    h = (home or runtime.home()).resolve()
+    wh = h / "warehouse"
     wh.mkdir(parents=True, exist_ok=True)
+    relocate.check_home(h)
     return SqlCatalog(
         "mlblueprints",
         uri=f"sqlite:///{wh / 'catalog.db'}",
-        warehouse=wh.as_uri(),
+        warehouse=f"{HOME_SCHEME}://warehouse",
         init_catalog_tables="true",
+        **{PY_IO_IMPL: f"{__name__}.HomeFileIO", HOME_PROP: str(h)},
     )
+
+
+def _home_of(table: Table | None) -> Path:
+    prop = table.io.properties.get(HOME_PROP) if table is not None else None
+    return Path(prop) if prop else runtime.home()
+
+
+def _uri(path: Path | str, home: Path) -> str:
+    """The URI a file is recorded under: relative to the runtime directory when inside it."""
+    p = Path(path)
+    try:
+        return f"{HOME_SCHEME}://{p.resolve().relative_to(home.resolve()).as_posix()}"
+    except ValueError:
+        return p.resolve().as_uri()
 
 
 def ensure_namespace(cat: Catalog, namespace: str) -> None:
@@ -59,9 +107,25 @@ def ensure_namespace(cat: Catalog, namespace: str) -> None:
 
 def load(cat: Catalog, identifier: str) -> Table | None:
     try:
-        return cat.load_table(identifier)
+        table = cat.load_table(identifier)
     except NoSuchTableError:
         return None
+    _check_inside_home(table)
+    return table
+
+
+def _check_inside_home(table: Table) -> None:
+    location = table.metadata_location
+    if not location.startswith("file://"):
+        return
+    home = _home_of(table).resolve()
+    if not Path(location.removeprefix("file://")).resolve().is_relative_to(home):
+        raise MovedHomeError(
+            f"table {'.'.join(table.name())} is recorded at {location}, outside this runtime directory "
+            f"({home}): it was written by an older version that recorded absolute paths, and the "
+            "directory was moved or copied since. Use it where it was created, or start a new runtime "
+            "directory (MLB_HOME)"
+        )
 
 
 def ensure_table(
@@ -167,16 +231,20 @@ def duckdb_type(t: it.IcebergType) -> str:
 def data_files(table: Table, row_filter: BooleanExpression = AlwaysTrue()) -> list[str]:
     """Local paths of the data files a filtered scan reads (copy-on-write: no delete files)."""
     files = []
+    home = _home_of(table)
     for task in table.scan(row_filter=row_filter).plan_files():
         if task.delete_files:
             raise RuntimeError(
                 f"table {'.'.join(table.name())} has delete files; this reader supports copy-on-write tables only"
             )
-        files.append(_local_path(task.file.file_path))
+        files.append(_local_path(task.file.file_path, home))
     return files
 
 
-def _local_path(uri: str) -> str:
+def _local_path(uri: str, home: Path | None = None) -> str:
+    """The local file of a recorded URI (``mlb://`` relative to the runtime directory)."""
+    if uri.startswith(f"{HOME_SCHEME}://"):
+        return str((home or runtime.home()) / uri[len(HOME_SCHEME) + 3 :])
     return uri.removeprefix("file://")
 
 
@@ -278,9 +346,14 @@ def query_schema(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Schema:
     return con.sql(f"SELECT * FROM ({sql}) AS q LIMIT 0").to_arrow_table().schema
 
 
+def data_dir(table: Table) -> Path:
+    """The local folder holding a table's data files (one ``write-<uuid>`` folder per commit)."""
+    return Path(_local_path(table.location(), _home_of(table))) / "data"
+
+
 def new_write_dir(table: Table) -> Path:
     """A fresh directory under the table's data location for the files of one commit."""
-    location = Path(_local_path(table.location())) / "data" / f"write-{uuid.uuid4().hex}"
+    location = data_dir(table) / f"write-{uuid.uuid4().hex}"
     location.mkdir(parents=True, exist_ok=False)
     return location
 
@@ -328,7 +401,8 @@ def commit_files(
             if replace is not None:
                 tx.delete(replace, snapshot_properties=props)
             if files:
-                tx.add_files(["file://" + f for f in files], snapshot_properties=props)
+                home = _home_of(table)
+                tx.add_files([_uri(f, home) for f in files], snapshot_properties=props)
     if not files:
         shutil.rmtree(location, ignore_errors=True)
     table.refresh()
@@ -372,10 +446,11 @@ def in_filter(column: str, values: Iterable[Any]) -> BooleanExpression:
 def partition_files(table: Table) -> dict[Any, list[tuple[str, int, int]]]:
     """Per partition value: the (path, size in bytes, record count) of each data file."""
     out: dict[Any, list[tuple[str, int, int]]] = {}
+    home = _home_of(table)
     for task in table.scan().plan_files():
         f = task.file
         key = f.partition[0] if len(f.partition) else None
-        out.setdefault(key, []).append((_local_path(f.file_path), f.file_size_in_bytes, f.record_count))
+        out.setdefault(key, []).append((_local_path(f.file_path, home), f.file_size_in_bytes, f.record_count))
     return out
 
 
@@ -386,11 +461,12 @@ def remove_orphan_files(table: Table, older_than_seconds: float = 3600) -> int:
     never touched. Returns the number of files removed.
     """
     referenced: set[str] = set()
+    home = _home_of(table)
     for snap in table.snapshots():
         for manifest in snap.manifests(table.io):
             for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
-                referenced.add(_local_path(entry.data_file.file_path))
-    data = Path(_local_path(table.location())) / "data"
+                referenced.add(_local_path(entry.data_file.file_path, home))
+    data = data_dir(table)
     removed = 0
     now = time.time()
     for d in data.glob("write-*"):

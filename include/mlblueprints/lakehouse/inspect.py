@@ -37,7 +37,7 @@ def tables_text(uc: UseCase) -> str:
             files,
             f"{size / 1e6:.1f}",
             len(t.snapshots()),
-            t.location().removeprefix("file://"),
+            str(iceberg.data_dir(t).parent),
         )
     return "Iceberg tables (SQLite catalog):\n" + table.render()
 

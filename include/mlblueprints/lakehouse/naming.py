@@ -51,13 +51,21 @@ def landing_dates(start: datetime | date, end: datetime | date | None) -> list[d
     return [s + timedelta(days=i) for i in range(days)] if days > 0 else [s]
 
 
+def shift(d: date, days: int) -> date:
+    """``d`` + ``days``, clamped to the calendar's ends (9999-12-31 + 7 days is 9999-12-31)."""
+    try:
+        return d + timedelta(days=days)
+    except OverflowError:
+        return date.max if days > 0 else date.min
+
+
 def gold_date_range(touched: Iterable[date], lookback_days: int) -> tuple[date, date] | None:
     """Event dates whose Gold rows a change on ``touched`` dates can affect: a row's features
     look back ``lookback_days``, so a change on day d affects days d .. d + lookback_days."""
     t = sorted(set(touched))
     if not t:
         return None
-    return t[0], t[-1] + timedelta(days=lookback_days)
+    return t[0], shift(t[-1], lookback_days)
 
 
 def gold_driving_inputs(uc: UseCase, gold: str) -> list[str]:

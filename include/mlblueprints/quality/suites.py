@@ -33,20 +33,36 @@ class SuiteError(PermanentError, ValueError):
 
 
 def suite_path(name: str, directory: Path | None = None) -> Path:
-    return (directory or runtime.expectations_dir()) / f"{name}.json"
+    """``<expectations>/<name>.json``; a name that would leave the expectations folder (``..``,
+    an absolute path, a link pointing outside) is a :class:`SuiteError`."""
+    from mlblueprints.config import check_suite_name
+
+    root = directory or runtime.expectations_dir()
+    try:
+        check_suite_name(name)
+    except ValueError as exc:
+        raise SuiteError(f"{root}: {exc}") from None
+    path = root / f"{name}.json"
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise SuiteError(f"{path}: suite {name!r} resolves outside {root}")
+    return path
 
 
 def load_suite(name: str, directory: Path | None = None) -> dict[str, Any]:
     """Read and check a suite file; errors name the file and the expectation."""
     path = suite_path(name, directory)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SuiteError(
             f"{path}: suite {name!r} not found (starter suites: mlblueprints suites init <usecase>)"
         ) from None
     except json.JSONDecodeError as exc:
         raise SuiteError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise SuiteError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise SuiteError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("expectations"), list):
         raise SuiteError(f"{path}: expected an object with an 'expectations' list")
     if data.get("name") not in (None, name):

@@ -146,6 +146,12 @@ class AwsLake:
         self.runs.append({"step": step, "day": str(day), "result": out})
         return out
 
+    def compact(self, touched: dict[str, list[str]] | None, day: str = "compact") -> Any:
+        run = self.run_info("compact", day)
+        out = run_direct(self.uc, self.rt, self.backend().compact(run, touched), run)
+        self.runs.append({"step": "compact", "day": day, "result": out})
+        return out
+
     def day(self, d: date, gold: bool = True) -> dict[str, Any]:
         """One landing date through tables, Bronze, Silver and Gold, as the DAG runs it."""
         out: dict[str, Any] = {"tables": self.step("tables", "ensure_tables", day=d)}

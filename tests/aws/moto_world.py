@@ -146,11 +146,40 @@ class S3OwnerGuard:
             return original(client, operation_model, request_dict, request_context)
 
         monkeypatch.setattr(BaseClient, "_make_request", make_request)
+        patch_moto_like_s3(monkeypatch)
         return self
 
     def without_owner(self) -> list[dict[str, Any]]:
         """The project's S3 requests that named no owner (the transfer manager's included)."""
         return [r for r in self.requests if r["by"] in ("project", "transfer") and r["owner"] != self.account]
+
+
+def patch_moto_like_s3(monkeypatch) -> None:
+    """moto keeps ``BucketKeyEnabled`` of a PutObject but drops the one a CreateMultipartUpload
+    names; S3 applies it to the completed object. Carry it over, as S3 does."""
+    from moto.s3.models import S3Backend
+    from moto.s3.responses import S3Response
+
+    post = S3Response._key_response_post
+
+    def key_response_post(self, request, body, bucket_name, query, key_name):
+        out = post(self, request, body, bucket_name, query, key_name)
+        flag = request.headers.get("x-amz-server-side-encryption-bucket-key-enabled")
+        if flag is not None and "uploads" in query:
+            upload = re.search(r"<UploadId>([^<]+)</UploadId>", out[2] if isinstance(out[2], str) else out[2].decode())
+            self.backend.get_bucket(bucket_name).multiparts[upload[1]].bucket_key_enabled = str(flag).lower()
+        return out
+
+    complete = S3Backend.complete_multipart_upload
+
+    def complete_multipart_upload(self, bucket_name, multipart_id, body):
+        key = complete(self, bucket_name, multipart_id, body)
+        if key is not None and getattr(key.multipart, "bucket_key_enabled", None) is not None:
+            key.bucket_key_enabled = key.multipart.bucket_key_enabled
+        return key
+
+    monkeypatch.setattr(S3Response, "_key_response_post", key_response_post)
+    monkeypatch.setattr(S3Backend, "complete_multipart_upload", complete_multipart_upload)
 
 
 class TwinRejects(Exception):
@@ -259,6 +288,7 @@ class AthenaTwin:
         self.unloads: list[dict[str, Any]] = []
         self.maintenance: list[dict[str, Any]] = []
         self.properties: dict[str, dict[str, str]] = defaultdict(dict)
+        self.lagging: set[str] = set()  # tables whose writes succeed but are not there yet
         self._s3 = boto3.client("s3", region_name=REGION)
         self._s3._mlb_service = "athena"  # the twin's own S3 calls are the service's, not the project's
 
@@ -400,6 +430,8 @@ class AthenaTwin:
 
     def _load_landing(self, t: TwinTable) -> None:
         bucket, prefix = req.split_s3_uri(t.location)
+        rows: list[list[str | None]] = []
+        replaced: list[str] = []
         for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for o in page.get("Contents", []):
                 key = o["Key"]
@@ -407,15 +439,26 @@ class AthenaTwin:
                     continue
                 folder = key[len(prefix) :].split("/", 1)[0]
                 text = self._s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8", "replace")
-                rows = self._parse(t, text)
                 path = f"s3://{bucket}/{key}"
-                self.con.execute(f'DELETE FROM "{self.database}"."{t.name}" WHERE "$path" = ?', [path])
-                if rows:
-                    self.con.executemany(
-                        f'INSERT INTO "{self.database}"."{t.name}" VALUES ({", ".join("?" * (len(t.columns) + 2))})',
-                        [[*r, path, folder] for r in rows],
-                    )
+                rows += [[*r, path, folder] for r in self._parse(t, text)]
+                replaced.append(path)
                 t.loaded[key] = o["ETag"]
+        if not replaced:
+            return
+        import pyarrow as pa
+
+        names = [*t.columns, "$path", "landing_date"]
+        batch = pa.table({n: pa.array([r[i] for r in rows], pa.string()) for i, n in enumerate(names)})
+        self.con.register("_landing_batch", batch)
+        self.con.register("_landing_paths", pa.table({"path": pa.array(replaced, pa.string())}))
+        try:
+            self.con.execute(
+                f'DELETE FROM "{self.database}"."{t.name}" WHERE "$path" IN (SELECT path FROM _landing_paths)'
+            )
+            self.con.execute(f'INSERT INTO "{self.database}"."{t.name}" SELECT * FROM _landing_batch')
+        finally:
+            self.con.unregister("_landing_batch")
+            self.con.unregister("_landing_paths")
 
     @staticmethod
     def _parse(t: TwinTable, text: str) -> list[list[str | None]]:
@@ -533,7 +576,8 @@ class AthenaTwin:
                 f"HIVE_TOO_MANY_OPEN_PARTITIONS: Exceeded limit of {MAX_OPEN_PARTITIONS} open writers for "
                 f"partitions/buckets ({touched} partitions of {target.name})"
             )
-        self.con.execute(self.duck(query))
+        if target.name not in self.lagging:
+            self.con.execute(self.duck(query))
         self.writes.append(
             {
                 "kind": type(tree).__name__.lower(),
@@ -661,7 +705,7 @@ class AthenaTwin:
         bucket, key = req.split_s3_uri(m["target"])
         if self._s3.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount", 0):
             raise TwinRejects(f"HIVE_PATH_ALREADY_EXISTS: Target directory for UNLOAD {m['target']} is not empty")
-        table = self.con.execute(self.duck(m["body"])).to_arrow_table()
+        table = self.con.sql(self.duck(m["body"])).to_arrow_table()
         out = self.tmp / f"unload-{exec_id}"
         self._write_format(table, out, fmt, codec, props)
         self._s3.put_object(

@@ -995,3 +995,89 @@ def test_features_dag_on_aws_under_moto(dag_world, lake):  # noqa: F811
         assert report["tasks"][f"materialize__{view}"]["put_record"] == outs[view]["put_record"]
         assert view in report["text"] and outs[view]["feature_group"] in report["text"]
     assert (reports / "latest.txt").read_text().strip() == report["text"].strip()
+
+
+# ---------------------------------------------------------------- the offline store: freshness, backfills
+
+
+def test_the_view_asset_is_emitted_only_when_the_offline_store_holds_the_batch(world, lake):
+    """The features step runs as in the DAG (prepare, the Athena statements, finish): when the
+    offline store does not hold the batch the statements wrote (here: the writes are accepted but
+    not there), the step fails naming the counts and emits no Asset; when it does, the Asset
+    carries the offline table's Iceberg state."""
+    from mlblueprints.aws import direct
+    from mlblueprints.core import service
+    from mlblueprints.core.context import StepContext
+    from mlblueprints.core.naming import feature_view_asset
+    from mlblueprints.features import steps
+
+    uc, rt, athena = world["uc"], world["rt"], world["athena"]
+    planned = {"range": [LO.isoformat(), HI.isoformat()], "views": ["card_activity"]}
+    run = RunInfo.for_usecase(uc, run_id="fresh", task_id="materialize__card_activity.athena")
+
+    athena.lagging.add("fv_card_activity_v1")
+    ctx = StepContext(uc=uc, run=run, runtime_factory=lambda: rt)
+    call = steps.materialize(ctx, "card_activity", planned)
+    with pytest.raises(fa.OfflineStoreIncomplete, match=r"holds 0 of the batch's \d+ rows"):
+        service.complete(ctx, call, direct.runner(rt, uc, run))
+    assert ctx.emitted == {}
+
+    athena.lagging.clear()
+    ctx = StepContext(uc=uc, run=RunInfo(**{**run.as_dict(), "try_number": 2}), runtime_factory=lambda: rt)
+    out = service.complete(ctx, steps.materialize(ctx, "card_activity", planned), direct.runner(rt, uc, ctx.run))
+    [(asset, extra)] = ctx.emitted.items()
+    assert asset == feature_view_asset(uc, "card_activity").name
+    assert extra["offline_snapshot_id"] == out["offline"]["metadata_location"] and out["offline"]["rows"] > 0
+
+
+BACKFILL_DAYS = 250
+
+
+@pytest.fixture
+def long_gold(aws_env, sagemaker_like_aws, monkeypatch):
+    """A Gold table of two rows on each of 250 event dates (no local oracle: the values are
+    synthetic), answered by the Athena twin."""
+    uc = aws_env["uc"]
+    _glue_gold(uc)
+    twin = AthenaTwin(DB, aws_env["tmp"], aws_env["kms"]).install(monkeypatch)
+    exprs = []
+    for name, t in gold_columns(uc, GOLD):
+        if name == "event_time":
+            exprs.append("TIMESTAMP '2023-06-01 06:00:00' + i * INTERVAL 12 HOUR")
+        elif name == "event_date":
+            exprs.append("CAST(TIMESTAMP '2023-06-01 06:00:00' + i * INTERVAL 12 HOUR AS DATE)")
+        elif t == "string":
+            exprs.append(
+                f"'{name[:4]}_' || CAST(i % 17 AS VARCHAR)"
+                if name != "transaction_id"
+                else "'tx_' || CAST(i AS VARCHAR)"
+            )
+        elif t in ("double", "float"):
+            exprs.append("CAST(i AS DOUBLE) / 4")
+        else:
+            exprs.append(f"CAST(i % 5 AS {t.upper()})")
+    cols = ", ".join(f'{e} AS "{n}"' for e, (n, _) in zip(exprs, gold_columns(uc, GOLD)))
+    twin.con.execute(f'CREATE TABLE {DB}."{GOLD}" AS SELECT {cols} FROM range({2 * BACKFILL_DAYS}) AS r(i)')
+    store = FeatureStoreTwin()
+    session = store.attach(boto3.Session(region_name=REGION))
+    return {**aws_env, "athena": twin, "store": store, "rt": boto3_runtime(uc, session)}
+
+
+def test_a_backfill_goes_to_the_offline_store_in_windows_of_at_most_100_event_dates(long_gold):
+    uc, athena = long_gold["uc"], long_gold["athena"]
+    lo = date(2023, 6, 1)
+    hi = lo + timedelta(days=BACKFILL_DAYS - 1)
+    run = RunInfo.for_usecase(uc, run_id="backfill")
+    out = run_direct(
+        uc, long_gold["rt"], AwsFeatureStore(uc, long_gold["rt"]).materialize("card_activity", lo, hi, run), run
+    )
+    inserts = [w for w in athena.writes if w["kind"] == "insert" and w["table"] == "fv_card_activity_v1"]
+    assert [w["partitions"] for w in inserts] == [100, 100, 50]
+    assert [q for q in out["statements"] if q.startswith("features_offline_")] == [
+        f"features_offline_card_activity__{k:03d}" for k in range(3)
+    ]
+    assert out["offline_rows"] == out["offline"]["rows"] == 2 * BACKFILL_DAYS
+    assert len(offline_records(athena, uc, "card_activity", out["offline"]["write_time"])) == 2 * BACKFILL_DAYS
+    # the offline table, partitioned by Feature Store on the event time string, is compacted whole
+    assert [m["op"] for m in athena.maintenance] == ["optimize", "alter", "vacuum"]
+    assert "where" not in athena.maintenance[0]

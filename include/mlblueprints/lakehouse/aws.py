@@ -617,11 +617,11 @@ def _parse_array(v: Any) -> list[str]:
 # ---------------------------------------------------------------- silver -> gold
 
 
-def gold_source(uc: UseCase, gold: str, lo: date, hi: date) -> str:
+def gold_source(uc: UseCase, gold: str, lo: date, hi: date, history_from: date | None = None) -> str:
     """The Gold rows of the event dates [lo, hi] (DuckDB SQL): the table's SQL over its inputs'
-    Silver rows of [lo - lookback_days, hi]."""
+    Silver rows of [history_from, hi] (default: lo - lookback_days)."""
     g = uc.gold[gold]
-    history_lo = lo - timedelta(days=g.lookback_days)
+    history_lo = history_from or lo - timedelta(days=g.lookback_days)
     inputs = {
         inp: f"SELECT * FROM {fq(uc, naming.table_name(inp, naming.SILVER))} "
         f"WHERE event_date BETWEEN DATE {literal(history_lo.isoformat())} AND DATE {literal(hi.isoformat())}"
@@ -637,8 +637,11 @@ def gold_source(uc: UseCase, gold: str, lo: date, hi: date) -> str:
 def gold_statements(uc: UseCase, gold: str, lo: date, hi: date) -> list[Statement]:
     """The MERGEs that recompute the Gold rows of [lo, hi], keyed on the table's primary key.
 
-    One MERGE per window of at most ``aws.athena_max_partitions_per_write`` event dates (each
-    reads its own lookback of history), so none writes more partitions than Athena allows. A row
+    One MERGE per window of at most ``aws.athena_max_partitions_per_write`` event dates, so none
+    writes more partitions than Athena allows. Every window reads the history the whole range
+    reads (from ``lo - lookback_days``), so the rows are those of one MERGE over the range even
+    for a feature that looks further back than ``lookback_days`` (the cost: a backfill of n
+    windows reads the early dates n times). A row
     whose key now belongs to another event date would make the MERGE touch its old partition
     too: ``gold_plan`` finds those old dates and ``gold_movers`` deletes the old rows first
     (chunked by old date); the window's MERGE then inserts them at their new date.
@@ -666,8 +669,9 @@ def gold_statements(uc: UseCase, gold: str, lo: date, hi: date) -> list[Statemen
     ins = ", ".join(ident(c) for c in cols)
     vals = ", ".join(f"s.{ident(c)}" for c in cols)
     windows = date_windows(lo, hi, size)
+    history = lo - timedelta(days=g.lookback_days)
     for k, (w_lo, w_hi) in enumerate(windows):
-        src = gold_source(uc, gold, w_lo, w_hi)
+        src = gold_source(uc, gold, w_lo, w_hi, history)
         sql = (
             f"MERGE INTO {target} AS t USING {src} AS s ON {on} "
             f"WHEN MATCHED THEN UPDATE SET {sets} WHEN NOT MATCHED THEN INSERT ({ins}) VALUES ({vals})"

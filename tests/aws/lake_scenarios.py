@@ -168,6 +168,18 @@ class AwsLake:
         return self.twin.con.execute(f'SELECT * FROM "{self.twin.database}"."{name}"').df()
 
 
+def install_suites(mw: Any, monkeypatch: Any, name: str) -> Path:
+    """The shipped quality suites, named for the use case ``name`` (MLB_EXPECTATIONS_DIR)."""
+    expectations = mw.tmp / "expectations"
+    shutil.copytree(ROOT / "expectations/fraud_detection", expectations / name)
+    for f in (expectations / name).glob("*.json"):
+        suite = json.loads(f.read_text())
+        suite["name"] = f"{name}/{f.stem}"
+        f.write_text(json.dumps(suite))
+    monkeypatch.setenv("MLB_EXPECTATIONS_DIR", str(expectations))
+    return expectations
+
+
 def upload_landing(landing: Path, bucket: str, prefix: str = "fraud/landing") -> int:
     s3 = boto3.client("s3", region_name=REGION)
     n = 0

@@ -295,8 +295,8 @@ class AthenaTwin:
     # ------------------------------------------------------------ installation
 
     def install(self, monkeypatch) -> AthenaTwin:
-        from moto.athena.exceptions import AthenaClientError
         from moto.athena.responses import AthenaResponse
+        from moto.core.exceptions import JsonRESTError
         from moto.glue.models import GlueBackend
 
         original = AthenaBackend.start_query_execution
@@ -304,7 +304,7 @@ class AthenaTwin:
 
         def start_query_execution(self, query, context, config, workgroup, execution_parameters):
             if len(query.encode()) > MAX_QUERY_BYTES:  # refused before it runs, as Athena does
-                raise AthenaClientError(
+                raise JsonRESTError(
                     "InvalidRequestException",
                     f"'queryString' failed to satisfy constraint: Member must have length less than or equal to {MAX_QUERY_BYTES}",
                 )

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from datetime import date, timedelta
 
 import boto3
 import botocore.exceptions
 import pytest
-from lake_scenarios import AwsLake, build_oracle, check_same_as_local, check_within_limits, days_of
+from lake_scenarios import AwsLake, build_oracle, check_same_as_local, check_within_limits, days_of, install_suites
 from moto_world import ACCOUNT, REGION, UNLOAD
 
-from helpers import ROOT
 from mlblueprints.aws import requests as req
 from mlblueprints.datagen import DefectConfig, generate_fraud
 
@@ -59,14 +57,8 @@ def world(tmp_path_factory, airflow_db):
 def aws_world(world, moto_world, monkeypatch):
     mw = moto_world
     lake = AwsLake.make(mw, monkeypatch, world["landing"], name=NAME, bucket=BUCKET, db=DB)
-    expectations = mw.tmp / "expectations"
-    shutil.copytree(ROOT / "expectations/fraud_detection", expectations / NAME)
-    for f in (expectations / NAME).glob("*.json"):
-        suite = json.loads(f.read_text())
-        suite["name"] = f"{NAME}/{f.stem}"
-        f.write_text(json.dumps(suite))
+    install_suites(mw, monkeypatch, NAME)
     monkeypatch.setenv("MLB_USECASES_DIR", str(mw.tmp / "usecases"))
-    monkeypatch.setenv("MLB_EXPECTATIONS_DIR", str(expectations))
     yield {
         "lake": lake,
         "executions": lake.twin.executions,

@@ -6,8 +6,10 @@ provider's operators with what a lifecycle pattern needs on top:
 
 * :class:`AthenaStatementsOperator` runs a step's Athena statements in order (an
   ``AthenaOperator`` runs one): deferrable between statements, each with a client request
-  token unique per run, task, try and statement; killed while it runs (worker side: ``on_kill``;
-  while deferred: the trigger's ``on_kill``) it stops the running query.
+  token unique per run, task, try and statement; a chunked statement once per row of its plan
+  query, a statement Athena ends with its ``repeat_on`` error again (``core.service``); killed
+  while it runs (worker side: ``on_kill``; while deferred: the trigger's ``on_kill``) it stops
+  the running query.
 * :class:`TrainingJobOperator` is ``SageMakerTrainingOperator`` with a job name unique per try,
   a retry that adopts an earlier try's job only after checking it trained on the same input
   data, image and hyperparameters, a deferral that lasts as long as Spot may wait, and a kill

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -219,8 +220,8 @@ def assert_same(aws: pd.DataFrame, local_df: pd.DataFrame, columns: list[str], l
     a, b = rows_of(aws, columns), rows_of(local_df, columns)
     if a == b:
         return
-    only_a = [r for r in a if r not in set(b)][:3]
-    only_b = [r for r in b if r not in set(a)][:3]
+    only_a = list((Counter(a) - Counter(b)).elements())[:3]
+    only_b = list((Counter(b) - Counter(a)).elements())[:3]
     raise AssertionError(
         f"{label}: {len(a)} rows on aws, {len(b)} locally; only on aws {only_a}; only locally {only_b}"
     )
@@ -256,7 +257,8 @@ def check_steps_kept_to_their_scope(lake: AwsLake, oracle: Oracle) -> None:
         if r["step"] == "silver__transactions":
             landing = date.fromisoformat(r["day"])
             want = int((bronze["_landing_date"] == landing).sum())
-            assert r["result"]["rows_landed"] == want, (landing, r["result"]["rows_landed"], want)
+            got = r["result"]["rows_landed"]
+            assert got == want, f"Silver of landing date {landing} read {got} Bronze rows; that date has {want}"
     check_within_limits(lake)
 
 

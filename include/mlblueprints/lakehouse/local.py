@@ -1449,7 +1449,12 @@ class LocalLakehouse:
     def reconcile(self, silvers: list[dict[str, Any]], ingests: list[dict[str, Any]]) -> dict[str, Any]:
         return reconcile(self.uc, silvers, ingests)
 
-    def compact(self, run: RunInfo) -> dict[str, Any]:
+    def ensure_tables(self, run: RunInfo) -> dict[str, Any]:
+        """Nothing to do ahead: a local table is created by its first write, in the same commit."""
+        return {"created": [], "note": "local tables are created by their first write"}
+
+    def compact(self, run: RunInfo, touched: dict[str, list[str]] | None = None) -> dict[str, Any]:
+        # the local compaction finds the partitions made of small files itself
         return compact(self.uc, run)
 
     def gate(self, table: str, layer: str, scope: dict[str, Any], run: RunInfo) -> Any:

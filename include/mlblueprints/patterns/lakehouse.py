@@ -2,7 +2,7 @@
 
 Per data set::
 
-    ingest__<ds> -> gate_bronze__<ds> -> silver__<ds> -> gate_silver__<ds>
+    tables -> ingest__<ds> -> gate_bronze__<ds> -> silver__<ds> -> gate_silver__<ds>
                                                       \\-> reconcile
     gate_silver of its inputs -> gold__<table> -> gate_gold__<table>
     reconcile, every gate -> compact -> report
@@ -28,12 +28,20 @@ CAPABILITY = "lakehouse"
 
 def declare(uc: UseCase) -> PatternSpec:
     assets = {}
-    steps: list[Step] = []
+    # the tables every step writes, created once per run before anything writes
+    steps: list[Step] = [Step("tables", f"{STEPS}:tables", capability=CAPABILITY)]
     for ds in uc.datasets:
         bronze, silver = naming.table_name(ds, naming.BRONZE), naming.table_name(ds, naming.SILVER)
         assets[bronze], assets[silver] = table_asset(uc, bronze), table_asset(uc, silver)
         steps += [
-            Step(f"ingest__{ds}", f"{STEPS}:ingest", {"dataset": ds}, capability=CAPABILITY, service=ATHENA),
+            Step(
+                f"ingest__{ds}",
+                f"{STEPS}:ingest",
+                {"dataset": ds},
+                after=("tables",),
+                capability=CAPABILITY,
+                service=ATHENA,
+            ),
             Step(
                 f"gate_bronze__{ds}",
                 f"{STEPS}:gate_bronze",
@@ -97,7 +105,18 @@ def declare(uc: UseCase) -> PatternSpec:
     )
     gates = [s.id for s in steps if s.id.startswith(("gate_silver__", "gate_gold__"))]
     steps.append(
-        Step("compact", f"{STEPS}:compact", after=("reconcile", *gates), capability=CAPABILITY, service=ATHENA)
+        Step(
+            "compact",
+            f"{STEPS}:compact",
+            inputs={  # compaction rewrites the partitions the run wrote
+                "ingests": tuple(f"ingest__{ds}" for ds in uc.datasets),
+                "silvers": tuple(f"silver__{ds}" for ds in uc.datasets),
+                "golds": tuple(f"gold__{g}" for g in uc.gold),
+            },
+            after=("reconcile", *gates),
+            capability=CAPABILITY,
+            service=ATHENA,
+        )
     )
     steps.append(Step("report", f"{STEPS}:report", after=("compact",), trigger_rule=ALL_DONE, retries=0, collect=True))
     params = (

@@ -833,10 +833,16 @@ def _write_manifest(
 
 
 def _or_all(exprs: Iterable[BooleanExpression]) -> BooleanExpression:
-    out: BooleanExpression | None = None
-    for e in exprs:
-        out = e if out is None else Or(out, e)
-    return out if out is not None else AlwaysTrue()
+    """``e1 OR e2 OR ...`` as a balanced tree: its depth grows with log2 of the count, so
+    thousands of files in one landing date stay far below the recursion limit of pyiceberg's
+    expression visitors (a left-deep chain of 3,000 did not)."""
+    level = list(exprs)
+    if not level:
+        return AlwaysTrue()
+    while len(level) > 1:
+        pairs = [Or(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        level = pairs + ([level[-1]] if len(level) % 2 else [])
+    return level[0]
 
 
 def _manifest_rows(con: duckdb.DuckDBPyConnection, files_tbl: Table) -> list[dict[str, Any]]:

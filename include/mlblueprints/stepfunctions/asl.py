@@ -192,7 +192,6 @@ def render(spec: PatternSpec, uc: UseCase) -> dict[str, Any]:
                     "execution.$": "$$.Execution.Name",
                     "execution_arn.$": "$$.Execution.Id",
                     "state_machine.$": "$$.StateMachine.Name",
-                    "started.$": "$$.Execution.StartTime",
                     "input.$": "$$.Execution.Input",
                 }
             },

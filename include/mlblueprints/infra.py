@@ -88,7 +88,9 @@ def parameters(uc: UseCase, *, image_tag: str, mwaa: bool = False) -> dict[str, 
         "HasFeatures": str(has["features"]).lower(),
         "HasTraining": str(has["training"]).lower(),
         "LakehouseScheduleExpression": schedule_expression(uc.schedule),
-        "GoldAssetNames": ",".join(table_asset(aws_uc, g).name for g in sorted({v.source for v in uc.features.values()}))
+        "GoldAssetNames": ",".join(
+            table_asset(aws_uc, g).name for g in sorted({v.source for v in uc.features.values()})
+        )
         or "none",
         "DriftAssetName": drift_alert_asset(uc).name,
         "CreateMwaa": str(mwaa).lower(),

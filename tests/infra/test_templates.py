@@ -27,8 +27,17 @@ def _tool(name: str) -> str:
 
 
 def _checkov(template: Path, skips: list[str]) -> dict:
-    cmd = [_tool("checkov"), "-f", str(template), "--framework", "cloudformation", "--output", "json",
-           "--quiet", "--skip-download"]
+    cmd = [
+        _tool("checkov"),
+        "-f",
+        str(template),
+        "--framework",
+        "cloudformation",
+        "--output",
+        "json",
+        "--quiet",
+        "--skip-download",
+    ]
     if skips:
         cmd += ["--skip-check", ",".join(skips)]
     out = subprocess.run(cmd, capture_output=True, text=True, env={"BC_SKIP_MAPPING": "TRUE", "PATH": "/usr/bin:/bin"})

@@ -41,7 +41,9 @@ STUBBED = ("arn:aws:states:::sagemaker:", "arn:aws:states:::athena:")
 def fraud_usecase_for_tests(**overrides: Any) -> UseCase:
     """fraud_detection with one-second retry delays (moto waits the real intervals)."""
     data = yaml.safe_load((ROOT / "dags/usecases/fraud_detection.yaml").read_text())
-    data["gold"]["transaction_features"]["sql"] = str(ROOT / "dags/usecases/sql/fraud_detection/transaction_features.sql")
+    data["gold"]["transaction_features"]["sql"] = str(
+        ROOT / "dags/usecases/sql/fraud_detection/transaction_features.sql"
+    )
     data["retry_delay_seconds"] = 1
     data.update(overrides)
     return parse_usecase(data, ROOT / "dags/usecases/fraud_detection.yaml")
@@ -187,7 +189,11 @@ def sfn_world(monkeypatch):
 
     from moto import mock_aws
 
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}.items():
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }.items():
         monkeypatch.setenv(k, v)
     read_s3_bodies(monkeypatch)
     logging.getLogger("moto").setLevel(logging.ERROR)
@@ -229,9 +235,9 @@ class World:
         )["stateMachineArn"]
         execution = f"exec-{uuid.uuid4().hex[:12]}"
         services = Services(uc, pattern, execution, self.queue_url, dict(answers or {}))
-        ex = self.sfn.start_execution(
-            stateMachineArn=arn, name=execution, input=json.dumps({"params": params or {}})
-        )["executionArn"]
+        ex = self.sfn.start_execution(stateMachineArn=arn, name=execution, input=json.dumps({"params": params or {}}))[
+            "executionArn"
+        ]
         deadline = time.monotonic() + timeout
         while True:
             d = self.sfn.describe_execution(executionArn=ex)

@@ -39,14 +39,17 @@ def test_every_definition_passes_asl_validator(tmp_path):
         pytest.fail("asl-validator is not installed: run `make tools` (make test does)")
     files = sorted((ROOT / "statemachines").rglob("*.asl.json"))
     assert files
-    out = subprocess.run([str(ASL_VALIDATOR), *(a for f in files for a in ("--json-path", str(f)))],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [str(ASL_VALIDATOR), *(a for f in files for a in ("--json-path", str(f)))], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     # and the validator does refuse a broken one
     broken = json.loads(files[0].read_text())
     broken["States"]["Start"]["Next"] = "nowhere"
     (tmp_path / "broken.json").write_text(json.dumps(broken))
-    bad = subprocess.run([str(ASL_VALIDATOR), "--json-path", str(tmp_path / "broken.json")], capture_output=True, text=True)
+    bad = subprocess.run(
+        [str(ASL_VALIDATOR), "--json-path", str(tmp_path / "broken.json")], capture_output=True, text=True
+    )
     assert bad.returncode != 0
 
 
@@ -109,8 +112,21 @@ def test_deploy_and_run_through_the_cli_under_moto(monkeypatch, capsys):
         assert "${" not in d["definition"] and "mlblueprints-worker:t2" in d["definition"]
         assert d["roleArn"] == "arn:aws:iam::123456789012:role/mlb-fraud-detection-states"
         capsys.readouterr()
-        assert cli.main(["statemachines", "run", "fraud_detection", "lakehouse", "--name", "run-1",
-                         "--params", '{"landing_dates": ["2024-03-01"]}']) == 0
+        assert (
+            cli.main(
+                [
+                    "statemachines",
+                    "run",
+                    "fraud_detection",
+                    "lakehouse",
+                    "--name",
+                    "run-1",
+                    "--params",
+                    '{"landing_dates": ["2024-03-01"]}',
+                ]
+            )
+            == 0
+        )
         arn = capsys.readouterr().out.strip()
         ex = sfn.describe_execution(executionArn=arn)
         assert ex["name"] == "run-1" and json.loads(ex["input"]) == {"params": {"landing_dates": ["2024-03-01"]}}
@@ -140,13 +156,30 @@ def test_the_worker_runs_the_project_steps_locally(tmp_path, monkeypatch):
     home = tmp_path / "home"
     env = {**__import__("os").environ, "MLB_HOME": str(home), "MLB_PROJECT_ROOT": str(ROOT)}
     store = worker.DirStore(tmp_path / "run")
-    store.put(names.RUN_DOCUMENT, {"execution": "e1", "input": {"params": {"event_dates": ["2024-03-02", "2024-03-04"]}}})
+    store.put(
+        names.RUN_DOCUMENT, {"execution": "e1", "input": {"params": {"event_dates": ["2024-03-02", "2024-03-04"]}}}
+    )
 
     def run(pattern, step, phase, *extra):
         return subprocess.run(
-            [sys.executable, "-m", "mlblueprints.stepfunctions.worker", "fraud_detection", pattern, step, phase,
-             "--execution", "e1", "--local", str(tmp_path / "run"), *extra],
-            capture_output=True, text=True, env=env, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "mlblueprints.stepfunctions.worker",
+                "fraud_detection",
+                pattern,
+                step,
+                phase,
+                "--execution",
+                "e1",
+                "--local",
+                str(tmp_path / "run"),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
         )
 
     out = run("features", "plan", "run")

@@ -9,6 +9,7 @@ import json
 import re
 
 import pytest
+from sfn_harness import Call, fraud_usecase_for_tests
 
 from mlblueprints import patterns
 from mlblueprints.aws import requests as req
@@ -17,11 +18,12 @@ from mlblueprints.lineage import RunInfo
 from mlblueprints.stepfunctions import names
 from mlblueprints.training.core import hyperparameters
 
-from sfn_harness import Call, fraud_usecase_for_tests
-
 pytestmark = pytest.mark.aws
 
-STATEMENTS = [{"name": "merge", "sql": "MERGE INTO t USING s ON t.k = s.k WHEN MATCHED THEN DELETE"}, {"name": "count", "sql": "SELECT 1"}]
+STATEMENTS = [
+    {"name": "merge", "sql": "MERGE INTO t USING s ON t.k = s.k WHEN MATCHED THEN DELETE"},
+    {"name": "count", "sql": "SELECT 1"},
+]
 
 
 def _events(uc, pattern, step_id):
@@ -38,6 +40,7 @@ def _service_answers(uc, pattern, execution_ref, training_request=None):
     spec = patterns.declare(pattern, names.on_aws(uc))
     answers = {}
     for s in spec.steps:
+
         def done(call, n, sid=s.id):
             return {"status": "succeeded", "events": _events(uc, pattern, sid)}
 
@@ -88,7 +91,11 @@ def test_training_succeeds_after_a_spot_capacity_error_with_a_new_job_and_the_bu
         if n == 1:  # the job ended Failed: .sync raises States.TaskFailed, which SendTaskFailure
             # may not name (moto refuses States.*): a task error of another name, which the
             # retrier's States.TaskFailed matches as in AWS
-            return ("fail", "SageMaker.TrainingJobFailed", json.dumps({"FailureReason": "CapacityError: Unable to provision requested ML compute capacity."}))
+            return (
+                "fail",
+                "SageMaker.TrainingJobFailed",
+                json.dumps({"FailureReason": "CapacityError: Unable to provision requested ML compute capacity."}),
+            )
         return None
 
     answers["training"] = training
@@ -103,6 +110,7 @@ def test_training_succeeds_after_a_spot_capacity_error_with_a_new_job_and_the_bu
     # the block the state machine sent is the builder's request for this try, apart from the
     # try-number tag, which says the try of the prepare phase (the retry count is in the name)
     prepared = _training_request(uc, holder["execution"])
+
     def tags_by_key(request):
         return {**request, "Tags": sorted(request["Tags"], key=lambda t: t["Key"])}
 
@@ -160,7 +168,9 @@ def test_features_retry_a_failed_worker_job_with_a_new_job_and_try(sfn_world):
     uc = fraud_usecase_for_tests()
     answers = _service_answers(uc, "features", lambda: None)
     ok = answers[("plan", "run")]
-    answers[("plan", "run")] = lambda call, n: ("fail", "SageMaker.ProcessingJobFailed", "exit code 1") if n == 1 else ok(call, n)
+    answers[("plan", "run")] = lambda call, n: (
+        ("fail", "SageMaker.ProcessingJobFailed", "exit code 1") if n == 1 else ok(call, n)
+    )
     ex = sfn_world.execute(uc, "features", answers)
     assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
     plans = [c for c in ex.services.calls if c.worker == ("plan", "run")]

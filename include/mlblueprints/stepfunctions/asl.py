@@ -114,9 +114,7 @@ def _branch(r: integ.Render, uc: UseCase, step: Step, where: dict[str, int]) -> 
         start = f"{sid}.ready?"
 
         def any_of(values: tuple[str, ...]) -> dict[str, Any]:
-            conds = [
-                {"Variable": f"{_status_path(where, u)}.status", "StringEquals": v} for u in ups for v in values
-            ]
+            conds = [{"Variable": f"{_status_path(where, u)}.status", "StringEquals": v} for u in ups for v in values]
             return conds[0] if len(conds) == 1 else {"Or": conds}
 
         states[start] = {

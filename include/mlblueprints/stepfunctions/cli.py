@@ -1,9 +1,9 @@
 """The ``statemachines`` and ``infra`` subcommands of ``mlblueprints``.
 
-    mlblueprints statemachines render [USECASE ...] [--out DIR]   write statemachines/<usecase>/<pattern>.asl.json
-    mlblueprints statemachines deploy USECASE [--image-tag T]       create or update the state machines (boto3)
-    mlblueprints statemachines run USECASE PATTERN [--params JSON] [--wait]
-    mlblueprints infra render USECASE [--out FILE] [--image-tag T]  the CloudFormation parameters from the YAML
+mlblueprints statemachines render [USECASE ...] [--out DIR]   write statemachines/<usecase>/<pattern>.asl.json
+mlblueprints statemachines deploy USECASE [--image-tag T]       create or update the state machines (boto3)
+mlblueprints statemachines run USECASE PATTERN [--params JSON] [--wait]
+mlblueprints infra render USECASE [--out FILE] [--image-tag T]  the CloudFormation parameters from the YAML
 """
 
 from __future__ import annotations

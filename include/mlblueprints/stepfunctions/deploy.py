@@ -80,9 +80,7 @@ def deploy(
     return out
 
 
-def start(
-    uc: UseCase, sfn: Any, pattern: str, params: dict[str, Any] | None = None, name: str | None = None
-) -> str:
+def start(uc: UseCase, sfn: Any, pattern: str, params: dict[str, Any] | None = None, name: str | None = None) -> str:
     """Start an execution of the pattern's state machine with ``{"params": ...}``; returns its ARN."""
     arn = _state_machine_arn(uc, sfn, pattern)
     name = name or f"manual-{uuid.uuid4()}"

@@ -7,6 +7,7 @@ Pure: no boto3, no Airflow.
 from __future__ import annotations
 
 import re
+
 from mlblueprints.config import AwsTarget, UseCase
 
 # the ${...} definition substitutions of every state machine, and the aws field each stands for

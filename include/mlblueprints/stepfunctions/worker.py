@@ -324,8 +324,15 @@ def main(argv: list[str] | None = None) -> int:
         check_deployment(uc, dict(os.environ))
         uc = names.on_aws(uc)
         store = S3Store(boto3.client("s3", region_name=names.aws_section(uc).region), uc, args.pattern, args.execution)
-    log.info("%s %s %s %s (execution %s, try %d)", uc.name, args.pattern, args.step, args.phase, args.execution,
-             args.try_number)
+    log.info(
+        "%s %s %s %s (execution %s, try %d)",
+        uc.name,
+        args.pattern,
+        args.step,
+        args.phase,
+        args.execution,
+        args.try_number,
+    )
     try:
         outcome = run_phase(uc, args.pattern, args.step, args.phase, store, args.try_number)
     except Exception:
@@ -337,4 +344,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

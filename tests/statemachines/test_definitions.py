@@ -78,7 +78,7 @@ def test_the_athena_block_is_what_the_airflow_operator_sends():
     client.start_query_execution.side_effect = lambda **kw: sent.update(kw) or {"QueryExecutionId": "q"}
     with mock.patch.object(type(op.hook), "get_conn", return_value=client):
         ti = mock.Mock(task_id="silver__transactions.athena", try_number=1)
-        op._start({"ti": ti, "run_id": "r"}, Statement("merge", "MERGE INTO t ...", "merge"))
+        op._start({"ti": ti, "run_id": "r"}, Statement("merge", "MERGE INTO t ...", "merge"), 1)
     definition = json.loads(asl.definition_path(ROOT / "statemachines", uc.name, "lakehouse").read_text())
     block = None
     for level in definition["States"].values():

@@ -80,6 +80,33 @@ def test_parameters_from_the_usecase_are_the_templates():
         infra.schedule_expression("0 0 1 * 1")
 
 
+def test_state_machines_get_every_substitution_and_the_statements_function_is_the_handler():
+    """Each state machine of the template is given exactly the substitutions the definitions use;
+    the statements function runs the handler the state machines are rendered against, from the
+    worker image, and the state machines may invoke it and nothing else of Lambda."""
+    import importlib
+
+    from mlblueprints.stepfunctions import names
+
+    uc = load_usecase(ROOT / "dags/usecases/fraud_detection.yaml")
+    template = yaml.load((ROOT / infra.TEMPLATE).read_text(), Loader=_cfn_loader())
+    res = template["Resources"]
+    machines = {k: v for k, v in res.items() if v["Type"] == "AWS::StepFunctions::StateMachine"}
+    assert machines
+    for name, machine in machines.items():
+        assert set(machine["Properties"]["DefinitionSubstitutions"]) == set(names.substitutions(uc)), name
+    fn = res["StatementsFunction"]["Properties"]
+    assert fn["ImageConfig"]["EntryPoint"] == ["python", "-m", "awslambdaric"]
+    module, _, attr = fn["ImageConfig"]["Command"][0].rpartition(".")
+    assert callable(getattr(importlib.import_module(module), attr))
+    assert "awslambdaric" in (ROOT / "infra/worker.Dockerfile").read_text()
+    assert "--group worker" in (ROOT / "infra/worker.Dockerfile").read_text()
+    statements = res["StatesRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    invoke = [s for s in statements if "lambda" in str(s["Action"])]
+    assert [s["Action"] for s in invoke] == ["lambda:InvokeFunction"]
+    assert invoke[0]["Resource"] == "StatementsFunction.Arn"
+
+
 def _cfn_loader():
     class Loader(yaml.SafeLoader):
         pass

@@ -15,7 +15,9 @@ answering with ``lambda:invoke``'s output shape. Everything else (Choice, Parall
 Catch, Fail, the S3 reads and writes, PutEvents) is moto's interpreter running the committed logic.
 
 moto 5.2.5 returns an ``aws-sdk:s3:getObject`` Body as botocore's stream object, where Step
-Functions returns the text; :func:`read_s3_bodies` makes moto return the text.
+Functions returns the text; :func:`read_s3_bodies` makes moto return the text. Its SendTaskFailure
+drops the cause (a failed query's GetQueryExecution, which the statements function reads);
+:func:`keep_failure_causes` passes it on.
 """
 
 from __future__ import annotations
@@ -118,16 +120,24 @@ class LambdaContext:
         self.invoked_function_arn = names.substitutions(uc)[names.STATEMENTS_FUNCTION]
 
 
-def seed_rows(query_id: str, rows: list[dict[str, Any]]) -> None:
-    """Make moto's Athena answer GetQueryResults of ``query_id`` with ``rows`` (a header row first,
-    as Athena does)."""
-    from moto.athena.models import QueryResults, athena_backends
-
+def results_page(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """GetQueryResults of ``rows``: a header row first, as Athena answers."""
     cols = list(rows[0]) if rows else []
     data = [{"Data": [{"VarCharValue": c} for c in cols]}]
     data += [{"Data": [{"VarCharValue": str(r[c])} for c in cols]} for r in rows]
-    info = [{"Name": c, "Type": "varchar"} for c in cols]
-    athena_backends[ACCOUNT][REGION].query_results[query_id] = QueryResults(data, info)
+    return {
+        "ResultSet": {"Rows": data, "ResultSetMetadata": {"ColumnInfo": [{"Name": c, "Type": "varchar"} for c in cols]}}
+    }
+
+
+def seed_rows(query_id: str, rows: list[dict[str, Any]]) -> None:
+    """Make moto's Athena answer GetQueryResults of ``query_id`` with ``rows``."""
+    from moto.athena.models import QueryResults, athena_backends
+
+    rs = results_page(rows)["ResultSet"]
+    athena_backends[ACCOUNT][REGION].query_results[query_id] = QueryResults(
+        rs["Rows"], rs["ResultSetMetadata"]["ColumnInfo"]
+    )
 
 
 @dataclass
@@ -220,6 +230,19 @@ def read_s3_bodies(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sdk.StateTaskServiceAwsSdk, "_eval_service_task", eval_service_task)
 
 
+def keep_failure_causes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.core.responses import EmptyResult
+    from moto.stepfunctions import responses
+
+    def send_task_failure(self):
+        self.stepfunction_backend.send_task_failure(
+            self._get_param("taskToken"), error=self._get_param("error"), cause=self._get_param("cause")
+        )
+        return EmptyResult()
+
+    monkeypatch.setattr(responses.StepFunctionResponse, "send_task_failure", send_task_failure)
+
+
 @pytest.fixture
 def sfn_world(monkeypatch):
     """moto with its ASL interpreter on, the use case's bucket, and the stub queue."""
@@ -234,6 +257,7 @@ def sfn_world(monkeypatch):
     }.items():
         monkeypatch.setenv(k, v)
     read_s3_bodies(monkeypatch)
+    keep_failure_causes(monkeypatch)
     logging.getLogger("moto").setLevel(logging.ERROR)
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
         yield World()

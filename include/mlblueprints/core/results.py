@@ -16,9 +16,12 @@ type promises, never less.
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import (
+    Any,
+    NotRequired,  # pydantic validates typing_extensions TypedDicts on 3.11
+)
 
-from typing_extensions import NotRequired, TypedDict  # pydantic validates typing_extensions TypedDicts on 3.11
+from typing_extensions import TypedDict
 
 from mlblueprints.errors import PermanentError
 
@@ -217,5 +220,7 @@ def check(step_id: str, ref: str | None, value: Any) -> Any:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '<result>'}: {e['msg']}" for e in exc.errors()[:10]
         )
-        raise StepResultError(f"step {step_id} returned a result that is not a {ref.rpartition(':')[2]}: {problems}") from None
+        raise StepResultError(
+            f"step {step_id} returned a result that is not a {ref.rpartition(':')[2]}: {problems}"
+        ) from None
     return value

@@ -108,7 +108,7 @@ def declare(uc: UseCase) -> PatternSpec:
             },
             capability=CAPABILITY,
             service=ATHENA,
-                result=f"{RESULTS}:ReconcileResult",
+            result=f"{RESULTS}:ReconcileResult",
         )
     )
     gates = [s.id for s in steps if s.id.startswith(("gate_silver__", "gate_gold__"))]
@@ -124,7 +124,7 @@ def declare(uc: UseCase) -> PatternSpec:
             after=("reconcile", *gates),
             capability=CAPABILITY,
             service=ATHENA,
-                result=f"{RESULTS}:CompactStep",
+            result=f"{RESULTS}:CompactStep",
         )
     )
     steps.append(

@@ -72,7 +72,9 @@ def worlds(tmp_path_factory) -> dict[str, Any]:
     first = date(2024, 6, 1)
     rows = [tx(i, datetime(2024, 6, 1, 12) - timedelta(hours=12 * i)) for i in range(300)]  # 150 event dates
     write(backfill, first, "history.csv", rows)
-    moved = [{**r, "event_time": _shift(r["event_time"], 60), "amount": "999.99"} for r in rows[:150:2]]
+    # moved 60 days back: a correction moved forward past the landing date would be quarantined
+    # (implausible_event_time), not moved
+    moved = [{**r, "event_time": _shift(r["event_time"], -60), "amount": "999.99"} for r in rows[:150:2]]
     write(backfill, first + timedelta(days=1), "corrections.csv", moved)
     return {
         "lake": lake,
@@ -168,6 +170,9 @@ def backfill(mw, monkeypatch, w) -> AwsLake:
     for d in w["backfill_days"]:
         lake.day(d)
     check_same_as_local(lake, w["backfill_oracle"])
+    silver = lake.table("transactions_silver")
+    moved = silver[silver["amount"].astype(float) == 999.99]
+    assert len(moved) == 75, "every correction must have moved its key (none quarantined)"
     return lake
 
 

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 from mlblueprints import patterns, runtime
 from mlblueprints.config import UseCase, load_usecase
-from mlblueprints.core import service
+from mlblueprints.core import results, service
 from mlblueprints.core.context import StepContext
 from mlblueprints.errors import PermanentError, StepSkipped
 from mlblueprints.lineage import RunInfo
@@ -278,6 +278,7 @@ def run_phase(
                 )
             store.put(names.step_key(step_id, "call"), call.as_dict())
         else:
+            results.check(step_id, step.result, out)
             store.put(names.step_key(step_id, "result"), out)
             outcome = {"status": asl.SUCCEEDED, "events": _events(uc, spec, step, ctx)}
     except StepSkipped as exc:

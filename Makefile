@@ -51,16 +51,34 @@ bench: install  ## benchmarks (long); results go to docs/benchmarks.md by hand
 	$(PY) bench/features.py
 	$(PY) bench/training.py
 
-requirements.txt: uv.lock  ## regenerate the MWAA/Astronomer requirements from the lock
-	$(UV) export --frozen --no-dev --no-hashes --no-emit-project --no-header \
-	  --no-emit-package apache-airflow --no-emit-package apache-airflow-core \
-	  --no-emit-package apache-airflow-task-sdk -o requirements.txt >/dev/null
-
-lock:  ## re-resolve uv.lock after editing pyproject.toml, then regenerate requirements.txt
+lock:  ## re-resolve uv.lock after editing pyproject.toml, then regenerate the requirements files
 	$(UV) lock
-	$(MAKE) requirements.txt
+	$(MAKE) requirements
 
 clean:  ## remove the runtime directory (data, tables, Airflow DB, reports)
 	rm -rf "$(MLB_HOME)"
 
 .PHONY: help install demo demo-claims test test-fast lint bench lock clean
+
+# ---- where users run it: MWAA, Astro, a local Airflow UI (docs/deployment.md) ----------------
+# the Airflow version of the managed targets: MWAA offers 3.3.1, 3.2.1 and 3.0.6; Astro Runtime's
+# 3.3 line; both on Python 3.12. Change both together.
+AIRFLOW_TARGET ?= 3.3.1
+ASTRO_RUNTIME ?= 3.3-2
+# the interpreter the managed images run, for the tests that install the worker set on it
+PYTHON312 ?= $(shell command -v python3.12 2>/dev/null)
+export AIRFLOW_TARGET ASTRO_RUNTIME PYTHON312
+UP_PORT ?= 8080
+
+requirements: install  ## regenerate requirements/aws-worker.txt (3.12, AIRFLOW_TARGET) and requirements/local.txt
+	$(PY) -m mlblueprints.deploy.requirements --uv $(UV) --airflow $(AIRFLOW_TARGET)
+
+image-table: install  ## rewrite the SageMaker image table from the installed SDK
+	$(PY) -m mlblueprints.aws.image_table
+
+.PHONY: requirements image-table
+
+mwaa-bundle: install  ## dist/mwaa: dags/, plugins.zip, requirements.txt, startup.sh for MWAA (AIRFLOW_TARGET)
+	$(PY) -m mlblueprints.cli deploy mwaa-bundle --out dist/mwaa --airflow $(AIRFLOW_TARGET)
+
+.PHONY: mwaa-bundle

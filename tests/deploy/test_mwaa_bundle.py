@@ -137,7 +137,7 @@ def test_deploy_uploads_and_updates_the_environment(aws, bundle, tmp_path):
 
     # every file is there, byte for byte, and the recorded versions are the latest ones
     latest = _latest_versions(s3)
-    for rel, digest in json.loads((bundle / "bundle.json").read_text())["files"].items():
+    for rel in json.loads((bundle / "bundle.json").read_text())["files"]:
         if rel == "bundle.json":
             continue
         body = s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/{rel}")["Body"].read()

@@ -33,4 +33,7 @@ def test_image_uris_build_without_the_sdk_installed():
         env={"PYTHONPATH": str(ROOT / "include"), "PATH": "/usr/bin:/bin"},
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [tr.xgboost_image_uri("eu-west-1", "1.7-1"), tr.sklearn_image_uri("eu-west-1", "1.2-1")]
+    assert out.stdout.split() == [
+        tr.xgboost_image_uri("eu-west-1", "1.7-1"),
+        tr.sklearn_image_uri("eu-west-1", "1.2-1"),
+    ]

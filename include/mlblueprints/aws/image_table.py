@@ -31,7 +31,9 @@ def config(framework: str) -> dict[str, Any]:
     try:
         return table()[framework]
     except KeyError:
-        raise ValueError(f"no SageMaker image table for framework {framework!r}; known: {', '.join(FRAMEWORKS)}") from None
+        raise ValueError(
+            f"no SageMaker image table for framework {framework!r}; known: {', '.join(FRAMEWORKS)}"
+        ) from None
 
 
 def from_sdk(framework: str) -> dict[str, Any]:
@@ -41,7 +43,9 @@ def from_sdk(framework: str) -> dict[str, Any]:
         path = Path(base, "core", "image_uri_config", f"{framework}.json")
         if path.is_file():
             return _keep(json.loads(path.read_text(encoding="utf-8")))
-    raise RuntimeError(f"cannot find sagemaker/core/image_uri_config/{framework}.json: install the sagemaker package (3.x)")
+    raise RuntimeError(
+        f"cannot find sagemaker/core/image_uri_config/{framework}.json: install the sagemaker package (3.x)"
+    )
 
 
 def _keep(config: dict[str, Any]) -> dict[str, Any]:

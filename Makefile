@@ -65,9 +65,7 @@ clean:  ## remove the runtime directory (data, tables, Airflow DB, reports)
 # 3.3 line; both on Python 3.12. Change both together.
 AIRFLOW_TARGET ?= 3.3.1
 ASTRO_RUNTIME ?= 3.3-2
-# the interpreter the managed images run, for the tests that install the worker set on it
-PYTHON312 ?= $(shell command -v python3.12 2>/dev/null)
-export AIRFLOW_TARGET ASTRO_RUNTIME PYTHON312
+export AIRFLOW_TARGET ASTRO_RUNTIME
 UP_PORT ?= 8080
 
 requirements: install  ## regenerate requirements/aws-worker.txt (3.12, AIRFLOW_TARGET) and requirements/local.txt
@@ -82,3 +80,24 @@ mwaa-bundle: install  ## dist/mwaa: dags/, plugins.zip, requirements.txt, startu
 	$(PY) -m mlblueprints.cli deploy mwaa-bundle --out dist/mwaa --airflow $(AIRFLOW_TARGET)
 
 .PHONY: mwaa-bundle
+
+up: install  ## the Airflow UI (API server, scheduler, DAG processor, triggerer) on the runtime's DB; prints URL and login
+	$(PY) -m mlblueprints.cli up --port $(UP_PORT)
+
+down:  ## stop what `make up` started
+	$(PY) -m mlblueprints.cli down
+
+.PHONY: up down
+
+astro: install  ## assemble astro/ for `astro dev start` (Astro Runtime ASTRO_RUNTIME, Airflow AIRFLOW_TARGET)
+	$(PY) -m mlblueprints.cli deploy astro --out astro --airflow $(AIRFLOW_TARGET) --runtime $(ASTRO_RUNTIME)
+
+.PHONY: astro
+
+browser:  ## Debian's chromium for the reports plugin's browser test (apt-get; CI's .ci/run calls it)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium package (sudo apt-get install chromium) for the browser test" >&2; exit 1; fi; }
+	@chromium --version
+
+.PHONY: browser

@@ -25,6 +25,7 @@ the package index. Nothing here runs at import time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -147,6 +148,37 @@ def generate(root: Path, uv: str, airflow_version: str = AIRFLOW_TARGET) -> list
 def top_level(root: Path) -> list[str]:
     """The requirement lines of ``aws-worker.in`` (what a requirements.txt names)."""
     return [line for line in (root / WORKER_IN).read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def find_python(version: str = PYTHON_TARGET) -> str | None:
+    """An interpreter of ``version`` on this machine: ``$PYTHON312`` (for 3.12), ``python3.12``
+    on PATH when it runs, pyenv's installed versions, then uv's. None when there is none."""
+    import glob
+    import shutil
+
+    candidates = []
+    env = os.environ.get("PYTHON" + version.replace(".", ""))
+    if env:
+        candidates.append(env)
+    if shutil.which(f"python{version}"):
+        candidates.append(shutil.which(f"python{version}") or "")
+    pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    candidates += sorted(glob.glob(f"{pyenv_root}/versions/{version}.*/bin/python{version}"), reverse=True)
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["uv", "python", "find", version], capture_output=True, text=True, timeout=30)
+        if out.returncode == 0:
+            candidates.append(out.stdout.strip())
+    for c in candidates:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(
+                [c, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            if out.returncode == 0 and out.stdout.strip() == version:
+                return c
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,6 +43,8 @@ PLATFORM = "x86_64-manylinux_2_28"
 IMAGE_PACKAGES = ("apache-airflow=={version}", "apache-airflow-providers-amazon[aiobotocore]")
 # lock pins that do not install on Python 3.12 beside Airflow (sagemaker's importlib-metadata<7)
 NOT_ON_312 = frozenset({"importlib-metadata"})
+# worker packages that are another distribution of a locked one: the worker gets the lock's release
+SAME_RELEASE_AS = {"xgboost-cpu": "xgboost"}
 WORKER_IN = Path("requirements", "aws-worker.in")
 WORKER_TXT = Path("requirements", "aws-worker.txt")
 LOCAL_TXT = Path("requirements", "local.txt")
@@ -101,6 +103,7 @@ def worker_set(uv: str, root: Path, airflow_version: str) -> tuple[dict[str, str
     image = pins(_compile(uv, root, [p.format(version=airflow_version) for p in IMAGE_PACKAGES]))
     lock = lock_pins(uv, root)
     prefer = {k: v for k, v in lock.items() if k not in image and k not in NOT_ON_312}
+    prefer.update({alias: lock[name] for alias, name in SAME_RELEASE_AS.items() if name in lock})
     wanted = [line for line in (root / WORKER_IN).read_text().splitlines() if line.strip() and not line.startswith("#")]
     resolved = pins(_compile(uv, root, [f"apache-airflow=={airflow_version}", *wanted], prefer))
     return {k: v for k, v in resolved.items() if k not in image}, image

@@ -16,7 +16,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export MLB_HOME ?= $(CURDIR)/.mlb
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -34,7 +34,7 @@ demo: install  ## generate data; run the lakehouse, feature and training DAGs on
 demo-claims: install  ## the second example: claim cost (a regression), landed, backfilled, trained
 	$(PY) -m mlblueprints.cli demo --usecase claim_cost
 
-test: install  ## run the whole test suite (slow tests included)
+test: install python312 browser  ## run the whole test suite (slow tests included)
 	$(PY) -m pytest
 
 test-fast: install  ## the tests not marked slow
@@ -76,6 +76,16 @@ image-table: install  ## rewrite the SageMaker image table from the installed SD
 
 .PHONY: requirements image-table
 
+# the managed images' Python, for the tests that install the MWAA bundle's and the Astro project's
+# requirements: the machine's own 3.12 (PYTHON312, python3.12, pyenv's) or else uv's build,
+# installed into .tools/python (uv downloads it from its own release site, not from PyPI)
+python312: install  ## find a Python 3.12 for the MWAA/Astro install tests, or install uv's into .tools/python
+	@$(PY) -m mlblueprints.deploy.requirements --find-python 3.12 \
+	  || { UV_PYTHON_DOWNLOADS=automatic UV_PYTHON_INSTALL_DIR=$(CURDIR)/$(TOOLS)/python $(UV) python install 3.12 \
+	       && $(PY) -m mlblueprints.deploy.requirements --find-python 3.12; }
+
+.PHONY: python312
+
 mwaa-bundle: install  ## dist/mwaa: dags/, plugins.zip, requirements.txt, startup.sh for MWAA (AIRFLOW_TARGET)
 	$(PY) -m mlblueprints.cli deploy mwaa-bundle --out dist/mwaa --airflow $(AIRFLOW_TARGET)
 
@@ -94,7 +104,7 @@ astro: install  ## assemble astro/ for `astro dev start` (Astro Runtime ASTRO_RU
 
 .PHONY: astro
 
-browser:  ## Debian's chromium for the reports plugin's browser test (apt-get; CI's .ci/run calls it)
+browser:  ## Debian's chromium for the reports plugin's browser test (apt-get as root; make test calls it)
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "install Debian's chromium package (sudo apt-get install chromium) for the browser test" >&2; exit 1; fi; }

@@ -155,7 +155,8 @@ def top_level(root: Path) -> list[str]:
 
 def find_python(version: str = PYTHON_TARGET) -> str | None:
     """An interpreter of ``version`` on this machine: ``$PYTHON312`` (for 3.12), ``python3.12``
-    on PATH when it runs, pyenv's installed versions, then uv's. None when there is none."""
+    on PATH when it runs, pyenv's installed versions, the one ``make python312`` installs into
+    ``.tools/python``, then uv's. None when there is none."""
     import glob
     import shutil
 
@@ -167,6 +168,8 @@ def find_python(version: str = PYTHON_TARGET) -> str | None:
         candidates.append(shutil.which(f"python{version}") or "")
     pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
     candidates += sorted(glob.glob(f"{pyenv_root}/versions/{version}.*/bin/python{version}"), reverse=True)
+    tools = runtime.project_root() / ".tools" / "python"
+    candidates += sorted(glob.glob(f"{tools}/cpython-{version}.*/bin/python{version}"), reverse=True)
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run(["uv", "python", "find", version], capture_output=True, text=True, timeout=30)
         if out.returncode == 0:
@@ -184,11 +187,23 @@ def find_python(version: str = PYTHON_TARGET) -> str | None:
     return None
 
 
+def _python_main(version: str) -> int:
+    """``python -m mlblueprints.deploy.requirements --find-python``: print the interpreter or fail."""
+    py = find_python(version)
+    if py is None:
+        return 1
+    print(py)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--airflow", default=os.environ.get("AIRFLOW_TARGET") or AIRFLOW_TARGET)
     p.add_argument("--uv", default=os.environ.get("UV") or "uv")
+    p.add_argument("--find-python", metavar="VERSION", help="print an interpreter of VERSION (exit 1 if none)")
     a = p.parse_args(argv)
+    if a.find_python:
+        raise SystemExit(_python_main(a.find_python))
     for path in generate(runtime.project_root(), a.uv, a.airflow):
         print(path)
 

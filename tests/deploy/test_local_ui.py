@@ -131,6 +131,8 @@ def test_dags_listed_and_a_run_triggered_through_the_api_succeeds(stack):
     tis = api.call("GET", f"/dags/{DAG}/dagRuns/{RUN_ID}/taskInstances")["task_instances"]
     assert state == "success", {t["task_id"]: t["state"] for t in tis}
     assert {t["state"] for t in tis} == {"success"}
+    took = sorted(((t.get("duration") or 0.0), t["task_id"]) for t in tis)[::-1]
+    print(f"\nthe run: {len(tis)} tasks, longest {', '.join(f'{n} {d:.0f} s' for d, n in took[:5])}")
     report = json.loads((stack["home"] / "runs" / "fraud_detection" / "lakehouse" / f"{RUN_ID}.json").read_text())
     assert report["landing_dates"] == [LANDING_DAY] and report["missing"] == []
     assert report["tasks"]["reconcile"]["ok"] is True

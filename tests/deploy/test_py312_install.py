@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -45,18 +46,25 @@ def _run(cmd: list[str], timeout: float = 1200, **kw) -> subprocess.CompletedPro
 def _image_env(tmp: Path) -> Path:
     """A fresh Python 3.12 environment holding what the image's Airflow brings."""
     py = reqs.find_python("3.12")
-    assert py, "no Python 3.12 on this machine (set PYTHON312, or install one with pyenv or uv)"
+    assert py, "no Python 3.12 on this machine: `make python312` finds or installs one (or set PYTHON312)"
     venv = tmp / "venv"
+    started = time.monotonic()
     _run([UV, "venv", "--seed", "--python", py, str(venv)], env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"})
     image = [p.format(version=reqs.AIRFLOW_TARGET) for p in reqs.IMAGE_PACKAGES]
     _run([UV, "pip", "install", "--python", str(venv / "bin" / "python"), *image])
+    print(
+        f"\nthe image's packages (Airflow {reqs.AIRFLOW_TARGET}, the Amazon provider): {time.monotonic() - started:.0f} s"
+    )
     return venv / "bin" / "python"
 
 
 def _pip_install(python: Path, requirements: Path) -> dict[str, str]:
     """pip install -r as the images do; returns the environment's versions afterwards."""
     before = _freeze(python)
-    _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-r", str(requirements)])
+    started = time.monotonic()
+    # --no-compile: byte-compiling every installed module is most of pip's time and proves nothing here
+    _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-compile", "-r", str(requirements)])
+    print(f"\npip install -r {requirements.name}: {time.monotonic() - started:.0f} s")
     _run([str(python), "-m", "pip", "check"])
     after = _freeze(python)
     for pkg in ("apache-airflow", "apache-airflow-core", "apache-airflow-task-sdk"):

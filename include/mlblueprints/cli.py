@@ -22,6 +22,8 @@
     mlblueprints deploy mwaa-bundle [--out dist/mwaa]           the MWAA bundle (dags/, plugins.zip, requirements, startup)
     mlblueprints deploy mwaa --bucket B [--env NAME]            upload it; update the environment's object versions
     mlblueprints deploy astro [--out astro]                     assemble the Astro project (`astro dev start` there)
+    mlblueprints statemachines render|deploy|run ...            Step Functions (docs/stepfunctions.md)
+    mlblueprints infra render fraud_detection                   CloudFormation parameters (docs/deployment.md)
 
 Everything is written under the runtime directory (``MLB_HOME``, default ``./.mlb``).
 """
@@ -818,6 +820,10 @@ def main(argv: list[str] | None = None) -> int:
     si.set_defaults(fn=_suites)
 
     _deploy_parsers(sub)
+
+    from mlblueprints.stepfunctions.cli import add_parsers as add_stepfunctions_parsers
+
+    add_stepfunctions_parsers(sub)  # statemachines render|deploy|run, infra render
 
     args = p.parse_args(argv)
     from mlblueprints.airflow.localrun import RunConflict

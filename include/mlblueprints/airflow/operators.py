@@ -6,8 +6,10 @@ provider's operators with what a lifecycle pattern needs on top:
 
 * :class:`AthenaStatementsOperator` runs a step's Athena statements in order (an
   ``AthenaOperator`` runs one): deferrable between statements, each with a client request
-  token unique per run, task, try and statement; killed while it runs (worker side: ``on_kill``;
-  while deferred: the trigger's ``on_kill``) it stops the running query.
+  token unique per run, task, try and statement; a chunked statement once per row of its plan
+  query, a statement Athena ends with its ``repeat_on`` error again (``core.service``); killed
+  while it runs (worker side: ``on_kill``; while deferred: the trigger's ``on_kill``) it stops
+  the running query.
 * :class:`TrainingJobOperator` is ``SageMakerTrainingOperator`` with a job name unique per try,
   a retry that adopts an earlier try's job only after checking it trained on the same input
   data, image and hyperparameters, a deferral that lasts as long as Spot may wait, and a kill
@@ -59,9 +61,9 @@ def _error_code(exc: BaseException) -> str:
 
 
 class StatementTrigger(AthenaTrigger):
-    """AthenaTrigger that remembers which statement of a step it waits for (the task resumes from
-    the event, whatever the triggerer keeps of its kwargs) and stops its query when the task is
-    killed while deferred."""
+    """AthenaTrigger that remembers which statement of a step it waits for, and how often it ran
+    (the task resumes from the event, whatever the triggerer keeps of its kwargs), and stops its
+    query when the task is killed while deferred."""
 
     def __init__(
         self,
@@ -69,15 +71,16 @@ class StatementTrigger(AthenaTrigger):
         waiter_delay: int,
         waiter_max_attempts: int,
         aws_conn_id: str | None,
-        index: int = 0,
+        name: str = "",
+        runs: int = 1,
         done: dict[str, str] | None = None,
         **kwargs: Any,
     ):
         super().__init__(query_execution_id, waiter_delay, waiter_max_attempts, aws_conn_id, **kwargs)
         self.query_execution_id = query_execution_id
-        self.index, self.done = index, dict(done or {})
-        self.serialized_fields.update(index=index, done=self.done)
-        self.return_value = {"query_execution_id": query_execution_id, "index": index, "done": self.done}
+        self.name, self.runs, self.done = name, runs, dict(done or {})
+        self.serialized_fields.update(name=name, runs=runs, done=self.done)
+        self.return_value = {"query_execution_id": query_execution_id, "name": name, "runs": runs, "done": self.done}
 
     async def on_kill(self) -> None:
         hook = AthenaHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify)
@@ -111,14 +114,26 @@ class AthenaStatementsOperator(AwsBaseOperator[AthenaHook]):
         self.sleep_time = sleep_time
         self.deferrable = deferrable
         self.query_execution_id: str | None = None
+        self._plans: dict[str, list[dict[str, Any]]] = {}
 
     def _statements(self) -> list[service.Statement]:
         return [s if isinstance(s, service.Statement) else service.Statement(**s) for s in (self.statements or [])]
 
-    def _start(self, context: Any, st: service.Statement) -> str:
+    def _rows(self, query_execution_id: str) -> list[dict[str, Any]]:
+        """The rows of a finished plan query (chunked statements are expanded from them)."""
+        from mlblueprints.aws.session import rows_from_results
+
+        if query_execution_id not in self._plans:
+            pages = self.hook.get_query_results_paginator(query_execution_id) or []
+            self._plans[query_execution_id] = [r for page in pages for r in rows_from_results(page)]
+        return self._plans[query_execution_id]
+
+    def _start(self, context: Any, st: service.Statement, runs: int) -> str:
         ti = context["ti"]
-        token = req.client_request_token(context["run_id"], ti.task_id, ti.try_number, st.name)
-        self.log.info("athena %s: %s (%d characters of SQL)", st.kind, st.name, len(st.sql))
+        token = req.client_request_token(
+            context["run_id"], ti.task_id, ti.try_number, st.name, *([runs] if runs > 1 else [])
+        )
+        self.log.info("athena %s: %s (%d characters of SQL, run %d)", st.kind, st.name, len(st.sql), runs)
         self.query_execution_id = self.hook.run_query(
             st.sql,
             {"Database": self.database, "Catalog": "AwsDataCatalog"},
@@ -129,13 +144,20 @@ class AthenaStatementsOperator(AwsBaseOperator[AthenaHook]):
         return self.query_execution_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        return self._run_from(context, 0, {})
+        return self._run_from(context, {})
 
-    def _run_from(self, context: Any, index: int, done: dict[str, str]) -> dict[str, Any]:
+    def _run_from(
+        self, context: Any, done: dict[str, str], again: tuple[service.Statement, int] | None = None
+    ) -> dict[str, Any]:
+        """Run what is left: statements in order (chunks expanded), each polled in the worker or
+        deferred to a trigger; ``again`` is a statement to run once more (``repeat_on``)."""
         stmts = self._statements()
-        while index < len(stmts):
-            st = stmts[index]
-            qid = self._start(context, st)
+        while True:
+            st, runs = again or (service.next_statement(stmts, done, self._rows), 1)
+            again = None
+            if st is None:
+                break
+            qid = self._start(context, st, runs)
             if self.deferrable:
                 self.defer(
                     trigger=StatementTrigger(
@@ -146,33 +168,38 @@ class AthenaStatementsOperator(AwsBaseOperator[AthenaHook]):
                         region_name=self.region_name,
                         verify=self.verify,
                         botocore_config=self.botocore_config,
-                        index=index,
+                        name=st.name,
+                        runs=runs,
                         done=done,
                     ),
                     method_name="resume_statements",
                 )
-            state = self.hook.poll_query_status(qid, sleep_time=self.sleep_time)
+            state = self.hook.poll_query_status(qid, max_polling_attempts=10**6, sleep_time=self.sleep_time)
             if state != "SUCCEEDED":
-                raise AirflowException(
-                    f"athena statement {st.name} ({qid}) ended {state}: {self.hook.get_state_change_reason(qid)}"
-                )
+                again = self._again(st, qid, state, runs)
+                continue
             done = {**done, st.name: qid}
-            index += 1
         self.query_execution_id = None
         return {"queries": done}
 
+    def _again(self, st: service.Statement, qid: str, state: str | None, runs: int) -> tuple[service.Statement, int]:
+        """A statement that did not succeed: run it again if Athena asks for more runs, else fail."""
+        reason = self.hook.get_state_change_reason(qid)
+        if not service.repeats(st, reason, runs):
+            raise AirflowException(service.failure_message(st, qid, state, reason, runs))
+        self.log.info("athena statement %s: %s; running it again", st.name, st.repeat_on)
+        return st, runs + 1
+
     def resume_statements(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, Any]:
         value = (event or {}).get("value")
-        if not event or event.get("status") != "success" or not isinstance(value, dict):
+        if not event or not isinstance(value, dict) or "name" not in value:
             raise AirflowException(f"athena statement failed: {event}")
-        stmts = self._statements()
-        index, qid = int(value["index"]), value["query_execution_id"]
+        done, qid = dict(value["done"]), value["query_execution_id"]
+        st = service.find_statement(self._statements(), done, self._rows, value["name"])
         state = self.hook.check_query_status(qid)
         if state != "SUCCEEDED":
-            raise AirflowException(
-                f"athena statement {stmts[index].name} ({qid}) ended {state}: {self.hook.get_state_change_reason(qid)}"
-            )
-        return self._run_from(context, index + 1, {**value["done"], stmts[index].name: qid})
+            return self._run_from(context, done, self._again(st, qid, state, int(value["runs"])))
+        return self._run_from(context, {**done, st.name: qid})
 
     def on_kill(self) -> None:
         """Stop the statement that is running (the task was killed, cleared or timed out)."""

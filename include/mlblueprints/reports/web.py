@@ -43,21 +43,10 @@ class LoginRequired(Exception):
 
 async def _user(request: Request) -> Any:
     """The logged-in Airflow user, as the API server's auth manager sees it."""
-    from airflow.api_fastapi.app import get_auth_manager
-    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
-    from airflow.api_fastapi.core_api.security import get_user
-    from fastapi import HTTPException
-    from fastapi.security import HTTPAuthorizationCredentials
+    from mlblueprints.airflow import logged_in_user
 
-    auth = request.headers.get("authorization", "")
-    bearer = (
-        HTTPAuthorizationCredentials(scheme="Bearer", credentials=auth[7:]) if auth[:7].lower() == "bearer " else None
-    )
-    try:
-        user = await get_user(request, None, bearer)
-    except HTTPException as exc:
-        raise LoginRequired() from exc
-    if not get_auth_manager().is_authorized_view(access_view=AccessView.WEBSITE, user=user):
+    user = await logged_in_user(request)
+    if user is None:
         raise LoginRequired()
     return user
 

@@ -453,6 +453,75 @@ class Gate(_Strict):
     baseline: dict[str, float] = {}
 
 
+# SageMaker Clarify's bias metrics (smclarify's names), by stage; see mlblueprints.explain.core
+PRE_TRAINING_BIAS_METRICS = ("CI", "DPL", "KL", "JS", "LP", "TVD", "KS")
+POST_TRAINING_BIAS_METRICS = ("DPPL", "DI", "DCA", "DCR", "RD", "DAR", "DRR", "AD", "SD", "TE")
+
+
+class FacetSpec(_Strict):
+    """A sensitive attribute: a column of the holdout (a model feature or one of the training
+    set's ``labels.columns``) and the group it defines - a list of values (categorical), or one
+    number (the rows above it), as in Clarify's ``facet`` config."""
+
+    name: str
+    value_or_threshold: Annotated[list[str | int | float], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> FacetSpec:
+        numbers = [v for v in self.value_or_threshold if isinstance(v, int | float) and not isinstance(v, bool)]
+        if numbers and len(self.value_or_threshold) > 1:
+            _raise_problems(
+                [("value_or_threshold", "give one number (a threshold) or a list of values as strings, not both")]
+            )
+        return self
+
+
+class MetricBounds(_Strict):
+    """The range a gated bias metric must stay in (either bound may be left out)."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> MetricBounds:
+        if self.min is None and self.max is None:
+            _raise_problems([("", "set min, max or both")])
+        if self.min is not None and self.max is not None and self.min > self.max:
+            _raise_problems([("", f"min {self.min:g} is above max {self.max:g}")])
+        return self
+
+
+class Explainability(_Strict):
+    """SHAP attributions and bias metrics of each candidate on the holdout, and the fairness gate.
+
+    Pre-training metrics are computed on the holdout's labels, post-training ones on the
+    candidate's predicted labels at its operating threshold; ``gate`` bounds any of them, for
+    every facet (e.g. ``DI: {min: 0.8, max: 1.25}``, the four-fifths rule)."""
+
+    label_value: str | int = 1  # the positive (favourable-to-flag) label value
+    sample_size: Annotated[int, Field(ge=1, le=1_000_000)] = 1000  # records whose attributions are kept
+    facets: list[FacetSpec] = []
+    pre_training_metrics: list[Literal[PRE_TRAINING_BIAS_METRICS]] = list(PRE_TRAINING_BIAS_METRICS)  # type: ignore[valid-type]
+    post_training_metrics: list[Literal[POST_TRAINING_BIAS_METRICS]] = list(POST_TRAINING_BIAS_METRICS)  # type: ignore[valid-type]
+    gate: dict[str, MetricBounds] = {}
+
+    @model_validator(mode="after")
+    def _gated_are_computed(self) -> Explainability:
+        computed = [*self.pre_training_metrics, *self.post_training_metrics]
+        problems = [
+            (f"gate.{name}", f"{name} is not computed: add it to pre_training_metrics or post_training_metrics")
+            for name in self.gate
+            if name not in computed
+        ]
+        if self.gate and not self.facets:
+            problems.append(("gate", "bias metrics are gated but no facet is configured"))
+        _raise_problems(problems)
+        return self
+
+    def thresholds(self) -> dict[str, tuple[float | None, float | None]]:
+        return {k: (b.min, b.max) for k, b in self.gate.items()}
+
+
 class SpotOptions(_Strict):
     enabled: bool = True
     max_runtime_seconds: Annotated[int, Field(ge=60, le=28 * 86400)] = 3600
@@ -717,6 +786,7 @@ class UseCase(_Strict):
     features: dict[str, FeatureView] = {}
     training_sets: dict[str, TrainingSet] = {}
     training: Training | None = None
+    explainability: Explainability | None = None
     lakehouse: LakehouseOptions = LakehouseOptions()
     aws: AwsTarget | None = None
 
@@ -797,6 +867,8 @@ class UseCase(_Strict):
             clash = sorted(set(seen) & {t.labels.label, *t.labels.columns})
             if clash:
                 add((f"training_sets.{tname}.labels", f"label/columns clash with feature names {clash}"))
+        if self.explainability is not None and self.training is None:
+            add(("explainability", "explains the trained model: the use case needs a training section"))
         if self.training is not None:
             t = self.training
             if t.training_set not in self.training_sets:
@@ -833,6 +905,20 @@ class UseCase(_Strict):
                             f"the data set column {ts.labels.label!r} the label comes from",
                         )
                     )
+            if self.explainability is not None and t.training_set in self.training_sets:
+                ts = self.training_sets[t.training_set]
+                if t.task != "binary":
+                    add(("explainability", f"bias metrics need a binary task; training.task is {t.task}"))
+                holdout = [*self.model_features(), *ts.labels.columns]
+                for i, f in enumerate(self.explainability.facets):
+                    if f.name not in holdout:
+                        add(
+                            (
+                                f"explainability.facets[{i}].name",
+                                f"{f.name!r} is not a column of the holdout (a model feature or one of "
+                                f"training_sets.{t.training_set}.labels.columns){_did_you_mean(f.name, holdout)}",
+                            )
+                        )
             if t.entry_point is not None and not self.entry_point_path().is_file():
                 add(("training.entry_point", f"file not found: {t.entry_point} (relative to the use case YAML)"))
         _raise_problems(problems)

@@ -171,6 +171,17 @@ class EvaluateResult(TypedDict):
     evaluation_dir: str
 
 
+class FairnessResult(TypedDict):
+    passed: bool  # every gated bias metric of every facet within its bounds
+    reasons: list[str]  # one line per broken threshold
+    checked: list[dict[str, Any]]  # per gated metric and facet: value, bounds, passed
+    decision_text: str
+    analysis: str  # where analysis.json (Clarify's layout) was written
+    metrics: list[dict[str, Any]]  # every bias metric computed (explain.core.metric_values)
+    top_features: list[str]  # by mean |SHAP|, most important first
+    shap_note: str | None  # why there are no SHAP values, when there are none
+
+
 class RegisterResult(TypedDict):
     verdict: str  # "registered" or "not promoted"
     mlflow_run_id: str

@@ -124,11 +124,21 @@ def evaluate(ctx: StepContext, trained: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def lineage(ctx: StepContext, ts: dict[str, Any], trained: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
+def _passed(ev: dict[str, Any], fair: dict[str, Any] | None) -> bool:
+    return bool(ev["decision"]["passed"]) and (fair is None or bool(fair["passed"]))
+
+
+def lineage(
+    ctx: StepContext,
+    ts: dict[str, Any],
+    trained: dict[str, Any],
+    ev: dict[str, Any],
+    fair: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """What a registered version records about how it was made."""
     t = _training(ctx)
-    passed = ev["decision"]["passed"]
-    return {
+    passed = _passed(ev, fair)
+    out = {
         "git_commit": ctx.run.git_commit,
         "config_hash": ctx.run.config_hash,
         "training_set": ts["table"],
@@ -151,20 +161,36 @@ def lineage(ctx: StepContext, ts: dict[str, Any], trained: dict[str, Any], ev: d
         "gate": "passed" if passed else "not promoted",
         "compared_with": ev["decision"]["against"],
     }
+    if fair is not None:  # the fairness gate's verdict, with what broke it (a tag of the run and version)
+        out["fairness"] = "passed" if fair["passed"] else "failed: " + "; ".join(fair["reasons"])
+        out["fairness_analysis"] = "evaluation/explainability/analysis.json"
+    return out
 
 
-def register(ctx: StepContext, tset: dict[str, Any], trained: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
-    """Log the MLflow run; register the candidate (alias ``challenger``) only when the gate passed."""
+def register(
+    ctx: StepContext,
+    tset: dict[str, Any],
+    trained: dict[str, Any],
+    ev: dict[str, Any],
+    fair: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Log the MLflow run; register the candidate (alias ``challenger``) only when the gate
+    passed, and the fairness gate when the use case has one."""
     uc = ctx.uc
     ctx.backend("trainer").ensure_local(trained)
     registry = ctx.backend("registry")
-    passed = ev["decision"]["passed"]
-    lin = lineage(ctx, tset, trained, ev)
+    passed = _passed(ev, fair)
+    lin = lineage(ctx, tset, trained, ev, fair)
+    decision = dict(ev["decision"])
+    if fair is not None:
+        decision.update(
+            passed=passed, reasons=[*decision.get("reasons", []), *fair["reasons"]], fairness=fair["checked"]
+        )
     out = registry.record(
         model=_model(ctx, trained),
         candidate=ev["candidate"],
         champion=ev["champion"],
-        decision=ev["decision"],
+        decision=decision,
         lineage=lin,
         params=hyperparameters(uc),
         register=passed,
@@ -175,6 +201,8 @@ def register(ctx: StepContext, tset: dict[str, Any], trained: dict[str, Any], ev
         out["aliases"].append(registry.CHAMPION)
     out["verdict"] = "registered" if passed else "not promoted"
     out["lineage"] = lin
+    if fair is not None and not fair["passed"]:
+        out["fairness"] = fair["reasons"]
     if passed:
         package = registry.register_package(tset, trained, ev, out, ctx.run)
         if package is not None:

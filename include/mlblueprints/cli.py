@@ -370,7 +370,13 @@ def _models(args: argparse.Namespace) -> int:
     uc = _load(args.usecase)
     registry = backend_for(uc, "registry")
     if args.action == "promote":
-        registry.promote(args.version)
+        from mlblueprints.registry.local import PromotionRefused
+
+        try:
+            registry.promote(args.version)
+        except PromotionRefused as exc:
+            print(exc, file=sys.stderr)
+            return 1
         print(f"{uc.model_name} version {args.version} is now the champion")
         return 0
     try:

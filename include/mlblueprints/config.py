@@ -909,6 +909,14 @@ class UseCase(_Strict):
                 ts = self.training_sets[t.training_set]
                 if t.task != "binary":
                     add(("explainability", f"bias metrics need a binary task; training.task is {t.task}"))
+                if t.promote and self.explainability.gate:
+                    add(
+                        (
+                            "training.promote",
+                            "a registered version would be champion before the fairness gate checks it: set "
+                            "promote: false and promote after the explainability run (mlblueprints models promote)",
+                        )
+                    )
                 holdout = [*self.model_features(), *ts.labels.columns]
                 for i, f in enumerate(self.explainability.facets):
                     if f.name not in holdout:

@@ -1,5 +1,6 @@
-"""The fairness step of the training pattern: declared between evaluate and register, it writes
-Clarify's analysis.json of the candidate on the holdout and blocks a biased candidate."""
+"""The explainability pattern's steps on a version registered in the local MLflow registry: the
+analysis is logged with the version in Clarify's layout, a broken bound tags the version and
+promotion refuses it saying why; a pass leaves no tag."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from mlblueprints.lineage import RunInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 GATE = {"DI": {"min": 0.8, "max": 1.25}, "DPPL": {"min": -0.1, "max": 0.1}}
+RESULTS = "mlblueprints.core.results"
 
 
 def usecase(explainability: dict | None = None, target: str = "local"):
@@ -30,33 +32,33 @@ def usecase(explainability: dict | None = None, target: str = "local"):
     return parse_usecase(d)
 
 
-def explainability(gate: dict | None = None) -> dict:
-    return {"facets": [{"name": "channel", "value_or_threshold": ["online"]}], "gate": gate or GATE, "sample_size": 300}
+def explainability(gate: dict | None = None, facet: str = "online") -> dict:
+    return {"facets": [{"name": "channel", "value_or_threshold": [facet]}], "gate": gate or GATE, "sample_size": 300}
 
 
-@pytest.mark.parametrize("target", ["local", "aws"])
-def test_fairness_is_declared_before_register_only_with_a_section(target):
-    from mlblueprints.airflow.builder import build_dag
+def test_the_pattern_is_declared_on_the_challenger_asset_and_training_has_no_fairness_step():
+    from mlblueprints.core.naming import registered_model_asset
 
-    plain = patterns.declare("training", usecase(target=target))
-    assert "fairness" not in [s.id for s in plain.steps]
-    assert "fair" not in plain.step("register").inputs
-    uc = usecase(explainability(), target)
-    spec = patterns.declare("training", uc)
-    ids = [s.id for s in spec.steps]
-    assert ids.index("evaluate") < ids.index("fairness") < ids.index("register")
-    assert spec.step("fairness").inputs == {"trained": "train", "ev": "evaluate"}
-    assert spec.step("register").inputs["fair"] == "fairness"
-    dag = build_dag(spec, uc)
-    assert "evaluate" in dag.task_dict["fairness"].upstream_task_ids
-    assert "fairness" in dag.task_dict["register"].upstream_task_ids
+    assert patterns.declare("explainability", usecase()) is None  # no section, no DAG
+    uc = usecase(explainability())
+    spec = patterns.declare("explainability", uc)
+    assert spec.dag_id == "fraud_detection__explainability"
+    assert spec.schedule.assets == registered_model_asset(uc).name
+    assert [s.id for s in spec.steps] == ["target", "analyse", "gate", "report"]
+    assert [(p.name, p.default, p.type) for p in spec.params] == [("version", 0, "integer")]
+    training = patterns.declare("training", uc)
+    assert "fairness" not in [s.id for s in training.steps]
+    assert registered_model_asset(uc).name in training.step("publish").emits
 
 
-def job(tmp_path: Path, uc, biased: bool) -> tuple[dict, dict]:
-    """A trained booster and a holdout of the fraud use case's columns. The model flags high f0;
-    with ``biased`` the online rows have higher f0 (the model flags them more), else each online
-    row has a point-of-sale twin with the same features."""
+def register(uc, tmp_path: Path, biased: bool, run_id: str = "train-1") -> int:
+    """A booster flagging high f0 registered with a holdout of the fraud use case's columns: with
+    ``biased`` the online rows have higher f0 (the model flags them more), else each online row has
+    a point-of-sale twin with the same features."""
     import xgboost as xgb
+
+    from mlblueprints.registry import local as registry
+    from mlblueprints.training.models import load_model
 
     feats = uc.model_features()
     rng = np.random.default_rng(11)
@@ -68,92 +70,144 @@ def job(tmp_path: Path, uc, biased: bool) -> tuple[dict, dict]:
         xgb.DMatrix(x, label=y, feature_names=feats),
         num_boost_round=20,
     )
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
+    model_dir = tmp_path / run_id / "model"
+    model_dir.mkdir(parents=True)
     booster.save_model(str(model_dir / "model.ubj"))
     online = x.copy()
     if biased:
         online[:, 0] += 1.5
-    hx = np.vstack([x, online])
-    holdout = pd.DataFrame(hx, columns=feats)
+    holdout = pd.DataFrame(np.vstack([x, online]), columns=feats)
     holdout["channel"] = ["pos"] * n + ["online"] * n
     holdout["transaction_id"] = [f"t{i}" for i in range(2 * n)]
     holdout["is_fraud"] = np.r_[y, y]
-    (tmp_path / "holdout").mkdir()
-    holdout.to_parquet(tmp_path / "holdout" / "holdout.parquet")
-    trained = {"job_dir": str(tmp_path), "model_dir": str(model_dir), "job_name": "job-1"}
-    ev = {"candidate": {"threshold": 0.5}, "evaluation_dir": str(tmp_path / "evaluation")}
-    return trained, ev
+    ev_dir = tmp_path / run_id / "evaluation"
+    ev_dir.mkdir()
+    holdout.to_parquet(ev_dir / "holdout.parquet")
+    out = registry.record(
+        uc,
+        model=load_model(model_dir, "xgboost", "binary", feats),
+        candidate={"threshold": 0.5},
+        champion=None,
+        decision={"passed": True},
+        lineage={"run_id": run_id, "task": "binary", "metrics": {"threshold": 0.5}},
+        params={},
+        register=True,
+        evaluation_dir=ev_dir,
+    )
+    return out["version"]
 
 
-def run(tmp_path: Path, biased: bool, gate: dict | None = None) -> dict:
-    from mlblueprints.explain.steps import fairness
+def run(uc, params: dict | None = None, triggering: dict | None = None, run_id: str = "explain-1") -> dict:
+    from mlblueprints.explain import steps
 
-    uc = usecase(explainability(gate))
-    trained, ev = job(tmp_path, uc, biased)
-    out = fairness(StepContext(uc=uc, run=RunInfo(run_id="r1")), trained, ev)
-    check("fairness", "mlblueprints.core.results:FairnessResult", out)
+    ctx = StepContext(uc=uc, run=RunInfo(run_id=run_id), params=params or {}, triggering=triggering or {})
+    out = {"target": check("target", f"{RESULTS}:ExplainTargetResult", steps.target(ctx))}
+    out["analyse"] = check("analyse", f"{RESULTS}:ExplainResult", steps.analyse(ctx, out["target"]))
+    out["gate"] = check("gate", f"{RESULTS}:FairnessResult", steps.gate(ctx, out["target"]))
     return out
 
 
-def test_a_biased_candidate_is_blocked_naming_the_metric_and_threshold(tmp_path, mlb_home):
-    out = run(tmp_path, biased=True)
-    assert not out["passed"]
-    assert any(
-        r.startswith("DI of channel=online (post_training) = ") and "outside [0.8, 1.25]" in r for r in out["reasons"]
-    )
-    assert any(r.startswith("DPPL of channel=online") for r in out["reasons"])
-    doc = json.loads(Path(out["analysis"]).read_text())
-    di = next(m for m in doc["post_training_bias_metrics"]["facets"]["channel"][0]["metrics"] if m["name"] == "DI")
-    assert di["value"] > 1.25  # the online group is flagged more often than the rest
-    assert doc["explanations"]["kernel_shap"]["label0"]["global_shap_values"]
-    assert out["top_features"][0] == usecase().model_features()[0]
-    assert len(pd.read_csv(Path(out["analysis"]).parent / "explanations_shap" / "out.csv")) == 300
+def tags(uc, version: int) -> dict:
+    from mlblueprints.registry.local import client
+
+    return dict(client(uc).get_model_version(uc.model_name, str(version)).tags)
 
 
-def test_an_unbiased_candidate_passes(tmp_path, mlb_home):
-    out = run(tmp_path, biased=False)
-    assert out["passed"] and out["reasons"] == []
-    values = {(m["stage"], m["name"]): m["value"] for m in out["metrics"]}
-    assert values[("post_training", "DI")] == pytest.approx(1.0)
-    assert values[("post_training", "DPPL")] == pytest.approx(0.0)
-    assert values[("pre_training", "CI")] == pytest.approx(0.0)
-
-
-def test_register_and_lineage_carry_the_fairness_verdict(tmp_path, mlb_home):
-    from mlblueprints.training.steps import lineage
+def test_a_biased_version_is_tagged_and_promotion_refuses_it_in_one_line(tmp_path, mlb_home, capsys):
+    from mlblueprints import cli
+    from mlblueprints.registry import local as registry
 
     uc = usecase(explainability())
-    fair = run(tmp_path, biased=True)
-    ctx = StepContext(uc=uc, run=RunInfo(run_id="r1"))
-    ts = {"table": "t", "snapshot_id": 1, "source_snapshots": {}, "feature_views": []}
-    trained = {"try_number": 1, "job_name": "job-1", "data": {}}
-    ev = {"decision": {"passed": True, "against": "baseline"}, "holdout": None, "candidate": {}}
-    lin = lineage(ctx, ts, trained, ev, fair)
-    assert lin["gate"] == "not promoted"
-    assert lin["fairness"].startswith("failed: DI of channel=online")
-    assert lineage(ctx, ts, trained, ev)["gate"] == "passed"
+    version = register(uc, tmp_path, biased=True)
+    out = run(uc, params={"version": version})
+    assert out["target"]["chosen_by"] == "the version Param"
+    fair = out["gate"]
+    assert not fair["passed"]
+    di = next(r for r in fair["reasons"] if r.startswith("DI of channel=online (post_training) = "))
+    assert di.endswith("is outside [0.8, 1.25]")
+    assert tags(uc, version)[registry.FAIRNESS_FAILED_TAG] == fair["tag"] == "; ".join(fair["reasons"])
+    # the analysis is an artifact of the version's run, in Clarify's layout
+    doc = json.loads(registry.fetch_artifact(uc, version, "explainability/analysis.json", tmp_path / "dl").read_text())
+    metric = next(m for m in doc["post_training_bias_metrics"]["facets"]["channel"][0]["metrics"] if m["name"] == "DI")
+    assert metric["value"] > 1.25  # the online group is flagged more often than the rest
+    assert doc["explanations"]["kernel_shap"]["label0"]["global_shap_values"]
+    assert doc["mlblueprints"]["model_version"] == version
+    per_record = registry.fetch_artifact(uc, version, "explainability/explanations_shap/out.csv", tmp_path / "dl")
+    assert len(pd.read_csv(per_record)) == 300
+    assert out["analyse"]["top_features"][0] == uc.model_features()[0]
+    # promotion refuses it, saying which metric broke which bound
+    with pytest.raises(registry.PromotionRefused, match=r"version 1 is not promoted: it failed the fairness gate: "):
+        registry.promote(uc, version)
+    assert registry.model_version(uc, registry.CHAMPION) is None
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli, "_load", lambda name: uc)
+        assert cli.main(["models", "promote", "fraud_detection", str(version)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "DI of channel=online (post_training)" in err[0] and "outside [0.8, 1.25]" in err[0]
 
 
-def test_a_facet_value_absent_from_the_holdout_fails_with_one_line(tmp_path, mlb_home):
+def test_a_version_that_passes_carries_no_tag_and_a_recheck_clears_an_old_one(tmp_path, mlb_home):
+    from mlblueprints.core.naming import registered_model_asset
+    from mlblueprints.registry import local as registry
+
+    uc = usecase(explainability())
+    version = register(uc, tmp_path, biased=False)
+    # an earlier check under a bound it broke
+    strict = usecase(explainability({"DI": {"min": 1.5}}))
+    assert not run(strict, params={"version": version})["gate"]["passed"]
+    assert registry.FAIRNESS_FAILED_TAG in tags(uc, version)
+    event = {registered_model_asset(uc).name: [{"model": uc.model_name, "version": version}]}
+    out = run(uc, triggering=event, run_id="explain-2")
+    assert out["target"]["chosen_by"] == "the challenger event"
+    assert out["gate"]["passed"] and out["gate"]["reasons"] == [] and out["gate"]["tag"] is None
+    values = {(m["stage"], m["name"]): m["value"] for m in out["analyse"]["metrics"]}
+    assert values[("post_training", "DI")] == pytest.approx(1.0)
+    assert values[("pre_training", "CI")] == pytest.approx(0.0)
+    assert registry.FAIRNESS_FAILED_TAG not in tags(uc, version)
+    assert tags(uc, version)[registry.EXPLAINED_BY_TAG] == "explain-2"
+    registry.promote(uc, version)
+    assert registry.model_version(uc, registry.CHAMPION)["version"] == version
+
+
+def test_bad_inputs_fail_with_one_line(tmp_path, mlb_home):
+    from mlblueprints.errors import PermanentError
+    from mlblueprints.explain import steps
     from mlblueprints.explain.core import ExplainDataError
-    from mlblueprints.explain.steps import fairness
 
-    uc = usecase({"facets": [{"name": "channel", "value_or_threshold": ["atm"]}]})
-    trained, ev = job(tmp_path, uc, biased=False)
-    with pytest.raises(
-        ExplainDataError, match=r"^facet 'channel': value\(s\) \['atm'\] do not occur .*\['online', 'pos'\]\)$"
-    ):
-        fairness(StepContext(uc=uc, run=RunInfo(run_id="r1")), trained, ev)
+    uc = usecase(explainability())
+    ctx = StepContext(uc=uc, run=RunInfo(run_id="r"))
+    with pytest.raises(PermanentError, match=r"^fraud_detection_model: no version to explain: set the version Param"):
+        steps.target(ctx)
+    version = register(uc, tmp_path, biased=False)
+    with pytest.raises(PermanentError, match=r"^fraud_detection_model version 7: not in the registry"):
+        steps.target(StepContext(uc=uc, run=RunInfo(run_id="r"), params={"version": 7}))
+    absent = usecase(explainability(facet="atm"))
+    ctx = StepContext(uc=absent, run=RunInfo(run_id="r"), params={"version": version})
+    with pytest.raises(ExplainDataError, match=r"^facet 'channel': value\(s\) \['atm'\] do not occur .*\)$"):
+        steps.analyse(ctx, steps.target(ctx))
 
 
-def test_the_run_report_shows_the_metrics_against_their_gate(tmp_path, mlb_home):
-    from mlblueprints.training.report import render
+def test_the_run_report_shows_the_metrics_against_their_bounds(tmp_path, mlb_home):
+    from mlblueprints.explain.report import render
 
-    fair = run(tmp_path, biased=True)
-    text = render(usecase(explainability()), "r1", {"fairness": fair}, [])
+    uc = usecase(explainability())
+    version = register(uc, tmp_path, biased=True)
+    text = render(uc, "r1", run(uc, params={"version": version}))
     di = next(line for line in text.splitlines() if line.strip().startswith("DI "))
     assert "channel=online" in di and "[0.8, 1.25] BROKEN" in di
     ci = next(line for line in text.splitlines() if line.strip().startswith("CI "))
     assert "BROKEN" not in ci and "ok" not in ci  # not gated
-    assert "fairness gate: FAILED" in text and "analysis.json" in text
+    assert "fairness gate: FAILED" in text and "explainability/analysis.json" in text
+    assert "promotion refuses it" in text
+
+
+def test_promote_straight_to_champion_with_a_fairness_gate_is_refused_at_parse_time():
+    from mlblueprints.config import UseCaseError
+
+    d = yaml.safe_load((ROOT / "dags/usecases/fraud_detection.yaml").read_text())
+    d["gold"]["transaction_features"]["sql"] = str(ROOT / "dags/usecases/sql/fraud_detection/transaction_features.sql")
+    d["explainability"] = explainability()
+    d["training"]["promote"] = True
+    with pytest.raises(UseCaseError, match=r"training\.promote"):
+        parse_usecase(d)

@@ -171,17 +171,6 @@ class EvaluateResult(TypedDict):
     evaluation_dir: str
 
 
-class FairnessResult(TypedDict):
-    passed: bool  # every gated bias metric of every facet within its bounds
-    reasons: list[str]  # one line per broken threshold
-    checked: list[dict[str, Any]]  # per gated metric and facet: value, bounds, passed
-    decision_text: str
-    analysis: str  # where analysis.json (Clarify's layout) was written
-    metrics: list[dict[str, Any]]  # every bias metric computed (explain.core.metric_values)
-    top_features: list[str]  # by mean |SHAP|, most important first
-    shap_note: str | None  # why there are no SHAP values, when there are none
-
-
 class RegisterResult(TypedDict):
     verdict: str  # "registered" or "not promoted"
     mlflow_run_id: str
@@ -196,6 +185,37 @@ class PublishResult(TypedDict):
     model: str
     version: int
     run_id: str
+
+
+# ---------------------------------------------------------------- explainability
+
+
+class ExplainTargetResult(TypedDict):
+    model_name: str
+    version: int
+    chosen_by: str  # "the version Param", "the challenger event" or "the challenger alias"
+    mlflow_run_id: str  # the run that made the version (its artifacts hold the holdout)
+    threshold: float  # the version's operating threshold: predicted labels for post-training bias
+    trained_by: str | None  # the Airflow run that trained it (lineage)
+
+
+class ExplainResult(TypedDict):
+    analysis: str  # analysis.json (Clarify's layout) on this worker
+    artifact_uri: str  # where it was logged: artifacts explainability/ of the version's run
+    metrics: list[dict[str, Any]]  # every bias metric computed (explain.core.metric_values)
+    top_features: list[str]  # by mean |SHAP|, most important first
+    shap_note: str | None  # why there are no SHAP values, when there are none
+    holdout_rows: int
+    explained_rows: int  # records whose per-record attributions are in explanations_shap/out.csv
+
+
+class FairnessResult(TypedDict):
+    version: int
+    passed: bool  # every gated bias metric of every facet within its bounds
+    reasons: list[str]  # one line per broken bound
+    checked: list[dict[str, Any]]  # per gated metric and facet: value, bounds, passed
+    decision_text: str
+    tag: str | None  # the value of the version's fairness_failed tag (None: no tag)
 
 
 # a step that may skip

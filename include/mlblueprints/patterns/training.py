@@ -3,7 +3,7 @@
 Scheduled on the Assets of the training set's feature views (all of them updated) or on the use
 case's drift-alert Asset (emitted by monitoring)::
 
-    training_set -> train -> evaluate [-> fairness] -> register -> publish (emits the challenger Asset) -> report
+    training_set -> train -> evaluate -> register -> publish (emits the challenger Asset) -> report
 
 * ``training_set`` builds the point-in-time training set (an Iceberg snapshot locally, a
   content-addressed Parquet object on aws; on aws its inputs are UNLOADed by Athena);
@@ -13,11 +13,8 @@ case's drift-alert Asset (emitted by monitoring)::
   training job with managed Spot (``service``), started by the Amazon provider's operator;
 * ``evaluate`` scores candidate and reference (champion, else the newest registered version) on
   the time-based holdout and applies the gate;
-* ``fairness`` (with an ``explainability`` section) computes SageMaker Clarify's bias metrics and
-  TreeSHAP attributions of the candidate on the holdout, writes them as Clarify's
-  ``analysis.json``, and applies the fairness gate;
 * ``register`` logs the MLflow run and registers the candidate (alias ``challenger``) only when
-  the gate passed - and the fairness gate, when there is one - (and, on aws, a SageMaker model package version);
+  the gate passed (and, on aws, a SageMaker model package version);
 * ``publish`` emits the ``<usecase>.model.challenger`` Asset (explainability and promotion are
   scheduled on it), and is skipped when nothing was registered.
 """
@@ -40,19 +37,6 @@ def declare(uc: UseCase) -> PatternSpec | None:
     views = [feature_view_asset(uc, v) for v in uc.training_sets[t.training_set].features]
     drift = drift_alert_asset(uc)
     challenger = registered_model_asset(uc)
-    fairness = (
-        (
-            Step(
-                "fairness",
-                "mlblueprints.explain.steps:fairness",
-                inputs={"trained": "train", "ev": "evaluate"},
-                result=f"{RESULTS}:FairnessResult",
-                doc="Clarify's bias metrics and TreeSHAP of the candidate on the holdout; the fairness gate",
-            ),
-        )
-        if uc.explainability is not None
-        else ()
-    )
     steps = (
         Step(
             "training_set",
@@ -70,16 +54,10 @@ def declare(uc: UseCase) -> PatternSpec | None:
             result=f"{RESULTS}:TrainResult",
         ),
         Step("evaluate", f"{STEPS}:evaluate", inputs={"trained": "train"}, result=f"{RESULTS}:EvaluateResult"),
-        *fairness,
         Step(
             "register",
             f"{STEPS}:register",
-            inputs={
-                "tset": "training_set",
-                "trained": "train",
-                "ev": "evaluate",
-                **({"fair": "fairness"} if fairness else {}),
-            },
+            inputs={"tset": "training_set", "trained": "train", "ev": "evaluate"},
             result=f"{RESULTS}:RegisterResult",
         ),
         # a separate step, so that a run whose candidate was not registered emits no event

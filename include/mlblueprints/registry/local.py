@@ -25,6 +25,7 @@ from typing import Any
 
 from mlblueprints import runtime
 from mlblueprints.config import UseCase
+from mlblueprints.errors import PermanentError
 
 log = logging.getLogger(__name__)
 
@@ -236,10 +237,73 @@ def record(
     return {"mlflow_run_id": mlflow_run_id, "model_name": uc.model_name, "version": version, "aliases": aliases}
 
 
+# set on a version by the explainability pattern's fairness gate when a bias metric broke a bound
+# (the value says which metric of which facet, its value and the bound); absent when it passed
+FAIRNESS_FAILED_TAG = "mlb.fairness_failed"
+EXPLAINED_BY_TAG = "mlb.explained_by"  # the run that last explained and checked the version
+MAX_TAG_CHARS = 5000  # MLflow's limit on a model version tag's value
+
+
+class PromotionRefused(PermanentError):
+    """A version the fairness gate marked cannot become the champion."""
+
+
+def refusal(uc: UseCase, version: int) -> str | None:
+    """Why ``version`` must not be promoted (one line), or None."""
+    mv = client(uc).get_model_version(uc.model_name, str(version))
+    failed = (mv.tags or {}).get(FAIRNESS_FAILED_TAG)
+    if failed:
+        return f"{uc.model_name} version {version} is not promoted: it failed the fairness gate: {failed}"
+    return None
+
+
 def promote(uc: UseCase, version: int) -> None:
     """Make ``version`` the champion (the canary pattern's job; ``--promote`` for use cases
-    with no endpoint)."""
+    with no endpoint). A version the fairness gate marked is refused, saying why."""
+    why = refusal(uc, version)
+    if why:
+        raise PromotionRefused(why)
     client(uc).set_registered_model_alias(uc.model_name, CHAMPION, str(version))
+
+
+def mark_fairness(uc: UseCase, version: int, reasons: list[str], run_id: str) -> str | None:
+    """The fairness gate's mark on ``version``: the tag :data:`FAIRNESS_FAILED_TAG` with every broken
+    bound when ``reasons``, none when it passed (a mark left by an earlier check is removed).
+    Returns the tag's value."""
+    c = client(uc)
+    name, v = uc.model_name, str(version)
+    c.set_model_version_tag(name, v, EXPLAINED_BY_TAG, run_id)
+    if not reasons:
+        if FAIRNESS_FAILED_TAG in (c.get_model_version(name, v).tags or {}):
+            c.delete_model_version_tag(name, v, FAIRNESS_FAILED_TAG)
+        return None
+    text = "; ".join(reasons)
+    if len(text) > MAX_TAG_CHARS:
+        text = text[: MAX_TAG_CHARS - 25] + f" ... ({len(reasons)} in all)"
+    c.set_model_version_tag(name, v, FAIRNESS_FAILED_TAG, text)
+    return text
+
+
+def fetch_artifact(uc: UseCase, version: int, artifact: str, dst: Path) -> Path:
+    """The artifact ``artifact`` of the run that made ``version``, downloaded under ``dst``."""
+    c = client(uc)
+    run_id = c.get_model_version(uc.model_name, str(version)).run_id
+    dst.mkdir(parents=True, exist_ok=True)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return Path(c.download_artifacts(run_id, artifact, str(dst)))
+    except (OSError, MlflowException) as exc:  # a missing artifact, by artifact store
+        raise LookupError(f"{uc.model_name} version {version}: no artifact {artifact} in its run {run_id}") from exc
+
+
+def log_artifacts(uc: UseCase, version: int, local_dir: Path, artifact_path: str) -> str:
+    """Log the files under ``local_dir`` as artifacts ``artifact_path`` of the run that made
+    ``version`` (overwriting what an earlier try logged); returns their URI."""
+    c = client(uc)
+    run_id = c.get_model_version(uc.model_name, str(version)).run_id
+    c.log_artifacts(run_id, str(local_dir), artifact_path)
+    return f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
 
 
 def lineage(uc: UseCase, version: int | None = None, alias: str | None = None) -> dict[str, Any]:
@@ -321,6 +385,22 @@ class MlflowRegistry:
 
     def promote(self, version: int) -> None:
         promote(self.uc, version)
+
+    def load_version(self, version: int, task: str, features: list[str]) -> Any:
+        """A registered version as a :class:`mlblueprints.training.models.Model`, in its flavor."""
+        from mlblueprints.training.models import from_registry
+
+        client(self.uc)
+        return from_registry(f"models:/{self.uc.model_name}/{version}", task, features)
+
+    def fetch_artifact(self, version: int, artifact: str, dst: Path) -> Path:
+        return fetch_artifact(self.uc, version, artifact, dst)
+
+    def log_artifacts(self, version: int, local_dir: Path, artifact_path: str) -> str:
+        return log_artifacts(self.uc, version, local_dir, artifact_path)
+
+    def mark_fairness(self, version: int, reasons: list[str], run_id: str) -> str | None:
+        return mark_fairness(self.uc, version, reasons, run_id)
 
     def lineage(self, version: int | None = None, alias: str | None = None) -> dict[str, Any]:
         return lineage(self.uc, version=version, alias=alias)

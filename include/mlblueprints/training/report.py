@@ -59,21 +59,6 @@ def render(uc: UseCase, run_id: str, results: dict[str, Any], where: list[str]) 
                 table.add(k, f"{cand[k]:.4f}", f"{champ[k]:.4f}" if champ and champ.get(k) is not None else "-")
         lines += ["", table.render(), *details_lines(ev.get("candidate_details") or {})]
         lines += ["", ev["decision_text"]]
-    fair = results.get("fairness")
-    if fair:
-        table = Table(("bias metric", "facet", "value", "gate"), right=(2,), indent="  ")
-        gated = {(c["name"], c["facet"], c["value_or_threshold"]): c for c in fair["checked"]}
-        for m in fair["metrics"]:
-            c = gated.get((m["name"], m["facet"], m["value_or_threshold"]))
-            bounds = f"[{_bound(c['min'])}, {_bound(c['max'])}] {'ok' if c['passed'] else 'BROKEN'}" if c else ""
-            value = "-" if m["value"] is None else f"{m['value']:.4f}"
-            table.add(m["name"], f"{m['facet']}={m['value_or_threshold']}", value, bounds)
-        lines += ["", table.render()] if fair["metrics"] else []
-        if fair["top_features"]:
-            lines.append(f"  most important features (mean |SHAP|): {', '.join(fair['top_features'][:5])}")
-        if fair.get("shap_note"):
-            lines.append(f"  {fair['shap_note']}")
-        lines += [f"  analysis (SageMaker Clarify layout): {fair['analysis']}", "", fair["decision_text"]]
     reg = results.get("register")
     if reg:
         lines.append("")
@@ -89,10 +74,6 @@ def render(uc: UseCase, run_id: str, results: dict[str, Any], where: list[str]) 
     lines.append("")
     lines += where
     return "\n".join(lines)
-
-
-def _bound(v: float | None) -> str:
-    return "" if v is None else f"{v:g}"
 
 
 def details_lines(details: dict[str, Any]) -> list[str]:

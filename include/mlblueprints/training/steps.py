@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,11 @@ def evaluate(ctx: StepContext, trained: dict[str, Any]) -> dict[str, Any]:
     log.info("\n%s", decision.text())
     out_dir = jd / "evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the holdout goes with the run (artifact evaluation/holdout.parquet), so that a registered
+    # version can be explained and checked for bias later on the data it was judged on
+    tmp = out_dir / "holdout.parquet.partial"
+    shutil.copyfile(jd / "holdout" / "holdout.parquet", tmp)
+    tmp.replace(out_dir / "holdout.parquet")
     result = {
         "task": t.task,
         "candidate": cand,
@@ -124,21 +130,11 @@ def evaluate(ctx: StepContext, trained: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _passed(ev: dict[str, Any], fair: dict[str, Any] | None) -> bool:
-    return bool(ev["decision"]["passed"]) and (fair is None or bool(fair["passed"]))
-
-
-def lineage(
-    ctx: StepContext,
-    ts: dict[str, Any],
-    trained: dict[str, Any],
-    ev: dict[str, Any],
-    fair: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+def lineage(ctx: StepContext, ts: dict[str, Any], trained: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
     """What a registered version records about how it was made."""
     t = _training(ctx)
-    passed = _passed(ev, fair)
-    out = {
+    passed = ev["decision"]["passed"]
+    return {
         "git_commit": ctx.run.git_commit,
         "config_hash": ctx.run.config_hash,
         "training_set": ts["table"],
@@ -161,36 +157,20 @@ def lineage(
         "gate": "passed" if passed else "not promoted",
         "compared_with": ev["decision"]["against"],
     }
-    if fair is not None:  # the fairness gate's verdict, with what broke it (a tag of the run and version)
-        out["fairness"] = "passed" if fair["passed"] else "failed: " + "; ".join(fair["reasons"])
-        out["fairness_analysis"] = "evaluation/explainability/analysis.json"
-    return out
 
 
-def register(
-    ctx: StepContext,
-    tset: dict[str, Any],
-    trained: dict[str, Any],
-    ev: dict[str, Any],
-    fair: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Log the MLflow run; register the candidate (alias ``challenger``) only when the gate
-    passed, and the fairness gate when the use case has one."""
+def register(ctx: StepContext, tset: dict[str, Any], trained: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
+    """Log the MLflow run; register the candidate (alias ``challenger``) only when the gate passed."""
     uc = ctx.uc
     ctx.backend("trainer").ensure_local(trained)
     registry = ctx.backend("registry")
-    passed = _passed(ev, fair)
-    lin = lineage(ctx, tset, trained, ev, fair)
-    decision = dict(ev["decision"])
-    if fair is not None:
-        decision.update(
-            passed=passed, reasons=[*decision.get("reasons", []), *fair["reasons"]], fairness=fair["checked"]
-        )
+    passed = ev["decision"]["passed"]
+    lin = lineage(ctx, tset, trained, ev)
     out = registry.record(
         model=_model(ctx, trained),
         candidate=ev["candidate"],
         champion=ev["champion"],
-        decision=decision,
+        decision=ev["decision"],
         lineage=lin,
         params=hyperparameters(uc),
         register=passed,
@@ -201,8 +181,6 @@ def register(
         out["aliases"].append(registry.CHAMPION)
     out["verdict"] = "registered" if passed else "not promoted"
     out["lineage"] = lin
-    if fair is not None and not fair["passed"]:
-        out["fairness"] = fair["reasons"]
     if passed:
         package = registry.register_package(tset, trained, ev, out, ctx.run)
         if package is not None:

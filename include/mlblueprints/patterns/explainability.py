@@ -1,0 +1,80 @@
+"""The explainability pattern: SHAP attributions and bias metrics of a registered version, in
+SageMaker Clarify's ``analysis.json`` layout, and the fairness gate that marks the version.
+
+Scheduled on the ``<usecase>.model.challenger`` Asset the training pattern emits when it registers
+a version, and run on demand for any version (the ``version`` Param)::
+
+    target -> analyse -> gate -> report
+
+* ``target`` picks the version (the Param, else the triggering event's, else the ``challenger``
+  alias) and reads what the registry knows of it (its run, its operating threshold);
+* ``analyse`` loads the version and the holdout it was judged on (an artifact of its run) from
+  the registry, computes TreeSHAP attributions and Clarify's pre- and post-training bias metrics
+  with ``smclarify``, writes ``analysis.json`` and ``explanations_shap/out.csv``, and logs them as
+  artifacts ``explainability/`` of the version's run;
+* ``gate`` reads that ``analysis.json`` back from the registry and applies
+  ``explainability.gate``: a version with a metric outside its bounds gets the tag
+  ``mlb.fairness_failed`` (which metric of which facet, its value, the bound), and promotion
+  refuses it; a version that passes carries no such tag;
+* ``report`` writes the run report.
+
+Computed in the worker on both targets, as evaluation is; a Clarify processing job does not back
+it yet.
+"""
+
+from __future__ import annotations
+
+from mlblueprints.config import UseCase
+from mlblueprints.core.naming import registered_model_asset
+from mlblueprints.patterns import ALL_DONE, ParamSpec, PatternSpec, Schedule, Step, base_tags
+
+STEPS = "mlblueprints.explain.steps"
+RESULTS = "mlblueprints.core.results"
+
+
+def declare(uc: UseCase) -> PatternSpec | None:
+    if uc.training is None or uc.explainability is None:
+        return None
+    challenger = registered_model_asset(uc)
+    steps = (
+        Step("target", f"{STEPS}:target", result=f"{RESULTS}:ExplainTargetResult"),
+        Step("analyse", f"{STEPS}:analyse", inputs={"target": "target"}, result=f"{RESULTS}:ExplainResult"),
+        Step(
+            "gate",
+            f"{STEPS}:gate",
+            inputs={"target": "target"},
+            after=("analyse",),
+            result=f"{RESULTS}:FairnessResult",
+        ),
+        Step(
+            "report",
+            f"{STEPS}:report",
+            after=("gate",),
+            trigger_rule=ALL_DONE,
+            retries=0,
+            collect=True,
+            result=f"{RESULTS}:ReportResult",
+        ),
+    )
+    params = (
+        ParamSpec(
+            "version",
+            0,
+            "integer",
+            f"The version of {uc.model_name} to explain; 0: the one the triggering challenger event names "
+            "(a run started by hand: the version behind the challenger alias).",
+        ),
+    )
+    return PatternSpec(
+        pattern="explainability",
+        usecase=uc.name,
+        description=f"{uc.name}: SHAP and Clarify bias metrics of a registered {uc.model_name} version -> "
+        f"fairness gate ({uc.target})",
+        doc=__doc__ or "",
+        schedule=Schedule(assets=challenger.name),
+        steps=steps,
+        params=params,
+        assets=(challenger,),
+        start_date=uc.start_date,
+        tags=base_tags("explainability", uc),
+    )

@@ -34,6 +34,8 @@ class ScoringError(PermanentError, ValueError):
     """A scoring run that cannot go on with these inputs (no model to score with, features
     missing or of another type, a predictions table of another layout); one line, naming what."""
 
+    one_line = True  # the local runner logs it as its message, not as a traceback
+
     def __init__(self, uc: UseCase | str, reason: str):
         self.usecase = uc if isinstance(uc, str) else uc.name
         self.reason = reason

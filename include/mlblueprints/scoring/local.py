@@ -452,11 +452,18 @@ def commit(uc: UseCase, planned: Mapping[str, Any], scored: Mapping[str, Any], r
             replace=And(GreaterThanOrEqual("event_date", lo), LessThanOrEqual("event_date", hi)),
             snapshot_properties=props,
         )
+    # upkeep: snapshots older than the retention expired, write dirs of killed runs removed (only
+    # those older than an hour: a run in progress is never touched)
+    table.refresh()
+    expired = iceberg.expire_snapshots(table, older_than=timedelta(days=uc.lakehouse.snapshot_retention_days))
+    orphans = iceberg.remove_orphan_files(table)
     return {
         "table": planned["output_table"],
         "range": [lo, hi],
         "rows": scored["rows"],
         "snapshot_id": out["snapshot_id"],
+        "snapshots_expired": expired,
+        "orphan_files_removed": orphans,
         "files": out.get("files_written"),
         "model": m["name"],
         "version": m["version"],

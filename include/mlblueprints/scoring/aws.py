@@ -522,6 +522,11 @@ class AwsScorer:
         parsed = parse_output_sql(relation, planned["key_types"], m, planned["snapshots"], run.run_id)
         merge = merge_sql(target, parsed, keys, columns, lo, hi)
         stmts.append(Statement("merge_predictions", to_trino(merge), "merge", to_trino(parsed)))
+        # a MERGE leaves delete files (merge-on-read): rewrite the interval's partitions right away
+        days = f"event_date BETWEEN DATE {literal(lo)} AND DATE {literal(hi)}"
+        stmts.append(
+            Statement("optimize_interval", f"OPTIMIZE {target} REWRITE DATA USING BIN_PACK WHERE {days}", "optimize")
+        )
         if stage:
             stmts.append(Statement("drop_stage_table", f"DROP TABLE IF EXISTS `{aws.glue_database}`.`{stage}`", "ddl"))
         state = {

@@ -186,7 +186,7 @@ def scoring_sql(uc: UseCase, con: Any, planned: Mapping[str, Any]) -> str:
         relation = fcore.pit_sql("scoring_rows", rows["event_time"], None, [*keys, *rows["columns"]], views)
         time_col = "event_time"
     else:
-        relation, time_col = "scoring_rows", rows["event_time"]
+        relation, time_col = "SELECT * FROM scoring_rows", rows["event_time"]
     cols = [ident(k) for k in keys]
     cols += [f"CAST({ident(time_col)} AS TIMESTAMP) AS event_time", f"CAST({ident(time_col)} AS DATE) AS event_date"]
     cols += [f"CAST({ident(f)} AS DOUBLE) AS {ident(f)}" for f in feats]

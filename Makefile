@@ -28,16 +28,32 @@ $(VENV)/.installed: $(UV) pyproject.toml uv.lock
 
 install: $(VENV)/.installed  ## create .venv from uv.lock (runtime + test dependencies)
 
+# the checkers of the state machines and templates, outside the lock: asl-validator (npm) in
+# .tools/npm, cfn-lint and checkov (PyPI; checkov's pins would disturb the lock) in .tools/iac
+ASL_VALIDATOR_VERSION := 4.0.0
+CFN_LINT_VERSION := 1.58.0
+CHECKOV_VERSION := 3.3.30
+
+$(TOOLS)/npm/node_modules/.bin/asl-validator:
+	npm install --prefix $(TOOLS)/npm --no-audit --no-fund --silent "asl-validator@$(ASL_VALIDATOR_VERSION)"
+
+$(TOOLS)/iac/bin/checkov:
+	$(PYTHON) -m venv $(TOOLS)/iac
+	$(TOOLS)/iac/bin/python -m pip install --quiet --disable-pip-version-check \
+	  "cfn-lint==$(CFN_LINT_VERSION)" "checkov==$(CHECKOV_VERSION)"
+
+tools: $(TOOLS)/npm/node_modules/.bin/asl-validator $(TOOLS)/iac/bin/checkov  ## asl-validator, cfn-lint, checkov
+
 demo: install  ## generate data; run the lakehouse, feature and training DAGs on embedded defaults
 	$(PY) -m mlblueprints.cli demo
 
 demo-claims: install  ## the second example: claim cost (a regression), landed, backfilled, trained
 	$(PY) -m mlblueprints.cli demo --usecase claim_cost
 
-test: install  ## run the whole test suite (slow tests included)
+test: install tools  ## run the whole test suite (slow tests included)
 	$(PY) -m pytest
 
-test-fast: install  ## the tests not marked slow
+test-fast: install tools  ## the tests not marked slow
 	$(PY) -m pytest -m "not slow"
 
 LINT_DIRS := $(wildcard include dags plugins tests bench)
@@ -60,7 +76,12 @@ lock:  ## re-resolve uv.lock after editing pyproject.toml, then regenerate requi
 	$(UV) lock
 	$(MAKE) requirements.txt
 
+WORKER_IMAGE ?= mlblueprints-worker
+worker-image:  ## build the Step Functions worker image (needs Docker; docs/stepfunctions.md says how to push it)
+	docker build -f infra/worker.Dockerfile -t $(WORKER_IMAGE):$$(git rev-parse --short=12 HEAD) \
+	  --build-arg GIT_COMMIT=$$(git rev-parse HEAD) .
+
 clean:  ## remove the runtime directory (data, tables, Airflow DB, reports)
 	rm -rf "$(MLB_HOME)"
 
-.PHONY: help install demo demo-claims test test-fast lint bench lock clean
+.PHONY: help install tools demo demo-claims test test-fast lint bench lock clean worker-image

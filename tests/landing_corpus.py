@@ -36,6 +36,7 @@ CSV_DEFECTS = {
     "invalid_amount_scale": "invalid_type",
     "fractional_label": "invalid_type",
     "hex_label": "invalid_type",
+    "integral_label_with_point": "silver",
     "missing_card": "missing_required",
     "future_event": "implausible_event_time",
     "ancient_event": "implausible_event_time",
@@ -54,6 +55,7 @@ JSONL_DEFECTS = {
     "control_character": "malformed_record",
     "invalid_amount_scale": "invalid_type",
     "label_as_float": "invalid_type",
+    "integral_label_as_float": "silver",
     "missing_card": "missing_required",
     "future_event": "implausible_event_time",
     "negative_amount": "out_of_range",
@@ -137,7 +139,9 @@ def csv_file(
         elif kind == "invalid_amount_scale":
             rec["amount"] = rng.choice(["12.505", "0.005", "1e1"])
         elif kind == "fractional_label":
-            rec["is_fraud"] = rng.choice(["0.6", "1.4", "1.0", "1e0"])
+            rec["is_fraud"] = rng.choice(["0.6", "1.4", "1.01", "1e0"])
+        elif kind == "integral_label_with_point":  # how pandas writes an int column with gaps
+            rec["is_fraud"] = rng.choice(["1.0", "0.00", "1."])
         elif kind == "hex_label":
             rec["is_fraud"] = "0x1"
         elif kind == "missing_card":
@@ -203,6 +207,8 @@ def jsonl_file(
             rec["amount"] = "12.505"
         elif kind == "label_as_float":
             rec["is_fraud"] = 1.5
+        elif kind == "integral_label_as_float":
+            rec["is_fraud"] = 1.0
         elif kind == "missing_card":
             del rec["card_id"]
         elif kind == "future_event":

@@ -20,6 +20,8 @@
     mlblueprints suites init fraud_detection [--force]          starter quality suites from the schema
     mlblueprints set-aside fraud_detection transactions/2024-03-01/part-001.csv   stop reading a rejected file
     eval "$(mlblueprints airflow-env)"                          use the airflow CLI/UI on the same DB
+    mlblueprints statemachines render|deploy|run ...            Step Functions (docs/stepfunctions.md)
+    mlblueprints infra render fraud_detection                   CloudFormation parameters (docs/deployment.md)
 
 Everything is written under the runtime directory (``MLB_HOME``, default ``./.mlb``).
 """
@@ -837,6 +839,10 @@ def main(argv: list[str] | None = None) -> int:
     si.add_argument("usecase")
     si.add_argument("--force", action="store_true", help="overwrite existing suite files")
     si.set_defaults(fn=_suites)
+
+    from mlblueprints.stepfunctions.cli import add_parsers as add_stepfunctions_parsers
+
+    add_stepfunctions_parsers(sub)  # statemachines render|deploy|run, infra render
 
     args = p.parse_args(argv)
     from mlblueprints.airflow.localrun import RunConflict

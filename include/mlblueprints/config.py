@@ -750,6 +750,8 @@ class FeatureStoreOptions(_Strict):
     put_record_workers: Annotated[int, Field(ge=1, le=64)] = 8
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 8  # per record, on throttling / 5xx
     wait_seconds: Annotated[int, Field(ge=0, le=3600)] = 600  # for a new feature group to be Created
+    # VACUUM of the offline store's Iceberg table keeps snapshots this long (default: lakehouse.snapshot_retention_days)
+    offline_snapshot_retention_days: Annotated[int | None, Field(ge=1, le=3650)] = None
 
     @field_validator("offline_s3_uri")
     @classmethod
@@ -771,6 +773,13 @@ class AwsTarget(_Strict):
     feature_store: FeatureStoreOptions = FeatureStoreOptions()
     iam_role_arn: Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")]
     aws_conn_id: str | None = "aws_default"
+    # Athena's limits, and how far below them the generated statements stay (docs/deployment.md)
+    athena_max_statement_bytes: Annotated[int, Field(ge=16384, le=262144)] = 131072  # the service refuses > 262,144
+    athena_max_files_per_statement: Annotated[int, Field(ge=1, le=5000)] = 1000  # landed files per Bronze INSERT
+    athena_max_partitions_per_write: Annotated[int, Field(ge=1, le=100)] = (
+        100  # HIVE_TOO_MANY_OPEN_PARTITIONS above 100
+    )
+    athena_max_maintenance_runs: Annotated[int, Field(ge=1, le=1000)] = 50  # OPTIMIZE / VACUUM while "more runs needed"
 
     @field_validator("prefix")
     @classmethod

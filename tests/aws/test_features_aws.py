@@ -527,15 +527,14 @@ def test_materialize_end_to_end_under_moto(world, lake):
         )
         assert out["target"] == "aws" and out["range"] == [LO.isoformat(), HI.isoformat()]
         assert out["feature_group"] == group and out["feature_group_created"] is True
-        assert out["put_record"]["offline"]["sent"] == exp["offline_rows"]
+        assert "offline" not in out["put_record"], "history goes to the offline store as files, not PutRecord"
         assert out["put_record"]["online"]["sent"] == exp["online_entities"]
-        # the offline store got exactly the batch; the online store the newest row per entity
-        offline = sorted(
-            json.dumps(_fields(p), sort_keys=True)
-            for p in store.puts
-            if p["FeatureGroupName"] == group and p["TargetStores"] == ["OfflineStore"]
+        # the offline store holds exactly the batch, each value as PutRecord would have stored it,
+        # with this write's write time; the online store the newest row per entity
+        assert offline_records(athena, uc, view, out["offline"]["write_time"]) == sorted(
+            json.dumps(_record(uc, view, cols, r), sort_keys=True) for r in exp["batch"]
         )
-        assert offline == sorted(json.dumps(_record(uc, view, cols, r), sort_keys=True) for r in exp["batch"])
+        assert out["offline"]["rows"] == exp["offline_rows"] and out["offline_snapshot_id"]
         online = {rid: rec for (g, rid), rec in store.online.items() if g == group}
         assert online == {
             fsreq.record_identifier(uc, view, ent): _record(uc, view, cols, r) for ent, r in exp["latest"].items()
@@ -545,8 +544,8 @@ def test_materialize_end_to_end_under_moto(world, lake):
     )
     assert results["card_activity"]["collapsed_duplicates"] == 1
     assert results["card_merchant"]["skipped_null_key"] == 2
-    # every request was a PutRecord to one store, validated by botocore and by the twin
-    assert all(len(p["TargetStores"]) == 1 for p in store.puts)
+    # every request was a PutRecord to the online store, validated by botocore and by the twin
+    assert all(p["TargetStores"] == ["OnlineStore"] for p in store.puts) and not store.offline
     assert not any(p["Record"][0]["ValueAsString"] in ("", "None") for p in store.puts)
     # the tie-break: the greater Gold primary key wins; a 250 ms event time keeps its milliseconds
     dup = store.online[(core.feature_group_name(uc, "card_activity"), lake["dup_card"])]
@@ -556,15 +555,24 @@ def test_materialize_end_to_end_under_moto(world, lake):
         r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.250Z", frac["event_time"]
     )
 
-    # Athena: the UNLOAD of each view went to a prefix unique per run and try, results encrypted
+    # Athena: per view the skipped rows, the offline INSERT, its check, the UNLOAD of the newest
+    # rows (to a prefix unique per run and try), compaction and VACUUM of the offline table
     unloads = [e for e in athena.executions if UNLOAD.match(e["query"])]
-    assert len(unloads) == 2 and len(athena.executions) == 4
+    assert len(unloads) == 2 and len(athena.executions) == 2 * 7
+    heads = [e["query"].split(None, 1)[0] for e in athena.executions[:7]]
+    assert heads == ["SELECT", "INSERT", "SELECT", "UNLOAD", "OPTIMIZE", "ALTER", "VACUUM"], heads
     for e in athena.executions:
         assert e["workgroup"] == "mlblueprints" and e["context"].get("Database") == DB
         assert e["config"]["EncryptionConfiguration"] == {"EncryptionOption": "SSE_KMS", "KmsKey": world["kms"]}
     targets = {UNLOAD.match(e["query"])["target"] for e in unloads}
     assert targets == {fa.staging_uri(uc, view, run) for view in VIEWS}
     assert all("__1/" in t and run.run_id.replace(":", "_").replace("+", "_") in t for t in targets)
+    assert {u["format"] for u in athena.unloads} == {"PARQUET"} and {u["compression"] for u in athena.unloads} == {
+        "ZSTD"
+    }
+    vacuums = [m for m in athena.maintenance if m["op"] == "vacuum"]
+    assert {m["table"] for m in vacuums} == {f"fv_{v}_v1" for v in VIEWS}
+    assert all(m["retention_seconds"] == str(7 * 86400) for m in vacuums)
     s3 = boto3.client("s3", region_name=REGION)
     assert s3.list_objects_v2(Bucket=BUCKET, Prefix="fraud/_features/").get("KeyCount") == 0, "staging not deleted"
 
@@ -602,15 +610,38 @@ def test_materialize_end_to_end_under_moto(world, lake):
         **{f: want[f] for f in uc.features["card_merchant"].features},
     }
 
-    # a retry (next try) appends to the offline store again, leaves the online store as it was
+    # a retry (next try) appends the batch to the offline store again, with its own write time
+    # (readers keep the newest write), and leaves the online store as it was
     before_online = dict(store.online)
-    n_offline = len(store.offline)
     store.faults[lake["dup_card"]] = ["ThrottlingException", "ServiceUnavailable"]
     again = materialize(world, "card_activity", RunInfo(**{**run.as_dict(), "try_number": 2}))
     assert again["feature_group_created"] is False and again["staging_uri"].endswith("__2/")
-    assert len(store.offline) == n_offline + again["offline_rows"]
+    assert again["offline"]["write_time"] != results["card_activity"]["offline"]["write_time"]
+    assert offline_records(athena, uc, "card_activity", again["offline"]["write_time"]) == offline_records(
+        athena, uc, "card_activity", results["card_activity"]["offline"]["write_time"]
+    )
     assert store.online == before_online
-    assert again["put_record"]["offline"]["retried"] + again["put_record"]["online"]["retried"] == 2
+    assert again["put_record"]["online"]["retried"] == 2
+
+
+def offline_records(athena, uc, view: str, write_time: str) -> list[str]:
+    """The offline store's rows of one write, as the PutRecord text of each feature (sorted JSON)."""
+    table = core.offline_table(uc, view)
+    df = athena.con.execute(
+        f'SELECT * FROM "{DB}"."{table}" WHERE write_time = CAST(? AS TIMESTAMP) AND api_invocation_time = write_time '
+        "AND NOT is_deleted",
+        [write_time],
+    ).df()
+    out = []
+    for row in df.to_dict("records"):
+        rec = {}
+        for name in fsreq.feature_names(_cols(uc, view)):
+            v = row[name]
+            if v is None or (isinstance(v, float) and v != v):
+                continue
+            rec[name] = repr(float(v)) if isinstance(v, float) else str(int(v)) if not isinstance(v, str) else v
+        out.append(json.dumps(rec, sort_keys=True))
+    return sorted(out)
 
 
 def _fields(put: dict) -> dict[str, str]:
@@ -898,23 +929,22 @@ def test_features_dag_on_aws_under_moto(dag_world, lake):  # noqa: F811
         assert got["RoleArn"] == uc.aws.iam_role_arn == "arn:aws:iam::123456789012:role/mlblueprints-execution"
         assert got["OnlineStoreConfig"] == request["OnlineStoreConfig"]  # kept by sagemaker_like_aws
 
-    # PutRecord: every request valid against the service model, counts as the XCom summary says
+    # PutRecord: online only, every request valid against the service model, counts as the XCom
+    # summary says; the history is in the offline store, which the step checked before emitting
     rt_model = botocore.session.get_session().get_service_model("sagemaker-featurestore-runtime")
     put_shape = rt_model.operation_model("PutRecord").input_shape
     for p in store.puts:
         validate_parameters(p, put_shape)
-        assert p["TargetStores"] in (["OfflineStore"], ["OnlineStore"])
+        assert p["TargetStores"] == ["OnlineStore"]
     assert store.failed_attempts == 1
     retried = 0
     for view in DAG_VIEWS:
         out, exp = outs[view], _expected(lake, uc, view)
         group = core.feature_group_name(uc, view)
-        offline_puts = [
-            p for p in store.puts if p["FeatureGroupName"] == group and p["TargetStores"] == ["OfflineStore"]
-        ]
-        online_puts = [p for p in store.puts if p["FeatureGroupName"] == group and p["TargetStores"] == ["OnlineStore"]]
+        online_puts = [p for p in store.puts if p["FeatureGroupName"] == group]
         assert out["target"] == "aws" and out["feature_group"] == group and out["feature_group_created"] is True
-        assert len(offline_puts) == out["put_record"]["offline"]["sent"] == out["offline_rows"] == exp["offline_rows"]
+        assert out["offline_rows"] == out["offline"]["rows"] == exp["offline_rows"]
+        assert len(offline_records(dag_world["athena"], uc, view, out["offline"]["write_time"])) == exp["offline_rows"]
         assert len(online_puts) == out["put_record"]["online"]["sent"] == out["online_entities"]
         assert (
             out["online_entities"]
@@ -923,14 +953,14 @@ def test_features_dag_on_aws_under_moto(dag_world, lake):  # noqa: F811
         )
         for k in ("rows_in", "skipped_null_key", "skipped_null_event_time", "collapsed_duplicates"):
             assert out[k] == exp[k], (view, k)
-        retried += out["put_record"]["offline"]["retried"] + out["put_record"]["online"]["retried"]
+        retried += out["put_record"]["online"]["retried"]
         assert out["run_id"] == dr.run_id and out["try_number"] == 1
     assert retried == store.failed_attempts
-    assert len(store.puts) == sum(o["offline_rows"] + o["online_entities"] for o in outs.values())
+    assert len(store.puts) == sum(o["online_entities"] for o in outs.values())
 
-    # Athena: two statements per view, our workgroup and database, results encrypted with our key
+    # Athena: seven statements per view, our workgroup and database, results encrypted with our key
     executions = dag_world["athena"].executions
-    assert len(executions) == 2 * len(DAG_VIEWS)
+    assert len(executions) == 7 * len(DAG_VIEWS)
     for e in executions:
         assert e["workgroup"] == "mlblueprints" and e["context"].get("Database") == DB
         assert e["config"]["EncryptionConfiguration"] == {"EncryptionOption": "SSE_KMS", "KmsKey": kms}
@@ -947,8 +977,12 @@ def test_features_dag_on_aws_under_moto(dag_world, lake):  # noqa: F811
     assert sorted((n, t) for n, t, _ in events) == sorted(
         (f"{DAG_NAME}.features.{v}", f"materialize__{v}.finish") for v in DAG_VIEWS
     )
-    for _, _, extra in events:
+    for name, _, extra in events:
         assert extra["range"] == [LO.isoformat(), HI.isoformat()] and extra["version"] == 1
+        # the offline store's Iceberg state that holds the batch (its Glue metadata location)
+        view = name.rsplit(".", 1)[1]
+        assert extra["offline_snapshot_id"] == outs[view]["offline"]["metadata_location"]
+        assert extra["offline_snapshot_id"].startswith(f"s3://{BUCKET}/fraud/feature-store/")
 
     # the report: JSON under MLB_HOME/runs/<usecase>/features/, with the tasks' results
     reports = dag_world["home"] / "runs" / DAG_NAME / "features"
@@ -961,3 +995,89 @@ def test_features_dag_on_aws_under_moto(dag_world, lake):  # noqa: F811
         assert report["tasks"][f"materialize__{view}"]["put_record"] == outs[view]["put_record"]
         assert view in report["text"] and outs[view]["feature_group"] in report["text"]
     assert (reports / "latest.txt").read_text().strip() == report["text"].strip()
+
+
+# ---------------------------------------------------------------- the offline store: freshness, backfills
+
+
+def test_the_view_asset_is_emitted_only_when_the_offline_store_holds_the_batch(world, lake):
+    """The features step runs as in the DAG (prepare, the Athena statements, finish): when the
+    offline store does not hold the batch the statements wrote (here: the writes are accepted but
+    not there), the step fails naming the counts and emits no Asset; when it does, the Asset
+    carries the offline table's Iceberg state."""
+    from mlblueprints.aws import direct
+    from mlblueprints.core import service
+    from mlblueprints.core.context import StepContext
+    from mlblueprints.core.naming import feature_view_asset
+    from mlblueprints.features import steps
+
+    uc, rt, athena = world["uc"], world["rt"], world["athena"]
+    planned = {"range": [LO.isoformat(), HI.isoformat()], "views": ["card_activity"]}
+    run = RunInfo.for_usecase(uc, run_id="fresh", task_id="materialize__card_activity.athena")
+
+    athena.lagging.add("fv_card_activity_v1")
+    ctx = StepContext(uc=uc, run=run, runtime_factory=lambda: rt)
+    call = steps.materialize(ctx, "card_activity", planned)
+    with pytest.raises(fa.OfflineStoreIncomplete, match=r"holds 0 of the batch's \d+ rows"):
+        service.complete(ctx, call, direct.runner(rt, uc, run))
+    assert ctx.emitted == {}
+
+    athena.lagging.clear()
+    ctx = StepContext(uc=uc, run=RunInfo(**{**run.as_dict(), "try_number": 2}), runtime_factory=lambda: rt)
+    out = service.complete(ctx, steps.materialize(ctx, "card_activity", planned), direct.runner(rt, uc, ctx.run))
+    [(asset, extra)] = ctx.emitted.items()
+    assert asset == feature_view_asset(uc, "card_activity").name
+    assert extra["offline_snapshot_id"] == out["offline"]["metadata_location"] and out["offline"]["rows"] > 0
+
+
+BACKFILL_DAYS = 250
+
+
+@pytest.fixture
+def long_gold(aws_env, sagemaker_like_aws, monkeypatch):
+    """A Gold table of two rows on each of 250 event dates (no local oracle: the values are
+    synthetic), answered by the Athena twin."""
+    uc = aws_env["uc"]
+    _glue_gold(uc)
+    twin = AthenaTwin(DB, aws_env["tmp"], aws_env["kms"]).install(monkeypatch)
+    exprs = []
+    for name, t in gold_columns(uc, GOLD):
+        if name == "event_time":
+            exprs.append("TIMESTAMP '2023-06-01 06:00:00' + i * INTERVAL 12 HOUR")
+        elif name == "event_date":
+            exprs.append("CAST(TIMESTAMP '2023-06-01 06:00:00' + i * INTERVAL 12 HOUR AS DATE)")
+        elif t == "string":
+            exprs.append(
+                f"'{name[:4]}_' || CAST(i % 17 AS VARCHAR)"
+                if name != "transaction_id"
+                else "'tx_' || CAST(i AS VARCHAR)"
+            )
+        elif t in ("double", "float"):
+            exprs.append("CAST(i AS DOUBLE) / 4")
+        else:
+            exprs.append(f"CAST(i % 5 AS {t.upper()})")
+    cols = ", ".join(f'{e} AS "{n}"' for e, (n, _) in zip(exprs, gold_columns(uc, GOLD)))
+    twin.con.execute(f'CREATE TABLE {DB}."{GOLD}" AS SELECT {cols} FROM range({2 * BACKFILL_DAYS}) AS r(i)')
+    store = FeatureStoreTwin()
+    session = store.attach(boto3.Session(region_name=REGION))
+    return {**aws_env, "athena": twin, "store": store, "rt": boto3_runtime(uc, session)}
+
+
+def test_a_backfill_goes_to_the_offline_store_in_windows_of_at_most_100_event_dates(long_gold):
+    uc, athena = long_gold["uc"], long_gold["athena"]
+    lo = date(2023, 6, 1)
+    hi = lo + timedelta(days=BACKFILL_DAYS - 1)
+    run = RunInfo.for_usecase(uc, run_id="backfill")
+    out = run_direct(
+        uc, long_gold["rt"], AwsFeatureStore(uc, long_gold["rt"]).materialize("card_activity", lo, hi, run), run
+    )
+    inserts = [w for w in athena.writes if w["kind"] == "insert" and w["table"] == "fv_card_activity_v1"]
+    assert [w["partitions"] for w in inserts] == [100, 100, 50]
+    assert [q for q in out["statements"] if q.startswith("features_offline_")] == [
+        f"features_offline_card_activity__{k:03d}" for k in range(3)
+    ]
+    assert out["offline_rows"] == out["offline"]["rows"] == 2 * BACKFILL_DAYS
+    assert len(offline_records(athena, uc, "card_activity", out["offline"]["write_time"])) == 2 * BACKFILL_DAYS
+    # the offline table, partitioned by Feature Store on the event time string, is compacted whole
+    assert [m["op"] for m in athena.maintenance] == ["optimize", "alter", "vacuum"]
+    assert "where" not in athena.maintenance[0]

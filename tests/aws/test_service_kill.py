@@ -108,7 +108,7 @@ def test_killed_deferred_athena_task_stops_its_query_from_the_trigger(running_qu
     assert isinstance(trigger, StatementTrigger) and deferred.value.method_name == "resume_statements"
     # the trigger survives serialization (the triggerer rebuilds it from its kwargs)
     classpath, kwargs = trigger.serialize()
-    assert classpath == "mlblueprints.airflow.operators.StatementTrigger" and kwargs["index"] == 0
+    assert classpath == "mlblueprints.airflow.operators.StatementTrigger" and kwargs["name"] == "first"
     rebuilt = StatementTrigger(**kwargs)
     asyncio.run(rebuilt.on_kill())  # what the triggerer does when the deferred task is killed
     assert _states(running_queries) == ["CANCELLED"]
@@ -129,7 +129,7 @@ def test_resumed_athena_task_runs_the_remaining_statements_in_order(moto_world):
     with pytest.raises(TaskDeferred) as second:
         op.resume_statements(ctx, {"status": "success", "value": v1})
     v2 = second.value.trigger.return_value
-    assert v2["index"] == 1 and v2["done"] == {"first": v1["query_execution_id"]}
+    assert v2["name"] == "second" and v2["done"] == {"first": v1["query_execution_id"]}
     out = op.resume_statements(ctx, {"status": "success", "value": v2})
     assert out == {"queries": {"first": v1["query_execution_id"], "second": v2["query_execution_id"]}}
     athena = boto3.client("athena", region_name=REGION)
@@ -137,6 +137,108 @@ def test_resumed_athena_task_runs_the_remaining_statements_in_order(moto_world):
         athena.get_query_execution(QueryExecutionId=q)["QueryExecution"]["Query"] for q in out["queries"].values()
     }
     assert queries == {"SELECT 1", "SELECT 2"}
+
+
+def test_resumed_athena_task_runs_chunks_and_repeats_what_athena_asks_for(moto_world, monkeypatch):
+    """A chunked statement runs once per row of its plan, after the plan; a statement Athena ends
+    with "more runs needed" runs again (deferred each time); killed while deferred on a chunk,
+    the task stops that chunk's query."""
+    from airflow.exceptions import TaskDeferred
+    from moto_world import AthenaTwin
+
+    from mlblueprints.airflow.operators import AthenaStatementsOperator, StatementTrigger
+    from mlblueprints.core.service import placeholder
+
+    moto_world.bucket(BUCKET)
+    moto_world.workgroup(BUCKET)
+    twin = AthenaTwin("db", moto_world.tmp).install(monkeypatch)
+    twin._create_iceberg("t", [("d", "date"), ("x", "bigint")], [("d", "identity")])
+    twin.more_runs[("optimize", "t")] = 2
+    q = "'"
+    plan = (
+        f"SELECT 'k' AS kind, 1 AS chunk, 'DATE {q * 2}2024-01-03{q * 2}' AS dates UNION ALL "
+        f"SELECT 'k' AS kind, 0 AS chunk, 'DATE {q * 2}2024-01-01{q * 2}, DATE {q * 2}2024-01-02{q * 2}' AS dates"
+    )
+    op = AthenaStatementsOperator(
+        task_id="silver__x.athena",
+        statements=[
+            Statement("plan", plan, "select", fetch=True).as_dict(),
+            Statement(
+                "write",
+                f"SELECT count(*) FROM db.t WHERE d IN ({placeholder('dates')})",
+                "select",
+                each={"plan": "plan", "kind": "k"},
+            ).as_dict(),
+            Statement(
+                "optimize",
+                "OPTIMIZE db.t REWRITE DATA USING BIN_PACK",
+                "optimize",
+                repeat_on="ICEBERG_OPTIMIZE_MORE_RUNS_NEEDED",
+                max_runs=3,
+            ).as_dict(),
+        ],
+        database="db",
+        workgroup="mlblueprints",
+        result_configuration={"OutputLocation": f"s3://{BUCKET}/athena/"},
+        sleep_time=0,
+        deferrable=True,
+        aws_conn_id="aws_default",
+        region_name=REGION,
+    )
+    ctx = _context(op.task_id)
+    events, names, kwargs = [], [], {}
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(ctx)
+    trigger = deferred.value.trigger
+    while True:
+        value = trigger.return_value
+        names.append((value["name"], value["runs"]))
+        if value["name"] == "write__001":
+            _, kwargs = trigger.serialize()
+            assert kwargs["name"] == "write__001" and kwargs["done"]["write__000"]
+        failed = twin.failures.get(value["query_execution_id"])
+        event = (
+            {"status": "error", "message": failed, "value": value} if failed else {"status": "success", "value": value}
+        )
+        events.append(event)
+        try:
+            out = op.resume_statements(ctx, event)
+            break
+        except TaskDeferred as again:
+            trigger = again.trigger
+    assert names == [
+        ("plan", 1),
+        ("write__000", 1),
+        ("write__001", 1),
+        ("optimize", 1),
+        ("optimize", 2),
+        ("optimize", 3),
+    ]
+    assert list(out["queries"]) == ["plan", "write__000", "write__001", "optimize"]
+    chunked = [e["query"] for e in twin.executions if "count(*) FROM db.t" in e["query"]]
+    assert chunked == [
+        "SELECT count(*) FROM db.t WHERE d IN (DATE '2024-01-01', DATE '2024-01-02')",
+        "SELECT count(*) FROM db.t WHERE d IN (DATE '2024-01-03')",
+    ]
+    # each run of a repeated statement is a query of its own
+    assert len({e["id"] for e in twin.executions if e["query"].startswith("OPTIMIZE")}) == 3
+    # the trigger of a chunk stops that chunk's query when the deferred task is killed
+    athena = boto3.client("athena", region_name=REGION)
+    qid = next(e["value"]["query_execution_id"] for e in events if e["value"]["name"] == "write__001")
+    asyncio.run(StatementTrigger(**kwargs).on_kill())
+    assert athena.get_query_execution(QueryExecutionId=qid)["QueryExecution"]["Status"]["State"] == "CANCELLED"
+    # Athena still asking for more runs after max_runs: the task fails, saying so
+    twin.more_runs[("optimize", "t")] = 5
+    op.statements = op.statements[-1:]
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(ctx)
+    trigger = deferred.value.trigger
+    with pytest.raises(Exception, match=r"MORE_RUNS_NEEDED.*still after 3 run"):
+        for _ in range(5):
+            try:
+                op.resume_statements(ctx, {"status": "error", "value": trigger.return_value})
+            except TaskDeferred as again:
+                trigger = again.trigger
 
 
 @pytest.fixture

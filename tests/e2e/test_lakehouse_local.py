@@ -167,6 +167,14 @@ def test_gold_aggregates_match_an_independent_computation(in_pipeline_home, uc):
     first = silver.sort_values("event_time").groupby("card_id").head(1)["transaction_id"]
     assert (gold.loc[first, "card_txn_count_7d"] == 1).all()
     assert gold.loc[first, "seconds_since_prev_card_txn"].isna().all()
+    # the previous transaction of the card, within the 7-day lookback (ties by transaction id)
+    s = silver.sort_values(["card_id", "event_time", "transaction_id"])
+    prev = s.groupby("card_id")["event_time"].shift()
+    gap = (s["event_time"] - prev).dt.total_seconds()
+    want = gap.where(gap <= 7 * 86400).set_axis(s["transaction_id"])
+    got = gold.loc[want.index, "seconds_since_prev_card_txn"].astype(float)
+    np.testing.assert_array_equal(got.isna().values, want.isna().values)
+    np.testing.assert_allclose(got.dropna().values, want.dropna().values)
 
 
 def test_gates_wrote_results_and_data_docs(in_pipeline_home, uc):

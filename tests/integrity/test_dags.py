@@ -110,7 +110,10 @@ def test_house_rules(dagbag):
 def test_lakehouse_topology_and_assets(dagbag):
     dag = dagbag.dags["fraud_detection__lakehouse"]
     t = dag.task_dict
-    assert t["ingest__transactions"].downstream_task_ids == {"gate_bronze__transactions", "reconcile"}
+    # compaction takes every writing step's result (the partitions to rewrite)
+    assert t["ingest__transactions"].downstream_task_ids == {"gate_bronze__transactions", "reconcile", "compact"}
+    # the tables are created once, before anything writes
+    assert {f"ingest__{ds}" for ds in ("transactions", "customers", "merchants")} <= t["tables"].downstream_task_ids
     assert "silver__transactions" in t["gate_bronze__transactions"].downstream_task_ids
     assert t["gold__transaction_features"].upstream_task_ids >= {"gate_silver__transactions", "silver__transactions"}
     outlets = {task_id: [a.name for a in task.outlets] for task_id, task in t.items() if task.outlets}

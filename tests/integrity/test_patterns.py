@@ -86,6 +86,35 @@ def test_each_declaration_renders_to_the_dag_it_declares(pattern, target):
             assert declared[a.name] == a.uri
 
 
+@pytest.mark.parametrize("pattern", patterns.PATTERNS)
+def test_every_step_declares_the_type_of_its_result(pattern):
+    """What a step hands on is typed (mlblueprints.core.results) and checked by both orchestrators."""
+    from mlblueprints.core import results
+    from mlblueprints.core.service import resolve
+
+    spec = patterns.declare(pattern, _usecase("local"))
+    for step in spec.steps:
+        assert step.result, f"{spec.dag_id}: step {step.id} declares no result type"
+        assert step.result.startswith("mlblueprints.core.results:"), step.result
+        results._adapter(step.result)  # resolves, and pydantic can validate it
+        assert resolve(step.result) is not None
+
+
+def test_a_result_missing_a_key_fails_its_step_naming_the_key():
+    from mlblueprints.core.results import StepResultError, check
+
+    gold = {"table": "t", "recomputed": ["2024-03-01", "2024-03-02"], "rows_written": 10}
+    assert check("gold__t", "mlblueprints.core.results:GoldResult", gold) is gold
+    with pytest.raises(StepResultError) as err:
+        check("gold__t", "mlblueprints.core.results:GoldResult", {"table": "t", "rows_written": "many"})
+    assert "step gold__t returned a result that is not a GoldResult" in str(err.value)
+    assert "recomputed: Field required" in str(err.value) and "rows_written" in str(err.value)
+    # a step that may skip: either shape passes, anything else does not
+    assert check("compact", "mlblueprints.core.results:CompactStep", {"skipped": True})
+    with pytest.raises(StepResultError):
+        check("compact", "mlblueprints.core.results:CompactStep", {"tabels": {}})
+
+
 def test_a_declaration_with_a_dangling_edge_a_cycle_or_an_undeclared_asset_is_refused():
     asset = AssetSpec("uc.a", "file://mlblueprints/uc/a", "g")
 

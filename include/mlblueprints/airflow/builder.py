@@ -32,7 +32,7 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 from mlblueprints import backends
 from mlblueprints.config import UseCase
-from mlblueprints.core import service
+from mlblueprints.core import results, service
 from mlblueprints.core.context import StepContext
 from mlblueprints.errors import PermanentError, StepSkipped
 from mlblueprints.lineage import RunInfo
@@ -130,6 +130,7 @@ def _plain_step(spec: PatternSpec, uc: UseCase, step: Step, assets: dict[str, As
         out = _call(spec, step, ctx, actx, result_task)
         if service.is_call(out):
             raise RuntimeError(f"step {step.id} returned a service call but is not declared as a service step")
+        _guarded(lambda: results.check(step.id, step.result, out), actx)
         _emit(actx, ctx, assets)
         return out
 
@@ -176,6 +177,7 @@ def _service_step(
             else:
                 out = called["result"]
                 ctx.emitted.update(called.get("emitted") or {})
+            _guarded(lambda: results.check(step.id, step.result, out), actx)
             _emit(actx, ctx, assets)
             return out
 

@@ -6,13 +6,14 @@ provider's operators with what a lifecycle pattern needs on top:
 
 * :class:`AthenaStatementsOperator` runs a step's Athena statements in order (an
   ``AthenaOperator`` runs one): deferrable between statements, each with a client request
-  token unique per run, task, try and statement; killed while it runs (worker side: ``on_kill``;
-  while deferred: the trigger's ``on_kill``) it stops the running query.
-* :class:`TrainingJobOperator` (``SageMakerTrainingOperator``) and :class:`TransformJobOperator`
-  (``SageMakerTransformOperator``, CreateModel from the registered package then the Batch
-  Transform job) add a job name unique per try, a retry that adopts an earlier try's job only
-  after checking it does the same work (same data, image, hyperparameters / package), a deferral
-  as long as the job may take, and a kill that stops the job (the provider's leave it running).
+  token unique per run, task, try and statement; a chunked statement once per row of its plan
+  query, a statement Athena ends with its ``repeat_on`` error again (``core.service``); killed
+  while it runs (worker side: ``on_kill``; while deferred: the trigger's ``on_kill``) it stops
+  the running query.
+* :class:`TrainingJobOperator` and :class:`TransformJobOperator` (CreateModel from the registered
+  package, then the Batch Transform job) add to the provider's a job name unique per try, a retry
+  that adopts an earlier try's job only after checking it does the same work, a deferral as long
+  as the job may take, and a kill that stops the job (the provider's leave it running).
 
 The requests come from the pure builders (``mlblueprints.aws``) through the ``prepare`` task's
 XCom; the statements and the job's config are template fields, so the Airflow UI shows them.
@@ -66,9 +67,9 @@ def _aws_kwargs(op: Any) -> dict[str, Any]:
 
 
 class StatementTrigger(AthenaTrigger):
-    """AthenaTrigger that remembers which statement of a step it waits for (the task resumes from
-    the event, whatever the triggerer keeps of its kwargs) and stops its query when the task is
-    killed while deferred."""
+    """AthenaTrigger that remembers which statement of a step it waits for, and how often it ran
+    (the task resumes from the event, whatever the triggerer keeps of its kwargs), and stops its
+    query when the task is killed while deferred."""
 
     def __init__(
         self,
@@ -76,15 +77,16 @@ class StatementTrigger(AthenaTrigger):
         waiter_delay: int,
         waiter_max_attempts: int,
         aws_conn_id: str | None,
-        index: int = 0,
+        name: str = "",
+        runs: int = 1,
         done: dict[str, str] | None = None,
         **kwargs: Any,
     ):
         super().__init__(query_execution_id, waiter_delay, waiter_max_attempts, aws_conn_id, **kwargs)
         self.query_execution_id = query_execution_id
-        self.index, self.done = index, dict(done or {})
-        self.serialized_fields.update(index=index, done=self.done)
-        self.return_value = {"query_execution_id": query_execution_id, "index": index, "done": self.done}
+        self.name, self.runs, self.done = name, runs, dict(done or {})
+        self.serialized_fields.update(name=name, runs=runs, done=self.done)
+        self.return_value = {"query_execution_id": query_execution_id, "name": name, "runs": runs, "done": self.done}
 
     async def on_kill(self) -> None:
         hook = AthenaHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify)
@@ -114,14 +116,26 @@ class AthenaStatementsOperator(AwsBaseOperator[AthenaHook]):
         self.statements, self.database, self.workgroup = statements, database, workgroup
         self.result_configuration, self.sleep_time, self.deferrable = result_configuration, sleep_time, deferrable
         self.query_execution_id: str | None = None
+        self._plans: dict[str, list[dict[str, Any]]] = {}
 
     def _statements(self) -> list[service.Statement]:
         return [s if isinstance(s, service.Statement) else service.Statement(**s) for s in (self.statements or [])]
 
-    def _start(self, context: Any, st: service.Statement) -> str:
+    def _rows(self, query_execution_id: str) -> list[dict[str, Any]]:
+        """The rows of a finished plan query (chunked statements are expanded from them)."""
+        from mlblueprints.aws.session import rows_from_results
+
+        if query_execution_id not in self._plans:
+            pages = self.hook.get_query_results_paginator(query_execution_id) or []
+            self._plans[query_execution_id] = [r for page in pages for r in rows_from_results(page)]
+        return self._plans[query_execution_id]
+
+    def _start(self, context: Any, st: service.Statement, runs: int) -> str:
         ti = context["ti"]
-        token = req.client_request_token(context["run_id"], ti.task_id, ti.try_number, st.name)
-        self.log.info("athena %s: %s (%d characters of SQL)", st.kind, st.name, len(st.sql))
+        token = req.client_request_token(
+            context["run_id"], ti.task_id, ti.try_number, st.name, *([runs] if runs > 1 else [])
+        )
+        self.log.info("athena %s: %s (%d characters of SQL, run %d)", st.kind, st.name, len(st.sql), runs)
         self.query_execution_id = self.hook.run_query(
             st.sql,
             {"Database": self.database, "Catalog": "AwsDataCatalog"},
@@ -132,13 +146,20 @@ class AthenaStatementsOperator(AwsBaseOperator[AthenaHook]):
         return self.query_execution_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        return self._run_from(context, 0, {})
+        return self._run_from(context, {})
 
-    def _run_from(self, context: Any, index: int, done: dict[str, str]) -> dict[str, Any]:
+    def _run_from(
+        self, context: Any, done: dict[str, str], again: tuple[service.Statement, int] | None = None
+    ) -> dict[str, Any]:
+        """Run what is left: statements in order (chunks expanded), each polled in the worker or
+        deferred to a trigger; ``again`` is a statement to run once more (``repeat_on``)."""
         stmts = self._statements()
-        while index < len(stmts):
-            st = stmts[index]
-            qid = self._start(context, st)
+        while True:
+            st, runs = again or (service.next_statement(stmts, done, self._rows), 1)
+            again = None
+            if st is None:
+                break
+            qid = self._start(context, st, runs)
             if self.deferrable:
                 self.defer(
                     trigger=StatementTrigger(
@@ -146,33 +167,38 @@ class AthenaStatementsOperator(AwsBaseOperator[AthenaHook]):
                         waiter_delay=self.sleep_time,
                         waiter_max_attempts=10**6,
                         **_aws_kwargs(self),
-                        index=index,
+                        name=st.name,
+                        runs=runs,
                         done=done,
                     ),
                     method_name="resume_statements",
                 )
-            state = self.hook.poll_query_status(qid, sleep_time=self.sleep_time)
+            state = self.hook.poll_query_status(qid, max_polling_attempts=10**6, sleep_time=self.sleep_time)
             if state != "SUCCEEDED":
-                raise AirflowException(
-                    f"athena statement {st.name} ({qid}) ended {state}: {self.hook.get_state_change_reason(qid)}"
-                )
+                again = self._again(st, qid, state, runs)
+                continue
             done = {**done, st.name: qid}
-            index += 1
         self.query_execution_id = None
         return {"queries": done}
 
+    def _again(self, st: service.Statement, qid: str, state: str | None, runs: int) -> tuple[service.Statement, int]:
+        """A statement that did not succeed: run it again if Athena asks for more runs, else fail."""
+        reason = self.hook.get_state_change_reason(qid)
+        if not service.repeats(st, reason, runs):
+            raise AirflowException(service.failure_message(st, qid, state, reason, runs))
+        self.log.info("athena statement %s: %s; running it again", st.name, st.repeat_on)
+        return st, runs + 1
+
     def resume_statements(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, Any]:
         value = (event or {}).get("value")
-        if not event or event.get("status") != "success" or not isinstance(value, dict):
+        if not event or not isinstance(value, dict) or "name" not in value:
             raise AirflowException(f"athena statement failed: {event}")
-        stmts = self._statements()
-        index, qid = int(value["index"]), value["query_execution_id"]
+        done, qid = dict(value["done"]), value["query_execution_id"]
+        st = service.find_statement(self._statements(), done, self._rows, value["name"])
         state = self.hook.check_query_status(qid)
         if state != "SUCCEEDED":
-            raise AirflowException(
-                f"athena statement {stmts[index].name} ({qid}) ended {state}: {self.hook.get_state_change_reason(qid)}"
-            )
-        return self._run_from(context, index + 1, {**value["done"], stmts[index].name: qid})
+            return self._run_from(context, done, self._again(st, qid, state, int(value["runs"])))
+        return self._run_from(context, {**done, st.name: qid})
 
     def on_kill(self) -> None:
         """Stop the statement that is running (the task was killed, cleared or timed out)."""
@@ -208,7 +234,12 @@ class _OwnJobs:
     it still runs); a deferral on a trigger that stops the job when the task is killed; a kill that
     stops the job this try created; only a Completed job is a success."""
 
-    job_type = "Training"  # subclasses give: _name, _for_try, _differences, _to_create, _wait_attempts
+    # subclasses give: job_type, naming (use case, run id, try -> name), for_try (config, name, try ->
+    # the config of that try), _differences, _to_create, _wait_attempts
+    job_type, naming, for_try = "Training", staticmethod(tr.training_job_name), staticmethod(tr.request_for_try)
+
+    def _name(self, run_id: str, k: int) -> str:
+        return self.naming(self.usecase, run_id, k)
 
     def _describe(self, name: str) -> dict[str, Any] | None:
         try:
@@ -222,7 +253,7 @@ class _OwnJobs:
         if not self.config:
             return None
         run_id, try_number = context["run_id"], int(context["ti"].try_number)
-        self.config = self._for_try(self.config, self._name(run_id, try_number), try_number)
+        self.config = self.for_try(self.config, self._name(run_id, try_number), try_number)
         self.max_attempts = self._wait_attempts()
         kind = self.job_type.lower()
         for k in range(try_number, 0, -1):
@@ -255,10 +286,8 @@ class _OwnJobs:
         return dict(out or {})
 
     def _trigger(self, name: str, delay: int) -> StoppingSageMakerTrigger:
-        attempts = self._wait_attempts()
-        return StoppingSageMakerTrigger(
-            job_name=name, job_type=self.job_type, waiter_delay=delay, waiter_max_attempts=attempts, **_aws_kwargs(self)
-        )
+        kw = {"job_name": name, "job_type": self.job_type, "waiter_delay": delay, **_aws_kwargs(self)}
+        return StoppingSageMakerTrigger(waiter_max_attempts=self._wait_attempts(), **kw)
 
     def _wait_for(self, context: Any, name: str) -> dict[str, Any]:
         if self.deferrable:
@@ -291,18 +320,12 @@ class TrainingJobOperator(_OwnJobs, SageMakerTrainingOperator):
     (``how``: ``created``, or ``adopted`` - an earlier try's job of this run on the same input data,
     image and hyperparameters; see :func:`mlblueprints.aws.training.job_differences`)."""
 
-    job_type = "Training"
+    execute = _OwnJobs._adopt_or_start  # declared here: Airflow guards each operator's own execute
 
     def __init__(self, *, usecase: UseCase, **kwargs: Any):
         kwargs.setdefault("check_if_job_exists", False)  # the name is ours, unique per try
         super().__init__(**kwargs)
         self.usecase, self._created = usecase, None
-
-    def _name(self, run_id: str, k: int) -> str:
-        return tr.training_job_name(self.usecase, run_id, k)
-
-    def _for_try(self, config: dict[str, Any], name: str, k: int) -> dict[str, Any]:
-        return tr.request_for_try(config, name, k)
 
     def _differences(self, desc: dict[str, Any]) -> list[str]:
         return tr.job_differences(self.config, desc)
@@ -313,9 +336,6 @@ class TrainingJobOperator(_OwnJobs, SageMakerTrainingOperator):
     def _wait_attempts(self) -> int:  # as long as Spot may wait and the job may run
         return tr.wait_attempts(self.config or {}, self.check_interval)
 
-    def execute(self, context: Any) -> dict[str, Any] | None:
-        return self._adopt_or_start(context)
-
 
 class TransformJobOperator(_OwnJobs, SageMakerTransformOperator):
     """CreateModel (from the registered model package) and CreateTransformJob of one try, or adopt
@@ -324,17 +344,13 @@ class TransformJobOperator(_OwnJobs, SageMakerTransformOperator):
     "Transform": Describe..., "how": ...}``."""
 
     job_type = "Transform"
+    naming, for_try = staticmethod(sr.transform_job_name), staticmethod(sr.request_for_try)
+    execute = _OwnJobs._adopt_or_start
 
     def __init__(self, *, usecase: UseCase, max_wait_seconds: int = 86400, **kwargs: Any):
         kwargs.update(check_if_job_exists=False, check_if_model_exists=False)  # names are ours, per try
         super().__init__(**kwargs)
         self.usecase, self._created, self.max_wait_seconds = usecase, None, max_wait_seconds
-
-    def _name(self, run_id: str, k: int) -> str:
-        return sr.transform_job_name(self.usecase, run_id, k)
-
-    def _for_try(self, config: dict[str, Any], name: str, k: int) -> dict[str, Any]:
-        return sr.request_for_try(config, name, k)
 
     def _differences(self, desc: dict[str, Any]) -> list[str]:
         return sr.transform_job_differences(self.config, desc, lambda: self.hook.describe_model(desc["ModelName"]))
@@ -350,9 +366,6 @@ class TransformJobOperator(_OwnJobs, SageMakerTransformOperator):
 
     def _wait_attempts(self) -> int:
         return max(60, self.max_wait_seconds // max(1, self.check_interval) + 60)
-
-    def execute(self, context: Any) -> dict[str, Any] | None:
-        return self._adopt_or_start(context)
 
 
 # ---------------------------------------------------------------- the registry of service operators
@@ -375,24 +388,12 @@ def service_operator(kind: str, uc: UseCase, *, task_id: str, request: Any) -> A
             deferrable=deferrable(),
             **common,
         )
+    jobs = {"usecase": uc, "config": request, "wait_for_completion": True, "deferrable": deferrable(), **common}
+    jobs["check_interval"] = _poll("MLB_SAGEMAKER_POLL_SECONDS", 30)
     if kind == service.SAGEMAKER_TRANSFORM:
-        return TransformJobOperator(
-            usecase=uc,
-            config=request,
-            wait_for_completion=True,
-            check_interval=_poll("MLB_SAGEMAKER_POLL_SECONDS", 30),
-            max_wait_seconds=uc.scoring.sagemaker.max_wait_seconds if uc.scoring else 86400,
-            deferrable=deferrable(),
-            **common,
-        )
+        wait = uc.scoring.sagemaker.max_wait_seconds if uc.scoring else 86400
+        return TransformJobOperator(max_wait_seconds=wait, **jobs)
     if kind == service.SAGEMAKER_TRAINING:
-        return TrainingJobOperator(
-            usecase=uc,
-            config=request,
-            wait_for_completion=True,
-            print_log=os.environ.get("MLB_SAGEMAKER_PRINT_LOG", "1").lower() not in ("0", "false", "no"),
-            check_interval=_poll("MLB_SAGEMAKER_POLL_SECONDS", 30),
-            deferrable=deferrable(),
-            **common,
-        )
+        print_log = os.environ.get("MLB_SAGEMAKER_PRINT_LOG", "1").lower() not in ("0", "false", "no")
+        return TrainingJobOperator(print_log=print_log, **jobs)
     raise ValueError(f"no operator for service kind {kind!r}")

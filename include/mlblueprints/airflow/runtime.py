@@ -21,4 +21,4 @@ def connection_runtime(uc: UseCase) -> AwsRuntime:
         return AwsBaseHook(aws_conn_id=aws.aws_conn_id, region_name=aws.region, client_type=service, config=config).conn
 
     session = AwsBaseHook(aws_conn_id=aws.aws_conn_id, region_name=aws.region).get_session(region_name=aws.region)
-    return AwsRuntime(region=aws.region, client_factory=make, session=session)
+    return AwsRuntime(region=aws.region, client_factory=make, session=session, expected_bucket_owner=aws.account_id)

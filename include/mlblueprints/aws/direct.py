@@ -30,23 +30,39 @@ class ServiceJobFailed(RuntimeError):
 
 
 def run_athena(rt: AwsRuntime, uc: UseCase, statements: list[service.Statement], run: RunInfo) -> dict[str, Any]:
+    """Run the statements in order, as the Airflow operator does: chunked statements expanded
+    from their plan's rows, a statement that ends with its ``repeat_on`` error run again."""
     aws = uc.aws
     if aws is None:
         raise ValueError(f"{uc.name}: the aws section is required")
     athena = rt.client("athena")
     done: dict[str, str] = {}
-    for st in statements:
-        token = req.client_request_token(run.run_id, run.task_id, run.try_number, st.name)
-        qid = athena.start_query_execution(**req.athena_start_query(aws, st.sql, token))["QueryExecutionId"]
+    plans: dict[str, list[dict[str, Any]]] = {}
+
+    def rows_of(qid: str) -> list[dict[str, Any]]:
+        if qid not in plans:
+            plans[qid] = rt.fetch_rows(qid)
+        return plans[qid]
+
+    while (st := service.next_statement(statements, done, rows_of)) is not None:
+        runs = 1
         while True:
-            status = athena.get_query_execution(QueryExecutionId=qid)["QueryExecution"]["Status"]
-            if status["State"] in ATHENA_DONE:
-                break
-            time.sleep(rt.athena_poll_seconds)
-        if status["State"] != "SUCCEEDED":
-            raise ServiceJobFailed(
-                f"athena statement {st.name} ({qid}) ended {status['State']}: {status.get('StateChangeReason', '')}"
+            token = req.client_request_token(
+                run.run_id, run.task_id, run.try_number, st.name, *([runs] if runs > 1 else [])
             )
+            qid = athena.start_query_execution(**req.athena_start_query(aws, st.sql, token))["QueryExecutionId"]
+            while True:
+                status = athena.get_query_execution(QueryExecutionId=qid)["QueryExecution"]["Status"]
+                if status["State"] in ATHENA_DONE:
+                    break
+                time.sleep(rt.athena_poll_seconds)
+            if status["State"] == "SUCCEEDED":
+                break
+            reason = status.get("StateChangeReason", "")
+            if not service.repeats(st, reason, runs):
+                raise ServiceJobFailed(service.failure_message(st, qid, status["State"], reason, runs))
+            log.info("athena statement %s: %s; running it again (run %d)", st.name, st.repeat_on, runs + 1)
+            runs += 1
         done[st.name] = qid
     return {"queries": done}
 

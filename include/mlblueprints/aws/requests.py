@@ -18,10 +18,13 @@ def client_request_token(*parts: object) -> str:
 
 
 def athena_result_configuration(aws: AwsTarget) -> dict[str, Any]:
-    """Where Athena writes results, encrypted with the use case's KMS key."""
+    """Where Athena writes results, encrypted with the use case's KMS key, in a bucket the use
+    case's account must own. (Athena applies ``ExpectedBucketOwner`` to the results location
+    only, not to an UNLOAD's target: the worker's own S3 calls that read those files carry it.)"""
     return {
         "OutputLocation": aws.results_uri,
         "EncryptionConfiguration": {"EncryptionOption": "SSE_KMS", "KmsKey": aws.kms_key_arn},
+        "ExpectedBucketOwner": aws.account_id,
     }
 
 

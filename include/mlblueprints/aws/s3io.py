@@ -1,5 +1,12 @@
 """Thin S3 I/O shared by the aws backends: every upload SSE-KMS with the use case's key (bucket
-keys on), downloads verified, prefixes listed and cleaned. No logic beyond that."""
+keys on), downloads verified, prefixes listed and cleaned. No logic beyond that.
+
+Every call goes through a client of the runtime (:class:`~mlblueprints.aws.session.AwsRuntime`),
+which adds ``ExpectedBucketOwner`` to each S3 request. Uploads larger than
+:data:`PUT_OBJECT_MAX_BYTES` are multipart uploads made here rather than by boto3's
+``upload_file``: the transfer manager refuses ``BucketKeyEnabled`` in ``ExtraArgs``, so its uploads
+would silently fall back to the bucket's default; ``CreateMultipartUpload`` takes it.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +23,10 @@ from mlblueprints.config import AwsTarget
 
 log = logging.getLogger(__name__)
 
-PUT_OBJECT_MAX_BYTES = 100 * 1024 * 1024  # larger files go through upload_file (multipart)
+PUT_OBJECT_MAX_BYTES = 100 * 1024 * 1024  # larger files go up in parts (multipart upload)
+PART_BYTES = 64 * 1024 * 1024
+MAX_PARTS = 10_000  # S3's limit on the parts of one upload
+MIN_PART_BYTES = 5 * 1024 * 1024  # S3's smallest part (but the last)
 
 
 def error_code(exc: BaseException) -> str:
@@ -33,15 +43,44 @@ def sha256_file(path: Path) -> str:
 
 
 def put_file(s3: Any, path: Path, uri: str, aws: AwsTarget, content_type: str) -> None:
-    """Upload a local file, SSE-KMS with the use case's key."""
+    """Upload a local file, SSE-KMS with the use case's key and bucket keys on (multipart above
+    :data:`PUT_OBJECT_MAX_BYTES`)."""
     bucket, key = req.split_s3_uri(uri)
     extra = {**req.s3_put_kms(aws), "ContentType": content_type}
-    if Path(path).stat().st_size <= PUT_OBJECT_MAX_BYTES:
+    size = Path(path).stat().st_size
+    if size <= PUT_OBJECT_MAX_BYTES:
         with Path(path).open("rb") as f:
             s3.put_object(Bucket=bucket, Key=key, Body=f, **extra)
-    else:  # multipart; boto3's upload_file refuses BucketKeyEnabled (the bucket's default applies)
-        extra.pop("BucketKeyEnabled", None)
-        s3.upload_file(str(path), bucket, key, ExtraArgs=extra)
+    else:
+        put_multipart(s3, Path(path), bucket, key, extra, size)
+
+
+def put_multipart(s3: Any, path: Path, bucket: str, key: str, extra: dict[str, Any], size: int) -> None:
+    """A multipart upload: encryption and bucket keys are set on the create call (what boto3's
+    ``upload_file`` cannot do); an upload that fails is aborted, so no parts are left billed."""
+    part = max(PART_BYTES, MIN_PART_BYTES, -(-size // MAX_PARTS))
+    upload = s3.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
+    try:
+        parts = []
+        with path.open("rb") as f:
+            number = 1
+            while chunk := f.read(part):
+                got = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=chunk)
+                parts.append(
+                    {
+                        "PartNumber": number,
+                        "ETag": got["ETag"],
+                        **{k: v for k, v in got.items() if k.startswith("Checksum")},
+                    }
+                )
+                number += 1
+        s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": parts})
+    except BaseException:
+        try:
+            s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+        except Exception as exc:  # the upload's own error is the one to raise
+            log.warning("could not abort the multipart upload of s3://%s/%s: %s", bucket, key, exc)
+        raise
 
 
 def put_bytes(s3: Any, body: bytes, uri: str, aws: AwsTarget, content_type: str, **extra: Any) -> None:

@@ -16,8 +16,9 @@ on a local result, and after the job on a service call.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -35,16 +36,109 @@ MARK = "__service_call__"
 @dataclass
 class Statement:
     """One Athena statement of a step. ``body`` is the SELECT inside it (for validation);
-    ``fetch`` says that the step reads the statement's result rows afterwards."""
+    ``fetch`` says that the step reads the statement's result rows afterwards.
+
+    Two things only the service can decide are said here, and whoever runs the statements (the
+    Airflow operator, :mod:`mlblueprints.aws.direct`, a state machine) does them the same way:
+
+    * ``each``: the statement is a template run once per row of an earlier ``fetch`` statement's
+      result (``{"plan": <its name>, "kind": <value of its kind column>}``), the row's values
+      replacing the placeholders (:func:`placeholder`); see :func:`expand`. How many partitions
+      a write touches is known only from the data, so the chunks are planned by a query.
+    * ``repeat_on``: an Athena error (``ICEBERG_OPTIMIZE_MORE_RUNS_NEEDED``) on which the statement
+      is run again, at most ``max_runs`` times in all (:func:`repeats`).
+    """
 
     name: str
     sql: str
-    kind: str  # merge | insert | delete | select | unload | optimize | vacuum
+    kind: str  # merge | insert | delete | select | unload | optimize | vacuum | alter
     body: str | None = None
     fetch: bool = False
+    each: dict[str, Any] | None = None
+    repeat_on: str | None = None
+    max_runs: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# what a chunk plan may put into a statement: a list of DATE literals, nothing else
+CHUNK_VALUE = re.compile(r"^DATE '\d{4}-\d{2}-\d{2}'(, DATE '\d{4}-\d{2}-\d{2}')*$")
+
+
+def placeholder(column: str) -> str:
+    """The token a chunked statement carries where a plan row's ``column`` goes. It is a quoted
+    string literal, so the template is valid SQL (sqlglot transpiles it untouched)."""
+    return "'{{" + column + "}}'"
+
+
+def expand(st: Statement, rows: list[dict[str, Any]]) -> list[Statement]:
+    """The statements a chunked statement stands for: one per row of its plan (of its ``kind``),
+    in the order of the rows' ``chunk``, named ``<name>__<nnn>``. A plan value must be a list of
+    DATE literals (:data:`CHUNK_VALUE`): nothing else is ever spliced into SQL."""
+    if not st.each:
+        return [st]
+    kind = st.each.get("kind")
+    chosen = [r for r in rows if kind is None or r.get("kind") == kind]
+    chosen.sort(key=lambda r: int(r.get("chunk") or 0))
+    out = []
+    for i, row in enumerate(chosen):
+        sql, body = st.sql, st.body
+        for column, value in row.items():
+            token = placeholder(column)
+            if token not in sql:
+                continue
+            if not CHUNK_VALUE.match(str(value or "")):
+                raise ValueError(f"statement {st.name}: plan value {column}={str(value)[:80]!r} is not a list of dates")
+            sql = sql.replace(token, value)
+            body = body.replace(token, value) if body else body
+        if "'{{" in sql:
+            raise ValueError(f"statement {st.name}: a placeholder is left unfilled by its plan row {row}")
+        out.append(replace(st, name=f"{st.name}__{i:03d}", sql=sql, body=body, each=None))
+    return out
+
+
+def next_statement(
+    statements: list[Statement], done: dict[str, str], rows_of: Callable[[str], list[dict[str, Any]]]
+) -> Statement | None:
+    """The first statement (chunks expanded) not yet in ``done`` ({name: query id}); None when
+    all ran. ``rows_of(query id)`` gives a finished plan query's rows. Decided from ``done``
+    alone, so a runner that resumes (a deferred task, a retried state) continues where it was."""
+    for st in statements:
+        if not st.each:
+            if st.name not in done:
+                return st
+            continue
+        plan = st.each["plan"]
+        if plan not in done:
+            raise RuntimeError(f"statement {st.name} is planned by {plan}, which has not run before it")
+        for child in expand(st, rows_of(done[plan])):
+            if child.name not in done:
+                return child
+    return None
+
+
+def find_statement(
+    statements: list[Statement], done: dict[str, str], rows_of: Callable[[str], list[dict[str, Any]]], name: str
+) -> Statement:
+    """The statement (or chunk) called ``name``."""
+    for st in statements:
+        for child in expand(st, rows_of(done[st.each["plan"]])) if st.each else [st]:
+            if child.name == name:
+                return child
+    raise KeyError(name)
+
+
+def repeats(st: Statement, reason: str | None, runs: int) -> bool:
+    """Whether a statement that failed with ``reason`` after ``runs`` runs is to run again."""
+    return bool(st.repeat_on) and st.repeat_on in (reason or "") and runs < st.max_runs
+
+
+def failure_message(st: Statement, query_id: str, state: str | None, reason: str | None, runs: int) -> str:
+    msg = f"athena statement {st.name} ({query_id}) ended {state}: {reason or 'no reason given'}"
+    if st.repeat_on and st.repeat_on in (reason or ""):
+        msg += f" (still after {runs} run(s); at most {st.max_runs})"
+    return msg
 
 
 @dataclass

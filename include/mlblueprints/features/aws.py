@@ -7,20 +7,29 @@ A materialization of a view for the event dates [lo, hi]:
    naming the view and the column);
 2. creates the view's feature group if it does not exist and waits until it is ``Created``; an
    existing group must have the same features with the same Feature Store types (a type change
-   means a new ``version``, hence a new group);
-3. UNLOADs the batch (:func:`core.batch_sql` over the Gold table, transpiled to Trino) as
-   Parquet to an S3 prefix unique per run and try, encrypted like every query result with the use
-   case's KMS key, and counts the rows it leaves out (:func:`core.skipped_sql`, a SELECT);
-4. reads the batch in the worker and sends every row to the offline store (PutRecord,
-   ``TargetStores=["OfflineStore"]``) and the newest row per entity (:func:`core.latest_sql`)
-   to the online store (``["OnlineStore"]``), in parallel, retrying throttling and 5xx errors
-   with exponential backoff and jitter; a record that still fails fails the task.
+   means a new ``version``, hence a new group); its offline store table must be in Glue;
+3. runs Athena statements (:func:`materialize_statements`): the history goes to the offline
+   store as files - the batch (:func:`core.batch_sql` over Gold) INSERTed into the offline
+   store's Iceberg table, by windows of at most 100 event dates - and a check counts the batch
+   and the rows of this write the offline store holds; the newest row per entity is UNLOADed
+   (Parquet, KMS) for the online store; the offline table is compacted and vacuumed;
+4. in the worker: fails unless the offline store holds the whole batch (so the view's Asset,
+   which a training run waits for, is emitted only then), and sends the newest row per entity to
+   the online store (PutRecord, ``TargetStores=["OnlineStore"]``) in parallel, retrying
+   throttling and 5xx errors with exponential backoff and jitter; a record that still fails
+   fails the task.
+
+Why not PutRecord for the history: Feature Store buffers offline writes and lands them in S3
+"within 15 minutes", so an Asset emitted when PutRecord returns points at an offline store that
+does not hold the batch yet; and one call per row is hours and a cost per row at millions of
+rows. An Athena INSERT is one commit per window, visible when the statement ends.
 
 Differences from the local target (``features.local``), both due to Feature Store itself:
 
-* the offline store is append-only: a rerun of a range appends its rows again. Readers dedupe
-  by (record identifier, ``event_time``), keeping the newest ``write_time`` /
-  ``api_invocation_time`` - the offline rows of an entity and instant are then the last run's;
+* the offline store is append-only: a rerun of a range appends its rows again (with a newer
+  ``write_time``). Readers dedupe by (record identifier, ``event_time``), keeping the newest
+  ``write_time`` / ``api_invocation_time`` - the offline rows of an entity and instant are then
+  the last run's;
 * the online store keeps a record until a newer event time (or its TTL) replaces it: an entity
   whose newest row disappears from Gold, or moves to an earlier time, keeps the newer value it
   had online (the local store re-resolves or deletes it). Writing an older range again never
@@ -56,7 +65,7 @@ from mlblueprints.core.naming import safe
 from mlblueprints.core.service import ServiceCall, Statement
 from mlblueprints.features import core
 from mlblueprints.features.core import FeatureViewError, ViewColumns
-from mlblueprints.lakehouse.aws import fq, unload_statement
+from mlblueprints.lakehouse.aws import chunk_name, date_windows, fq, maintenance_statements, unload_statement
 from mlblueprints.lakehouse.sqlgen import ident, literal, sql_type, to_trino
 from mlblueprints.lineage import RunInfo
 
@@ -68,6 +77,30 @@ BACKOFF_MAX_SECONDS = 20.0
 # Feature Store's own 5xx errors, plus throttling; botocore's standard retry conditions add theirs
 RETRYABLE_CODES = frozenset({"ThrottlingException", "ServiceUnavailable", "InternalFailure"})
 FETCH_ROWS = 10_000
+# the columns Feature Store adds to every offline-store row
+WRITE_TIME, API_TIME, IS_DELETED = "write_time", "api_invocation_time", "is_deleted"
+
+
+class OfflineStoreIncomplete(RuntimeError):
+    """The offline store does not hold the whole batch just written: no Asset is emitted."""
+
+
+def offline_table_location(uc: UseCase, view: str, glue: Any) -> str | None:
+    """The Glue ``metadata_location`` of a view's offline store (the Iceberg table Feature Store
+    registers with the feature group); a missing table fails with what to do."""
+    aws = uc.aws_settings
+    table = core.offline_table(uc, view)
+    try:
+        t = glue.get_table(DatabaseName=aws.glue_database, Name=table)["Table"]
+    except glue.exceptions.EntityNotFoundException:
+        raise FeatureViewError(
+            uc,
+            view,
+            None,
+            f"the offline store table {aws.glue_database}.{table} of feature group {core.feature_group_name(uc, view)} "
+            "is not in the Glue Data Catalog (the group must be created with its Glue table)",
+        ) from None
+    return (t.get("Parameters") or {}).get("metadata_location")
 
 
 class PutRecordError(RuntimeError):
@@ -404,19 +437,109 @@ def _rows(con: Any, sql: str) -> Iterator[dict[str, Any]]:
             yield dict(zip(names, r))
 
 
-def materialize_statements(
-    uc: UseCase, view: str, cols: ViewColumns, lo: date, hi: date, target: str
-) -> list[Statement]:
-    """The UNLOAD of a view's batch (:func:`core.batch_sql` over its Gold table) and the SELECT
-    counting the rows it leaves out (:func:`core.skipped_sql`)."""
+def _text_sql(expr: str, type_: str, *, event_time: bool = False) -> str:
+    """Trino: a value as Feature Store's String feature holds it - the same text as
+    :func:`fsreq.value_as_string` (dates ``YYYY-MM-DD``, timestamps ISO-8601 UTC with ``Z``,
+    milliseconds for the event time, else micro- or milliseconds when the value has them)."""
+    if type_ == "timestamp":
+        ms = f"date_diff('millisecond', date_trunc('second', {expr}), {expr})"
+        us = f"date_diff('microsecond', date_trunc('second', {expr}), {expr})"
+        ms_part = f"concat('.', lpad(CAST({ms} AS varchar), 3, '0'))"
+        if event_time:
+            frac = f"CASE WHEN {ms} = 0 THEN '' ELSE {ms_part} END"
+        else:
+            us_part = f"concat('.', lpad(CAST({us} AS varchar), 6, '0'))"
+            frac = f"CASE WHEN {us} = 0 THEN '' WHEN {us} % 1000 = 0 THEN {ms_part} ELSE {us_part} END"
+        text = f"concat(date_format({expr}, '%Y-%m-%dT%H:%i:%s'), {frac}, 'Z')"
+    elif type_ == "boolean":
+        text = f"CASE WHEN {expr} THEN '1' ELSE '0' END"
+    else:  # string, date, integers: their text is the cast
+        text = f"CAST({expr} AS varchar)"
+    return f"CASE WHEN {expr} IS NULL THEN NULL ELSE {text} END"
+
+
+def _offline_value_sql(name: str, type_: str, expr: str) -> str:
+    """Trino: a feature as the offline store's column holds it (Feature Store's types: String ->
+    string, Integral -> bigint, Fractional -> double; a non-finite double is null, as PutRecord
+    cannot store it either)."""
+    kind = fsreq.FEATURE_TYPE[type_]
+    if kind == "Integral":
+        if type_ == "boolean":
+            return f"CASE WHEN {expr} IS NULL THEN NULL WHEN {expr} THEN 1 ELSE 0 END"
+        return f"CAST({expr} AS bigint)"
+    if kind == "Fractional":
+        return f"CASE WHEN is_finite(CAST({expr} AS double)) THEN CAST({expr} AS double) END"
+    return _text_sql(expr, type_, event_time=name == fsreq.EVENT_TIME)
+
+
+def offline_insert_sql(uc: UseCase, view: str, cols: ViewColumns, lo: date, hi: date, write_time: datetime) -> str:
+    """INSERT the batch of [lo, hi] into the view's offline store (the Iceberg table Feature Store
+    registered in Glue), one row per batch row with Feature Store's own columns: ``write_time``
+    and ``api_invocation_time`` are this materialization's write time, ``is_deleted`` false."""
     v = uc.features[view]
+    batch = to_trino(core.batch_sql(cols, fq(uc, v.source), uc.gold[v.source].primary_key, lo, hi))
+    types = fsreq.feature_types(cols)
+    exprs = []
+    for name in fsreq.feature_names(cols):
+        if name == core.RECORD_ID:
+            parts = [_text_sql(f"b.{ident(k)}", t) for k, t in cols.entity]
+            exprs.append("concat(" + ", '#', ".join(parts) + ")")
+        else:
+            exprs.append(_offline_value_sql(name, types[name], f"b.{ident(name)}"))
+    stamp = f"TIMESTAMP {literal(write_time.strftime('%Y-%m-%d %H:%M:%S.%f'))}"
+    names = [*fsreq.feature_names(cols), WRITE_TIME, API_TIME, IS_DELETED]
+    return (
+        f"INSERT INTO {fq(uc, core.offline_table(uc, view))} ({', '.join(ident(n) for n in names)}) "
+        f"SELECT {', '.join(exprs)}, {stamp}, {stamp}, FALSE FROM ({batch}) AS b"
+    )
+
+
+def materialize_statements(
+    uc: UseCase, view: str, cols: ViewColumns, lo: date, hi: date, target: str, write_time: datetime
+) -> list[Statement]:
+    """A view's materialization as Athena statements, in order:
+
+    * ``features_skipped_<view>``: the rows the batch leaves out (:func:`core.skipped_sql`);
+    * (offline store) ``features_offline_<view>``: the batch (:func:`core.batch_sql`) INSERTed
+      into the offline store's Iceberg table, one statement per window of at most
+      ``aws.athena_max_partitions_per_write`` event dates (the table has a partition per event
+      day), then ``features_check_<view>``: how many rows the batch has and how many of this
+      write the offline store holds - the step emits the view's Asset only when they are equal;
+    * (online store) ``features_unload_<view>``: the newest row per entity UNLOADed (ZSTD
+      Parquet) for the worker to PutRecord into the online store;
+    * (offline store) compaction of the offline table and VACUUM with the configured retention.
+    """
+    v = uc.features[view]
+    aws = uc.aws_settings
     source = fq(uc, v.source)
-    body = to_trino(core.batch_sql(cols, source, uc.gold[v.source].primary_key, lo, hi))
+    batch = core.batch_sql(cols, source, uc.gold[v.source].primary_key, lo, hi)
     skipped = to_trino(core.skipped_sql(cols, source, lo, hi))
-    return [
-        unload_statement(f"features_unload_{view}", body, target),
-        Statement(f"features_skipped_{view}", skipped, "select", skipped, fetch=True),
-    ]
+    out = [Statement(f"features_skipped_{view}", skipped, "select", skipped, fetch=True)]
+    if "offline" in v.stores:
+        table = core.offline_table(uc, view)
+        windows = date_windows(lo, hi, aws.athena_max_partitions_per_write)
+        for k, (w_lo, w_hi) in enumerate(windows):
+            sql = offline_insert_sql(uc, view, cols, w_lo, w_hi, write_time)
+            out.append(Statement(chunk_name(f"features_offline_{view}", k, len(windows)), sql, "insert"))
+        stamp = f"TIMESTAMP {literal(write_time.strftime('%Y-%m-%d %H:%M:%S.%f'))}"
+        check = to_trino(
+            f"SELECT (SELECT count(*) FROM ({batch}) AS b) AS batch_rows, "
+            f"(SELECT count(*) FROM {fq(uc, table)} WHERE {ident(WRITE_TIME)} = {stamp} "
+            f"AND {ident(API_TIME)} = {stamp}) AS offline_rows"
+        )
+        out.append(Statement(f"features_check_{view}", check, "select", check, fetch=True))
+    else:
+        count = to_trino(f"SELECT count(*) AS batch_rows FROM ({batch}) AS b")
+        out.append(Statement(f"features_check_{view}", count, "select", count, fetch=True))
+    if "online" in v.stores:
+        out.append(unload_statement(f"features_unload_{view}", to_trino(core.latest_sql(cols, f"({batch})")), target))
+    if "offline" in v.stores:
+        retention = aws.feature_store.offline_snapshot_retention_days or uc.lakehouse.snapshot_retention_days
+        # Feature Store partitions the offline table by a transform of the event-time string,
+        # which Athena cannot take as an OPTIMIZE predicate (only partition columns): the whole
+        # table is compacted; BIN_PACK rewrites only its small files (and those with deletes).
+        out += maintenance_statements(uc, core.offline_table(uc, view), None, None, retention)
+    return out
 
 
 # ---------------------------------------------------------------- online reads
@@ -524,31 +647,40 @@ class AwsFeatureStore:
         self.rt = rt
 
     def materialize(self, view: str, lo: date, hi: date, run: RunInfo) -> ServiceCall:
-        """Check the view against Gold, ensure its feature group (module docstring, 1-2) and ask
-        for the batch's UNLOAD (3); :meth:`resume_materialize` writes the records (4)."""
+        """Check the view against Gold, ensure its feature group and its offline table (module
+        docstring, 1-2) and return the Athena statements of 3; :meth:`resume_materialize` does 4."""
         uc = self.uc
-        cols = view_columns(uc, view, self.rt.client("glue"), self.rt.client("s3"))
+        glue = self.rt.client("glue")
+        cols = view_columns(uc, view, glue, self.rt.client("s3"))
         sm, _ = clients(self.rt, uc)
         group = ensure_feature_group(sm, uc, view, cols, self.aws.feature_store.wait_seconds, POLL_SECONDS)
+        if "offline" in uc.features[view].stores:
+            offline_table_location(uc, view, glue)  # Feature Store registered it with the group
         target = staging_uri(uc, view, run)
+        write_time = datetime.now(UTC).replace(tzinfo=None)
         state = {
             "view": view,
             "range": [lo.isoformat(), hi.isoformat()],
             "cols": cols.as_dict(),
             "group": group,
             "target": target,
+            "write_time": write_time.isoformat(),
             "run": run.as_dict(),
             "started": time.time(),
         }
-        stmts = materialize_statements(uc, view, cols, lo, hi, target)
+        stmts = materialize_statements(uc, view, cols, lo, hi, target, write_time)
         return service.athena(stmts, self.CAPABILITY, "resume_materialize", state, view=view)
 
     def resume_materialize(self, state: dict[str, Any], output: dict[str, Any]) -> dict[str, Any]:
         """Returns the same counts as the local target: ``rows_in`` (Gold rows of the range, plus
         those without an event time), ``skipped_null_key``, ``skipped_null_event_time``,
         ``collapsed_duplicates`` (rows sharing an entity and instant with the one kept),
-        ``offline_rows`` (history records sent), ``online_entities`` (newest record per entity
-        sent); ``rows_in`` is the sum of the four."""
+        ``offline_rows`` (history rows written to the offline store), ``online_entities`` (newest
+        record per entity sent); ``rows_in`` is the sum of the four.
+
+        Raises :class:`OfflineStoreIncomplete` when the offline store does not hold every row of
+        the batch: the step then fails and emits no Asset, so nothing downstream (a training set)
+        reads an offline store without the batch."""
         import duckdb
 
         uc, view = self.uc, state["view"]
@@ -563,51 +695,66 @@ class AwsFeatureStore:
         queries = output["queries"]
         counts = self.rt.fetch_rows(queries[f"features_skipped_{view}"])
         null_key, null_et, total = (int(x or 0) for x in list(counts[0].values())[:3]) if counts else (0, 0, 0)
-        typed = [*cols.entity, (fsreq.EVENT_TIME, "timestamp"), *cols.features, ("event_date", "date")]
+        [check] = self.rt.fetch_rows(queries[f"features_check_{view}"]) or [{}]
+        batch_rows = int(check.get("batch_rows") or 0)
+        collapsed = total - null_key - null_et - batch_rows
+        if collapsed < 0:
+            raise RuntimeError(
+                f"{uc.name}: features.{view}: the batch has {batch_rows} rows but Gold only "
+                f"{total - null_key - null_et} usable ones: Gold changed while materializing; rerun the step"
+            )
+        offline: dict[str, Any] = {}
+        if "offline" in v.stores:
+            held = int(check.get("offline_rows") or 0)
+            table = core.offline_table(uc, view)
+            if held != batch_rows:
+                raise OfflineStoreIncomplete(
+                    f"{uc.name}: features.{view}: the offline store {self.aws.glue_database}.{table} holds {held} of "
+                    f"the batch's {batch_rows} rows written at {state['write_time']}; the view's Asset is not "
+                    "emitted (rerun the step: a new try writes the batch again and readers keep the newest write)"
+                )
+            offline = {
+                "table": f"{self.aws.glue_database}.{table}",
+                "rows": held,
+                "write_time": state["write_time"],
+                "metadata_location": offline_table_location(uc, view, self.rt.client("glue")),
+            }
         puts: dict[str, Any] = {}
-        with tempfile.TemporaryDirectory(dir=runtime.path("tmp")) as tmp:
-            files = s3io.download_prefix(s3, target, Path(tmp))
-            con = duckdb.connect()
-            if files:
-                paths = ", ".join(literal(p) for _, p in files)
-                src = f"SELECT * FROM read_parquet([{paths}], union_by_name = true)"
-            else:  # nothing in the range: an empty, typed batch
-                src = (
-                    "SELECT "
-                    + ", ".join(f"CAST(NULL AS {sql_type(t)}) AS {ident(c)}" for c, t in typed)
-                    + " WHERE FALSE"
+        entities = 0
+        files: list[tuple[str, str]] = []
+        if "online" in v.stores:
+            with tempfile.TemporaryDirectory(dir=runtime.path("tmp")) as tmp:
+                files = s3io.download_prefix(s3, target, Path(tmp))
+                con = duckdb.connect()
+                typed = [*cols.entity, (fsreq.EVENT_TIME, "timestamp"), *cols.features, ("event_date", "date")]
+                if files:
+                    paths = ", ".join(literal(p) for _, p in files)
+                    src = f"SELECT * FROM read_parquet([{paths}], union_by_name = true)"
+                else:  # nothing in the range: an empty, typed batch
+                    src = (
+                        "SELECT "
+                        + ", ".join(f"CAST(NULL AS {sql_type(t)}) AS {ident(c)}" for c, t in typed)
+                        + " WHERE FALSE"
+                    )
+                con.execute(f"CREATE VIEW latest AS {src}")
+                entities = con.execute("SELECT count(*) FROM latest").fetchone()[0]
+                online = (
+                    fsreq.put_record_request(uc, view, cols, r, [fsreq.ONLINE_STORE])
+                    for r in _rows(con, "SELECT * FROM latest")
                 )
-            con.execute(f"CREATE VIEW batch AS {src}")
-            batch_rows = con.execute("SELECT count(*) FROM batch").fetchone()[0]
-            latest = core.latest_sql(cols, "batch")
-            entities = con.execute(f"SELECT count(*) FROM ({latest})").fetchone()[0]
-            collapsed = total - null_key - null_et - batch_rows
-            if collapsed < 0:
-                raise RuntimeError(
-                    f"{uc.name}: features.{view}: the batch has {batch_rows} rows but Gold only "
-                    f"{total - null_key - null_et} usable ones: Gold changed while materializing; rerun the step"
-                )
-            if "offline" in v.stores:
-                offline = (
-                    fsreq.put_record_request(uc, view, cols, r, [fsreq.OFFLINE_STORE])
-                    for r in _rows(con, "SELECT * FROM batch")
-                )
-                puts["offline"] = put_records(fs, offline, opts.put_record_workers, opts.max_attempts)
-            if "online" in v.stores:
-                online = (fsreq.put_record_request(uc, view, cols, r, [fsreq.ONLINE_STORE]) for r in _rows(con, latest))
                 puts["online"] = put_records(fs, online, opts.put_record_workers, opts.max_attempts)
-            con.close()
-        s3io.delete_keys(s3, req.split_s3_uri(target)[0], [k for k, _ in files], target)
+                con.close()
+            s3io.delete_keys(s3, req.split_s3_uri(target)[0], [k for k, _ in files], target)
         group = state["group"]
         log.info(
-            "features.%s [%s, %s] -> %s: %d Gold rows, %d history records, %d entities online (%d+%d skipped, %d collapsed)",
+            "features.%s [%s, %s] -> %s: %d Gold rows, %d history rows offline, %d entities online (%d+%d skipped, %d collapsed)",
             view,
             lo,
             hi,
             group["name"],
             total,
             batch_rows if "offline" in v.stores else 0,
-            entities if "online" in v.stores else 0,
+            entities,
             null_key,
             null_et,
             collapsed,
@@ -621,7 +768,9 @@ class AwsFeatureStore:
             "skipped_null_event_time": int(null_et),
             "collapsed_duplicates": int(collapsed),
             "offline_rows": int(batch_rows) if "offline" in v.stores else 0,
-            "online_entities": int(entities) if "online" in v.stores else 0,
+            "online_entities": int(entities),
+            "offline": offline,
+            "offline_snapshot_id": offline.get("metadata_location"),
             "feature_group": group["name"],
             "feature_group_arn": group["arn"],
             "feature_group_created": group["created"],

@@ -49,7 +49,7 @@ def materialize(ctx: StepContext, view: str, planned: dict[str, Any]) -> Any:
 def _materialized(ctx: StepContext, out: dict[str, Any]) -> dict[str, Any]:
     view = out["view"]
     log.info(
-        "%s %s..%s: %s rows in, %s offline rows, %s entities online, skipped %s null key / %s null time, "
+        "%s %s..%s: %s rows in, %s offline rows, %s entities written online (this batch), skipped %s null key / %s null time, "
         "%s same-instant duplicates collapsed",
         view,
         *out["range"],

@@ -27,8 +27,10 @@ Differences from the local target (Athena exposes less of a raw file than DuckDB
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import re
 import tempfile
 import time
 from collections.abc import Iterable
@@ -44,6 +46,7 @@ from mlblueprints.config import Dataset, UseCase
 from mlblueprints.core import service
 from mlblueprints.core.naming import safe
 from mlblueprints.core.service import ServiceCall, Statement
+from mlblueprints.errors import PermanentError
 from mlblueprints.lakehouse import accounting, naming, sqlgen
 from mlblueprints.lakehouse.naming import gold_date_range
 from mlblueprints.lakehouse.sqlgen import LINEAGE, ident, literal
@@ -125,8 +128,13 @@ def gold_columns(uc: UseCase, gold: str) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- catalog
 
 
-def ensure_tables(uc: UseCase, rt: AwsRuntime) -> list[str]:
+def ensure_tables(uc: UseCase, rt: AwsRuntime) -> dict[str, Any]:
     """Create the Glue database, the landing tables and the Iceberg tables that are missing.
+
+    Run once per DAG run, by its ``tables`` step, before any step writes (so parallel ingest
+    tasks never race to create the same table). Idempotent: the existing tables are listed with
+    one paginated GetTables, only the missing ones are created, and a table or database another
+    writer created in between (``AlreadyExistsException``) counts as existing.
 
     boto3 by hand: the Amazon provider has no operator or hook method that creates a Glue
     database or table (``GlueCatalogHook`` reads tables and creates partitions only), and an
@@ -134,44 +142,45 @@ def ensure_tables(uc: UseCase, rt: AwsRuntime) -> list[str]:
     """
     aws = uc.aws_settings
     glue = rt.client("glue")
-    created = []
+    created: list[str] = []
     try:
         glue.get_database(Name=aws.glue_database)
     except glue.exceptions.EntityNotFoundException:
-        glue.create_database(DatabaseInput=req.glue_database_input(aws, f"mlblueprints use case {uc.name}"))
-        created.append(aws.glue_database)
-    wanted = []
-    for ds_name in uc.datasets:
-        for kind in (naming.BRONZE, naming.SILVER, naming.QUARANTINE, naming.DUPLICATES):
-            wanted.append(naming.table_name(ds_name, kind))
-    wanted += list(uc.gold)
+        try:
+            glue.create_database(DatabaseInput=req.glue_database_input(aws, f"mlblueprints use case {uc.name}"))
+            created.append(aws.glue_database)
+        except glue.exceptions.AlreadyExistsException:
+            log.info("glue database %s was created concurrently", aws.glue_database)
+    existing = {
+        t["Name"]
+        for page in glue.get_paginator("get_tables").paginate(DatabaseName=aws.glue_database)
+        for t in page.get("TableList", [])
+    }
     size = uc.lakehouse.target_file_size_mb * 1024 * 1024
-    for name in wanted:
-        if _table_exists(glue, aws.glue_database, name):
-            continue
+    wanted: list[tuple[str, dict[str, Any]]] = []
+    iceberg_tables = [
+        naming.table_name(ds_name, kind)
+        for ds_name in uc.datasets
+        for kind in (naming.BRONZE, naming.SILVER, naming.QUARANTINE, naming.DUPLICATES)
+    ] + list(uc.gold)
+    for name in iceberg_tables:
         cols, part = table_columns(uc, name)
-        glue.create_table(**req.glue_iceberg_table_input(aws, name, cols, part, size, f"{uc.name} lakehouse"))
-        created.append(name)
+        wanted.append((name, req.glue_iceberg_table_input(aws, name, cols, part, size, f"{uc.name} lakehouse")))
     for ds_name, ds in uc.datasets.items():
         for fmt in ds.landing.formats:
             name = landing_table(ds_name, fmt)
-            if _table_exists(glue, aws.glue_database, name):
-                continue
-            glue.create_table(
-                **req.glue_landing_table_input(
-                    aws, name, landing_prefix(uc, ds), fmt, [c.name for c in ds.columns], ds.landing.csv_delimiter
-                )
-            )
+            cols = [c.name for c in ds.columns]
+            prefix = landing_prefix(uc, ds)
+            wanted.append((name, req.glue_landing_table_input(aws, name, prefix, fmt, cols, ds.landing.csv_delimiter)))
+    for name, request in wanted:
+        if name in existing:
+            continue
+        try:
+            glue.create_table(**request)
             created.append(name)
-    return created
-
-
-def _table_exists(glue: Any, db: str, name: str) -> bool:
-    try:
-        glue.get_table(DatabaseName=db, Name=name)
-        return True
-    except glue.exceptions.EntityNotFoundException:
-        return False
+        except glue.exceptions.AlreadyExistsException:
+            log.info("glue table %s.%s was created concurrently", aws.glue_database, name)
+    return {"database": aws.glue_database, "created": created, "tables": len(wanted)}
 
 
 def landing_table(dataset: str, fmt: str) -> str:
@@ -183,18 +192,57 @@ def landing_prefix(uc: UseCase, ds: Dataset) -> str:
     return p if p.startswith("s3://") else uc.aws_settings.s3_uri(p)
 
 
+def source_root(uc: UseCase, ds: Dataset) -> str:
+    """What ``_source_file`` leaves out of a landed file's URI: ``s3://<bucket>/<parent of the
+    landing prefix>/`` (so ``_source_file`` is ``<dataset dir>/<landing date>/<file>``)."""
+    bucket, prefix = req.split_s3_uri(landing_prefix(uc, ds))
+    parent = prefix.rstrip("/").rpartition("/")[0]
+    return f"s3://{bucket}/{parent}/" if parent else f"s3://{bucket}/"
+
+
 def fq(uc: UseCase, table: str) -> str:
     return f"{ident(uc.aws_settings.glue_database)}.{ident(table)}"
+
+
+def ddl_name(uc: UseCase, table: str) -> str:
+    """``database.table`` as Athena's maintenance statements (OPTIMIZE, VACUUM, ALTER TABLE) take
+    it: unquoted, since VACUUM does not accept double quotes (backticks for a name starting with
+    ``_``, as VACUUM needs); the names are checked to need no quoting."""
+    db = uc.aws_settings.glue_database
+    for part in (db, table):
+        if not re.fullmatch(r"[a-z0-9_]+", part):
+            raise ValueError(f"{part!r} cannot be named unquoted in Athena DDL")
+    return f"{db}.`{table}`" if table.startswith("_") else f"{db}.{table}"
 
 
 def _date_list(dates: Iterable[date] | Iterable[str]) -> str:
     return ", ".join(f"DATE {literal(d if isinstance(d, str) else d.isoformat())}" for d in sorted(set(dates)))
 
 
+def date_chunks(dates: Iterable[date] | Iterable[str], size: int) -> list[list[date]]:
+    """Distinct dates, sorted, in chunks of at most ``size``."""
+    days = sorted({d if isinstance(d, date) else date.fromisoformat(d) for d in dates})
+    return [days[i : i + size] for i in range(0, len(days), size)]
+
+
+def date_windows(lo: date, hi: date, size: int) -> list[tuple[date, date]]:
+    """[lo, hi] as consecutive windows of at most ``size`` days."""
+    out = []
+    while lo <= hi:
+        end = min(hi, lo + timedelta(days=size - 1))
+        out.append((lo, end))
+        lo = end + timedelta(days=1)
+    return out
+
+
+def chunk_name(base: str, k: int, n: int) -> str:
+    return base if n == 1 else f"{base}__{k:03d}"
+
+
 def _trino(stmt: Statement) -> Statement:
     """Transpile a DuckDB statement (and its body) to Trino."""
-    return Statement(
-        stmt.name, sqlgen.to_trino(stmt.sql), stmt.kind, sqlgen.to_trino(stmt.body) if stmt.body else None, stmt.fetch
+    return dataclasses.replace(
+        stmt, sql=sqlgen.to_trino(stmt.sql), body=sqlgen.to_trino(stmt.body) if stmt.body else None
     )
 
 
@@ -202,6 +250,49 @@ def unload_statement(name: str, body: str, target: str) -> Statement:
     """UNLOAD a SELECT (Trino) to an S3 prefix as ZSTD Parquet."""
     return Statement(
         name, f"UNLOAD ({body}) TO {literal(target)} WITH (format = 'PARQUET', compression = 'ZSTD')", "unload", body
+    )
+
+
+# ---------------------------------------------------------------- chunks planned from the data
+
+# A write may touch at most ``aws.athena_max_partitions_per_write`` partitions. Where the
+# partitions depend on the data (the event dates of the rows a Silver run writes, the old dates
+# of keys whose event date changed), a plan query returns them in chunks - rows (kind, chunk,
+# dates) - and each chunked statement runs once per chunk of its kind (``Statement.each``). A
+# NULL partition value takes part as NULL_DATE.
+NULL_DATE = "0001-01-01"
+PLACEHOLDER = service.placeholder("dates")
+
+
+def part_value(column: str, alias: str = "") -> str:
+    return f"COALESCE({alias}{ident(column)}, DATE {literal(NULL_DATE)})"
+
+
+def in_chunk(column: str, alias: str = "") -> str:
+    """The filter a chunked statement restricts its rows (or its target) with."""
+    return f"{part_value(column, alias)} IN ({PLACEHOLDER})"
+
+
+def plan_sql(writes: str, size: int) -> str:
+    """The chunk plan (Trino) of ``writes`` (Trino, rows ``(kind, d)``): per kind, its distinct
+    dates in chunks of at most ``size``, each as the SQL list the statement's placeholder takes."""
+    rank = "dense_rank() OVER (PARTITION BY kind ORDER BY d) - 1"
+    quote = "'"
+    as_literal = f"concat('DATE {quote * 2}', CAST(d AS varchar), '{quote * 2}')"
+    return (
+        f"SELECT kind, chunk, array_join(array_agg({as_literal} ORDER BY d), ', ') AS dates "
+        f"FROM (SELECT kind, d, CAST(floor(CAST({rank} AS double) / {int(size)}) AS bigint) AS chunk "
+        f"FROM ({writes}) AS w WHERE d IS NOT NULL) AS c GROUP BY kind, chunk ORDER BY kind, chunk"
+    )
+
+
+def plan_dates(rows: list[dict[str, Any]], kind: str) -> list[str]:
+    """The dates a plan gives one kind of chunked statement (ISO text; NULL_DATE for NULL)."""
+    return sorted(
+        d
+        for r in rows
+        if r.get("kind") == kind
+        for d in re.findall(r"DATE '(\d{4}-\d{2}-\d{2})'", str(r.get("dates") or ""))
     )
 
 
@@ -234,7 +325,14 @@ def bronze_insert_sql(
     uc: UseCase, dataset: str, fmt: str, landing: date, files: list[dict[str, Any]], run: RunInfo, ingest_time: datetime
 ) -> tuple[str, str]:
     """INSERT the records of the given landed files into Bronze (Trino SQL); returns the
-    statement and the SELECT inside it."""
+    statement and the SELECT inside it.
+
+    Per file the statement carries its URI twice (the ``"$path"`` filter Athena prunes files by,
+    and the branch that maps it to the file's checksum) and its checksum: about 200 bytes, so
+    :func:`bronze_statements` splits a landing date's files into statements that stay within
+    the statement byte budget. ``_source_file`` is cut from ``"$path"`` (the key below the
+    landing root's parent), not spelt out per file.
+    """
     ds = uc.datasets[dataset]
     paths = ", ".join(literal(f["uri"]) for f in files)
     checksum = (
@@ -242,9 +340,7 @@ def bronze_insert_sql(
         + " ".join(f"WHEN {literal(f['uri'])} THEN {literal(f['file_checksum'])}" for f in files)
         + " END"
     )
-    rel = (
-        'CASE "$path" ' + " ".join(f"WHEN {literal(f['uri'])} THEN {literal(f['source_file'])}" for f in files) + " END"
-    )
+    rel = f'SUBSTR("$path", {len(source_root(uc, ds)) + 1})'
     meta = (
         f"{rel} AS _source_file, {checksum} AS _file_checksum, "
         f"{literal(run.run_id)} AS _ingest_run_id, "
@@ -254,8 +350,10 @@ def bronze_insert_sql(
     names = [c.name for c in ds.columns]
     if fmt == "csv":
         order = ", ".join(ident(n) for n in names)
+        # OpenCSVSerde reads an empty field as '': NULL, as the local target's CSV reader gives it
+        fields = ", ".join(f"NULLIF({ident(n)}, '') AS {ident(n)}" for n in names)
         select = (
-            f"SELECT {', '.join(ident(n) for n in names)}, CAST(NULL AS VARCHAR) AS _extra, "
+            f"SELECT {fields}, CAST(NULL AS VARCHAR) AS _extra, "
             "CAST(NULL AS VARCHAR) AS _raw_record, CAST(NULL AS VARCHAR) AS _parse_error, "
             f'{meta}, ROW_NUMBER() OVER (PARTITION BY "$path" ORDER BY {order}) AS _line_number '
             f"FROM {fq(uc, landing_table(dataset, 'csv'))} "
@@ -280,70 +378,229 @@ def bronze_insert_sql(
     return f"INSERT INTO {fq(uc, naming.table_name(dataset, naming.BRONZE))} ({cols}) {body}", body
 
 
+def bronze_delete_sql(uc: UseCase, dataset: str, landing: date, files: list[dict[str, Any]]) -> str:
+    """DELETE what an earlier, killed attempt left of these files in the landing date's partition."""
+    checks = ", ".join(literal(f["file_checksum"]) for f in files)
+    table = fq(uc, naming.table_name(dataset, naming.BRONZE))
+    return f"DELETE FROM {table} WHERE _landing_date = DATE {literal(landing.isoformat())} AND _file_checksum IN ({checks})"
+
+
+def bronze_statements(
+    uc: UseCase, dataset: str, fmt: str, landing: date, files: list[dict[str, Any]], run: RunInfo, ingest_time: datetime
+) -> list[Statement]:
+    """The Bronze writes of one landing date's new files of one format: per chunk of files, the
+    DELETE of a killed attempt's rows, then the INSERT. A chunk holds at most
+    ``aws.athena_max_files_per_statement`` files and each of its statements at most
+    ``aws.athena_max_statement_bytes`` bytes (Athena refuses a query over 262,144 bytes);
+    every statement writes the one partition of its landing date."""
+    aws = uc.aws_settings
+    budget, most = aws.athena_max_statement_bytes, aws.athena_max_files_per_statement
+
+    def size(chunk: list[dict[str, Any]]) -> int:
+        sql, _ = bronze_insert_sql(uc, dataset, fmt, landing, chunk, run, ingest_time)
+        return max(len(sql.encode()), len(bronze_delete_sql(uc, dataset, landing, chunk).encode()))
+
+    base = size(files[:1])
+    chunks: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    used = base
+    for f in files:
+        grow = 2 * len(literal(f["uri"]).encode()) + len(literal(f["file_checksum"]).encode()) + 16
+        if current and (len(current) >= most or used + grow > budget):
+            chunks.append(current)
+            current, used = [], base
+        current.append(f)
+        used += grow
+    if current:
+        chunks.append(current)
+    checked: list[list[dict[str, Any]]] = []
+    while chunks:  # the estimate above keeps every chunk within the budget; this makes it certain
+        chunk = chunks.pop(0)
+        if size(chunk) <= budget:
+            checked.append(chunk)
+        elif len(chunk) == 1:
+            raise ValueError(
+                f"{dataset}: the landed file {chunk[0]['uri']} alone makes a statement over {budget} bytes"
+            )
+        else:
+            chunks[:0] = [chunk[: len(chunk) // 2], chunk[len(chunk) // 2 :]]
+    out = []
+    for k, chunk in enumerate(checked):
+        sql, body = bronze_insert_sql(uc, dataset, fmt, landing, chunk, run, ingest_time)
+        name = f"{fmt}_{landing:%Y%m%d}"
+        out.append(
+            Statement(
+                chunk_name(f"bronze_delete_{name}", k, len(checked)),
+                bronze_delete_sql(uc, dataset, landing, chunk),
+                "delete",
+            )
+        )
+        out.append(Statement(chunk_name(f"bronze_insert_{name}", k, len(checked)), sql, "insert", body))
+    return out
+
+
+def merge_sql(
+    target: str, source: str, on: list[str], cols: list[str], update: bool, target_filter: str | None = None
+) -> str:
+    """MERGE ``source`` into ``target`` keyed on ``on``: insert what is new; with ``update``,
+    replace a row whose record identity (file checksum, line) differs. ``target_filter`` (on
+    target columns only) restricts which target rows may match: the partitions of a chunk."""
+    cond = " AND ".join(f"t.{ident(c)} = s.{ident(c)}" for c in on)
+    if target_filter:
+        cond += f" AND {target_filter}"
+    ins = ", ".join(ident(c) for c in cols)
+    vals = ", ".join(f"s.{ident(c)}" for c in cols)
+    sql = f"MERGE INTO {target} AS t USING {source} AS s ON {cond} "
+    if update:
+        sets = ", ".join(f"{ident(c)} = s.{ident(c)}" for c in cols)
+        sql += f"WHEN MATCHED AND ({_identity_differs()}) THEN UPDATE SET {sets} "
+    return sql + f"WHEN NOT MATCHED THEN INSERT ({ins}) VALUES ({vals})"
+
+
+def _identity_differs(t: str = "t", s: str = "s") -> str:
+    return f"{t}._file_checksum <> {s}._file_checksum OR {t}._line_number <> {s}._line_number"
+
+
 def silver_statements(uc: UseCase, dataset: str, dates: list[date]) -> list[Statement]:
-    """The three MERGE statements of Bronze -> Silver (quarantine, duplicates, Silver)."""
+    """The statements of Bronze -> Silver: MERGEs into quarantine, duplicates and Silver, then
+    the statistics the step reports.
+
+    Every MERGE writes at most ``aws.athena_max_partitions_per_write`` partitions:
+
+    * quarantine (partitioned by landing date): one MERGE per chunk of the run's landing dates;
+    * duplicates and Silver (partitioned by event date, when the data set is): the event dates
+      are known only from the data, so ``silver_plan`` lists them in chunks and the MERGEs run
+      once per chunk. A key whose newest version moved to another event date would make its
+      Silver MERGE touch the old partition too: those old rows are deleted first, by
+      ``silver_movers`` (chunked by the old dates, after the duplicates MERGE has kept them as
+      duplicates), so each Silver MERGE touches only the partitions of its chunk.
+
+    A run within the limit is one MERGE per table, one commit each, as before; a larger one is
+    several commits per table (see docs/lakehouse.md on what a reader sees in between). Each
+    statement is idempotent and the plan is computed again from the tables on a rerun, so a
+    rerun after a kill between chunks ends with the same tables.
+    """
     ds = uc.datasets[dataset]
     pk = ds.primary_key
+    pcol = ds.partition_column
+    size = uc.aws_settings.athena_max_partitions_per_write
     bronze = f"(SELECT * FROM {fq(uc, naming.table_name(dataset, naming.BRONZE))} WHERE _landing_date IN ({_date_list(dates)}))"
-    validated = f"({sqlgen.silver_validate_sql(ds, bronze)})"
     q_cols = sqlgen.quarantine_columns(ds)
     s_cols = sqlgen.silver_columns(ds)
     d_cols = sqlgen.duplicate_columns(ds)
-    new_valid = f"(SELECT {sqlgen.typed_projection(ds, 'v.')} FROM {validated} AS v WHERE v._reason_code IS NULL)"
     silver_t = fq(uc, naming.table_name(dataset, naming.SILVER))
     dups_t = fq(uc, naming.table_name(dataset, naming.DUPLICATES))
+    quarantine_t = fq(uc, naming.table_name(dataset, naming.QUARANTINE))
 
     def key_in_new(alias: str) -> str:
         cond = " AND ".join(f"k.{ident(c)} = {alias}.{ident(c)}" for c in pk)
-        return f"EXISTS (SELECT 1 FROM {new_valid} AS k WHERE {cond})"
+        return f"EXISTS (SELECT 1 FROM new_valid AS k WHERE {cond})"
+
+    def pk_eq(a: str, b: str) -> str:
+        return " AND ".join(f"{a}.{ident(c)} = {b}.{ident(c)}" for c in pk)
 
     cols = ", ".join(ident(c) for c in s_cols)
-    candidates = f"""(
+    # every statement starts from the same named relations, written once per statement (a
+    # statement's size is the sum of what it spells out; Athena refuses more than 262,144 bytes)
+    prelude = f"""WITH validated AS ({sqlgen.silver_validate_sql(ds, bronze)}),
+    new_valid AS (SELECT {sqlgen.typed_projection(ds, "v.")} FROM validated AS v WHERE v._reason_code IS NULL),
+    candidates AS (
         SELECT {cols} FROM (
             SELECT u.*, ROW_NUMBER() OVER (PARTITION BY _file_checksum, _line_number ORDER BY _src) AS _n FROM (
-                SELECT {cols}, 0 AS _src FROM {new_valid} AS n
+                SELECT {cols}, 0 AS _src FROM new_valid AS n
                 UNION ALL SELECT {cols}, 1 AS _src FROM {silver_t} AS s WHERE {key_in_new("s")}
                 UNION ALL SELECT {cols}, 2 AS _src FROM {dups_t} AS d WHERE {key_in_new("d")}
             ) AS u
         ) AS w WHERE _n = 1
-    )"""
-    resolved = f"({sqlgen.silver_resolve_sql(ds, candidates)})"
+    ),
+    resolved AS ({sqlgen.silver_resolve_sql(ds, "candidates")}),
+    kept AS (SELECT {cols} FROM resolved AS r WHERE r._version_rank = 1)"""
 
-    def merge(target: str, source: str, on: list[str], cols_: list[str], update: bool) -> str:
-        cond = " AND ".join(f"t.{ident(c)} = s.{ident(c)}" for c in on)
-        ins = ", ".join(ident(c) for c in cols_)
-        vals = ", ".join(f"s.{ident(c)}" for c in cols_)
-        sql = f"MERGE INTO {target} AS t USING {source} AS s ON {cond} "
-        if update:
-            sets = ", ".join(f"{ident(c)} = s.{ident(c)}" for c in cols_)
-            sql += (
-                "WHEN MATCHED AND (t._file_checksum <> s._file_checksum OR t._line_number <> s._line_number) "
-                f"THEN UPDATE SET {sets} "
-            )
-        return sql + f"WHEN NOT MATCHED THEN INSERT ({ins}) VALUES ({vals})"
+    def rel(select: str) -> str:
+        return f"({prelude} {select})"
 
     identity = ["_file_checksum", "_line_number"]
-    q_src = f"(SELECT {', '.join(ident(c) for c in q_cols)} FROM {validated} AS v WHERE v._reason_code IS NOT NULL)"
-    d_src = f"(SELECT {', '.join(ident(c) for c in d_cols)} FROM {resolved} AS r WHERE r._version_rank > 1)"
-    s_src = f"(SELECT {cols} FROM {resolved} AS r WHERE r._version_rank = 1)"
-    out = [
-        Statement(
-            "silver_quarantine",
-            merge(fq(uc, naming.table_name(dataset, naming.QUARANTINE)), q_src, identity, q_cols, False),
-            "merge",
-            q_src,
-        ),
-        Statement("silver_duplicates", merge(dups_t, d_src, identity, d_cols, False), "merge", d_src),
-        Statement("silver_merge", merge(silver_t, s_src, pk, s_cols, True), "merge", s_src),
-    ]
-    stats = f"""SELECT
+    q_list = ", ".join(ident(c) for c in q_cols)
+    d_list = ", ".join(ident(c) for c in d_cols)
+    out: list[Statement] = []
+    landing_chunks = date_chunks(dates, size)
+    for k, chunk in enumerate(landing_chunks):
+        q_src = rel(
+            f"SELECT {q_list} FROM validated AS v "
+            f"WHERE v._reason_code IS NOT NULL AND v._landing_date IN ({_date_list(chunk)})"
+        )
+        name = chunk_name("silver_quarantine", k, len(landing_chunks))
+        out.append(Statement(name, merge_sql(quarantine_t, q_src, identity, q_cols, False), "merge", q_src))
+    if pcol is None:  # unpartitioned: one partition, one MERGE each
+        d_src = rel(f"SELECT {d_list} FROM resolved AS r WHERE r._version_rank > 1")
+        s_src = rel(f"SELECT {cols} FROM kept")
+        out.append(Statement("silver_duplicates", merge_sql(dups_t, d_src, identity, d_cols, False), "merge", d_src))
+        out.append(Statement("silver_merge", merge_sql(silver_t, s_src, pk, s_cols, True), "merge", s_src))
+        plan = None
+    else:
+        writes = rel(f"""
+            SELECT 'dups' AS kind, {part_value(pcol, "r.")} AS d FROM resolved AS r
+             WHERE r._version_rank > 1 AND NOT EXISTS (
+               SELECT 1 FROM {dups_t} AS x WHERE x._file_checksum = r._file_checksum AND x._line_number = r._line_number)
+            UNION
+            SELECT 'movers' AS kind, {part_value(pcol, "t.")} AS d FROM {silver_t} AS t JOIN kept AS s ON {pk_eq("t", "s")}
+             WHERE {part_value(pcol, "t.")} <> {part_value(pcol, "s.")} AND ({_identity_differs()})
+            UNION
+            SELECT 'silver' AS kind, {part_value(pcol, "s.")} AS d FROM kept AS s
+             WHERE NOT EXISTS (SELECT 1 FROM {silver_t} AS t WHERE {pk_eq("t", "s")}
+               AND t._file_checksum = s._file_checksum AND t._line_number = s._line_number)""")
+        plan = Statement("silver_plan", plan_sql(sqlgen.to_trino(writes), size), "select", None, fetch=True)
+        d_src = rel(f"SELECT {d_list} FROM resolved AS r WHERE r._version_rank > 1 AND {in_chunk(pcol, 'r.')}")
+        kept = rel(f"SELECT {cols} FROM kept")
+        movers = (
+            f"MERGE INTO {silver_t} AS t USING {kept} AS s ON {pk_eq('t', 's')} AND {in_chunk(pcol, 't.')} "
+            f"WHEN MATCHED AND {part_value(pcol, 't.')} <> {part_value(pcol, 's.')} AND ({_identity_differs()}) "
+            "THEN DELETE"
+        )
+        s_src = rel(f"SELECT {cols} FROM kept AS r WHERE {in_chunk(pcol, 'r.')}")
+        each = {"plan": "silver_plan"}
+        out += [
+            Statement(
+                "silver_duplicates",
+                merge_sql(dups_t, d_src, identity, d_cols, False),
+                "merge",
+                d_src,
+                each={**each, "kind": "dups"},
+            ),
+            Statement("silver_movers", movers, "merge", kept, each={**each, "kind": "movers"}),
+            Statement(
+                "silver_merge",
+                merge_sql(silver_t, s_src, pk, s_cols, True),
+                "merge",
+                s_src,
+                each={**each, "kind": "silver"},
+            ),
+        ]
+    stats = rel("""SELECT
         COUNT(*) AS bronze_rows,
         COUNT(*) FILTER (WHERE _reason_code IS NULL) AS valid,
         COUNT(*) FILTER (WHERE _reason_code IS NOT NULL) AS quarantined,
         ARRAY_AGG(DISTINCT CAST(event_date AS VARCHAR)) FILTER (WHERE _reason_code IS NULL) AS event_dates
-      FROM {validated} AS v"""
+      FROM validated AS v""")[1:-1]
     out.append(Statement("silver_stats", stats, "select", stats, fetch=True))
-    return [_trino(s) for s in out]
+    out = [_trino(s) for s in out]
+    if plan is not None:  # already Trino; it runs before the statements it chunks
+        out.insert(len(landing_chunks), plan)
+    return out
+
+
+def check_statement_sizes(uc: UseCase, statements: list[Statement]) -> None:
+    """Fail before anything runs when a statement (a chunk template: its chunk adds at most
+    ``athena_max_partitions_per_write`` dates) would be over the statement byte budget."""
+    budget = uc.aws_settings.athena_max_statement_bytes
+    chunk = len(_date_list([date(2000, 1, 1)])) + 2
+    for st in statements:
+        n = len(st.sql.encode()) + (chunk * uc.aws_settings.athena_max_partitions_per_write if st.each else 0)
+        if n > budget:
+            raise PermanentError(
+                f"{uc.name}: athena statement {st.name} is {n} bytes, over aws.athena_max_statement_bytes ({budget}; "
+                "Athena refuses more than 262,144): split the Gold SQL or shorten names"
+            )
 
 
 def _int(v: Any) -> int | None:
@@ -360,9 +617,11 @@ def _parse_array(v: Any) -> list[str]:
 # ---------------------------------------------------------------- silver -> gold
 
 
-def gold_statement(uc: UseCase, gold: str, lo: date, hi: date) -> Statement:
+def gold_source(uc: UseCase, gold: str, lo: date, hi: date, history_from: date | None = None) -> str:
+    """The Gold rows of the event dates [lo, hi] (DuckDB SQL): the table's SQL over its inputs'
+    Silver rows of [history_from, hi] (default: lo - lookback_days)."""
     g = uc.gold[gold]
-    history_lo = lo - timedelta(days=g.lookback_days)
+    history_lo = history_from or lo - timedelta(days=g.lookback_days)
     inputs = {
         inp: f"SELECT * FROM {fq(uc, naming.table_name(inp, naming.SILVER))}"
         + (
@@ -376,25 +635,61 @@ def gold_statement(uc: UseCase, gold: str, lo: date, hi: date) -> Statement:
     body = sqlgen.gold_with_inputs(user, inputs, dialect="duckdb")
     if "event_date" not in sqlgen.output_columns(user):
         body = f"SELECT *, CAST({ident(g.event_time)} AS DATE) AS event_date FROM ({body})"
-    src = f"(SELECT * FROM ({body}) AS g WHERE event_date BETWEEN DATE {literal(lo.isoformat())} AND DATE {literal(hi.isoformat())})"
+    return f"(SELECT * FROM ({body}) AS g WHERE event_date BETWEEN DATE {literal(lo.isoformat())} AND DATE {literal(hi.isoformat())})"
+
+
+def gold_statements(uc: UseCase, gold: str, lo: date, hi: date) -> list[Statement]:
+    """The MERGEs that recompute the Gold rows of [lo, hi], keyed on the table's primary key.
+
+    One MERGE per window of at most ``aws.athena_max_partitions_per_write`` event dates, so none
+    writes more partitions than Athena allows. Every window reads the history the whole range
+    reads (from ``lo - lookback_days``), so the rows are those of one MERGE over the range even
+    for a feature that looks further back than ``lookback_days`` (the cost: a backfill of n
+    windows reads the early dates n times). A row
+    whose key now belongs to another event date would make the MERGE touch its old partition
+    too: ``gold_plan`` finds those old dates and ``gold_movers`` deletes the old rows first
+    (chunked by old date); the window's MERGE then inserts them at their new date.
+    """
+    g = uc.gold[gold]
+    size = uc.aws_settings.athena_max_partitions_per_write
     cols = [c for c, _ in gold_columns(uc, gold)]
-    cond = " AND ".join(f"t.{ident(c)} = s.{ident(c)}" for c in g.primary_key)
+    target = fq(uc, gold)
+    on = " AND ".join(f"t.{ident(c)} = s.{ident(c)}" for c in g.primary_key)
+    keys = ", ".join(ident(c) for c in g.primary_key)
+    now = f"(SELECT {keys}, event_date FROM {gold_source(uc, gold, lo, hi)} AS n)"
+    writes = (
+        f"SELECT 'movers' AS kind, {part_value('event_date', 't.')} AS d FROM {target} AS t JOIN {now} AS s ON {on} "
+        f"WHERE {part_value('event_date', 't.')} <> {part_value('event_date', 's.')}"
+    )
+    movers = (
+        f"MERGE INTO {target} AS t USING {now} AS s ON {on} AND {in_chunk('event_date', 't.')} "
+        f"WHEN MATCHED AND {part_value('event_date', 't.')} <> {part_value('event_date', 's.')} THEN DELETE"
+    )
+    out = [
+        Statement("gold_plan", plan_sql(sqlgen.to_trino(writes), size), "select", None, fetch=True),
+        _trino(Statement("gold_movers", movers, "merge", now, each={"plan": "gold_plan", "kind": "movers"})),
+    ]
     sets = ", ".join(f"{ident(c)} = s.{ident(c)}" for c in cols)
     ins = ", ".join(ident(c) for c in cols)
     vals = ", ".join(f"s.{ident(c)}" for c in cols)
-    sql = (
-        f"MERGE INTO {fq(uc, gold)} AS t USING {src} AS s ON {cond} "
-        f"WHEN MATCHED THEN UPDATE SET {sets} WHEN NOT MATCHED THEN INSERT ({ins}) VALUES ({vals})"
-    )
-    return _trino(Statement("gold_merge", sql, "merge", src))
+    windows = date_windows(lo, hi, size)
+    history = lo - timedelta(days=g.lookback_days)
+    for k, (w_lo, w_hi) in enumerate(windows):
+        src = gold_source(uc, gold, w_lo, w_hi, history)
+        sql = (
+            f"MERGE INTO {target} AS t USING {src} AS s ON {on} "
+            f"WHEN MATCHED THEN UPDATE SET {sets} WHEN NOT MATCHED THEN INSERT ({ins}) VALUES ({vals})"
+        )
+        out.append(_trino(Statement(chunk_name("gold_merge", k, len(windows)), sql, "merge", src)))
+    return out
 
 
-def build_gold_statement(uc: UseCase, gold: str, touched: dict[str, list[str]]) -> tuple[Statement | None, Any]:
-    """The Gold MERGE for the event dates a change on ``touched`` can affect, and that range."""
+def build_gold_statements(uc: UseCase, gold: str, touched: dict[str, list[str]]) -> tuple[list[Statement], Any]:
+    """The Gold statements for the event dates a change on ``touched`` can affect, and that range."""
     g = uc.gold[gold]
     dates = {date.fromisoformat(d) for ds in naming.gold_driving_inputs(uc, gold) for d in touched.get(ds, [])}
     rng = gold_date_range(dates, g.lookback_days)
-    return (gold_statement(uc, gold, *rng), rng) if rng else (None, None)
+    return (gold_statements(uc, gold, *rng), rng) if rng else ([], None)
 
 
 # ---------------------------------------------------------------- reconciliation
@@ -411,15 +706,85 @@ def reconcile_statement(uc: UseCase, dataset: str, landing: list[str]) -> Statem
     return _trino(Statement(f"reconcile_{dataset}", sql, "select", sql))
 
 
-def compact_statements(uc: UseCase, tables: list[str] | None = None) -> list[Statement]:
-    """Athena's OPTIMIZE ... REWRITE DATA USING BIN_PACK on every lakehouse table (Athena decides
-    which files are small from the table's target file size)."""
-    names = tables or [
+OPTIMIZE_MORE_RUNS = "ICEBERG_OPTIMIZE_MORE_RUNS_NEEDED"
+VACUUM_MORE_RUNS = "ICEBERG_VACUUM_MORE_RUNS_NEEDED"
+
+
+def lakehouse_tables(uc: UseCase) -> list[str]:
+    return [
         naming.table_name(ds, k)
         for ds in uc.datasets
         for k in (naming.BRONZE, naming.SILVER, naming.QUARANTINE, naming.DUPLICATES)
     ] + list(uc.gold)
-    return [Statement(f"optimize_{n}", f"OPTIMIZE {fq(uc, n)} REWRITE DATA USING BIN_PACK", "optimize") for n in names]
+
+
+def maintenance_statements(
+    uc: UseCase, table: str, partition: str | None, dates: list[str] | None, retention_days: int
+) -> list[Statement]:
+    """Compaction and snapshot expiry of one Iceberg table.
+
+    * ``OPTIMIZE ... REWRITE DATA USING BIN_PACK WHERE <partition> IN (...)`` over the partitions
+      a run wrote (``dates``; ``None``: the whole table, also for an unpartitioned one), at most
+      ``aws.athena_max_partitions_per_write`` per statement; run again while Athena answers
+      ICEBERG_OPTIMIZE_MORE_RUNS_NEEDED (each run commits what it compacted).
+    * ``ALTER TABLE ... SET TBLPROPERTIES ('vacuum_max_snapshot_age_seconds' = ...)``: the
+      configured retention, set on every run so a changed configuration takes effect;
+    * ``VACUUM``: expires snapshots older than that and removes the files only they referenced
+      (and orphan files as old), run again while Athena answers ICEBERG_VACUUM_MORE_RUNS_NEEDED.
+    """
+    aws = uc.aws_settings
+    name = ddl_name(uc, table)
+    runs = aws.athena_max_maintenance_runs
+    out = []
+    optimize = f"OPTIMIZE {name} REWRITE DATA USING BIN_PACK"
+    if partition is None or dates is None:
+        out.append(Statement(f"optimize_{table}", optimize, "optimize", repeat_on=OPTIMIZE_MORE_RUNS, max_runs=runs))
+    else:
+        real = [d for d in dates if d != NULL_DATE]
+        chunks = date_chunks(real, aws.athena_max_partitions_per_write)
+        for k, chunk in enumerate(chunks):
+            out.append(
+                Statement(
+                    chunk_name(f"optimize_{table}", k, len(chunks)),
+                    f"{optimize} WHERE {partition} IN ({_date_list(chunk)})",
+                    "optimize",
+                    repeat_on=OPTIMIZE_MORE_RUNS,
+                    max_runs=runs,
+                )
+            )
+        if NULL_DATE in dates:
+            out.append(
+                Statement(
+                    f"optimize_{table}__null",
+                    f"{optimize} WHERE {partition} IS NULL",
+                    "optimize",
+                    repeat_on=OPTIMIZE_MORE_RUNS,
+                    max_runs=runs,
+                )
+            )
+    seconds = int(retention_days) * 86400
+    out.append(
+        Statement(
+            f"retention_{table}",
+            f"ALTER TABLE {name} SET TBLPROPERTIES ('vacuum_max_snapshot_age_seconds'='{seconds}')",
+            "alter",
+        )
+    )
+    out.append(Statement(f"vacuum_{table}", f"VACUUM {name}", "vacuum", repeat_on=VACUUM_MORE_RUNS, max_runs=runs))
+    return out
+
+
+def compact_statements(uc: UseCase, touched: dict[str, list[str]] | None = None) -> list[Statement]:
+    """Maintenance of the lakehouse tables a run wrote (``touched``: table -> the partition values
+    it wrote; None: every table, whole), see :func:`maintenance_statements`."""
+    out = []
+    for table in lakehouse_tables(uc):
+        if touched is not None and table not in touched:
+            continue
+        _, partition = table_columns(uc, table)
+        dates = None if touched is None else touched[table]
+        out += maintenance_statements(uc, table, partition, dates, uc.lakehouse.snapshot_retention_days)
+    return out
 
 
 def gate_statement(uc: UseCase, name: str, layer: str, scope: dict[str, Any], run: RunInfo) -> tuple[Statement, str]:
@@ -449,7 +814,15 @@ class AwsLakehouse:
         self.rt = rt
 
     def _call(self, statements: list[Statement], resume: str, state: dict[str, Any]) -> ServiceCall:
+        check_statement_sizes(self.uc, statements)
         return service.athena(statements, CAPABILITY, resume, state)
+
+    # ------------------------------------------------------------ catalog
+
+    def ensure_tables(self, run: RunInfo) -> dict[str, Any]:
+        """The Glue database and every table of the use case, created once per run (the
+        pattern's ``tables`` step) before anything writes: see :func:`ensure_tables`."""
+        return ensure_tables(self.uc, self.rt)
 
     # ------------------------------------------------------------ landing -> bronze
 
@@ -458,7 +831,6 @@ class AwsLakehouse:
         the files not seen before are inserted (after deleting what a killed earlier attempt left
         of them), then the date's file manifest is written (:meth:`resume_ingest`)."""
         uc = self.uc
-        ensure_tables(uc, self.rt)
         ds = uc.datasets[dataset]
         s3 = self.rt.client("s3")
         bucket, prefix = req.split_s3_uri(landing_prefix(uc, ds))
@@ -515,22 +887,10 @@ class AwsLakehouse:
                 outcomes.append(f)
                 label = f["status"] if f["new"] else "already_seen"
                 status[label] = status.get(label, 0) + 1
-            if new_files:
-                table = fq(uc, naming.table_name(dataset, naming.BRONZE))
-                checks = ", ".join(literal(f["file_checksum"]) for f in new_files)
-                stmts.append(
-                    Statement(
-                        f"bronze_delete_partial_{landing:%Y%m%d}",
-                        f"DELETE FROM {table} WHERE _landing_date = DATE {literal(landing.isoformat())} "
-                        f"AND _file_checksum IN ({checks})",
-                        "delete",
-                    )
-                )
-                for fmt in ds.landing.formats:
-                    files = [f for f in new_files if f["format"] == fmt]
-                    if files:
-                        sql, body = bronze_insert_sql(uc, dataset, fmt, landing, files, run, ingest_time)
-                        stmts.append(Statement(f"bronze_insert_{fmt}_{landing:%Y%m%d}", sql, "insert", body))
+            for fmt in ds.landing.formats:
+                files = [f for f in new_files if f["format"] == fmt]
+                if files:
+                    stmts += bronze_statements(uc, dataset, fmt, landing, files, run, ingest_time)
             day_manifest = [f for f in outcomes if f["new"]]
             if day_manifest:
                 new_keys = {(f["source_file"], f["file_checksum"]) for f in day_manifest}
@@ -576,7 +936,6 @@ class AwsLakehouse:
     # ------------------------------------------------------------ bronze -> silver -> gold
 
     def build_silver(self, dataset: str, dates: list[date], run: RunInfo) -> ServiceCall:
-        ensure_tables(self.uc, self.rt)
         stmts = silver_statements(self.uc, dataset, dates)
         state = {"dataset": dataset, "dates": [d.isoformat() for d in dates], "run": run.as_dict()}
         return self._call(stmts, "resume_silver", state)
@@ -588,6 +947,18 @@ class AwsLakehouse:
         ds = state["dataset"]
         tables = [naming.table_name(ds, k) for k in (naming.QUARANTINE, naming.DUPLICATES, naming.SILVER)]
         self._record_lineage(tables, "silver", state["run"], queries, landing_dates=state["dates"])
+        touched = _parse_array(stats.get("event_dates"))
+        partitions = {naming.table_name(ds, naming.QUARANTINE): list(state["dates"])}
+        if "silver_plan" in queries:  # the partitions each chunked MERGE wrote, as planned
+            plan = self.rt.fetch_rows(queries["silver_plan"])
+            moved = plan_dates(plan, "movers")
+            partitions[naming.table_name(ds, naming.DUPLICATES)] = plan_dates(plan, "dups")
+            partitions[naming.table_name(ds, naming.SILVER)] = sorted(set(plan_dates(plan, "silver")) | set(moved))
+            # a key moved away from an event date changes that date's Gold rows too
+            touched = sorted(set(touched) | {d for d in moved if d != NULL_DATE})
+        else:  # unpartitioned tables: one partition each
+            partitions[naming.table_name(ds, naming.DUPLICATES)] = []
+            partitions[naming.table_name(ds, naming.SILVER)] = []
         return {
             "dataset": ds,
             "landing_dates": state["dates"],
@@ -597,25 +968,31 @@ class AwsLakehouse:
             "quarantine_reasons": {},
             "duplicates": None,
             "rows_into_silver": None,
-            "touched_event_dates": _parse_array(stats.get("event_dates")),
+            "touched_event_dates": touched,
             "superseded_landing_dates": [],
+            "partitions": partitions,
             "statements": list(queries),
         }
 
     def build_gold(self, gold: str, touched: dict[str, list[str]], run: RunInfo) -> dict[str, Any] | ServiceCall:
-        st, rng = build_gold_statement(self.uc, gold, touched)
-        if st is None:
+        stmts, rng = build_gold_statements(self.uc, gold, touched)
+        if not stmts:
             return {"table": gold, "rows_written": 0, "recomputed": None}
         state = {"table": gold, "range": [rng[0].isoformat(), rng[1].isoformat()], "run": run.as_dict()}
-        return self._call([st], "resume_gold", state)
+        return self._call(stmts, "resume_gold", state)
 
     def resume_gold(self, state: dict[str, Any], output: dict[str, Any]) -> dict[str, Any]:
         queries = output["queries"]
         self._record_lineage([state["table"]], "gold", state["run"], queries, recomputed=state["range"])
+        lo, hi = (date.fromisoformat(d) for d in state["range"])
+        written = {(lo + timedelta(days=i)).isoformat() for i in range((hi - lo).days + 1)}
+        if "gold_plan" in queries:
+            written |= set(plan_dates(self.rt.fetch_rows(queries["gold_plan"]), "movers"))
         return {
             "table": state["table"],
             "recomputed": state["range"],
             "rows_written": None,
+            "partitions": {state["table"]: sorted(written)},
             "statements": list(queries),
         }
 
@@ -645,15 +1022,27 @@ class AwsLakehouse:
             counts[dataset] = by_date
         return accounting.reconcile_counts(self.uc, counts, state["ingests"])
 
-    def compact(self, run: RunInfo) -> ServiceCall:
-        stmts = compact_statements(self.uc)
-        return self._call(stmts, "resume_compact", {"run": run.as_dict()})
+    def compact(self, run: RunInfo, touched: dict[str, list[str]] | None = None) -> dict[str, Any] | ServiceCall:
+        """OPTIMIZE the partitions the run wrote (``touched``: table -> partition values; None:
+        every table, whole), then expire snapshots with the configured retention (VACUUM)."""
+        stmts = compact_statements(self.uc, touched)
+        if not stmts:
+            return {"tables": {}}
+        tables = [t for t in lakehouse_tables(self.uc) if touched is None or t in touched]
+        return self._call(stmts, "resume_compact", {"run": run.as_dict(), "tables": tables})
 
     def resume_compact(self, state: dict[str, Any], output: dict[str, Any]) -> dict[str, Any]:
         queries = output["queries"]
-        tables = [name.removeprefix("optimize_") for name in queries]
+        tables = state["tables"]
         self._record_lineage(tables, "compaction", state["run"], queries)
-        return {"tables": {t: {"statement": f"OPTIMIZE {fq(self.uc, t)} REWRITE DATA USING BIN_PACK"} for t in tables}}
+
+        def of(t: str, name: str) -> bool:
+            return name in (f"optimize_{t}", f"retention_{t}", f"vacuum_{t}") or name.startswith(f"optimize_{t}__")
+
+        return {
+            "tables": {t: {"statements": [n for n in queries if of(t, n)]} for t in tables},
+            "retention_days": self.uc.lakehouse.snapshot_retention_days,
+        }
 
     # ------------------------------------------------------------ gates
 

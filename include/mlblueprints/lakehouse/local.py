@@ -833,10 +833,16 @@ def _write_manifest(
 
 
 def _or_all(exprs: Iterable[BooleanExpression]) -> BooleanExpression:
-    out: BooleanExpression | None = None
-    for e in exprs:
-        out = e if out is None else Or(out, e)
-    return out if out is not None else AlwaysTrue()
+    """``e1 OR e2 OR ...`` as a balanced tree: its depth grows with log2 of the count, so
+    thousands of files in one landing date stay far below the recursion limit of pyiceberg's
+    expression visitors (a left-deep chain of 3,000 did not)."""
+    level = list(exprs)
+    if not level:
+        return AlwaysTrue()
+    while len(level) > 1:
+        pairs = [Or(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        level = pairs + ([level[-1]] if len(level) % 2 else [])
+    return level[0]
 
 
 def _manifest_rows(con: duckdb.DuckDBPyConnection, files_tbl: Table) -> list[dict[str, Any]]:
@@ -1449,7 +1455,12 @@ class LocalLakehouse:
     def reconcile(self, silvers: list[dict[str, Any]], ingests: list[dict[str, Any]]) -> dict[str, Any]:
         return reconcile(self.uc, silvers, ingests)
 
-    def compact(self, run: RunInfo) -> dict[str, Any]:
+    def ensure_tables(self, run: RunInfo) -> dict[str, Any]:
+        """Nothing to do ahead: a local table is created by its first write, in the same commit."""
+        return {"created": [], "note": "local tables are created by their first write"}
+
+    def compact(self, run: RunInfo, touched: dict[str, list[str]] | None = None) -> dict[str, Any]:
+        # the local compaction finds the partitions made of small files itself
         return compact(self.uc, run)
 
     def gate(self, table: str, layer: str, scope: dict[str, Any], run: RunInfo) -> Any:

@@ -81,7 +81,7 @@ def sql_type(col_type: str) -> str:
     }.get(col_type) or col_type.upper()
 
 
-_INT_RE = "^[+-]?[0-9]+$"
+_INT_RE = "^[+-]?[0-9]+([.]0*)?$"  # 45.0 is 45 (pandas writes an int column with gaps so)
 _DOUBLE_RE = "^[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]+)?$"
 _DOUBLE_MAX = "1.7976931348623157e308"
 
@@ -95,7 +95,7 @@ def _decimal_re(scale: int) -> str:
 
 def cast_expr(col: Column, text: str) -> str:
     """Expression that types the trimmed text ``text`` of a column; NULL unless the text is
-    exactly a value of the type: an integer is digits (no point, exponent, hex or '_'), a
+    exactly a value of the type: an integer is digits, a point only with zeros after it (``45.0``; no exponent, hex or '_'), a
     decimal has no more digits after the point than its scale (``12.505`` is not a
     ``decimal(12,2)``: it is not rounded), a double is a finite decimal number."""
     t = col.type

@@ -7,7 +7,7 @@ Athena statements run between the call and its continuation (``ctx.then``).
 from __future__ import annotations
 
 import logging
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from mlblueprints.core import reporting
@@ -38,6 +38,12 @@ def landing_dates(ctx: StepContext) -> list[date]:
 def _selected(ctx: StepContext, dataset: str) -> bool:
     chosen = ctx.params.get("datasets") or []
     return not chosen or dataset in chosen
+
+
+def tables(ctx: StepContext) -> dict[str, Any]:
+    """Create the tables the run writes, once, before any step writes (on aws: the Glue database
+    and tables; locally a table is created by its first write)."""
+    return ctx.backend(CAPABILITY).ensure_tables(ctx.run)
 
 
 def ingest(ctx: StepContext, dataset: str) -> Any:
@@ -156,10 +162,53 @@ def _reconciled(ctx: StepContext, out: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def compact(ctx: StepContext) -> Any:
+def compact(
+    ctx: StepContext,
+    ingests: dict[str, dict[str, Any]] | None = None,
+    silvers: dict[str, dict[str, Any]] | None = None,
+    golds: dict[str, dict[str, Any]] | None = None,
+) -> Any:
     if not ctx.params.get("compact", True):
         return {"skipped": True}
-    return ctx.backend(CAPABILITY).compact(ctx.run)
+    touched = touched_partitions(ctx, ingests or {}, silvers or {}, golds or {})
+    return ctx.backend(CAPABILITY).compact(ctx.run, touched)
+
+
+def touched_partitions(
+    ctx: StepContext,
+    ingests: dict[str, dict[str, Any]],
+    silvers: dict[str, dict[str, Any]],
+    golds: dict[str, dict[str, Any]],
+) -> dict[str, list[str]]:
+    """Table -> the partition values (ISO dates) this run wrote, from the steps' results: what
+    compaction rewrites (a backend that reports ``partitions`` says it exactly)."""
+    out: dict[str, set[str]] = {}
+    for ing in ingests.values():
+        if ing and not ing.get("skipped"):
+            out.setdefault(naming.table_name(ing["dataset"], naming.BRONZE), set()).update(ing.get("landing_dates", []))
+    for sil in silvers.values():
+        if not sil or sil.get("skipped"):
+            continue
+        ds = sil["dataset"]
+        parts = sil.get("partitions") or {
+            naming.table_name(ds, naming.QUARANTINE): sil.get("landing_dates", []),
+            naming.table_name(ds, naming.SILVER): sil.get("touched_event_dates", []),
+            naming.table_name(ds, naming.DUPLICATES): sil.get("touched_event_dates", []),
+        }
+        for table, dates in parts.items():
+            out.setdefault(table, set()).update(dates)
+    for g in golds.values():
+        if not g or not g.get("recomputed"):
+            continue
+        if g.get("partitions"):
+            for table, dates in g["partitions"].items():
+                out.setdefault(table, set()).update(dates)
+        else:
+            lo, hi = (date.fromisoformat(d) for d in g["recomputed"])
+            out.setdefault(g["table"], set()).update(
+                (lo + timedelta(days=i)).isoformat() for i in range((hi - lo).days + 1)
+            )
+    return {t: sorted(d) for t, d in out.items()}
 
 
 def report(ctx: StepContext, results: dict[str, Any]) -> dict[str, Any]:

@@ -59,6 +59,9 @@ class Step:
     trigger_rule: Literal["all_success", "all_done"] = ALL_SUCCESS
     retries: int | None = None  # None: the use case's retries
     collect: bool = False  # the step gets every other step's result as ``results`` (run reports)
+    # the type of the step's result, "module:Type" (``mlblueprints.core.results``): both
+    # orchestrators check the value against it before handing it on
+    result: str | None = None
     doc: str = ""
 
     def upstream(self) -> list[str]:

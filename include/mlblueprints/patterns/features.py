@@ -19,6 +19,7 @@ from mlblueprints.core.service import ATHENA
 from mlblueprints.patterns import ALL_DONE, ParamSpec, PatternSpec, Schedule, Step, base_tags
 
 STEPS = "mlblueprints.features.steps"
+RESULTS = "mlblueprints.core.results"
 
 
 def declare(uc: UseCase) -> PatternSpec | None:
@@ -27,7 +28,7 @@ def declare(uc: UseCase) -> PatternSpec | None:
     sources = sorted({v.source for v in uc.features.values()})
     gold = [table_asset(uc, s) for s in sources]
     views = {v: feature_view_asset(uc, v) for v in uc.features}
-    steps = [Step("plan", f"{STEPS}:plan")]
+    steps = [Step("plan", f"{STEPS}:plan", result=f"{RESULTS}:FeaturePlan")]
     for view in uc.features:
         steps.append(
             Step(
@@ -39,6 +40,7 @@ def declare(uc: UseCase) -> PatternSpec | None:
                 capability="features",
                 backend_key={"view": view},
                 service=ATHENA,
+                result=f"{RESULTS}:MaterializeStep",
             )
         )
     steps.append(
@@ -49,6 +51,7 @@ def declare(uc: UseCase) -> PatternSpec | None:
             trigger_rule=ALL_DONE,
             retries=0,
             collect=True,
+            result=f"{RESULTS}:ReportResult",
         )
     )
     params = (

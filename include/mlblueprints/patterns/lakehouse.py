@@ -2,7 +2,7 @@
 
 Per data set::
 
-    ingest__<ds> -> gate_bronze__<ds> -> silver__<ds> -> gate_silver__<ds>
+    tables -> ingest__<ds> -> gate_bronze__<ds> -> silver__<ds> -> gate_silver__<ds>
                                                       \\-> reconcile
     gate_silver of its inputs -> gold__<table> -> gate_gold__<table>
     reconcile, every gate -> compact -> report
@@ -23,17 +23,27 @@ from mlblueprints.lakehouse import naming
 from mlblueprints.patterns import ALL_DONE, ParamSpec, PatternSpec, Schedule, Step, base_tags
 
 STEPS = "mlblueprints.lakehouse.steps"
+RESULTS = "mlblueprints.core.results"
 CAPABILITY = "lakehouse"
 
 
 def declare(uc: UseCase) -> PatternSpec:
     assets = {}
-    steps: list[Step] = []
+    # the tables every step writes, created once per run before anything writes
+    steps: list[Step] = [Step("tables", f"{STEPS}:tables", capability=CAPABILITY, result=f"{RESULTS}:TablesResult")]
     for ds in uc.datasets:
         bronze, silver = naming.table_name(ds, naming.BRONZE), naming.table_name(ds, naming.SILVER)
         assets[bronze], assets[silver] = table_asset(uc, bronze), table_asset(uc, silver)
         steps += [
-            Step(f"ingest__{ds}", f"{STEPS}:ingest", {"dataset": ds}, capability=CAPABILITY, service=ATHENA),
+            Step(
+                f"ingest__{ds}",
+                f"{STEPS}:ingest",
+                {"dataset": ds},
+                after=("tables",),
+                capability=CAPABILITY,
+                service=ATHENA,
+                result=f"{RESULTS}:IngestStep",
+            ),
             Step(
                 f"gate_bronze__{ds}",
                 f"{STEPS}:gate_bronze",
@@ -42,6 +52,7 @@ def declare(uc: UseCase) -> PatternSpec:
                 emits=(assets[bronze].name,),
                 capability=CAPABILITY,
                 service=ATHENA,
+                result=f"{RESULTS}:GateStep",
             ),
             Step(
                 f"silver__{ds}",
@@ -50,6 +61,7 @@ def declare(uc: UseCase) -> PatternSpec:
                 after=(f"gate_bronze__{ds}",),
                 capability=CAPABILITY,
                 service=ATHENA,
+                result=f"{RESULTS}:SilverStep",
             ),
             Step(
                 f"gate_silver__{ds}",
@@ -59,6 +71,7 @@ def declare(uc: UseCase) -> PatternSpec:
                 emits=(assets[silver].name,),
                 capability=CAPABILITY,
                 service=ATHENA,
+                result=f"{RESULTS}:GateStep",
             ),
         ]
     for g, spec in uc.gold.items():
@@ -72,6 +85,7 @@ def declare(uc: UseCase) -> PatternSpec:
                 after=tuple(f"gate_silver__{ds}" for ds in spec.inputs),
                 capability=CAPABILITY,
                 service=ATHENA,
+                result=f"{RESULTS}:GoldResult",
             ),
             Step(
                 f"gate_gold__{g}",
@@ -81,6 +95,7 @@ def declare(uc: UseCase) -> PatternSpec:
                 emits=(assets[g].name,),
                 capability=CAPABILITY,
                 service=ATHENA,
+                result=f"{RESULTS}:GateStep",
             ),
         ]
     steps.append(
@@ -93,13 +108,36 @@ def declare(uc: UseCase) -> PatternSpec:
             },
             capability=CAPABILITY,
             service=ATHENA,
+            result=f"{RESULTS}:ReconcileResult",
         )
     )
     gates = [s.id for s in steps if s.id.startswith(("gate_silver__", "gate_gold__"))]
     steps.append(
-        Step("compact", f"{STEPS}:compact", after=("reconcile", *gates), capability=CAPABILITY, service=ATHENA)
+        Step(
+            "compact",
+            f"{STEPS}:compact",
+            inputs={  # compaction rewrites the partitions the run wrote
+                "ingests": tuple(f"ingest__{ds}" for ds in uc.datasets),
+                "silvers": tuple(f"silver__{ds}" for ds in uc.datasets),
+                "golds": tuple(f"gold__{g}" for g in uc.gold),
+            },
+            after=("reconcile", *gates),
+            capability=CAPABILITY,
+            service=ATHENA,
+            result=f"{RESULTS}:CompactStep",
+        )
     )
-    steps.append(Step("report", f"{STEPS}:report", after=("compact",), trigger_rule=ALL_DONE, retries=0, collect=True))
+    steps.append(
+        Step(
+            "report",
+            f"{STEPS}:report",
+            after=("compact",),
+            trigger_rule=ALL_DONE,
+            retries=0,
+            collect=True,
+            result=f"{RESULTS}:ReportResult",
+        )
+    )
     params = (
         ParamSpec(
             "landing_dates",

@@ -27,6 +27,7 @@ from mlblueprints.core.service import ATHENA, SAGEMAKER_TRAINING
 from mlblueprints.patterns import ALL_DONE, ParamSpec, PatternSpec, Schedule, Step, base_tags
 
 STEPS = "mlblueprints.training.steps"
+RESULTS = "mlblueprints.core.results"
 
 
 def declare(uc: UseCase) -> PatternSpec | None:
@@ -37,19 +38,45 @@ def declare(uc: UseCase) -> PatternSpec | None:
     drift = drift_alert_asset(uc)
     challenger = registered_model_asset(uc)
     steps = (
-        Step("training_set", f"{STEPS}:training_set", capability="features", service=ATHENA),
+        Step(
+            "training_set",
+            f"{STEPS}:training_set",
+            capability="features",
+            service=ATHENA,
+            result=f"{RESULTS}:TrainingSetResult",
+        ),
         Step(
             "train",
             f"{STEPS}:train",
             inputs={"tset": "training_set"},
             capability="trainer",
             service=SAGEMAKER_TRAINING,
+            result=f"{RESULTS}:TrainResult",
         ),
-        Step("evaluate", f"{STEPS}:evaluate", inputs={"trained": "train"}),
-        Step("register", f"{STEPS}:register", inputs={"tset": "training_set", "trained": "train", "ev": "evaluate"}),
+        Step("evaluate", f"{STEPS}:evaluate", inputs={"trained": "train"}, result=f"{RESULTS}:EvaluateResult"),
+        Step(
+            "register",
+            f"{STEPS}:register",
+            inputs={"tset": "training_set", "trained": "train", "ev": "evaluate"},
+            result=f"{RESULTS}:RegisterResult",
+        ),
         # a separate step, so that a run whose candidate was not registered emits no event
-        Step("publish", f"{STEPS}:publish", inputs={"registered": "register"}, emits=(challenger.name,)),
-        Step("report", f"{STEPS}:report", after=("publish",), trigger_rule=ALL_DONE, retries=0, collect=True),
+        Step(
+            "publish",
+            f"{STEPS}:publish",
+            inputs={"registered": "register"},
+            emits=(challenger.name,),
+            result=f"{RESULTS}:PublishResult",
+        ),
+        Step(
+            "report",
+            f"{STEPS}:report",
+            after=("publish",),
+            trigger_rule=ALL_DONE,
+            retries=0,
+            collect=True,
+            result=f"{RESULTS}:ReportResult",
+        ),
     )
     params = (
         ParamSpec(

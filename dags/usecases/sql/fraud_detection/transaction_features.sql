@@ -3,7 +3,8 @@
 -- `transactions` is the Silver table of the data set of that name, restricted by the engine to
 -- the event dates being (re)computed plus `lookback_days` of history before them.
 --
--- Every window is RANGE ... PRECEDING AND CURRENT ROW over event_time: a feature of a
+-- Every window is RANGE ... PRECEDING AND CURRENT ROW over event_time (or, for the previous
+-- transaction, bounded by the same lookback): a feature of a
 -- transaction aggregates the transactions of the same card (or merchant) whose event time is in
 -- [event_time - window, event_time], the transaction itself included. Nothing after its event
 -- time is ever used, so the values are what a real-time system could have computed when the
@@ -53,8 +54,13 @@ SELECT
   CAST(amount AS DOUBLE) / CAST(AVG(amount) OVER (
     PARTITION BY card_id ORDER BY event_time
     RANGE BETWEEN INTERVAL 7 DAY PRECEDING AND CURRENT ROW) AS DOUBLE) AS amount_to_card_avg_7d,
-  DATE_DIFF('second',
-    LAG(event_time) OVER (PARTITION BY card_id ORDER BY event_time, transaction_id),
-    event_time) AS seconds_since_prev_card_txn,
+  -- the card's previous transaction, if within the 7-day lookback (NULL otherwise): a feature
+  -- never depends on history older than lookback_days, so any recompute gives the same value
+  CASE WHEN LAG(event_time) OVER (PARTITION BY card_id ORDER BY event_time, transaction_id)
+              >= event_time - INTERVAL 7 DAY
+    THEN DATE_DIFF('second',
+      LAG(event_time) OVER (PARTITION BY card_id ORDER BY event_time, transaction_id),
+      event_time)
+  END AS seconds_since_prev_card_txn,
   event_date
 FROM transactions

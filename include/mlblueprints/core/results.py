@@ -1,0 +1,226 @@
+"""Typed step results: what each step hands to the next, on every target.
+
+A step's result is a JSON object (an Airflow XCom, a state machine's S3 document), read by the
+steps after it, by the run report and by the DAGs an Asset triggers. Each is declared here as a
+``TypedDict``, and a pattern step names its type (``Step(result=...)``); both orchestrators check
+the value a step returns against it before handing it on (:func:`check`), so a backend that
+forgets or renames a key fails at the step that produced it, naming the step and the key, on
+the local and the aws target alike - not three steps later with a ``KeyError``.
+
+Keys every backend returns are required; keys only one target knows (an Iceberg snapshot id
+locally, the Athena statements on aws) are ``NotRequired``. Values a target cannot know (rows an
+Athena ``MERGE`` wrote) are ``None`` there. Extra keys are allowed: a result may say more than its
+type promises, never less.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import (
+    Any,
+    NotRequired,  # pydantic validates typing_extensions TypedDicts on 3.11
+)
+
+from typing_extensions import TypedDict
+
+from mlblueprints.errors import PermanentError
+
+
+class StepResultError(PermanentError, TypeError):
+    """A step returned a value that is not its declared result type (a bug: the same inputs give
+    the same value, so no retry)."""
+
+
+class Skipped(TypedDict):
+    """A step with nothing to do this run (a data set not selected, compaction turned off)."""
+
+    skipped: bool
+
+
+class ReportResult(TypedDict):
+    report: str  # where the run report was written
+
+
+# ---------------------------------------------------------------- lakehouse
+
+
+class TablesResult(TypedDict):
+    created: list[str]
+    database: NotRequired[str]
+    tables: NotRequired[int]
+    note: NotRequired[str]
+
+
+class IngestResult(TypedDict):
+    dataset: str
+    landing_dates: list[str]
+    files: list[dict[str, Any]]  # one outcome per landed file
+    file_status: dict[str, int]  # status -> files
+    rows_landed: int | None  # None on aws (Athena's INSERT does not say)
+    rejected_files: list[dict[str, Any]]
+    warnings: list[str]
+    bronze_snapshot_id: NotRequired[int | None]
+    statements: NotRequired[list[str]]
+
+
+class SilverResult(TypedDict):
+    dataset: str
+    landing_dates: list[str]
+    rows_landed: int | None
+    valid: int | None
+    quarantined: int | None
+    quarantine_reasons: dict[str, int]
+    duplicates: int | None
+    rows_into_silver: int | None
+    touched_event_dates: list[str]
+    superseded_landing_dates: list[str]
+    silver_snapshot_id: NotRequired[int | None]
+    partitions: NotRequired[dict[str, list[str]]]  # table -> partition values written (aws)
+
+
+class GoldResult(TypedDict):
+    table: str
+    recomputed: list[str] | None  # [first, last] event date, None when nothing was recomputed
+    rows_written: int | None
+    gold_snapshot_id: NotRequired[int | None]
+    partitions: NotRequired[dict[str, list[str]]]
+
+
+class GateResult(TypedDict):
+    """``quality.gx.GateReport.as_dict()``."""
+
+    suite: str
+    table: str
+    layer: str
+    rows: int
+    success: bool
+    evaluated: int
+    failed_critical: list[dict[str, Any]]
+    failed_warning: list[dict[str, Any]]
+    verdict: str
+
+
+class ReconcileResult(TypedDict):
+    ok: bool
+    problems: list[str]
+    datasets: dict[str, list[dict[str, Any]]]
+    rejected_files: list[str]
+
+
+class CompactResult(TypedDict):
+    tables: dict[str, Any]
+
+
+# ---------------------------------------------------------------- features
+
+
+class FeaturePlan(TypedDict):
+    range: list[str]  # [first, last] event date
+    views: list[str]
+    source: str  # where the range came from (Param, Asset events, Gold snapshot)
+
+
+class MaterializeResult(TypedDict):
+    view: str
+    range: list[str]
+    rows_in: int
+    offline_rows: int
+    online_entities: int
+    skipped_null_key: int
+    skipped_null_event_time: int
+    collapsed_duplicates: int
+    offline_snapshot_id: NotRequired[int | str | None]
+
+
+class SkippedView(TypedDict):
+    view: str
+    skipped: bool
+
+
+# ---------------------------------------------------------------- training
+
+
+class TrainingSetResult(TypedDict):
+    training_set: str
+    table: str
+    rows: int
+    snapshot_id: int | str  # an Iceberg snapshot id locally, the object's digest on aws
+    source_snapshots: dict[str, Any]  # the label and feature tables read, and their snapshots
+    feature_views: dict[str, int]  # view -> version
+
+
+class TrainResult(TypedDict):
+    job_name: str
+    try_number: int
+    model_dir: str
+    meta: dict[str, Any]
+    metrics: dict[str, Any]
+    seconds: float
+    data: dict[str, Any]  # the time-based split: train and holdout
+
+
+class EvaluateResult(TypedDict):
+    task: str
+    candidate: dict[str, Any]  # the task's metrics (training.evaluate)
+    candidate_details: dict[str, Any]
+    champion: dict[str, Any] | None  # the reference model's metrics on the same holdout
+    champion_version: int | None
+    reference: dict[str, Any] | None
+    decision: dict[str, Any]  # GateDecision.as_dict(): passed, against, rows, reasons
+    holdout: dict[str, Any] | None
+    evaluation_dir: str
+
+
+class RegisterResult(TypedDict):
+    verdict: str  # "registered" or "not promoted"
+    mlflow_run_id: str
+    model_name: str
+    version: int | None
+    aliases: list[str]
+    lineage: dict[str, Any]
+    model_package: NotRequired[dict[str, Any]]
+
+
+class PublishResult(TypedDict):
+    model: str
+    version: int
+    run_id: str
+
+
+# a step that may skip
+IngestStep = IngestResult | Skipped
+SilverStep = SilverResult | Skipped
+GateStep = GateResult | Skipped
+CompactStep = CompactResult | Skipped
+MaterializeStep = MaterializeResult | SkippedView
+
+
+# ---------------------------------------------------------------- checking
+
+
+@cache
+def _adapter(ref: str) -> Any:
+    from pydantic import TypeAdapter
+
+    from mlblueprints.core.service import resolve
+
+    return TypeAdapter(resolve(ref))
+
+
+def check(step_id: str, ref: str | None, value: Any) -> Any:
+    """``value`` when it is a ``ref`` (``"module:Type"``; None: not declared), else
+    :class:`StepResultError` naming the step and every key that is missing or of the wrong type."""
+    if ref is None:
+        return value
+    from pydantic import ValidationError
+
+    try:
+        _adapter(ref).validate_python(value, strict=False)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<result>'}: {e['msg']}" for e in exc.errors()[:10]
+        )
+        raise StepResultError(
+            f"step {step_id} returned a result that is not a {ref.rpartition(':')[2]}: {problems}"
+        ) from None
+    return value

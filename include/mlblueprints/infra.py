@@ -1,0 +1,126 @@
+"""The parameters of ``infra/mlblueprints.yaml`` (the CloudFormation template of the aws target),
+from a use case's YAML: the same values the DAGs and the state machines use, so that the stack
+creates the resources the configuration names. Pure: no boto3.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from mlblueprints import patterns
+from mlblueprints.config import UseCase
+from mlblueprints.core.naming import drift_alert_asset, table_asset
+from mlblueprints.lakehouse import naming
+from mlblueprints.stepfunctions import names
+
+TEMPLATE = "infra/mlblueprints.yaml"
+BRONZE_SLOTS = 3  # lifecycle rules the template has for Bronze tables
+_PRESETS = {
+    "@hourly": "cron(0 * * * ? *)",
+    "@daily": "cron(0 0 * * ? *)",
+    "@weekly": "cron(0 0 ? * SUN *)",
+    "@monthly": "cron(0 0 1 * ? *)",
+    "@yearly": "cron(0 0 1 1 ? *)",
+}
+
+
+def schedule_expression(schedule: str | None) -> str:
+    """An Airflow schedule (a preset or a five-field cron) as an EventBridge Scheduler expression
+    (six fields, ``?`` in one of day-of-month and day-of-week; days of week 1-7 from Sunday)."""
+    if not schedule:
+        return ""
+    if schedule in _PRESETS:
+        return _PRESETS[schedule]
+    parts = schedule.split()
+    if len(parts) != 5:
+        raise ValueError(f"schedule {schedule!r}: use a preset or a five-field cron expression")
+    minute, hour, dom, month, dow = parts
+    if dow != "*" and dom != "*":
+        raise ValueError(f"schedule {schedule!r}: EventBridge cannot have both a day of month and a day of week")
+    if dow == "*":
+        dow = "?"
+    else:
+        dom = "?"
+        dow = re.sub(r"\d", lambda m: str(int(m[0]) % 7 + 1), dow)
+    return f"cron({minute} {hour} {dom} {month} {dow} *)"
+
+
+def _role_name(arn: str) -> str:
+    return arn.rsplit("/", 1)[-1]
+
+
+def _kms(uc: UseCase) -> tuple[str, str]:
+    """(CreateKmsKey, KmsAliasName): the stack creates the key when the YAML names it by the alias
+    ``alias/mlb-<use case>``; any other ARN is a key that exists already."""
+    aws = names.aws_section(uc)
+    alias = f"alias/{names.resource_prefix(uc)}"
+    return ("true" if aws.kms_key_arn.endswith(":" + alias) else "false"), alias
+
+
+def parameters(uc: UseCase, *, image_tag: str, mwaa: bool = False) -> dict[str, str]:
+    """Parameter name -> value for ``infra/mlblueprints.yaml``."""
+    from mlblueprints.aws import training as tr
+
+    aws = names.aws_section(uc)
+    create_key, alias = _kms(uc)
+    aws_uc = names.on_aws(uc)
+    has = {p: patterns.declare(p, aws_uc) is not None for p in patterns.PATTERNS}
+    bronze = [
+        aws.s3_uri("warehouse", naming.table_name(ds, naming.BRONZE)).split("/", 3)[3] + "/" for ds in uc.datasets
+    ]
+    bronze += [""] * max(0, BRONZE_SLOTS - len(bronze))
+    out = {
+        "UseCase": uc.name,
+        "ResourcePrefix": names.resource_prefix(uc),
+        "BucketName": aws.bucket,
+        "DataPrefix": aws.prefix,
+        "KmsKeyArn": aws.kms_key_arn,
+        "CreateKmsKey": create_key,
+        "KmsAliasName": alias,
+        "GlueDatabaseName": aws.glue_database,
+        "AthenaWorkgroupName": aws.athena_workgroup,
+        "SageMakerRoleName": _role_name(aws.iam_role_arn),
+        "ModelPackageGroupName": tr.model_package_group_name(uc) if uc.training else names.resource_prefix(uc),
+        "WorkerImageTag": image_tag,
+        "DefinitionsBucket": aws.bucket,
+        "DefinitionsPrefix": aws.s3_uri("stepfunctions", "definitions").split("/", 3)[3],
+        "HasFeatures": str(has["features"]).lower(),
+        "HasTraining": str(has["training"]).lower(),
+        "LakehouseScheduleExpression": schedule_expression(uc.schedule),
+        "GoldAssetNames": ",".join(
+            table_asset(aws_uc, g).name for g in sorted({v.source for v in uc.features.values()})
+        )
+        or "none",
+        "DriftAssetName": drift_alert_asset(uc).name,
+        "CreateMwaa": str(mwaa).lower(),
+        "MwaaSubnetIds": ",".join(uc.training.sagemaker.subnets) if (mwaa and uc.training) else "",
+        "MwaaSecurityGroupIds": ",".join(uc.training.sagemaker.security_group_ids) if (mwaa and uc.training) else "",
+        "MwaaSourceBucketName": aws.bucket,
+    }
+    for i, prefix in enumerate(bronze[:BRONZE_SLOTS], start=1):
+        out[f"BronzePrefix{i}"] = prefix
+    return out
+
+
+def warnings(uc: UseCase) -> list[str]:
+    """What the stack will not do as the YAML might expect."""
+    out = []
+    create_key, alias = _kms(uc)
+    if create_key == "false":
+        aws = names.aws_section(uc)
+        out.append(
+            f"aws.kms_key_arn names an existing key: the stack uses it and creates none (to let the stack create "
+            f"the key, set aws.kms_key_arn to arn:aws:kms:{aws.region}:{aws.account_id}:{alias})"
+        )
+    if len(uc.datasets) > BRONZE_SLOTS:
+        out.append(f"only the first {BRONZE_SLOTS} data sets' Bronze tables get the lifecycle rule")
+    if uc.aws is not None and uc.aws.athena_workgroup == "primary":
+        out.append("athena_workgroup is 'primary': the stack cannot create it; name a workgroup of the use case")
+    return out
+
+
+def as_cli_parameters(params: dict[str, Any]) -> list[dict[str, str]]:
+    """The parameters as ``aws cloudformation deploy --parameter-overrides file://...`` and
+    ``create-stack --parameters file://...`` read them."""
+    return [{"ParameterKey": k, "ParameterValue": str(v)} for k, v in params.items()]

@@ -1,0 +1,369 @@
+"""The Task states of a step on Step Functions: the worker job that runs a Python phase, and one
+entry per service kind (``mlblueprints.core.service``) for the managed-service job between a
+step's ``prepare`` and ``finish`` phases.
+
+Every Parameters block of a service job is the dict the pure builders of ``mlblueprints.aws``
+return - the same call the Airflow operators' requests come from - built for the use case with its
+aws fields as ``${...}`` substitutions (:func:`~mlblueprints.stepfunctions.names.with_placeholders`).
+The fields that depend on the run (this execution's data and code, its lineage tags) are taken
+from the request the ``prepare`` phase built (``<key>.$`` paths into it), and the fields that name
+the job are ``States.Format`` over ``$$.Execution.Name`` and the retry count, so that each retry
+makes a new job. ``tests/statemachines`` checks the resolved blocks against the builders and
+against what the Airflow tasks send.
+
+A new service kind (transform, processing, endpoint updates) is one :class:`ServiceKind` in
+:data:`SERVICES`; :mod:`~mlblueprints.stepfunctions.asl` does not change.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlblueprints.aws import requests as req
+from mlblueprints.config import UseCase
+from mlblueprints.core import service
+from mlblueprints.stepfunctions import names
+
+WORKER_MODULE = "mlblueprints.stepfunctions.worker"
+WORKER_INSTANCE_TYPE = "ml.m5.xlarge"
+WORKER_VOLUME_GB = 30
+WORKER_MAX_RUNTIME_SECONDS = 4 * 3600
+JOB_NAME_HASH = "MD5"  # 32 hex digits: a job name fits SageMaker's 63 characters for any execution name
+JOB_PREFIX_MAX = 63 - 1 - 32
+RETRY_BACKOFF = 2.0
+MAX_RETRY_DELAY_SECONDS = 1800
+# what a failed SageMaker call or job raises in a state machine: a job that ended Failed (a
+# capacity error, a Spot MaxWait reached, an error in the container) is States.TaskFailed; an API
+# error (a resource limit, throttling) is SageMaker.AmazonSageMakerException
+SAGEMAKER_RETRYABLE = ("SageMaker.AmazonSageMakerException", "States.TaskFailed")
+ATHENA_RETRYABLE = ("Athena.AmazonAthenaException", "Athena.TooManyRequestsException", "States.TaskFailed")
+
+
+# ---------------------------------------------------------------- intrinsic-function text
+
+
+def lit(text: str) -> str:
+    """``text`` as a string literal of an intrinsic function (``'`` ``{`` ``}`` ``\\`` escaped)."""
+    return f"'{_esc(text)}'"
+
+
+def job_name(prefix: str, *parts: str) -> str:
+    """A SageMaker job name unique per execution, state entry and retry:
+    ``<prefix>-<md5(execution name / parts / entered time / retry count)>``. The hash keeps the
+    name within 63 characters and [a-zA-Z0-9-] whatever the execution is called; the job's tags
+    name the execution (``mlblueprints:run-id``)."""
+    if len(prefix) > JOB_PREFIX_MAX:
+        raise ValueError(f"job name prefix {prefix!r} is longer than {JOB_PREFIX_MAX} characters")
+    fmt = "/".join(["{}"] * (len(parts) + 3))
+    args = ", ".join(["$$.Execution.Name", *(lit(p) for p in parts), "$$.State.EnteredTime", "$$.State.RetryCount"])
+    return f"States.Format('{_esc(prefix)}-{{}}', States.Hash(States.Format('{fmt}', {args}), {lit(JOB_NAME_HASH)}))"
+
+
+def _esc(text: str) -> str:
+    return "".join("\\" + ch if ch in "'{}\\" else ch for ch in text)
+
+
+def doc_key(r: Render, relpath: str) -> str:
+    """``States.Format`` of the S3 key of a document of this execution (the layout of
+    :func:`~mlblueprints.stepfunctions.names.run_prefix`, under the ``${Bucket}`` substitution)."""
+    head = req.split_s3_uri(names.run_prefix(r.aws_real, r.spec.pattern, "x"))[1][: -len("x")]
+    return f"States.Format('{_esc(head)}{{}}/{_esc(relpath)}', $$.Execution.Name)"
+
+
+def run_key(r: Render, step: str, what: str) -> str:
+    """The key of a step's document (``steps/<step>/<what>.json``)."""
+    return doc_key(r, names.step_key(step, what))
+
+
+def sagemaker_name_part(text: str) -> str:
+    """``text`` as the start of a SageMaker job name: runs of other characters than [a-zA-Z0-9]
+    become ``-``, at most :data:`JOB_PREFIX_MAX` characters."""
+    out = re.sub(r"[^a-zA-Z0-9]+", "-", text).strip("-")[:JOB_PREFIX_MAX].rstrip("-")
+    return out or "mlb"
+
+
+def retry_try_number() -> str:
+    return "States.Format('{}', States.MathAdd($$.State.RetryCount, 1))"
+
+
+# ---------------------------------------------------------------- the render context
+
+
+@dataclass
+class Render:
+    """What the Task states of one pattern are rendered from."""
+
+    uc: UseCase  # with placeholders (names.with_placeholders)
+    aws_real: Any  # the real aws section: the S3 layout's prefix (not a substitution)
+    spec: Any  # PatternSpec
+
+    @property
+    def bucket(self) -> str:
+        return names.placeholder("Bucket")
+
+    def retry(self, step: Any, errors: tuple[str, ...]) -> list[dict[str, Any]]:
+        """The step's retries (the use case's, or the step's own), as Airflow's: exponential
+        backoff from ``retry_delay_seconds``, at most 30 minutes apart."""
+        n = self.uc.retries if step.retries is None else step.retries
+        if n <= 0:
+            return []
+        return [
+            {
+                "ErrorEquals": list(errors),
+                "IntervalSeconds": max(1, int(self.uc.retry_delay_seconds)),
+                "BackoffRate": RETRY_BACKOFF,
+                "MaxAttempts": int(n),
+                "MaxDelaySeconds": MAX_RETRY_DELAY_SECONDS,
+            }
+        ]
+
+
+# ---------------------------------------------------------------- the worker job (Python phases)
+
+
+def worker_job_request(uc: UseCase, pattern: str, step: str, phase: str) -> dict[str, Any]:
+    """CreateProcessingJob parameters of one Python phase in the worker image, without the parts
+    that depend on the execution (name, arguments): the step function runs as
+    ``python -m mlblueprints.stepfunctions.worker <usecase> <pattern> <step> <phase>`` with the
+    worker role, on an encrypted volume, in the training VPC when the use case names one. The
+    worker checks that the substitutions it was deployed with are its use case's values."""
+    aws = uc.aws_settings
+    sm = uc.training.sagemaker if uc.training is not None else None
+    request: dict[str, Any] = {
+        "ProcessingResources": {
+            "ClusterConfig": {
+                "InstanceCount": 1,
+                "InstanceType": WORKER_INSTANCE_TYPE,
+                "VolumeSizeInGB": WORKER_VOLUME_GB,
+                "VolumeKmsKeyId": aws.kms_key_arn,
+            }
+        },
+        "StoppingCondition": {"MaxRuntimeInSeconds": WORKER_MAX_RUNTIME_SECONDS},
+        "AppSpecification": {
+            "ImageUri": names.placeholder(names.WORKER_IMAGE),
+            "ContainerEntrypoint": ["python", "-m", WORKER_MODULE],
+            "ContainerArguments": [uc.name, pattern, step, phase],
+        },
+        "Environment": {f"MLB_EXPECT_{n.upper()}": names.placeholder(n) for n in names.AWS_FIELDS},
+        "RoleArn": names.placeholder(names.WORKER_ROLE),
+        "Tags": [
+            {"Key": "managed-by", "Value": "mlblueprints"},
+            {"Key": "mlblueprints:usecase", "Value": uc.name},
+            {"Key": "mlblueprints:pattern", "Value": pattern},
+            {"Key": "mlblueprints:step", "Value": step},
+            {"Key": "mlblueprints:phase", "Value": phase},
+        ],
+    }
+    if sm is not None and sm.subnets:
+        request["NetworkConfig"] = {
+            "EnableNetworkIsolation": False,  # the worker calls S3, Athena, Glue, SageMaker
+            "VpcConfig": {"Subnets": list(sm.subnets), "SecurityGroupIds": list(sm.security_group_ids)},
+        }
+    return request
+
+
+def worker_task(r: Render, step: Any, phase: str, next_state: str, failed_state: str) -> dict[str, Any]:
+    """The Task that runs one phase of ``step`` as a SageMaker Processing job (``.sync``): a
+    failure of the job (an exception the worker did not classify as permanent) is retried as the
+    step's retries say, then caught into the step's failed status."""
+    params = worker_job_request(r.uc, r.spec.pattern, step.id, phase)
+    app = params["AppSpecification"]
+    args = ", ".join(lit(a) for a in app.pop("ContainerArguments"))
+    app["ContainerArguments.$"] = (
+        f"States.Array({args}, '--execution', $$.Execution.Name, '--try', {retry_try_number()})"
+    )
+    prefix = sagemaker_name_part(names.resource_prefix(r.uc))
+    task: dict[str, Any] = {
+        "Type": "Task",
+        "Comment": f"{step.id}: {phase} phase, the project's own code in the worker image",
+        "Resource": "arn:aws:states:::sagemaker:createProcessingJob.sync",
+        "Parameters": {"ProcessingJobName.$": job_name(prefix, step.id, phase), **params},
+        "ResultPath": None,
+        "Next": next_state,
+    }
+    retry = r.retry(step, SAGEMAKER_RETRYABLE)
+    if retry:
+        task["Retry"] = retry
+    task["Catch"] = [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": failed_state}]
+    return task
+
+
+# ---------------------------------------------------------------- service kinds
+
+
+@dataclass(frozen=True)
+class ServiceKind:
+    """How a service call of one kind runs in a state machine.
+
+    ``states(r, step, request_path, next, failed)`` returns the states (first one first) that run
+    the job whose request the prepare phase left at ``request_path`` and put the job's output at
+    ``$.step.output``; ``output(raw)`` turns that output into what the backend's ``resume_*``
+    method gets (the shape the Airflow operator returns)."""
+
+    kind: str
+    states: Callable[..., dict[str, dict[str, Any]]]
+    output: Callable[[Any], Any]
+    doc: str = ""
+    resources: tuple[str, ...] = field(default_factory=tuple)
+
+
+def athena_parameters(r: Render, sql_path: str, token: str) -> dict[str, Any]:
+    """StartQueryExecution of one statement: :func:`mlblueprints.aws.requests.athena_start_query`
+    for the use case, its statement and token filled in by the state machine."""
+    params = req.athena_start_query(r.uc.aws_settings, "<statement>", "<token>")
+    del params["QueryString"], params["ClientRequestToken"]
+    return {"QueryString.$": sql_path, "ClientRequestToken.$": token, **params}
+
+
+def athena_token(step_id: str) -> str:
+    """ClientRequestToken of a statement: sha256 of (execution, step, statement, state entry,
+    retry) - 64 hex digits, a new query for each retry (Athena returns the same query for a token
+    it has seen)."""
+    return (
+        "States.Hash(States.Format('{}/{}/{}/{}/{}', $$.Execution.Name, "
+        f"{lit(step_id)}, $.name, $$.State.EnteredTime, $$.State.RetryCount), 'SHA-256')"
+    )
+
+
+def _athena_states(r: Render, step: Any, request_path: str, next_state: str, failed: str) -> dict[str, Any]:
+    statement = f"{step.id}.statement"
+    run = {
+        "Type": "Task",
+        "Comment": "one statement, waited for (.sync); stopping the execution stops the query",
+        "Resource": "arn:aws:states:::athena:startQueryExecution.sync",
+        "Parameters": athena_parameters(r, "$.sql", athena_token(step.id)),
+        "ResultSelector": {"id.$": "$.QueryExecution.QueryExecutionId"},
+        "ResultPath": "$.query",
+        "Next": f"{statement}.done",
+    }
+    retry = r.retry(step, ATHENA_RETRYABLE)
+    if retry:
+        run["Retry"] = retry
+    return {
+        f"{step.id}.athena": {
+            "Type": "Map",
+            "Comment": "the step's Athena statements, in order (one at a time)",
+            "ItemsPath": request_path,
+            "ItemSelector": {"name.$": "$$.Map.Item.Value.name", "sql.$": "$$.Map.Item.Value.sql"},
+            "MaxConcurrency": 1,
+            "ItemProcessor": {
+                "ProcessorConfig": {"Mode": "INLINE"},
+                "StartAt": statement,
+                "States": {
+                    statement: run,
+                    f"{statement}.done": {
+                        "Type": "Pass",
+                        "Parameters": {"name.$": "$.name", "id.$": "$.query.id"},
+                        "End": True,
+                    },
+                },
+            },
+            "ResultPath": "$.step.output",
+            "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": failed}],
+            "Next": next_state,
+        }
+    }
+
+
+def _athena_output(raw: Any) -> dict[str, Any]:
+    """The Map's ``[{name, id}, ...]`` -> ``{"queries": {name: id}}`` (AthenaStatementsOperator's)."""
+    return {"queries": {q["name"]: q["id"] for q in raw or []}}
+
+
+# the CreateTrainingJob fields the prepare phase computes for this run: its data, its code's
+# archive, its checkpoints, its lineage (environment and tags)
+TRAINING_FROM_PREPARE = ("InputDataConfig", "CheckpointConfig", "Environment", "Tags")
+TRAINING_HP_FROM_PREPARE = ("sagemaker_submit_directory",)
+
+
+def training_parameters(r: Render, request_path: str, name: str) -> dict[str, Any]:
+    """CreateTrainingJob: :func:`mlblueprints.aws.training.create_training_job_request` for the use
+    case (image, role, resources, managed Spot and its stopping condition, KMS, isolation, VPC,
+    hyperparameters), the run's data, code, checkpoints and lineage from the prepare phase's
+    request, and the job's name (also in ``sagemaker_job_name``, as ``request_for_try`` sets it)."""
+    from mlblueprints.aws import training as tr
+    from mlblueprints.training.core import hyperparameters
+
+    uc = r.uc
+    template = tr.create_training_job_request(
+        uc,
+        job_name="from-the-state-machine",
+        train_s3_uri="s3://from-prepare/train/",
+        source_s3_uri="s3://from-prepare/sourcedir.tar.gz",
+        output_s3_uri=tr.output_s3_uri(uc),
+        checkpoint_s3_uri="s3://from-prepare/checkpoints/",
+        hyperparameters=hyperparameters(uc),
+        git_commit="from-prepare",
+    )
+    params: dict[str, Any] = {}
+    for key, value in template.items():
+        if key == "TrainingJobName":
+            params["TrainingJobName.$"] = name
+        elif key in TRAINING_FROM_PREPARE:
+            params[f"{key}.$"] = f"{request_path}.{key}"
+        elif key == "HyperParameters":
+            hps: dict[str, Any] = {}
+            for hp, v in value.items():
+                if hp == "sagemaker_job_name":
+                    hps["sagemaker_job_name.$"] = f"States.JsonToString({name})"
+                elif hp in TRAINING_HP_FROM_PREPARE:
+                    hps[f"{hp}.$"] = f"{request_path}.HyperParameters.{hp}"
+                else:
+                    hps[hp] = v
+            params["HyperParameters"] = hps
+        else:
+            params[key] = value
+    return params
+
+
+def _training_states(r: Render, step: Any, request_path: str, next_state: str, failed: str) -> dict[str, Any]:
+    name = job_name(sagemaker_name_part(r.uc.name), step.id)
+    task: dict[str, Any] = {
+        "Type": "Task",
+        "Comment": (
+            "SageMaker training with managed Spot (.sync); a new job per retry, resuming from the run's "
+            "checkpoints; stopping the execution stops the job"
+        ),
+        "Resource": "arn:aws:states:::sagemaker:createTrainingJob.sync",
+        "Parameters": training_parameters(r, request_path, name),
+        "ResultPath": "$.step.output",
+        "Next": next_state,
+    }
+    retry = r.retry(step, SAGEMAKER_RETRYABLE)
+    if retry:
+        task["Retry"] = retry
+    task["Catch"] = [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": failed}]
+    return {f"{step.id}.sagemaker_training": task}
+
+
+def _training_output(raw: Any) -> dict[str, Any]:
+    """DescribeTrainingJob (what ``.sync`` returns) -> ``{"Training": ..., "how": "created"}``
+    (TrainingJobOperator's)."""
+    return {"Training": raw, "how": "created"}
+
+
+SERVICES: dict[str, ServiceKind] = {
+    service.ATHENA: ServiceKind(
+        service.ATHENA,
+        _athena_states,
+        _athena_output,
+        "Athena statements in order: a Map (MaxConcurrency 1) of startQueryExecution.sync",
+        ("arn:aws:states:::athena:startQueryExecution.sync",),
+    ),
+    service.SAGEMAKER_TRAINING: ServiceKind(
+        service.SAGEMAKER_TRAINING,
+        _training_states,
+        _training_output,
+        "a SageMaker training job: createTrainingJob.sync",
+        ("arn:aws:states:::sagemaker:createTrainingJob.sync",),
+    ),
+}
+
+
+def service_kind(kind: str) -> ServiceKind:
+    if kind not in SERVICES:
+        raise ValueError(f"no Step Functions integration for service kind {kind!r}; known: {', '.join(SERVICES)}")
+    return SERVICES[kind]

@@ -1,0 +1,195 @@
+"""Each pattern's control flow, executed by moto's ASL interpreter with the service jobs and the
+worker answered by stubs (see conftest.py): success, a failed gate ending in its Fail state, a
+Spot capacity error retried with a new job, a worker error retried; and the parameter blocks the
+interpreter evaluated, compared with what the pure builders (and so the Airflow tasks) send."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from sfn_harness import Call, fraud_usecase_for_tests
+
+from mlblueprints import patterns
+from mlblueprints.aws import requests as req
+from mlblueprints.aws import training as tr
+from mlblueprints.lineage import RunInfo
+from mlblueprints.stepfunctions import names
+from mlblueprints.training.core import hyperparameters
+
+pytestmark = pytest.mark.aws
+
+STATEMENTS = [
+    {"name": "merge", "sql": "MERGE INTO t USING s ON t.k = s.k WHEN MATCHED THEN DELETE"},
+    {"name": "count", "sql": "SELECT 1"},
+]
+
+
+def _events(uc, pattern, step_id):
+    spec = patterns.declare(pattern, names.on_aws(uc))
+    return [
+        {"Source": "mlblueprints", "DetailType": "mlblueprints asset updated", "Detail": json.dumps({"asset": a})}
+        for a in spec.step(step_id).emits
+    ]
+
+
+def _service_answers(uc, pattern, execution_ref, training_request=None):
+    """Default answers: a service step's prepare phase hands the job's request over; every other
+    phase succeeds with its Asset events."""
+    spec = patterns.declare(pattern, names.on_aws(uc))
+    answers = {}
+    for s in spec.steps:
+
+        def done(call, n, sid=s.id):
+            return {"status": "succeeded", "events": _events(uc, pattern, sid)}
+
+        if s.service == "athena":
+            answers[(s.id, "prepare")] = lambda call, n: {"status": "service", "kind": "athena", "request": STATEMENTS}
+        elif s.service == "sagemaker_training":
+            answers[(s.id, "prepare")] = lambda call, n: {
+                "status": "service",
+                "kind": "sagemaker_training",
+                "request": training_request(execution_ref()),
+            }
+        answers[(s.id, "finish")] = done
+        answers[(s.id, "run")] = done
+    return answers
+
+
+def _training_request(uc, execution):
+    """What AwsTrainer.train builds for this execution (the worker's run: run id = execution)."""
+    run = RunInfo.for_usecase(uc, run_id=execution, dag_id="fraud_detection__training", task_id="train.prepare")
+    aws = uc.aws_settings
+    return tr.create_training_job_request(
+        uc,
+        job_name=tr.training_job_name(uc, run.run_id, 1),
+        train_s3_uri=aws.s3_uri("training", "data", execution, "abc", "train") + "/",
+        source_s3_uri=f"s3://{aws.bucket}/{tr.source_archive_key(uc, 'a' * 64)}",
+        output_s3_uri=tr.output_s3_uri(uc),
+        checkpoint_s3_uri=tr.checkpoint_s3_uri(uc, f"{execution}#abc"),
+        hyperparameters=hyperparameters(uc),
+        git_commit="0123abc",
+        run=run.as_dict(),
+    )
+
+
+@pytest.mark.slow
+def test_training_succeeds_after_a_spot_capacity_error_with_a_new_job_and_the_builders_request(sfn_world):
+    uc = fraud_usecase_for_tests()
+    holder = {}
+    answers = _service_answers(uc, "training", lambda: holder["execution"], lambda e: _training_request(uc, e))
+    prepare = answers[("training_set", "prepare")]
+
+    def remember(call: Call, n):
+        holder["execution"] = call.parameters["AppSpecification"]["ContainerArguments"][5]
+        return prepare(call, n)
+
+    answers[("training_set", "prepare")] = remember
+
+    def training(call: Call, n):
+        if n == 1:  # the job ended Failed: .sync raises States.TaskFailed, which SendTaskFailure
+            # may not name (moto refuses States.*): a task error of another name, which the
+            # retrier's States.TaskFailed matches as in AWS
+            return (
+                "fail",
+                "SageMaker.TrainingJobFailed",
+                json.dumps({"FailureReason": "CapacityError: Unable to provision requested ML compute capacity."}),
+            )
+        return None
+
+    answers["training"] = training
+    ex = sfn_world.execute(uc, "training", answers)
+    assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
+    jobs = [c for c in ex.services.calls if "createTrainingJob" in c.resource]
+    # a new job per retry (moto 5.2.5 hands the first retry after a SendTaskFailure the same
+    # failure once more, so there are two retries here, where AWS would need one)
+    assert [c.retry for c in jobs] == list(range(len(jobs))) and 2 <= len(jobs) <= 1 + uc.retries
+    names_ = [c.parameters["TrainingJobName"] for c in jobs]
+    assert len(set(names_)) == len(jobs) and all(tr.SAGEMAKER_NAME_RE.match(n) for n in names_), names_
+    # the block the state machine sent is the builder's request for this try, apart from the
+    # try-number tag, which says the try of the prepare phase (the retry count is in the name)
+    prepared = _training_request(uc, holder["execution"])
+
+    def tags_by_key(request):
+        return {**request, "Tags": sorted(request["Tags"], key=lambda t: t["Key"])}
+
+    for c in jobs:
+        want = tr.request_for_try(prepared, c.parameters["TrainingJobName"], 1)
+        assert tags_by_key(c.parameters) == tags_by_key(want)
+    # evaluate, register, publish, report all ran after the job
+    assert ("report", "run") in ex.worker_calls() and ("publish", "run") in ex.worker_calls()
+
+
+@pytest.mark.slow
+def test_a_failed_gate_ends_the_lakehouse_in_its_fail_state_after_the_report(sfn_world):
+    uc = fraud_usecase_for_tests()
+    answers = _service_answers(uc, "lakehouse", lambda: None)
+    answers[("gate_bronze__transactions", "finish")] = lambda call, n: {
+        "status": "failed",
+        "error": {"Error": "GateFailed", "Cause": "quality gate failed\nexpect_column_values_to_not_be_null: 3 rows"},
+    }
+    ex = sfn_world.execute(uc, "lakehouse", answers)
+    assert ex.status == "FAILED"
+    assert ex.error == "GateFailed" and ex.cause.startswith("quality gate failed")
+    assert "Failed: gate_bronze__transactions" in ex.entered()
+    ran = ex.worker_calls()
+    # not retried (a permanent failure), nothing downstream of it ran, the other data sets did, the report did
+    assert ran.count(("gate_bronze__transactions", "finish")) == 1
+    assert not any(step in ("silver__transactions", "gold__transaction_features", "compact") for step, _ in ran)
+    assert ("silver__customers", "finish") in ran and ("report", "run") in ran
+
+
+@pytest.mark.slow
+def test_lakehouse_succeeds_and_each_athena_block_is_the_builders(sfn_world):
+    uc = fraud_usecase_for_tests()
+    ex = sfn_world.execute(uc, "lakehouse", _service_answers(uc, "lakehouse", lambda: None))
+    assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
+    queries = [c for c in ex.services.calls if "athena" in c.resource]
+    spec = patterns.declare("lakehouse", names.on_aws(uc))
+    assert len(queries) == len(STATEMENTS) * sum(1 for s in spec.steps if s.service == "athena")
+    tokens = set()
+    for c in queries:
+        p = c.parameters
+        assert p == req.athena_start_query(uc.aws_settings, p["QueryString"], p["ClientRequestToken"])
+        assert re.fullmatch(r"[0-9a-f]{64}", p["ClientRequestToken"])
+        tokens.add(p["ClientRequestToken"])
+    assert len(tokens) == len(queries)  # one token per statement of each step
+    # the statements of each step ran in order
+    by_step = {}
+    for c in queries:
+        by_step.setdefault(c.state, []).append(c.parameters["QueryString"])
+    assert len(by_step) == sum(1 for s in spec.steps if s.service == "athena")
+    assert all(v == [s["sql"] for s in STATEMENTS] for v in by_step.values()), by_step
+
+
+@pytest.mark.slow
+def test_features_retry_a_failed_worker_job_with_a_new_job_and_try(sfn_world):
+    uc = fraud_usecase_for_tests()
+    answers = _service_answers(uc, "features", lambda: None)
+    ok = answers[("plan", "run")]
+    answers[("plan", "run")] = lambda call, n: (
+        ("fail", "SageMaker.ProcessingJobFailed", "exit code 1") if n == 1 else ok(call, n)
+    )
+    ex = sfn_world.execute(uc, "features", answers)
+    assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
+    plans = [c for c in ex.services.calls if c.worker == ("plan", "run")]
+    # each try is told its number and is a job of its own (see the training test on moto's retries)
+    tries = [c.parameters["AppSpecification"]["ContainerArguments"][-1] for c in plans]
+    assert tries == [str(k) for k in range(1, len(plans) + 1)] and len(plans) >= 2
+    assert len({c.parameters["ProcessingJobName"] for c in plans}) == len(plans)
+    for c in plans:
+        assert tr.SAGEMAKER_NAME_RE.match(c.parameters["ProcessingJobName"])
+    for view in uc.features:
+        assert (f"materialize__{view}", "finish") in ex.worker_calls()
+
+
+@pytest.mark.slow
+def test_a_failed_training_set_skips_training_and_fails_the_execution_with_its_error(sfn_world):
+    uc = fraud_usecase_for_tests(retries=2)
+    answers = _service_answers(uc, "training", lambda: None, lambda e: {})
+    answers[("training_set", "prepare")] = lambda call, n: ("fail", "SageMaker.ProcessingJobFailed", "worker exited 1")
+    ex = sfn_world.execute(uc, "training", answers)
+    assert ex.status == "FAILED" and "Failed: training_set" in ex.entered()
+    assert ex.worker_calls().count(("training_set", "prepare")) == 3  # 1 + retries
+    assert ("train", "prepare") not in ex.worker_calls() and ("report", "run") in ex.worker_calls()

@@ -27,6 +27,7 @@ from mlblueprints.core.service import ATHENA, SAGEMAKER_TRANSFORM
 from mlblueprints.patterns import ALL_DONE, ParamSpec, PatternSpec, Schedule, Step, base_tags
 
 STEPS = "mlblueprints.scoring.steps"
+RESULTS = "mlblueprints.core.results"
 
 
 def _schedule(uc: UseCase) -> tuple[Schedule, list[AssetSpec]]:
@@ -48,15 +49,16 @@ def declare(uc: UseCase) -> PatternSpec | None:
     schedule, consumed = _schedule(uc)
     predictions = predictions_asset(uc)
     steps = (
-        Step("plan", f"{STEPS}:plan", capability="scorer", service=ATHENA),
+        Step("plan", f"{STEPS}:plan", capability="scorer", service=ATHENA, result=f"{RESULTS}:ScoringPlan"),
         Step(
             "score",
             f"{STEPS}:score",
             inputs={"planned": "plan"},
             capability="scorer",
             service=SAGEMAKER_TRANSFORM,
+            result=f"{RESULTS}:ScoringScored",
         ),
-        Step("gate", f"{STEPS}:gate", inputs={"planned": "plan", "scored": "score"}),
+        Step("gate", f"{STEPS}:gate", inputs={"planned": "plan", "scored": "score"}, result=f"{RESULTS}:ScoringGate"),
         Step(
             "commit",
             f"{STEPS}:commit",
@@ -64,8 +66,17 @@ def declare(uc: UseCase) -> PatternSpec | None:
             emits=(predictions.name,),
             capability="scorer",
             service=ATHENA,
+            result=f"{RESULTS}:ScoringCommit",
         ),
-        Step("report", f"{STEPS}:report", after=("commit",), trigger_rule=ALL_DONE, retries=0, collect=True),
+        Step(
+            "report",
+            f"{STEPS}:report",
+            after=("commit",),
+            trigger_rule=ALL_DONE,
+            retries=0,
+            collect=True,
+            result=f"{RESULTS}:ReportResult",
+        ),
     )
     params = (
         ParamSpec(

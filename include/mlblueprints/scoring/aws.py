@@ -15,8 +15,11 @@
 * ``gate`` validates the output with the same Great Expectations code as the local target.
 * ``commit`` returns Athena statements: an external table over the job's output, one MERGE by key
   into the predictions table that replaces the interval (rows of the interval the output no
-  longer has are deleted in the same statement: one Iceberg commit), and the external table
-  dropped again. ``resume_commit`` records the lineage (Athena cannot set snapshot properties).
+  longer has are deleted in the same statement: one Iceberg commit), the table's maintenance
+  (``lakehouse.aws.maintenance_statements``: OPTIMIZE of the interval's partitions, retention,
+  VACUUM), and the external table dropped again. An interval longer than Athena's partitions per
+  write (``aws.athena_max_partitions_per_write``) is refused in ``plan``. ``resume_commit``
+  records the lineage (Athena cannot set snapshot properties).
 
 The decision, the threshold and the lineage columns are added by the same SQL in the gate's
 view and in the MERGE (:func:`parse_output_sql`), so what was validated is what is committed.
@@ -49,7 +52,7 @@ from mlblueprints.features import aws as fa
 from mlblueprints.features import aws_training_set as ats
 from mlblueprints.features import core as fcore
 from mlblueprints.features.core import ViewColumns
-from mlblueprints.lakehouse.aws import fq, unload_statement
+from mlblueprints.lakehouse.aws import fq, maintenance_statements, unload_statement
 from mlblueprints.lakehouse.sqlgen import ident, literal, sql_type, to_trino
 from mlblueprints.lineage import RunInfo
 from mlblueprints.scoring import core
@@ -269,6 +272,13 @@ class AwsScorer:
 
     def plan(self, lo: date, hi: date, model: dict[str, Any], run: RunInfo) -> ServiceCall:
         uc, aws = self.uc, self.aws
+        most = uc.aws_settings.athena_max_partitions_per_write
+        if (hi - lo).days + 1 > most:  # the MERGE writes one partition per event date
+            raise ScoringError(
+                uc,
+                f"{(hi - lo).days + 1} event dates ({lo}..{hi}) in one run: Athena writes at most {most} partitions "
+                f"per statement (aws.athena_max_partitions_per_write); score at most {most} days per run",
+            )
         rows = uc.scoring_rows()
         glue, s3 = self.rt.client("glue"), self.rt.client("s3")
         types = self._types(glue, s3, rows["source"])
@@ -522,10 +532,11 @@ class AwsScorer:
         parsed = parse_output_sql(relation, planned["key_types"], m, planned["snapshots"], run.run_id)
         merge = merge_sql(target, parsed, keys, columns, lo, hi)
         stmts.append(Statement("merge_predictions", to_trino(merge), "merge", to_trino(parsed)))
-        # a MERGE leaves delete files (merge-on-read): rewrite the interval's partitions right away
-        days = f"event_date BETWEEN DATE {literal(lo)} AND DATE {literal(hi)}"
-        stmts.append(
-            Statement("optimize_interval", f"OPTIMIZE {target} REWRITE DATA USING BIN_PACK WHERE {days}", "optimize")
+        # a MERGE leaves delete files (merge-on-read): the interval's partitions are rewritten right
+        # away, and snapshots older than the retention expired (the lakehouse's maintenance)
+        days = _days(lo, hi)
+        stmts += maintenance_statements(
+            self.uc, self.table, "event_date", days, self.uc.lakehouse.snapshot_retention_days
         )
         if stage:
             stmts.append(Statement("drop_stage_table", f"DROP TABLE IF EXISTS `{aws.glue_database}`.`{stage}`", "ddl"))
@@ -593,6 +604,11 @@ class AwsScorer:
             f"lineage records: {aws.s3_uri('lineage', self.table)}",
             f"Data Docs (Great Expectations): {aws.s3_uri('quality', 'uncommitted/data_docs/local_site/index.html')}",
         ]
+
+
+def _days(lo: str, hi: str) -> list[str]:
+    first, last = date.fromisoformat(lo), date.fromisoformat(hi)
+    return [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
 
 
 def _seconds(start: Any, end: Any) -> float | None:

@@ -86,7 +86,10 @@ def score(ctx: StepContext, planned: dict[str, Any]) -> Any:
 
 
 def _scored(ctx: StepContext, out: dict[str, Any]) -> dict[str, Any]:
-    log.info("%s predictions staged (%s)", out["rows"], out.get("staged"))
+    if "rows" in out:  # local: counted while scoring
+        log.info("%s predictions staged (%s)", out["rows"], out.get("staged"))
+    else:  # aws: the job's output, counted by the gate
+        log.info("transform job %s (%s) wrote %s", out.get("job_name"), out.get("how"), out.get("output_s3_uri"))
     return out
 
 

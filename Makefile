@@ -66,6 +66,7 @@ bench: install  ## benchmarks (long); results go to docs/benchmarks.md by hand
 	$(PY) bench/lakehouse.py
 	$(PY) bench/features.py
 	$(PY) bench/training.py
+	$(PY) bench/scoring.py
 
 requirements.txt: uv.lock  ## regenerate the MWAA/Astronomer requirements from the lock
 	$(UV) export --frozen --no-dev --no-hashes --no-emit-project --no-header \

@@ -16,7 +16,7 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
 export MLB_HOME ?= $(CURDIR)/.mlb
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -50,7 +50,7 @@ demo: install  ## generate data; run the lakehouse, feature and training DAGs on
 demo-claims: install  ## the second example: claim cost (a regression), landed, backfilled, trained
 	$(PY) -m mlblueprints.cli demo --usecase claim_cost
 
-test: install tools  ## run the whole test suite (slow tests included)
+test: install tools python312 browser  ## run the whole test suite (slow tests included)
 	$(PY) -m pytest
 
 test-fast: install tools  ## the tests not marked slow
@@ -68,14 +68,9 @@ bench: install  ## benchmarks (long); results go to docs/benchmarks.md by hand
 	$(PY) bench/training.py
 	$(PY) bench/scoring.py
 
-requirements.txt: uv.lock  ## regenerate the MWAA/Astronomer requirements from the lock
-	$(UV) export --frozen --no-dev --no-hashes --no-emit-project --no-header \
-	  --no-emit-package apache-airflow --no-emit-package apache-airflow-core \
-	  --no-emit-package apache-airflow-task-sdk -o requirements.txt >/dev/null
-
-lock:  ## re-resolve uv.lock after editing pyproject.toml, then regenerate requirements.txt
+lock:  ## re-resolve uv.lock after editing pyproject.toml, then regenerate the requirements files
 	$(UV) lock
-	$(MAKE) requirements.txt
+	$(MAKE) requirements
 
 WORKER_IMAGE ?= mlblueprints-worker
 worker-image:  ## build the Step Functions worker image (needs Docker; docs/stepfunctions.md says how to push it)
@@ -86,3 +81,55 @@ clean:  ## remove the runtime directory (data, tables, Airflow DB, reports)
 	rm -rf "$(MLB_HOME)"
 
 .PHONY: help install tools demo demo-claims test test-fast lint bench lock clean worker-image
+
+# ---- where users run it: MWAA, Astro, a local Airflow UI (docs/deployment.md) ----------------
+# the Airflow version of the managed targets: MWAA offers 3.3.1, 3.2.1 and 3.0.6; Astro Runtime's
+# 3.3 line; both on Python 3.12. Change both together.
+AIRFLOW_TARGET ?= 3.3.1
+ASTRO_RUNTIME ?= 3.3-2
+export AIRFLOW_TARGET ASTRO_RUNTIME
+UP_PORT ?= 8080
+
+requirements: install  ## regenerate requirements/aws-worker.txt (3.12, AIRFLOW_TARGET) and requirements/local.txt
+	$(PY) -m mlblueprints.deploy.requirements --uv $(UV) --airflow $(AIRFLOW_TARGET)
+
+image-table: install  ## rewrite the SageMaker image table from the installed SDK
+	$(PY) -m mlblueprints.aws.image_table
+
+.PHONY: requirements image-table
+
+# the managed images' Python, for the tests that install the MWAA bundle's and the Astro project's
+# requirements: the machine's own 3.12 (PYTHON312, python3.12, pyenv's) or else uv's build,
+# installed into .tools/python (uv downloads it from its own release site, not from PyPI)
+python312: install  ## find a Python 3.12 for the MWAA/Astro install tests, or install uv's into .tools/python
+	@$(PY) -m mlblueprints.deploy.requirements --find-python 3.12 \
+	  || { UV_PYTHON_DOWNLOADS=automatic UV_PYTHON_INSTALL_DIR=$(CURDIR)/$(TOOLS)/python $(UV) python install 3.12 \
+	       && $(PY) -m mlblueprints.deploy.requirements --find-python 3.12; }
+
+.PHONY: python312
+
+mwaa-bundle: install  ## dist/mwaa: dags/, plugins.zip, requirements.txt, startup.sh for MWAA (AIRFLOW_TARGET)
+	$(PY) -m mlblueprints.cli deploy mwaa-bundle --out dist/mwaa --airflow $(AIRFLOW_TARGET)
+
+.PHONY: mwaa-bundle
+
+up: install  ## the Airflow UI (API server, scheduler, DAG processor, triggerer) on the runtime's DB; prints URL and login
+	$(PY) -m mlblueprints.cli up --port $(UP_PORT)
+
+down:  ## stop what `make up` started
+	$(PY) -m mlblueprints.cli down
+
+.PHONY: up down
+
+astro: install  ## assemble astro/ for `astro dev start` (Astro Runtime ASTRO_RUNTIME, Airflow AIRFLOW_TARGET)
+	$(PY) -m mlblueprints.cli deploy astro --out astro --airflow $(AIRFLOW_TARGET) --runtime $(ASTRO_RUNTIME)
+
+.PHONY: astro
+
+browser:  ## Debian's chromium for the reports plugin's browser test (apt-get as root; make test calls it)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium package (sudo apt-get install chromium) for the browser test" >&2; exit 1; fi; }
+	@chromium --version
+
+.PHONY: browser

@@ -20,6 +20,10 @@
     mlblueprints suites init fraud_detection [--force]          starter quality suites from the schema
     mlblueprints set-aside fraud_detection transactions/2024-03-01/part-001.csv   stop reading a rejected file
     eval "$(mlblueprints airflow-env)"                          use the airflow CLI/UI on the same DB
+    mlblueprints up [--port 8080] / mlblueprints down           the Airflow UI on the runtime's DB, and stop it
+    mlblueprints deploy mwaa-bundle [--out dist/mwaa]           the MWAA bundle (dags/, plugins.zip, requirements, startup)
+    mlblueprints deploy mwaa --bucket B [--env NAME]            upload it; update the environment's object versions
+    mlblueprints deploy astro [--out astro]                     assemble the Astro project (`astro dev start` there)
     mlblueprints statemachines render|deploy|run ...            Step Functions (docs/stepfunctions.md)
     mlblueprints infra render fraud_detection                   CloudFormation parameters (docs/deployment.md)
 
@@ -693,6 +697,105 @@ def _suites(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _deploy(args: argparse.Namespace) -> int:
+    from mlblueprints.deploy import requirements as reqs
+    from mlblueprints.deploy.mwaa import DeployError
+
+    root = runtime.project_root()
+    try:
+        if args.action == "mwaa-bundle":
+            from mlblueprints.deploy import mwaa
+
+            out = mwaa.build(root, Path(args.out).resolve(), args.airflow)
+            print(f"MWAA bundle for Airflow {args.airflow} (Python {reqs.PYTHON_TARGET}): {out}")
+            for f in ("dags/", "plugins.zip", "requirements.txt", "startup.sh", "bundle.json"):
+                print(f"  {out / f}")
+        elif args.action == "mwaa":
+            from mlblueprints.deploy import mwaa
+
+            done = mwaa.deploy_with_boto3(
+                Path(args.bundle).resolve(),
+                args.bucket,
+                environment=args.env,
+                prefix=args.prefix,
+                upgrade=args.upgrade,
+                region=args.region,
+            )
+            print(f"uploaded {len(done.versions)} objects to s3://{args.bucket}/{args.prefix}")
+            for key in mwaa.ARTIFACTS:
+                k = f"{args.prefix.strip('/')}/{key}".lstrip("/")
+                print(f"  {k} version {done.versions.get(k)}")
+            if done.deleted:
+                print(f"deleted {len(done.deleted)} dags/ objects the bundle no longer has")
+            if done.update_request:
+                print(f"UpdateEnvironment sent to {args.env}; MWAA applies it in 10-30 minutes")
+        elif args.action == "astro":
+            from mlblueprints.deploy import astro
+
+            out = astro.assemble(root, Path(args.out).resolve(), args.airflow, args.runtime)
+            print(f"Astro project (Astro Runtime {args.runtime}, Airflow {args.airflow}): {out}")
+            print(f"  cd {out} && astro dev start")
+    except DeployError as exc:
+        print(f"mlblueprints deploy {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from mlblueprints.deploy import local
+
+    try:
+        stack = local.up(port=args.port, host=args.host, timeout=args.timeout)
+    except local.UpError as exc:
+        print(f"mlblueprints up: {exc}", file=sys.stderr)
+        return 1
+    print(stack.describe())
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from mlblueprints.deploy import local
+
+    for line in local.down():
+        print(line)
+    return 0
+
+
+def _deploy_parsers(sub: argparse._SubParsersAction) -> None:
+    import os
+
+    from mlblueprints.deploy.requirements import AIRFLOW_TARGET
+
+    airflow = os.environ.get("AIRFLOW_TARGET") or AIRFLOW_TARGET
+    up = sub.add_parser("up", help="start the Airflow UI, scheduler, DAG processor and triggerer on the runtime's DB")
+    up.add_argument("--port", type=int, default=8080)
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    up.add_argument("--timeout", type=float, default=180, help="seconds to wait for the API server to be healthy")
+    up.set_defaults(fn=_up)
+    down = sub.add_parser("down", help="stop what `up` started")
+    down.set_defaults(fn=_down)
+
+    dp = sub.add_parser("deploy", help="MWAA bundle and upload, Astro project")
+    ds = dp.add_subparsers(dest="action", required=True)
+    b = ds.add_parser("mwaa-bundle", help="write the MWAA bundle")
+    b.add_argument("--out", default="dist/mwaa")
+    b.add_argument("--airflow", default=airflow, help=f"the environment's Airflow version (default {airflow})")
+    b.set_defaults(fn=_deploy)
+    m = ds.add_parser("mwaa", help="upload the bundle to the environment's bucket and update the environment")
+    m.add_argument("--bucket", required=True, help="the environment's source bucket (versioning enabled)")
+    m.add_argument("--env", help="the MWAA environment to update (omit to upload only)")
+    m.add_argument("--prefix", default="", help="key prefix of dags/, plugins.zip, ... in the bucket")
+    m.add_argument("--bundle", default="dist/mwaa")
+    m.add_argument("--region", help="AWS region (default: the AWS configuration's)")
+    m.add_argument("--upgrade", action="store_true", help="move the environment to the bundle's Airflow version")
+    m.set_defaults(fn=_deploy)
+    a = ds.add_parser("astro", help="assemble the Astro project in astro/")
+    a.add_argument("--out", default="astro")
+    a.add_argument("--airflow", default=airflow)
+    a.add_argument("--runtime", default=os.environ.get("ASTRO_RUNTIME") or "3.3-2", help="Astro Runtime image tag")
+    a.set_defaults(fn=_deploy)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="mlblueprints", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -839,6 +942,8 @@ def main(argv: list[str] | None = None) -> int:
     si.add_argument("usecase")
     si.add_argument("--force", action="store_true", help="overwrite existing suite files")
     si.set_defaults(fn=_suites)
+
+    _deploy_parsers(sub)
 
     from mlblueprints.stepfunctions.cli import add_parsers as add_stepfunctions_parsers
 

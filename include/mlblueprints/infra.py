@@ -58,8 +58,10 @@ def _kms(uc: UseCase) -> tuple[str, str]:
     return ("true" if aws.kms_key_arn.endswith(":" + alias) else "false"), alias
 
 
-def parameters(uc: UseCase, *, image_tag: str, mwaa: bool = False) -> dict[str, str]:
-    """Parameter name -> value for ``infra/mlblueprints.yaml``."""
+def parameters(uc: UseCase, *, image_tag: str, mwaa: bool = False, image_pushed: bool = False) -> dict[str, str]:
+    """Parameter name -> value for ``infra/mlblueprints.yaml``. ``image_pushed``: the worker image
+    of ``image_tag`` is in the repository, so the statements function (which runs from it) can be
+    created."""
     from mlblueprints.aws import training as tr
 
     aws = names.aws_section(uc)
@@ -83,6 +85,7 @@ def parameters(uc: UseCase, *, image_tag: str, mwaa: bool = False) -> dict[str, 
         "SageMakerRoleName": _role_name(aws.iam_role_arn),
         "ModelPackageGroupName": tr.model_package_group_name(uc) if uc.training else names.resource_prefix(uc),
         "WorkerImageTag": image_tag,
+        "WorkerImagePushed": str(image_pushed).lower(),
         "DefinitionsBucket": aws.bucket,
         "DefinitionsPrefix": aws.s3_uri("stepfunctions", "definitions").split("/", 3)[3],
         "HasFeatures": str(has["features"]).lower(),
@@ -103,9 +106,16 @@ def parameters(uc: UseCase, *, image_tag: str, mwaa: bool = False) -> dict[str, 
     return out
 
 
-def warnings(uc: UseCase) -> list[str]:
-    """What the stack will not do as the YAML might expect."""
+def warnings(uc: UseCase, *, image_pushed: bool) -> list[str]:
+    """What the stack will not do as the YAML might expect (``image_pushed`` as for
+    :func:`parameters`)."""
     out = []
+    if not image_pushed:
+        out.append(
+            f"the statements function ({names.statements_function_name(uc)}) is not created: it runs from the worker "
+            "image, so push the image, render again with --image-pushed and update the stack; until then a state "
+            "machine's Athena steps fail (Lambda.ResourceNotFoundException)"
+        )
     create_key, alias = _kms(uc)
     if create_key == "false":
         aws = names.aws_section(uc)

@@ -4,6 +4,7 @@ checked-in skip list (each with its reason, each still needed), parameters from 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -35,7 +36,6 @@ def _checkov(template: Path, skips: list[str]) -> dict:
         "cloudformation",
         "--output",
         "json",
-        "--quiet",
         "--skip-download",
     ]
     if skips:
@@ -51,14 +51,41 @@ def test_cfn_lint_finds_no_error(template):
     assert out.returncode & 2 == 0, out.stdout  # bit 2: errors (4: warnings, printed but allowed)
 
 
+def _every_resource(template: Path, out: Path) -> Path:
+    """A copy of ``template`` whose switches ("true"/"false" parameters that default to "false")
+    have no default: checkov evaluates a resource's Condition with the parameters' defaults and
+    checks none of the resources it leaves out, so the copy is what it must check."""
+    text = template.read_text()
+    params = yaml.load(text, Loader=_cfn_loader()).get("Parameters", {})
+    switches = [
+        n for n, p in params.items() if p.get("AllowedValues") == ["true", "false"] and p.get("Default") == "false"
+    ]
+    for name in switches:
+        text, n = re.subn(rf'(\n  {name}:\n(?:    .*\n)*?)    Default: "false"\n', r"\1", text, count=1)
+        assert n == 1, f'{template.name}: the default of {name} is not one line `Default: "false"`'
+    path = out / template.name
+    path.write_text(text)
+    return path
+
+
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.name)
-def test_checkov_fails_nothing_outside_the_skip_list(template):
+def test_checkov_fails_nothing_outside_the_skip_list(template, tmp_path):
     skips = yaml.safe_load((ROOT / "infra" / "checkov-skips.yaml").read_text()) or {}
     assert all(isinstance(v, str) and len(v) > 40 for v in skips.values()), "every skip needs its reason"
+    template = _every_resource(template, tmp_path)
     result = _checkov(template, list(skips))
     failed = {c["check_id"] for c in result.get("results", {}).get("failed_checks", [])}
     assert failed == set(), failed
     assert result["summary"]["passed"] > 50
+    # the resources made only on request (the statements function, MWAA's role) are checked too
+    checked = {
+        c["resource"] for k in ("passed_checks", "failed_checks", "skipped_checks") for c in result["results"][k]
+    }
+    resources = yaml.load(template.read_text(), Loader=_cfn_loader())["Resources"]
+    conditional = {f"{r['Type']}.{n}" for n, r in resources.items() if "Condition" in r}
+    checked_types = {c.rsplit(".", 1)[0] for c in checked}
+    missing = {c for c in conditional if c.rsplit(".", 1)[0] in checked_types} - checked
+    assert not missing, f"checkov checked no resource {sorted(missing)}"
     # every skip is still needed: without the list, exactly the skipped checks fail
     unskipped = _checkov(template, [])
     assert {c["check_id"] for c in unskipped["results"]["failed_checks"]} == set(skips)
@@ -78,6 +105,48 @@ def test_parameters_from_the_usecase_are_the_templates():
     assert infra.schedule_expression("30 6 * * 1-5") == "cron(30 6 ? * 2-6 *)"
     with pytest.raises(ValueError):
         infra.schedule_expression("0 0 1 * 1")
+
+
+def test_state_machines_get_every_substitution_and_the_statements_function_is_the_handler():
+    """Each state machine of the template is given exactly the substitutions the definitions use;
+    the statements function runs the handler the state machines are rendered against, from the
+    worker image, and the state machines may invoke it and nothing else of Lambda."""
+    import importlib
+
+    from mlblueprints.stepfunctions import names
+
+    uc = load_usecase(ROOT / "dags/usecases/fraud_detection.yaml")
+    template = yaml.load((ROOT / infra.TEMPLATE).read_text(), Loader=_cfn_loader())
+    res = template["Resources"]
+    machines = {k: v for k, v in res.items() if v["Type"] == "AWS::StepFunctions::StateMachine"}
+    assert machines
+    for name, machine in machines.items():
+        assert set(machine["Properties"]["DefinitionSubstitutions"]) == set(names.substitutions(uc)), name
+    fn = res["StatementsFunction"]["Properties"]
+    assert fn["ImageConfig"]["EntryPoint"] == ["python", "-m", "awslambdaric"]
+    module, _, attr = fn["ImageConfig"]["Command"][0].rpartition(".")
+    assert callable(getattr(importlib.import_module(module), attr))
+    assert "awslambdaric" in (ROOT / "infra/worker.Dockerfile").read_text()
+    assert "--group worker" in (ROOT / "infra/worker.Dockerfile").read_text()
+    statements = res["StatesRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    invoke = [s for s in statements if "lambda" in str(s["Action"])]
+    assert [s["Action"] for s in invoke] == ["lambda:InvokeFunction"]
+    params = infra.parameters(uc, image_tag="abc")
+    fn_arn = names.substitutions(uc)[names.STATEMENTS_FUNCTION]
+    for arn in [
+        invoke[0]["Resource"],
+        *(m["Properties"]["DefinitionSubstitutions"][names.STATEMENTS_FUNCTION] for m in machines.values()),
+    ]:
+        resolved = arn.replace("${ResourcePrefix}", params["ResourcePrefix"]).replace("${AWS::Partition}", "aws")
+        resolved = resolved.replace("${AWS::Region}", uc.aws.region).replace("${AWS::AccountId}", uc.aws.account_id)
+        assert resolved == fn_arn
+    assert fn["FunctionName"] == "${ResourcePrefix}-statements"
+    # created once the image is in the repository the stack creates
+    assert res["StatementsFunction"]["Condition"] == "ImagePushed" and params["WorkerImagePushed"] == "false"
+    assert template["Conditions"]["ImagePushed"] == ["WorkerImagePushed", "true"]
+    assert infra.parameters(uc, image_tag="abc", image_pushed=True)["WorkerImagePushed"] == "true"
+    assert [w for w in infra.warnings(uc, image_pushed=False) if "statements function" in w]
+    assert not [w for w in infra.warnings(uc, image_pushed=True) if "statements function" in w]
 
 
 def _cfn_loader():

@@ -2,17 +2,22 @@
 
 moto interprets ASL (``mock_aws(config={"stepfunctions": {"execute_state_machine": True}})``) and
 runs the ``aws-sdk`` S3 and the EventBridge tasks against its own services, but it cannot run a
-SageMaker Processing or Training job nor an Athena query, and it has no ``.sync`` for them. So
-:func:`with_stubs` swaps every ``sagemaker``/``athena`` Task for an SQS ``.waitForTaskToken``
-Task whose message carries the original resource and its Parameters *as the interpreter evaluated
-them* (intrinsic functions, paths, context object), and :class:`Services` answers those messages
-the way the jobs would: a worker job writes its phase's outcome document to S3 (what the real
-worker writes) and succeeds, or fails; an Athena statement or a training job succeeds with the
-``.sync`` output's shape, or fails. Everything else (Choice, Parallel, Map, Retry, Catch, Fail,
-the S3 reads and writes, PutEvents) is moto's interpreter running the committed logic.
+SageMaker Processing or Training job nor an Athena query, and it has no ``.sync`` for them; it
+runs a Lambda function only in Docker. So :func:`with_stubs` swaps every
+``sagemaker``/``athena``/``lambda`` Task for an SQS ``.waitForTaskToken`` Task whose message
+carries the original resource and its Parameters *as the interpreter evaluated them* (intrinsic
+functions, paths, context object), and :class:`Services` answers those messages the way the jobs
+would: a worker job writes its phase's outcome document (and a prepare phase's service call) to
+S3 (what the real worker writes) and succeeds, or fails; an Athena statement or a training job
+succeeds with the ``.sync`` output's shape, or fails; the statements function is the real handler
+(:mod:`mlblueprints.stepfunctions.statements`) called in this process on moto's S3 and Athena,
+answering with ``lambda:invoke``'s output shape. Everything else (Choice, Parallel, Map, Retry,
+Catch, Fail, the S3 reads and writes, PutEvents) is moto's interpreter running the committed logic.
 
 moto 5.2.5 returns an ``aws-sdk:s3:getObject`` Body as botocore's stream object, where Step
-Functions returns the text; :func:`read_s3_bodies` makes moto return the text.
+Functions returns the text; :func:`read_s3_bodies` makes moto return the text. Its SendTaskFailure
+drops the cause (a failed query's GetQueryExecution, which the statements function reads);
+:func:`keep_failure_causes` passes it on.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from mlblueprints.stepfunctions import asl, names
 
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "eu-west-1"
-STUBBED = ("arn:aws:states:::sagemaker:", "arn:aws:states:::athena:")
+ACCOUNT = "123456789012"  # moto's
+STUBBED = ("arn:aws:states:::sagemaker:", "arn:aws:states:::athena:", "arn:aws:states:::lambda:")
 
 
 def fraud_usecase_for_tests(**overrides: Any) -> UseCase:
@@ -85,6 +91,17 @@ class Call:
     parameters: dict[str, Any]
 
     @property
+    def kind(self) -> str:
+        """The key an answer is found under: "athena", "training", "statements" or (step, phase)."""
+        if "createProcessingJob" in self.resource:
+            return "worker"
+        if "athena" in self.resource:
+            return "athena"
+        if "lambda" in self.resource:
+            return "statements"
+        return "training"
+
+    @property
     def worker(self) -> tuple[str, str] | None:
         """(step, phase) of a worker job."""
         if "createProcessingJob" not in self.resource:
@@ -94,6 +111,33 @@ class Call:
 
 
 Answer = Callable[[Call], Any]  # -> an outcome dict (worker), a result dict, or ("fail", error, cause)
+
+
+class LambdaContext:
+    """What the statements function reads of its Lambda context."""
+
+    def __init__(self, uc: UseCase):
+        self.invoked_function_arn = names.substitutions(uc)[names.STATEMENTS_FUNCTION]
+
+
+def results_page(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """GetQueryResults of ``rows``: a header row first, as Athena answers."""
+    cols = list(rows[0]) if rows else []
+    data = [{"Data": [{"VarCharValue": c} for c in cols]}]
+    data += [{"Data": [{"VarCharValue": str(r[c])} for c in cols]} for r in rows]
+    return {
+        "ResultSet": {"Rows": data, "ResultSetMetadata": {"ColumnInfo": [{"Name": c, "Type": "varchar"} for c in cols]}}
+    }
+
+
+def seed_rows(query_id: str, rows: list[dict[str, Any]]) -> None:
+    """Make moto's Athena answer GetQueryResults of ``query_id`` with ``rows``."""
+    from moto.athena.models import QueryResults, athena_backends
+
+    rs = results_page(rows)["ResultSet"]
+    athena_backends[ACCOUNT][REGION].query_results[query_id] = QueryResults(
+        rs["Rows"], rs["ResultSetMetadata"]["ColumnInfo"]
+    )
 
 
 @dataclass
@@ -116,13 +160,8 @@ class Services:
 
     def answer(self, sfn: Any, s3: Any, call: Call) -> None:
         self.calls.append(call)
-        if call.worker is not None:
-            key: Any = call.worker
-        elif "athena" in call.resource:
-            key = "athena"
-        else:
-            key = "training"
-        n = sum(1 for c in self.calls if (c.worker or ("athena" if "athena" in c.resource else "training")) == key)
+        key: Any = call.worker if call.worker is not None else call.kind
+        n = sum(1 for c in self.calls if (c.worker or c.kind) == key)
         fn = self.answers.get(key) or self.answers.get(("*", key[1]) if isinstance(key, tuple) else key)
         got = fn(call, n) if fn else None
         token = call.parameters_token
@@ -131,10 +170,19 @@ class Services:
             return
         if call.worker is not None:
             step, phase = call.worker
-            outcome = got if got is not None else {"status": "succeeded", "events": []}
+            outcome = dict(got) if got is not None else {"status": "succeeded", "events": []}
             bucket, prefix = self.key_prefix()
+            called = outcome.pop("call", None)  # a prepare phase's service call, as the worker writes it
+            if called is not None:
+                s3.put_object(Bucket=bucket, Key=f"{prefix}/{names.step_key(step, 'call')}", Body=json.dumps(called))
             s3.put_object(Bucket=bucket, Key=f"{prefix}/{names.step_key(step, phase)}", Body=json.dumps(outcome))
             sfn.send_task_success(taskToken=token, output=json.dumps({"ProcessingJobStatus": "Completed"}))
+        elif key == "statements":
+            from mlblueprints.stepfunctions import statements
+
+            if got is None:
+                got = statements.handler(call.parameters["Payload"], LambdaContext(self.uc))
+            sfn.send_task_success(taskToken=token, output=json.dumps({"StatusCode": 200, "Payload": got}))
         elif key == "athena":
             out = got or {"QueryExecution": {"QueryExecutionId": str(uuid.uuid4()), "Status": {"State": "SUCCEEDED"}}}
             sfn.send_task_success(taskToken=token, output=json.dumps(out))
@@ -182,6 +230,19 @@ def read_s3_bodies(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sdk.StateTaskServiceAwsSdk, "_eval_service_task", eval_service_task)
 
 
+def keep_failure_causes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.core.responses import EmptyResult
+    from moto.stepfunctions import responses
+
+    def send_task_failure(self):
+        self.stepfunction_backend.send_task_failure(
+            self._get_param("taskToken"), error=self._get_param("error"), cause=self._get_param("cause")
+        )
+        return EmptyResult()
+
+    monkeypatch.setattr(responses.StepFunctionResponse, "send_task_failure", send_task_failure)
+
+
 @pytest.fixture
 def sfn_world(monkeypatch):
     """moto with its ASL interpreter on, the use case's bucket, and the stub queue."""
@@ -196,6 +257,7 @@ def sfn_world(monkeypatch):
     }.items():
         monkeypatch.setenv(k, v)
     read_s3_bodies(monkeypatch)
+    keep_failure_causes(monkeypatch)
     logging.getLogger("moto").setLevel(logging.ERROR)
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
         yield World()

@@ -92,12 +92,18 @@ def test_the_athena_block_is_what_the_airflow_operator_sends():
         ti = mock.Mock(task_id="silver__transactions.athena", try_number=1)
         op._start({"ti": ti, "run_id": "r"}, Statement("merge", "MERGE INTO t ...", "merge"), 1)
     definition = json.loads(asl.definition_path(ROOT / "statemachines", uc.name, "lakehouse").read_text())
-    block = None
-    for level in definition["States"].values():
-        for b in level.get("Branches", []):
-            for st in b["States"].values():
-                if "ItemProcessor" in st:
-                    block = st["ItemProcessor"]["States"][st["ItemProcessor"]["StartAt"]]["Parameters"]
+    blocks = []
+
+    def walk(states):
+        for st in states.values():
+            if st.get("Resource") == "arn:aws:states:::athena:startQueryExecution.sync":
+                blocks.append(st["Parameters"])
+            for b in st.get("Branches", []):
+                walk(b["States"])
+
+    walk(definition["States"])
+    assert blocks and all(b == blocks[0] | {"ClientRequestToken.$": b["ClientRequestToken.$"]} for b in blocks)
+    block = blocks[0]
     resolved = json.loads(names.substitute(json.dumps(block), names.substitutions(uc)))
     resolved["QueryString"] = resolved.pop("QueryString.$") and sent["QueryString"]
     resolved["ClientRequestToken"] = resolved.pop("ClientRequestToken.$") and sent["ClientRequestToken"]

@@ -14,16 +14,24 @@ from sfn_harness import Call, fraud_usecase_for_tests
 from mlblueprints import patterns
 from mlblueprints.aws import requests as req
 from mlblueprints.aws import training as tr
+from mlblueprints.core import service
+from mlblueprints.core.service import Statement
 from mlblueprints.lineage import RunInfo
-from mlblueprints.stepfunctions import names
+from mlblueprints.stepfunctions import names, worker
 from mlblueprints.training.core import hyperparameters
 
 pytestmark = pytest.mark.aws
 
 STATEMENTS = [
-    {"name": "merge", "sql": "MERGE INTO t USING s ON t.k = s.k WHEN MATCHED THEN DELETE"},
-    {"name": "count", "sql": "SELECT 1"},
+    Statement("merge", "MERGE INTO t USING s ON t.k = s.k WHEN MATCHED THEN DELETE", "merge"),
+    Statement("count", "SELECT 1", "select", fetch=True),
 ]
+
+
+def _athena_prepare(statements):
+    """A prepare phase's outcome handing Athena statements over, with the call it writes."""
+    call = service.athena(statements, "lakehouse", "resume_silver")
+    return {**worker.service_outcome(call), "call": call.as_dict()}
 
 
 def _events(uc, pattern, step_id):
@@ -45,7 +53,7 @@ def _service_answers(uc, pattern, execution_ref, training_request=None):
             return {"status": "succeeded", "events": _events(uc, pattern, sid)}
 
         if s.service == "athena":
-            answers[(s.id, "prepare")] = lambda call, n: {"status": "service", "kind": "athena", "request": STATEMENTS}
+            answers[(s.id, "prepare")] = lambda call, n: _athena_prepare(STATEMENTS)
         elif s.service == "sagemaker_training":
             answers[(s.id, "prepare")] = lambda call, n: {
                 "status": "service",
@@ -160,7 +168,7 @@ def test_lakehouse_succeeds_and_each_athena_block_is_the_builders(sfn_world):
     for c in queries:
         by_step.setdefault(c.state, []).append(c.parameters["QueryString"])
     assert len(by_step) == sum(1 for s in spec.steps if s.service == "athena")
-    assert all(v == [s["sql"] for s in STATEMENTS] for v in by_step.values()), by_step
+    assert all(v == [s.sql for s in STATEMENTS] for v in by_step.values()), by_step
 
 
 @pytest.mark.slow

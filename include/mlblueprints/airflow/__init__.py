@@ -63,3 +63,26 @@ def report_broken_usecases(usecases_dir: Path | None = None) -> None:
 
 class BrokenUseCases(Exception):
     """Use-case YAMLs that do not load; the message has one line per problem."""
+
+
+async def logged_in_user(request: Any) -> Any | None:
+    """The Airflow user logged in on a request to an app the API server mounts (the reports
+    view): the UI's session cookie or a bearer token, checked by the API server's auth manager;
+    None when there is none or it may not see the website."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
+    from airflow.api_fastapi.core_api.security import get_user
+    from fastapi import HTTPException
+    from fastapi.security import HTTPAuthorizationCredentials
+
+    auth = request.headers.get("authorization", "")
+    bearer = (
+        HTTPAuthorizationCredentials(scheme="Bearer", credentials=auth[7:]) if auth[:7].lower() == "bearer " else None
+    )
+    try:
+        user = await get_user(request, None, bearer)
+    except HTTPException:
+        return None
+    if not get_auth_manager().is_authorized_view(access_view=AccessView.WEBSITE, user=user):
+        return None
+    return user

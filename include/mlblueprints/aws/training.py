@@ -1,8 +1,8 @@
 """Request builders for spot training and the model registry on the aws target (SageMaker).
 
 Pure functions: no boto3 client, no network. The one file read is the SageMaker Python SDK's
-own table of framework images (``sagemaker/core/image_uri_config/xgboost.json``), read as JSON
-so that importing this module (or building a request) does not import ``sagemaker`` (3-4 s).
+table of framework images (``sagemaker_images.json``, the SDK's ``image_uri_config`` tables kept by
+:mod:`mlblueprints.aws.image_table`), so that a worker needs no SageMaker SDK at all.
 
 What the caller (the Airflow operator or a state machine) does around these requests:
 
@@ -53,12 +53,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.util
 import json
 import re
 from collections.abc import Mapping
-from functools import lru_cache
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlencode
 
@@ -143,7 +141,6 @@ _ALTERNATE_DOMAINS = {
     "eu-isoe-west-1": "cloud.adc-e.uk",
     "eusc-de-east-1": "amazonaws.eu",
 }
-_IMAGE_CONFIG = ("core", "image_uri_config")
 
 
 # ---------------------------------------------------------------- small helpers
@@ -248,17 +245,10 @@ def model_package_group_name(uc: UseCase) -> str:
 # ---------------------------------------------------------------- framework image
 
 
-@lru_cache(maxsize=4)
 def _image_config(framework: str) -> dict[str, Any]:
-    spec = importlib.util.find_spec("sagemaker")  # finds the package without importing it
-    for base in list(spec.submodule_search_locations or []) if spec else []:
-        path = Path(base).joinpath(*_IMAGE_CONFIG, f"{framework}.json")
-        if path.is_file():
-            return json.loads(path.read_text(encoding="utf-8"))
-    raise RuntimeError(
-        f"cannot find sagemaker/core/image_uri_config/{framework}.json: install the sagemaker package "
-        "(3.x) or set training.sagemaker.image_uri"
-    )
+    from mlblueprints.aws import image_table
+
+    return image_table.config(framework)
 
 
 def _xgboost_image_config() -> dict[str, Any]:
@@ -267,7 +257,7 @@ def _xgboost_image_config() -> dict[str, Any]:
 
 def sklearn_image_uri(region: str, version: str, scope: str = "training") -> str:
     """The SageMaker scikit-learn framework image (CPU, Python 3) of a region and version, as
-    ``sagemaker.core.image_uris.retrieve("sklearn", ...)`` builds it, from the SDK's table."""
+    ``sagemaker.core.image_uris.retrieve("sklearn", ...)`` builds it, from the project's table."""
     config = _image_config("sklearn")
     if scope not in config:
         raise ValueError(f"unknown image scope {scope!r}; use one of {sorted(config)}")
@@ -287,7 +277,7 @@ def sklearn_image_uri(region: str, version: str, scope: str = "training") -> str
 def xgboost_image_uri(region: str, version: str, scope: str = "training") -> str:
     """The SageMaker XGBoost framework image of a region and version, as
     ``sagemaker.core.image_uris.retrieve("xgboost", ...)`` builds it for CPU instances, read from
-    the table the SDK ships (no network, no import of ``sagemaker``)."""
+    the project's copy of the SDK's table (no network, no SDK needed)."""
     config = _xgboost_image_config()
     if scope not in config:
         raise ValueError(f"unknown image scope {scope!r}; use one of {sorted(config)}")

@@ -5,10 +5,14 @@ that runs the project's Python steps inside a state machine.
   declaration's steps in dependency levels, each step as a branch of a Parallel state. No Airflow
   import; the same declaration the Airflow builder renders.
 * :mod:`.integrations` holds, per service kind (``mlblueprints.core.service``), the Task states of
-  the service job - Athena ``startQueryExecution.sync`` over a Map, SageMaker
+  the service job - Athena ``startQueryExecution.sync`` one statement at a time, SageMaker
   ``createTrainingJob.sync`` - with Parameters built by the same pure builders the Airflow
   operators use, and the SageMaker Processing job that runs a Python phase in the worker image.
   A new kind is one entry there; the renderer does not change.
+* :mod:`.statements` is the Lambda function (the worker image) that says, between two queries,
+  which statement of a step runs next - a chunked one expanded from its plan query's rows - and
+  whether one Athena failed runs again: the decisions of the Airflow operator, by the same
+  functions of ``core.service``.
 * :mod:`.worker` is the container entry point ``python -m mlblueprints.stepfunctions.worker``: one
   phase (``run``, ``prepare`` or ``finish``) of one step, its inputs and outputs as JSON under the
   execution's S3 prefix.

@@ -170,7 +170,7 @@ def _branch(r: integ.Render, uc: UseCase, step: Step, where: dict[str, int]) -> 
     states[f"{sid}: failed"] = _pass(FAILED, **{"error.$": "$.error"})
     if start != first:
         states[f"{sid}: upstream failed"] = _pass(UPSTREAM_FAILED)
-    for name in states:
+    for name in state_names({"States": states}):
         _check_name(name)
     return {"StartAt": start, "States": states}
 

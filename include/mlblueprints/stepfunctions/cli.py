@@ -3,7 +3,7 @@
 mlblueprints statemachines render [USECASE ...] [--out DIR]   write statemachines/<usecase>/<pattern>.asl.json
 mlblueprints statemachines deploy USECASE [--image-tag T]       create or update the state machines (boto3)
 mlblueprints statemachines run USECASE PATTERN [--params JSON] [--wait]
-mlblueprints infra render USECASE [--out FILE] [--image-tag T]  the CloudFormation parameters from the YAML
+mlblueprints infra render USECASE [--out FILE] [--image-tag T] [--image-pushed] [--mwaa]  the stack's parameters
 """
 
 from __future__ import annotations
@@ -71,8 +71,10 @@ def _infra_render(args: argparse.Namespace) -> int:
     from mlblueprints import infra
 
     uc = _usecases([args.usecase])[0]
-    params = infra.parameters(uc, image_tag=args.image_tag or runtime.git_commit()[:12], mwaa=args.mwaa)
-    for line in infra.warnings(uc):
+    params = infra.parameters(
+        uc, image_tag=args.image_tag or runtime.git_commit()[:12], mwaa=args.mwaa, image_pushed=args.image_pushed
+    )
+    for line in infra.warnings(uc, image_pushed=args.image_pushed):
         print(f"warning: {line}", file=sys.stderr)
     text = json.dumps(infra.as_cli_parameters(params), indent=2) + "\n"
     if args.out:
@@ -113,4 +115,9 @@ def add_parsers(sub: Any) -> None:
     ir.add_argument("--out", help="file (default: stdout)")
     ir.add_argument("--image-tag", help="worker image tag (default: the git commit)")
     ir.add_argument("--mwaa", action="store_true", help="also create the MWAA environment")
+    ir.add_argument(
+        "--image-pushed",
+        action="store_true",
+        help="the worker image of --image-tag is pushed: create the statements function from it",
+    )
     ir.set_defaults(fn=_infra_render)

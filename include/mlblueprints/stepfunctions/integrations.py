@@ -26,6 +26,7 @@ from mlblueprints.aws import requests as req
 from mlblueprints.config import UseCase
 from mlblueprints.core import service
 from mlblueprints.stepfunctions import names
+from mlblueprints.stepfunctions import statements as statements_module
 
 WORKER_MODULE = "mlblueprints.stepfunctions.worker"
 WORKER_INSTANCE_TYPE = "ml.m5.xlarge"
@@ -39,7 +40,6 @@ MAX_RETRY_DELAY_SECONDS = 1800
 # capacity error, a Spot MaxWait reached, an error in the container) is States.TaskFailed; an API
 # error (a resource limit, throttling) is SageMaker.AmazonSageMakerException
 SAGEMAKER_RETRYABLE = ("SageMaker.AmazonSageMakerException", "States.TaskFailed")
-ATHENA_RETRYABLE = ("Athena.AmazonAthenaException", "Athena.TooManyRequestsException", "States.TaskFailed")
 
 
 # ---------------------------------------------------------------- intrinsic-function text
@@ -219,58 +219,170 @@ def athena_parameters(r: Render, sql_path: str, token: str) -> dict[str, Any]:
 
 
 def athena_token(step_id: str) -> str:
-    """ClientRequestToken of a statement: sha256 of (execution, step, statement, state entry,
-    retry) - 64 hex digits, a new query for each retry (Athena returns the same query for a token
-    it has seen)."""
+    """ClientRequestToken of a statement's run: sha256 of (execution, step, statement, run count,
+    state entry, retry) - 64 hex digits, a new query for each run of a repeated statement and for
+    each retry (Athena returns the same query for a token it has seen)."""
     return (
-        "States.Hash(States.Format('{}/{}/{}/{}/{}', $$.Execution.Name, "
-        f"{lit(step_id)}, $.name, $$.State.EnteredTime, $$.State.RetryCount), 'SHA-256')"
+        "States.Hash(States.Format('{}/{}/{}/{}/{}/{}', $$.Execution.Name, "
+        f"{lit(step_id)}, $.statement.name, $.statement.runs, $$.State.EnteredTime, $$.State.RetryCount), 'SHA-256')"
     )
 
 
+def statements_invoke(payload: dict[str, Any]) -> dict[str, Any]:
+    """lambda:invoke of the statements function (:mod:`mlblueprints.stepfunctions.statements`)."""
+    return {"FunctionName": names.placeholder(names.STATEMENTS_FUNCTION), "Payload": payload}
+
+
+# the Lambda function's own errors and the service's: retried a few times, whatever the step says
+LAMBDA_RETRY = {
+    "ErrorEquals": [
+        "Lambda.ServiceException",
+        "Lambda.AWSLambdaException",
+        "Lambda.SdkClientException",
+        "Lambda.TooManyRequestsException",
+        "States.TaskFailed",
+    ],
+    "IntervalSeconds": 2,
+    "BackoffRate": 2.0,
+    "MaxAttempts": 3,
+}
+
+
 def _athena_states(r: Render, step: Any, request_path: str, next_state: str, failed: str) -> dict[str, Any]:
-    statement = f"{step.id}.statement"
-    run = {
+    """The step's statements in order, one at a time, as ``AthenaStatementsOperator`` runs them:
+    the statements function says which runs next (chunks expanded from their plan's rows) and,
+    when a query fails, whether it runs again (``repeat_on``, at most ``max_runs`` runs); a
+    statement that fails otherwise is retried as the step's retries say, then fails the step."""
+    sid = step.id
+    loop, nxt, more, run = f"{sid}.athena", f"{sid}.next", f"{sid}.next?", f"{sid}.run"
+    statement = f"{sid}.statement"
+    query: dict[str, Any] = {
         "Type": "Task",
-        "Comment": "one statement, waited for (.sync); stopping the execution stops the query",
+        "Comment": "one run of the statement, waited for (.sync); stopping the execution stops the query",
         "Resource": "arn:aws:states:::athena:startQueryExecution.sync",
-        "Parameters": athena_parameters(r, "$.sql", athena_token(step.id)),
+        "Parameters": athena_parameters(r, "$.sql", athena_token(sid)),
         "ResultSelector": {"id.$": "$.QueryExecution.QueryExecutionId"},
         "ResultPath": "$.query",
+        "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.failure", "Next": f"{statement}.failed"}],
         "Next": f"{statement}.done",
     }
-    retry = r.retry(step, ATHENA_RETRYABLE)
-    if retry:
-        run["Retry"] = retry
-    return {
-        f"{step.id}.athena": {
-            "Type": "Map",
-            "Comment": "the step's Athena statements, in order (one at a time)",
-            "ItemsPath": request_path,
-            "ItemSelector": {"name.$": "$$.Map.Item.Value.name", "sql.$": "$$.Map.Item.Value.sql"},
-            "MaxConcurrency": 1,
-            "ItemProcessor": {
-                "ProcessorConfig": {"Mode": "INLINE"},
-                "StartAt": statement,
-                "States": {
-                    statement: run,
-                    f"{statement}.done": {
-                        "Type": "Pass",
-                        "Parameters": {"name.$": "$.name", "id.$": "$.query.id"},
-                        "End": True,
-                    },
-                },
+    branch = {
+        "StartAt": statement,
+        "States": {
+            statement: query,
+            f"{statement}.done": {
+                "Type": "Pass",
+                "Parameters": {"name.$": "$.statement.name", "id.$": "$.query.id", "runs.$": "$.statement.runs"},
+                "End": True,
             },
-            "ResultPath": "$.step.output",
+            f"{statement}.failed": {
+                "Type": "Task",
+                "Comment": "the query failed: run it again while Athena asks for more runs (repeat_on), at most max_runs",
+                "Resource": "arn:aws:states:::lambda:invoke",
+                "Parameters": statements_invoke({"op": "failed", "statement.$": "$.statement", "error.$": "$.failure"}),
+                "ResultSelector": {
+                    "repeat.$": "$.Payload.repeat",
+                    "statement.$": "$.Payload.statement",
+                    "error.$": "$.Payload.error",
+                },
+                "ResultPath": "$.verdict",
+                "Retry": [LAMBDA_RETRY],
+                "Next": f"{statement}.again?",
+            },
+            f"{statement}.again?": {
+                "Type": "Choice",
+                "Choices": [{"Variable": "$.verdict.repeat", "BooleanEquals": True, "Next": f"{statement}.again"}],
+                "Default": f"{statement}.refused",
+            },
+            f"{statement}.again": {
+                "Type": "Pass",
+                "Comment": "the next run (its run count is in the request token)",
+                "Parameters": {"statement.$": "$.verdict.statement", "sql.$": "$.sql"},
+                "Next": statement,
+            },
+            f"{statement}.refused": {
+                "Type": "Fail",
+                "Comment": "not run again: the step's retries apply, then the step fails",
+                "ErrorPath": "$.verdict.error.Error",
+                "CausePath": "$.verdict.error.Cause",
+            },
+        },
+    }
+    parallel: dict[str, Any] = {
+        "Type": "Parallel",
+        "Comment": "one statement, run again while Athena asks; retried as the step's retries say",
+        "Parameters": {"statement.$": "$.athena.statement", "sql.$": "$.athena.sql"},
+        "Branches": [branch],
+        "ResultPath": "$.athena.last",  # [{name, id, runs}]: the statement that ran
+    }
+    retry = r.retry(step, (statements_module.FAILED,))
+    if retry:
+        parallel["Retry"] = retry
+    parallel["Catch"] = [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": failed}]
+    parallel["Next"] = nxt
+    return {
+        loop: {
+            "Type": "Pass",
+            "Comment": "the step's Athena statements, in order, one at a time (none ran yet)",
+            "Result": {"done": {}, "last": [None]},
+            "ResultPath": "$.athena",
+            "Next": nxt,
+        },
+        nxt: {
+            "Type": "Task",
+            "Comment": (
+                "the next statement, as the Airflow operator decides it: a chunked statement once per row "
+                "of its plan query (core.service.next_statement), from the prepare phase's call"
+            ),
+            "Resource": "arn:aws:states:::lambda:invoke",
+            "Parameters": statements_invoke(
+                {
+                    "op": "next",
+                    "call": {"Bucket": r.bucket, "Key.$": run_key(r, sid, "call")},
+                    "done.$": "$.athena.done",
+                    "last.$": "$.athena.last[0]",
+                }
+            ),
+            "ResultSelector": {
+                "done.$": "$.Payload.done",
+                "statement.$": "$.Payload.statement",
+                "sql.$": "$.Payload.sql",
+                "error.$": "$.Payload.error",
+            },
+            "ResultPath": "$.athena",
+            "Retry": [LAMBDA_RETRY],
             "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": failed}],
+            "Next": more,
+        },
+        more: {
+            "Type": "Choice",
+            "Choices": [
+                {"Variable": "$.athena.error", "IsNull": False, "Next": f"{sid}.refused"},
+                {"Variable": "$.athena.statement", "IsNull": False, "Next": run},
+            ],
+            "Default": f"{sid}.queries",
+        },
+        run: parallel,
+        f"{sid}.refused": {
+            "Type": "Pass",
+            "Comment": "nothing to retry (a plan value that is not a list of dates, a statement too large)",
+            "Parameters": {"Error.$": "$.athena.error.Error", "Cause.$": "$.athena.error.Cause"},
+            "ResultPath": "$.error",
+            "Next": failed,
+        },
+        f"{sid}.queries": {
+            "Type": "Pass",
+            "Comment": "every statement ran: the output the Airflow operator returns",
+            "Parameters": {"queries.$": "$.athena.done"},
+            "ResultPath": "$.step.output",
             "Next": next_state,
-        }
+        },
     }
 
 
 def _athena_output(raw: Any) -> dict[str, Any]:
-    """The Map's ``[{name, id}, ...]`` -> ``{"queries": {name: id}}`` (AthenaStatementsOperator's)."""
-    return {"queries": {q["name"]: q["id"] for q in raw or []}}
+    """``{"queries": {name: id}}`` (AthenaStatementsOperator's output)."""
+    return {"queries": dict((raw or {}).get("queries") or {})}
 
 
 # the CreateTrainingJob fields the prepare phase computes for this run: its data, its code's
@@ -350,8 +462,11 @@ SERVICES: dict[str, ServiceKind] = {
         service.ATHENA,
         _athena_states,
         _athena_output,
-        "Athena statements in order: a Map (MaxConcurrency 1) of startQueryExecution.sync",
-        ("arn:aws:states:::athena:startQueryExecution.sync",),
+        (
+            "Athena statements in order, one at a time (startQueryExecution.sync), the next one and "
+            "whether a failed one runs again said by the statements function (lambda:invoke)"
+        ),
+        ("arn:aws:states:::athena:startQueryExecution.sync", "arn:aws:states:::lambda:invoke"),
     ),
     service.SAGEMAKER_TRAINING: ServiceKind(
         service.SAGEMAKER_TRAINING,

@@ -20,7 +20,8 @@ AWS_FIELDS = {
 }
 # substitutions that are not in the use case's aws section: resources the templates create
 WORKER_IMAGE, WORKER_ROLE = "WorkerImageUri", "WorkerRoleArn"
-EXTRA = (WORKER_IMAGE, WORKER_ROLE)
+STATEMENTS_FUNCTION = "StatementsFunctionArn"  # the Lambda function of a step's Athena statements
+EXTRA = (WORKER_IMAGE, WORKER_ROLE, STATEMENTS_FUNCTION)
 
 WORKER_REPOSITORY = "mlblueprints-worker"
 RUN_DOCUMENT = "run.json"  # under the run prefix: the execution, its input, when it started
@@ -68,6 +69,10 @@ def worker_role_name(uc: UseCase) -> str:
     return f"{resource_prefix(uc)}-sfn-worker"
 
 
+def statements_function_name(uc: UseCase) -> str:
+    return f"{resource_prefix(uc)}-statements"
+
+
 def worker_image_uri(uc: UseCase, tag: str) -> str:
     aws = aws_section(uc)
     return f"{aws.account_id}.dkr.ecr.{aws.region}.amazonaws.com/{WORKER_REPOSITORY}:{tag}"
@@ -75,10 +80,12 @@ def worker_image_uri(uc: UseCase, tag: str) -> str:
 
 def substitutions(uc: UseCase, image_tag: str = "latest") -> dict[str, str]:
     """The values of the definition substitutions for ``uc``: the aws section's own, the worker
-    role the templates create and the worker image (``image_tag``, pushed by ``make worker-image``)."""
+    role and the statements function the templates create, and the worker image (``image_tag``,
+    pushed by ``make worker-image``)."""
     aws = aws_section(uc)
     out = {n: str(getattr(aws, f)) for n, f in AWS_FIELDS.items()}
     out[WORKER_ROLE] = f"arn:aws:iam::{aws.account_id}:role/{worker_role_name(uc)}"
+    out[STATEMENTS_FUNCTION] = f"arn:aws:lambda:{aws.region}:{aws.account_id}:function:{statements_function_name(uc)}"
     out[WORKER_IMAGE] = worker_image_uri(uc, image_tag)
     return out
 

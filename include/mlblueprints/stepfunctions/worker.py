@@ -227,10 +227,18 @@ def _inputs(spec: patterns.PatternSpec, step: patterns.Step, store: Store, ctx: 
 
 
 def _state_request(call: service.ServiceCall) -> Any:
-    """The request as the state machine gets it (Athena: each statement's name and SQL)."""
+    """The request as the state machine gets it. Athena: the statements' names only - the
+    statements function reads the SQL from ``call.json`` one statement at a time
+    (:mod:`~mlblueprints.stepfunctions.statements`), so a step's statements may add up to more
+    than a state holds."""
     if call.kind == service.ATHENA:
-        return [{"name": s.name, "sql": s.sql} for s in call.statements]
+        return [s.name for s in call.statements]
     return call.request
+
+
+def service_outcome(call: service.ServiceCall) -> dict[str, Any]:
+    """The outcome of a prepare phase that hands a service call to the state machine."""
+    return {"status": "service", "kind": call.kind, "request": _state_request(call)}
 
 
 def run_phase(
@@ -261,15 +269,14 @@ def run_phase(
             if phase != "prepare":
                 raise RuntimeError(f"step {step_id} returned a service call in its {phase} phase")
             call = out if isinstance(out, service.ServiceCall) else service.ServiceCall.from_dict(out)
-            request = _state_request(call)
-            size = len(json.dumps(request, default=str).encode())
+            outcome = service_outcome(call)
+            size = len(json.dumps(outcome["request"], default=str).encode())
             if size > REQUEST_BUDGET:
                 raise PermanentError(
                     f"{step_id}: the {call.kind} request is {size} bytes; Step Functions passes at most "
                     f"{STATE_PAYLOAD_MAX} bytes between states"
                 )
             store.put(names.step_key(step_id, "call"), call.as_dict())
-            outcome = {"status": "service", "kind": call.kind, "request": request}
         else:
             results.check(step_id, step.result, out)
             store.put(names.step_key(step_id, "result"), out)

@@ -172,7 +172,7 @@ def run_one(kind: str, work: Path, data: Path, hps: dict[str, Any], rounds: int)
         load, cpu0 = os.getloadavg(), _children_cpu()
         result = run_training_job(job, data, hps, timeout=3600)
     procs.append(_proc(result, _children_cpu() - cpu0, load))
-    model = (Path(result["model_dir"]) / "model.ubj").read_bytes()
+    model = (Path(result["model_dir"]) / "xgboost-model").read_bytes()
     out = {
         "kind": kind,
         "processes": procs,

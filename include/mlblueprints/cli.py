@@ -11,6 +11,8 @@
                                                                 (interrupt after 5 boosting rounds)
     mlblueprints models lineage fraud_detection [--version N | --alias champion]
     mlblueprints models promote fraud_detection N               alias champion -> version N
+    mlblueprints scoring run fraud_detection [--dates D ...] [--version N]   <usecase>__scoring
+    mlblueprints predictions fraud_detection [--entity KEY]     newest predictions with their lineage
     mlblueprints demo                                           all of it, on embedded defaults
     mlblueprints tables fraud_detection                         what the tables hold
     mlblueprints quarantine fraud_detection transactions        quarantined rows and reasons
@@ -42,6 +44,7 @@ from mlblueprints.errors import PermanentError
 DEMO_USECASE = "fraud_detection"
 DEMO_START = date(2024, 3, 1)
 DEMO_INTERRUPT_ROUND = 100  # the demo's simulated Spot notice comes after this many boosting rounds
+DEMO_SCORE_DAYS = 2  # the demo scores the last days it generated
 CLAIMS_USECASE = "claim_cost"  # the regression example (`mlblueprints demo --usecase claim_cost`)
 CLAIMS_START = date(2024, 4, 1)
 
@@ -388,6 +391,76 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_scoring(usecase: str, dates: list[date], version: int | None = None) -> int:
+    """One run of ``<usecase>__scoring`` through dag.test for the event dates [min, max]."""
+    from mlblueprints.airflow import localrun
+
+    dag = localrun.get_dag(f"{usecase}__scoring")
+    localrun.quiet_retry_waits()
+    conf: dict = {"event_dates": [d.isoformat() for d in dates]}
+    if version:
+        conf["version"] = version
+    t = time.perf_counter()
+    dr = dag.test(run_conf=conf)
+    bad = localrun.failed_tasks(dr)
+    print(
+        f"  {dag.dag_id} event dates {min(dates)}..{max(dates)}: {dr.state} in {time.perf_counter() - t:.0f}s"
+        + (f" (failed: {', '.join(bad)})" if bad else ""),
+        flush=True,
+    )
+    return 0 if dr.state == "success" else 1
+
+
+def _scoring_dates(uc, given: list[str] | None) -> list[date]:
+    """The dates given, else the event dates Gold last recomputed for the rows' table."""
+    from mlblueprints.backends import backend_for
+
+    if given:
+        return sorted({date.fromisoformat(d) for d in given})
+    rng = backend_for(uc, "lakehouse").latest_gold_range([uc.scoring_rows()["source"]])
+    if rng is None:
+        raise SystemExit(f"{uc.name}: give the event dates to score: --dates YYYY-MM-DD [...]")
+    return [rng[0], rng[1]]
+
+
+def _scoring(args: argparse.Namespace) -> int:
+    from mlblueprints.airflow import localrun
+
+    uc = _load(args.usecase)  # a broken YAML: its problems, once, before Airflow parses anything
+    if uc.scoring is None:
+        print(f"{uc.name}: the use case has no scoring section (see docs/scoring.md)", file=sys.stderr)
+        return 2
+    dates = _scoring_dates(uc, args.dates)
+    localrun.setup()
+    status = _run_scoring(args.usecase, dates, args.version)
+    latest = runtime.home() / "runs" / args.usecase / "scoring" / "latest.txt"
+    if latest.exists():
+        print()
+        print(latest.read_text())
+    return status
+
+
+def _predictions(args: argparse.Namespace) -> int:
+    import json
+
+    from mlblueprints.backends import backend_for
+
+    uc = _load(args.usecase)
+    if uc.scoring is None:
+        print(f"{uc.name}: the use case has no scoring section (see docs/scoring.md)", file=sys.stderr)
+        return 2
+    entity = args.entity.split(",") if args.entity else None
+    rows = backend_for(uc, "scorer").predictions(entity, args.limit)
+    if not rows:
+        print(f"{uc.name}: no predictions" + (f" for {args.entity}" if entity else ""), file=sys.stderr)
+        return 3
+    for r in rows:
+        snaps = r.get("input_snapshots")
+        r["input_snapshots"] = json.loads(snaps) if isinstance(snaps, str) and snaps.startswith("{") else snaps
+        print(json.dumps(r, default=str))
+    return 0
+
+
 def _parse_time(text: str):
     from datetime import datetime
 
@@ -440,24 +513,48 @@ def _demo(args: argparse.Namespace) -> int:
         # interrupted like a Spot reclaim (SIGTERM, two-minute notice) to show the resume
         print("training (the first try gets a simulated Spot interruption; the retry resumes) ...", flush=True)
         status = _run_training(DEMO_USECASE, {"interrupt": {"signal": "SIGTERM", "after_rounds": DEMO_INTERRUPT_ROUND}})
+    if status == 0:
+        last = DEMO_START + timedelta(days=args.days - 1)
+        status = _demo_scoring(DEMO_USECASE, [last - timedelta(days=DEMO_SCORE_DAYS - 1), last])
     print()
     print("last lakehouse run:")
     print((home / "runs" / DEMO_USECASE / "lakehouse" / "latest.txt").read_text())
     print(_tables_text(DEMO_USECASE))
     print("last feature run:")
     print((home / "runs" / DEMO_USECASE / "features" / "latest.txt").read_text())
-    training = home / "runs" / DEMO_USECASE / "training" / "latest.txt"
-    if training.exists():
-        print("training run:")
-        print(training.read_text())
+    for pattern in ("training", "scoring"):
+        text = home / "runs" / DEMO_USECASE / pattern / "latest.txt"
+        if text.exists():
+            print(f"{pattern} run:")
+            print(text.read_text())
     print(f"run reports (JSON): {home / 'runs' / DEMO_USECASE}")
     print(
         f"inspect: .venv/bin/mlblueprints tables {DEMO_USECASE}; "
         f".venv/bin/mlblueprints quarantine {DEMO_USECASE} transactions; "
         f".venv/bin/mlblueprints features show {DEMO_USECASE}; "
-        f".venv/bin/mlblueprints models lineage {DEMO_USECASE}"
+        f".venv/bin/mlblueprints models lineage {DEMO_USECASE}; "
+        f".venv/bin/mlblueprints predictions {DEMO_USECASE} --limit 5"
     )
     return status
+
+
+def _demo_scoring(usecase: str, dates: list[date]) -> int:
+    """Score ``dates`` with the champion. The demo has no canary to promote a challenger, so a
+    registered challenger becomes the champion first (``mlblueprints models promote``, said so)."""
+    from mlblueprints.backends import backend_for
+
+    registry = backend_for(_load(usecase), "registry")
+    if registry.model_version("champion") is None:
+        challenger = registry.model_version("challenger")
+        if challenger is not None:
+            registry.promote(challenger["version"])
+            print(
+                f"promoted version {challenger['version']} to champion (the canary pattern's job; done directly here, "
+                f"as mlblueprints models promote {usecase} {challenger['version']} does)",
+                flush=True,
+            )
+    print(f"scoring event dates {dates[0]}..{dates[-1]} with the champion ...", flush=True)
+    return _run_scoring(usecase, dates)
 
 
 def _demo_claims(args: argparse.Namespace) -> int:
@@ -495,8 +592,10 @@ def _demo_claims(args: argparse.Namespace) -> int:
             "training (regression; the first try gets a simulated Spot interruption; the retry resumes) ...", flush=True
         )
         status = _run_training(CLAIMS_USECASE, {"interrupt": {"signal": "SIGTERM", "after_rounds": 50}})
+    if status == 0:
+        status = _demo_scoring(CLAIMS_USECASE, [dates[-DEMO_SCORE_DAYS], dates[-1]])
     print(f"claims demo in {time.perf_counter() - t:.0f}s")
-    for pattern in ("features", "training"):
+    for pattern in ("features", "training", "scoring"):
         text = home / "runs" / CLAIMS_USECASE / pattern / "latest.txt"
         if text.exists():
             print(f"\nlast {pattern} run:")
@@ -504,7 +603,8 @@ def _demo_claims(args: argparse.Namespace) -> int:
     print(f"run reports (JSON): {home / 'runs' / CLAIMS_USECASE}")
     print(
         f"inspect: .venv/bin/mlblueprints tables {CLAIMS_USECASE}; "
-        f".venv/bin/mlblueprints models lineage {CLAIMS_USECASE}"
+        f".venv/bin/mlblueprints models lineage {CLAIMS_USECASE}; "
+        f".venv/bin/mlblueprints predictions {CLAIMS_USECASE} --limit 5"
     )
     return status
 
@@ -780,7 +880,31 @@ def main(argv: list[str] | None = None) -> int:
     mp.add_argument("version", type=int)
     mp.set_defaults(fn=_models)
 
-    d = sub.add_parser("demo", help="generate data, run the lakehouse and feature DAGs for each day, then training")
+    sc = sub.add_parser("scoring", help="run <usecase>__scoring (dag.test)")
+    scs = sc.add_subparsers(dest="action", required=True)
+    scr = scs.add_parser(
+        "run", help="score event dates with the champion (or a pinned version) into the predictions table"
+    )
+    scr.add_argument("usecase")
+    scr.add_argument(
+        "--dates",
+        nargs="+",
+        metavar="YYYY-MM-DD",
+        help="event dates (their min..max; default: what Gold last recomputed)",
+    )
+    scr.add_argument("--version", type=int, help="a registered model version instead of scoring.model")
+    scr.set_defaults(fn=_scoring)
+
+    pr = sub.add_parser("predictions", help="the newest predictions with their lineage (JSON lines)")
+    pr.add_argument("usecase")
+    pr.add_argument("--entity", metavar="KEY", help="only this key's (a,b for composite keys)")
+    pr.add_argument("--limit", type=int, default=20)
+    pr.set_defaults(fn=_predictions)
+
+    d = sub.add_parser(
+        "demo",
+        help="generate data, run the lakehouse and feature DAGs for each day, then train, then score the last days",
+    )
     d.add_argument(
         "--usecase",
         choices=[DEMO_USECASE, CLAIMS_USECASE],

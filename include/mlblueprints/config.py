@@ -695,6 +695,108 @@ class Training(_Strict):
         return self.model_format or "xgboost"
 
 
+class ScoringRows(_Strict):
+    """The entity rows a scoring run predicts for: rows of a Gold table in the interval, each
+    with its keys and event time, and the model's features - joined point-in-time from feature
+    views as of the row's event time (with the builder training sets use), or read from the row
+    itself (``features: []``). Every field defaults to the training set's definition
+    (``training_set``, default ``training.training_set``), so the model sees its features the
+    way it was trained on them."""
+
+    training_set: str | None = None  # default: training.training_set
+    source: str | None = None  # a Gold table; default: the training set's label source
+    event_time: str | None = None  # default: the training set's label event time, else the Gold table's
+    keys: list[str] | None = None  # what identifies a prediction; default: the Gold table's primary key
+    columns: list[str] | None = None  # carried from the row (extra model features); default: the set's
+    features: list[str] | None = None  # feature views joined point in time; [] = none; default: the set's
+
+
+class ScoringModel(_Strict):
+    """Which registered version scores: the one behind ``alias`` (default ``champion``), or a
+    pinned ``version``."""
+
+    alias: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,254}$")] = "champion"
+    version: Annotated[int | None, Field(ge=1)] = None
+
+
+# on-demand USD per hour of Batch Transform instances (us-east-1 list prices; set your own region's
+# in scoring.sagemaker.prices): what the benchmark's cost estimate multiplies by
+DEFAULT_TRANSFORM_PRICES: dict[str, dict[str, float]] = {
+    "ml.m5.large": {"usd_per_hour": 0.115, "vcpus": 2},
+    "ml.m5.xlarge": {"usd_per_hour": 0.23, "vcpus": 4},
+    "ml.m5.2xlarge": {"usd_per_hour": 0.461, "vcpus": 8},
+    "ml.m5.4xlarge": {"usd_per_hour": 0.922, "vcpus": 16},
+    "ml.c5.xlarge": {"usd_per_hour": 0.204, "vcpus": 4},
+    "ml.c5.2xlarge": {"usd_per_hour": 0.408, "vcpus": 8},
+}
+
+
+class InstancePrice(_Strict):
+    usd_per_hour: Annotated[float, Field(gt=0)]
+    vcpus: Annotated[int, Field(ge=1, le=1024)]
+
+
+class SageMakerScoring(_Strict):
+    """The Batch Transform job of the aws target."""
+
+    instance_type: Annotated[str, Field(pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")] = "ml.m5.xlarge"
+    instance_count: Annotated[int, Field(ge=1, le=100)] = 1
+    max_payload_mb: Annotated[int, Field(ge=1, le=100)] = 6  # per request (MaxPayloadInMB)
+    max_concurrent_transforms: Annotated[int, Field(ge=0, le=64)] = 0  # 0: SageMaker's choice
+    invocation_timeout_seconds: Annotated[int, Field(ge=1, le=3600)] = 600
+    invocation_max_retries: Annotated[int, Field(ge=0, le=3)] = 3
+    max_wait_seconds: Annotated[int, Field(ge=60, le=7 * 86400)] = 86400  # how long the task waits for the job
+    network_isolation: bool = True
+    subnets: list[str] = []
+    security_group_ids: list[str] = []
+    # score only model packages a person approved (ModelApprovalStatus Approved)
+    require_approved: bool = True
+    prices: dict[str, InstancePrice] = {k: InstancePrice(**v) for k, v in DEFAULT_TRANSFORM_PRICES.items()}  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _vpc(self) -> SageMakerScoring:
+        if bool(self.subnets) != bool(self.security_group_ids):
+            raise ValueError("a VPC needs both subnets and security_group_ids")
+        return self
+
+
+_CRON_RE = re.compile(r"^(@(hourly|daily|weekly|monthly|yearly)|(\S+\s+){4}\S+)$")
+
+
+class Scoring(_Strict):
+    """Batch scoring: the model (``model``) predicts every new interval of ``rows`` into the
+    Iceberg table ``output_table``, one commit per interval."""
+
+    rows: ScoringRows = ScoringRows()
+    model: ScoringModel = ScoringModel()
+    output_table: str = "predictions"
+    threshold: Annotated[float | None, Field(gt=0, lt=1)] = None  # binary: default the registered one
+    batch_size: Annotated[int, Field(ge=1000, le=10_000_000)] = 100_000  # rows per record batch
+    memory_mb: Annotated[int, Field(ge=128, le=1_048_576)] = 1024  # DuckDB's memory limit in the step
+    # when the DAG runs: "features" (all its views' Assets updated), "gold" (the rows' Gold Asset),
+    # or a cron expression (each run scores its data interval)
+    schedule: str | None = None
+    quality: str | None = None  # the predictions' suite; default <usecase>/<output_table>.scoring
+    sagemaker: SageMakerScoring = SageMakerScoring()
+
+    @field_validator("output_table")
+    @classmethod
+    def _table(cls, v: str) -> str:
+        return check_name(v, "output_table")
+
+    @field_validator("quality")
+    @classmethod
+    def _suite(cls, v: str | None) -> str | None:
+        return check_suite_name(v)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str | None) -> str | None:
+        if v is None or v in ("features", "gold") or _CRON_RE.match(v.strip()):
+            return v if v is None else v.strip()
+        raise ValueError(f"{v!r}: use features, gold or a cron expression (e.g. '0 2 * * *' or @daily)")
+
+
 class Compaction(_Strict):
     min_files: Annotated[int, Field(ge=2)] = 4
     small_file_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
@@ -787,6 +889,7 @@ class UseCase(_Strict):
     training_sets: dict[str, TrainingSet] = {}
     training: Training | None = None
     explainability: Explainability | None = None
+    scoring: Scoring | None = None
     lakehouse: LakehouseOptions = LakehouseOptions()
     aws: AwsTarget | None = None
 
@@ -929,8 +1032,124 @@ class UseCase(_Strict):
                         )
             if t.entry_point is not None and not self.entry_point_path().is_file():
                 add(("training.entry_point", f"file not found: {t.entry_point} (relative to the use case YAML)"))
+        if self.scoring is not None:
+            problems += self._scoring_problems()
         _raise_problems(problems)
         return self
+
+    def _scoring_problems(self) -> list[tuple[str, str]]:
+        s, t = self.scoring, self.training
+        if s is None:
+            return []
+        if t is None:
+            return [("scoring", "scoring needs a model: add the training section")]
+        out: list[tuple[str, str]] = []
+        r = s.rows
+        ts_name = r.training_set or t.training_set
+        ts = self.training_sets.get(ts_name)
+        if ts is None:
+            out.append(
+                (
+                    "scoring.rows.training_set",
+                    f"unknown training set {ts_name!r}{_did_you_mean(ts_name, self.training_sets)}",
+                )
+            )
+        source = r.source or (ts.labels.source if ts else None)
+        if r.source is not None and r.source not in self.gold:
+            out.append(("scoring.rows.source", f"unknown Gold table {r.source!r}{_did_you_mean(r.source, self.gold)}"))
+        for i, v in enumerate(r.features or []):
+            if v not in self.features:
+                out.append(
+                    (f"scoring.rows.features[{i}]", f"unknown feature view {v!r}{_did_you_mean(v, self.features)}")
+                )
+            elif "offline" not in self.features[v].stores:
+                out.append((f"scoring.rows.features[{i}]", f"feature view {v!r} has no offline store"))
+        for field_, names in (("keys", r.keys or []), ("columns", r.columns or [])):
+            for i, c in enumerate(names):
+                try:
+                    check_name(c, "column name")
+                except ValueError as exc:
+                    out.append((f"scoring.rows.{field_}[{i}]", str(exc)))
+        reserved = {
+            "event_time",
+            "event_date",
+            "score",
+            "decision",
+            "threshold",
+            "model_name",
+            "model_version",
+            "mlflow_run_id",
+            "input_snapshots",
+            "scoring_run_id",
+        }
+        clash = sorted(set(r.keys or []) & (reserved - {"event_time"}))
+        if clash:
+            out.append(("scoring.rows.keys", f"{clash} are columns of the predictions table; they cannot be keys"))
+        if s.threshold is not None and t.task != "binary":
+            out.append(("scoring.threshold", f"a {t.task} model has no score threshold; remove it"))
+        taken = {
+            *self.datasets,
+            *self.gold,
+            *(
+                f"{d}_{k}"
+                for d in self.datasets
+                for k in ("bronze", "silver", "quarantine", "duplicates", "bronze_files")
+            ),
+        }
+        if s.output_table in taken or s.output_table.startswith(("fv_", "ts_")):
+            out.append(("scoring.output_table", f"{s.output_table!r} is the name of another table of the use case"))
+        if source is not None and source in self.gold and s.output_table == source:
+            out.append(("scoring.output_table", "the predictions cannot be written into the rows' own table"))
+        views = r.features if r.features is not None else (ts.features if ts else [])
+        if s.schedule == "features" and not views:
+            out.append(("scoring.schedule", "features: the rows join no feature view; use gold or a cron expression"))
+        return out
+
+    def scoring_rows(self) -> dict[str, Any]:
+        """The scoring rows with every default resolved: ``source`` (Gold table), ``event_time``,
+        ``keys``, ``columns`` (carried, keys excluded), ``views`` (feature views joined point in
+        time; empty: the model's features are columns of the source) and ``training_set``."""
+        s, t = self.scoring, self.training
+        if s is None or t is None:
+            raise ValueError(f"{self.name}: the use case has no scoring (or training) section")
+        r = s.rows
+        ts_name = r.training_set or t.training_set
+        ts = self.training_sets[ts_name]
+        source = r.source or ts.labels.source
+        event_time = r.event_time or (ts.labels.event_time if source == ts.labels.source else None)
+        event_time = event_time or self.gold[source].event_time
+        keys = list(r.keys or self.gold[source].primary_key)
+        label = ts.labels.label if source == ts.labels.source else None
+        wanted = set(self.model_features())  # by default only what the model takes from the row itself
+        carried = r.columns if r.columns is not None else [c for c in ts.labels.columns if c != label and c in wanted]
+        views = list(r.features if r.features is not None else ts.features)
+        return {
+            "training_set": ts_name,
+            "source": source,
+            "event_time": event_time,
+            "keys": keys,
+            "columns": [c for c in dict.fromkeys(carried) if c not in keys and c != event_time],
+            "views": views,
+        }
+
+    @property
+    def scoring_schedule(self) -> str:
+        """``features``, ``gold`` or a cron expression (default: features when the rows join
+        feature views, else gold)."""
+        s = self.scoring
+        if s is None:
+            raise ValueError(f"{self.name}: the use case has no scoring section")
+        return s.schedule or ("features" if self.scoring_rows()["views"] else "gold")
+
+    def scoring_suite(self) -> str | None:
+        """The predictions' quality suite: ``scoring.quality``, else ``<usecase>/<output_table>.scoring``;
+        None for an explicit empty string."""
+        s = self.scoring
+        if s is None:
+            return None
+        if s.quality == "":
+            return None
+        return s.quality or f"{self.name}/{s.output_table}.scoring"
 
     @property
     def model_name(self) -> str:

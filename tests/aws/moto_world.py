@@ -242,6 +242,13 @@ TRINO_FUNCTIONS = {"json_format", "json_parse", "is_finite", "try", "date_diff",
 # Trino functions whose DuckDB name differs and that sqlglot does not translate
 DUCK_RENAMES = {"IS_FINITE": "ISFINITE"}
 MAINTENANCE = re.compile(r"^\s*(?P<op>OPTIMIZE|VACUUM)\s+(?P<table>[^\s]+)(?P<rest>.*)$", re.S | re.I)
+EXTERNAL = re.compile(
+    r"^\s*CREATE\s+EXTERNAL\s+TABLE\s+(?P<if>IF\s+NOT\s+EXISTS\s+)?`(?P<db>[^`]+)`\.`(?P<name>[^`]+)`\s*"
+    r"\((?P<cols>[^)]*)\)\s*ROW\s+FORMAT\s+DELIMITED\s+FIELDS\s+TERMINATED\s+BY\s+'(?P<delim>[^']+)'\s+"
+    r"LINES\s+TERMINATED\s+BY\s+'\\n'\s+STORED\s+AS\s+TEXTFILE\s+LOCATION\s+'(?P<location>s3://[^']+/)'\s*$",
+    re.S | re.I,
+)
+DROP = re.compile(r"^\s*DROP\s+TABLE\s+(?P<if>IF\s+EXISTS\s+)?`(?P<db>[^`]+)`\.`(?P<name>[^`]+)`\s*$", re.S | re.I)
 ALTER = re.compile(r"^\s*ALTER\s+TABLE\s+(?P<table>[^\s]+)\s+SET\s+TBLPROPERTIES\s*\((?P<props>.*)\)\s*$", re.S | re.I)
 
 
@@ -465,13 +472,16 @@ class AthenaTwin:
         lines = text.splitlines()
         if t.fmt == "lines":  # one row per line, the whole line in the only column
             return [[line] for line in lines]
+        n = len(t.columns)
+        if t.fmt == "delimited":  # LazySimpleSerDe: no quoting, \\N is NULL
+            cut = [line.split(t.serde["field.delim"]) for line in lines if line]
+            return [[None if v == "\\N" else v for v in (r + [None] * n)[:n]] for r in cut]
         rows = csv.reader(
             lines[t.skip_header :],
             delimiter=t.serde.get("separatorChar", ","),
             quotechar=t.serde.get("quoteChar", '"'),
             escapechar=t.serde.get("escapeChar") or None,
         )
-        n = len(t.columns)
         return [(r + [None] * n)[:n] for r in rows]  # by position: padded, or cut
 
     # ------------------------------------------------------------ dialect
@@ -530,6 +540,10 @@ class AthenaTwin:
             return self._maintain(query)
         if head == "ALTER":
             return self._alter(query)
+        if head == "CREATE":
+            return self._create_external(query)
+        if head == "DROP":
+            return self._drop(query)
         tree = self.check_trino(query)
         if isinstance(tree, exp.Query):
             for t in self._referenced(tree):
@@ -795,6 +809,43 @@ class AthenaTwin:
                 f"ICEBERG_{op}_MORE_RUNS_NEEDED: {op} did part of the work on {t.name}; run it again to process the rest"
             )
         self.maintenance.append(entry)
+
+    def _create_external(self, query: str) -> None:
+        """Hive DDL of an external table over delimited text (as Athena takes it): every column a
+        string, read from the objects under its location (objects named ``_*`` or ``.*`` ignored)."""
+        m = EXTERNAL.match(query)
+        if not m:
+            raise TwinRejects("NOT_SUPPORTED: the twin creates only external delimited-text tables (Hive DDL)")
+        if m["db"] != self.database:
+            raise TwinRejects(f"SCHEMA_NOT_FOUND: {m['db']}")
+        cols = [tuple(c.strip().split()) for c in m["cols"].split(",")]
+        if any(len(c) != 2 or not re.fullmatch(r"`[^`]+`", c[0]) or c[1].lower() != "string" for c in cols):
+            raise TwinRejects(
+                f"NOT_SUPPORTED: the twin reads delimited text into `name` string columns only: {m['cols']}"
+            )
+        names = [c[0].strip("`") for c in cols]
+        if self._exists(m["name"]):
+            if m["if"]:
+                return
+            raise TwinRejects(f"ALREADY_EXISTS: Table {self.database}.{m['name']} already exists")
+        ddl = ", ".join(f'"{c}" VARCHAR' for c in [*names, "$path", "landing_date"])
+        self.con.execute(f'CREATE TABLE "{self.database}"."{m["name"]}" ({ddl})')
+        self.tables[m["name"]] = TwinTable(
+            m["name"], "landing", names, location=m["location"], fmt="delimited", serde={"field.delim": m["delim"]}
+        )
+
+    def _drop(self, query: str) -> None:
+        m = DROP.match(query)
+        if not m:
+            raise TwinRejects("NOT_SUPPORTED: DROP TABLE [IF EXISTS] `db`.`table`")
+        if m["db"] != self.database or not self._exists(m["name"]):
+            if m["if"]:
+                return
+            raise TwinRejects(f"TABLE_NOT_FOUND: {m['db']}.{m['name']}")
+        if self.tables.get(m["name"]) and self.tables[m["name"]].kind != "landing":
+            raise TwinRejects(f"NOT_SUPPORTED: the twin drops only external tables, not {m['name']}")
+        self.con.execute(f'DROP TABLE "{self.database}"."{m["name"]}"')
+        self.tables.pop(m["name"], None)
 
     def _alter(self, query: str) -> None:
         m = ALTER.match(query)

@@ -418,10 +418,10 @@ def test_training_dag_on_aws_under_moto(dag_world, lake):
     )
     assert sorted(members) == script_files
 
-    # ---- the model: fetched from ModelArtifacts, model.ubj for evaluate; Spot savings reported
+    # ---- the model: fetched from ModelArtifacts, the booster for evaluate; Spot savings reported
     described = sm.describe_training_job(TrainingJobName=name)
     assert tr_out["model_data_url"] == described["ModelArtifacts"]["S3ModelArtifacts"]
-    assert (Path(tr_out["model_dir"]) / "model.ubj").is_file() and tr_out["try_number"] == 1
+    assert (Path(tr_out["model_dir"]) / "xgboost-model").is_file() and tr_out["try_number"] == 1
     assert Path(tr_out["model_dir"]) == Path(tr_out["job_dir"]) / "try-1" / "model"
     assert tr_out["meta"]["rounds"] == 30 and tr_out["job"] == "created"
     assert tr_out["metrics"]["spot_savings"] == {
@@ -477,10 +477,10 @@ def test_training_dag_on_aws_under_moto(dag_world, lake):
     from mlblueprints.training.aws import AwsTrainer
 
     holdout = Path(tr_out["job_dir"]) / "holdout" / "holdout.parquet"
-    before = (Path(tr_out["model_dir"]) / "model.ubj").read_bytes(), holdout.read_bytes()
+    before = (Path(tr_out["model_dir"]) / "xgboost-model").read_bytes(), holdout.read_bytes()
     shutil.rmtree(tr_out["job_dir"])
     AwsTrainer(uc, connection_runtime(uc)).ensure_local(tr_out)
-    assert ((Path(tr_out["model_dir"]) / "model.ubj").read_bytes(), holdout.read_bytes()) == before
+    assert ((Path(tr_out["model_dir"]) / "xgboost-model").read_bytes(), holdout.read_bytes()) == before
 
 
 def _operator_context(run_id: str, try_number: int) -> dict:

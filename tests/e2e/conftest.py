@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from helpers import fraud_usecase, run_days, runtime_home
+from helpers import fraud_usecase, read_table, run_days, runtime_home
 from mlblueprints.datagen import DefectConfig, GenerationManifest, generate_fraud
 
 START = date(2024, 3, 1)
@@ -64,3 +64,49 @@ def in_pipeline_home(pipeline):
 @pytest.fixture(scope="session")
 def uc():
     return fraud_usecase()
+
+
+@pytest.fixture(scope="session")
+def scoring_base(pipeline, tmp_path_factory, airflow_db) -> dict[str, Any]:
+    """The shared pipeline's Gold with both feature views materialized and a fraud model trained by
+    the training DAG (40 rounds) and made champion: what the scoring tests start from (they copy
+    ``home``). ``uc_dir`` holds the use cases the model was trained with."""
+    import os
+    import shutil
+
+    import yaml
+
+    from helpers import ROOT
+    from mlblueprints.airflow import localrun
+    from mlblueprints.config import load_usecase
+    from mlblueprints.features import local as features
+    from mlblueprints.lakehouse.local import latest_gold_range
+    from mlblueprints.lineage import RunInfo
+
+    base = tmp_path_factory.mktemp("scoring-base")
+    uc_dir = base / "usecases"
+    shutil.copytree(ROOT / "dags" / "usecases", uc_dir)
+    doc = yaml.safe_load((uc_dir / "fraud_detection.yaml").read_text())
+    doc["retry_delay_seconds"] = 0
+    doc["training"].update(num_boost_round=40, holdout_days=1, promote=True)
+    (uc_dir / "fraud_detection.yaml").write_text(yaml.safe_dump(doc))
+    home = base / "home"
+    shutil.copytree(pipeline.home / "warehouse", home / "warehouse")
+    old = os.environ.get("MLB_USECASES_DIR")
+    os.environ["MLB_USECASES_DIR"] = str(uc_dir)
+    try:
+        with runtime_home(home):
+            uc = load_usecase(uc_dir / "fraud_detection.yaml")
+            lo, hi = latest_gold_range(uc, ["transaction_features"])
+            for view in uc.features:  # what the feature DAG does (tested on its own)
+                features.materialize(uc, view, lo, hi, RunInfo.for_usecase(uc, run_id="features"))
+            dr = localrun.get_dag("fraud_detection__training").test()
+            assert dr.state == "success", [(ti.task_id, ti.state) for ti in dr.get_task_instances()]
+            days = read_table(uc, "transaction_features")["event_date"]
+            lo, hi = min(days), max(days)  # the event dates Gold holds (its recompute range reaches further)
+    finally:
+        if old is None:
+            os.environ.pop("MLB_USECASES_DIR", None)
+        else:
+            os.environ["MLB_USECASES_DIR"] = old
+    return {"home": home, "uc_dir": uc_dir, "doc": doc, "range": (lo, hi)}

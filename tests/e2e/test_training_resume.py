@@ -24,6 +24,7 @@ import pytest
 import xgboost as xgb
 
 from mlblueprints.training.local import TrainingFailed, TrainingInterrupted, run_training_job
+from mlblueprints.training.models import load_booster
 
 ROWS, N_FEATURES, ROUNDS = 20_000, 12, 80
 FEATURES = [f"x{j:02d}" for j in range(N_FEATURES)]
@@ -62,7 +63,7 @@ def write_dataset(directory: Path, rows: int = ROWS, seed: int = 11, files: int 
 
 def predictions(result: dict[str, Any], data_dir: Path) -> np.ndarray:
     table = pq.read_table(data_dir, columns=FEATURES).to_pandas()
-    booster = xgb.Booster(model_file=str(Path(result["model_dir"]) / "model.ubj"))
+    booster = load_booster(Path(result["model_dir"]) / "xgboost-model")
     return booster.predict(xgb.DMatrix(table[FEATURES].to_numpy(np.float32), feature_names=FEATURES))
 
 
@@ -133,6 +134,15 @@ def reference(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[
 
 def test_reference_run(reference: dict[str, Any], data_dir: Path) -> None:
     meta, metrics = reference["meta"], reference["metrics"]
+    # the serving contract: the model dir holds the booster alone, under the name the SageMaker
+    # XGBoost image serves (it loads every file there as a booster); the rest is output data
+    assert sorted(p.name for p in Path(reference["model_dir"]).iterdir()) == ["xgboost-model"]
+    assert sorted(p.name for p in Path(reference["output_dir"]).iterdir()) == [
+        "model_meta.json",
+        "training_metrics.json",
+    ]
+    every_file = [xgb.Booster(model_file=str(p)) for p in Path(reference["model_dir"]).iterdir()]
+    assert [b.num_boosted_rounds() for b in every_file] == [ROUNDS]
     assert reference["exit_code"] == 0 and reference["interrupted"] is None
     assert meta["rounds"] == ROUNDS and meta["rounds_trained_in_this_process"] == ROUNDS
     assert meta["resumed_from_round"] is None
@@ -143,7 +153,7 @@ def test_reference_run(reference: dict[str, Any], data_dir: Path) -> None:
     assert 0 < metrics["train_logloss"] < 0.45  # the target is learnable (prior logloss 0.56)
     # the hyperparameters reach every round (xgboost 1.7 would drop them on the per-round updater switch
     # if they were not passed again): no tree deeper than max_depth 5, i.e. more than 63 nodes
-    model = json.loads(xgb.Booster(model_file=str(Path(reference["model_dir"]) / "model.ubj")).save_raw("json"))
+    model = json.loads(load_booster(Path(reference["model_dir"]) / "xgboost-model").save_raw("json"))
     nodes = [int(t["tree_param"]["num_nodes"]) for t in model["learner"]["gradient_booster"]["model"]["trees"]]
     assert len(nodes) == ROUNDS and max(nodes) <= 2 ** (5 + 1) - 1
     y = pq.read_table(data_dir, columns=["is_positive"]).column(0).to_numpy()
@@ -200,7 +210,7 @@ def test_sigterm_writes_checkpoint_at_signal_and_rerun_resumes_there(
     assert 15 <= at < ROUNDS
     assert stopped["checkpoints"] == [f"ckpt-{at:08d}"]
     assert assert_valid(job / "checkpoints" / f"ckpt-{at:08d}")["reason"] == "sigterm"
-    assert stopped["meta"] is None and not (job / "model" / "model.ubj").exists()
+    assert stopped["meta"] is None and not (job / "model" / "xgboost-model").exists()
 
     result = run_training_job(job, data_dir, HPS, timeout=TIMEOUT)
     assert result["meta"]["resumed_from_round"] == at

@@ -30,6 +30,9 @@ HEAVY = [
     "boto3",
 ]
 
+# the DAG files of the patterns (one per pattern, each loading every use case)
+PATTERN_FILES = ("lakehouse.py", "features.py", "training.py", "scoring.py")
+
 PARSE = r"""
 import json, sys, warnings
 base = set(sys.modules)
@@ -158,6 +161,26 @@ def test_training_topology_and_schedule(dagbag):
     assert dag.params["interrupt"]["signal"] is None
 
 
+def test_scoring_topology_schedule_and_assets(dagbag):
+    dag = dagbag.dags["fraud_detection__scoring"]
+    t = dag.task_dict
+    assert t["plan"].downstream_task_ids == {"score", "gate", "commit"}
+    assert t["score"].downstream_task_ids == {"gate", "commit"}
+    assert t["gate"].downstream_task_ids == {"commit"}
+    assert t["commit"].downstream_task_ids == {"report"}
+    # predictions become visible only after the gate passed, with one Asset event
+    assert [a.name for a in t["commit"].outlets] == ["fraud_detection.predictions"]
+    assert all(not task.outlets for tid, task in t.items() if tid != "commit")
+    # all the feature views of the scoring rows updated (the interval's features are complete)
+    cond = dag.timetable.asset_condition
+    assert type(cond).__name__ == "AssetAll"
+    assert sorted(a.name for a in cond.objects) == [
+        "fraud_detection.features.card_activity",
+        "fraud_detection.features.merchant_activity",
+    ]
+    assert dag.params["version"] == 0 and dag.params["event_dates"] == []
+
+
 def test_broken_usecase_is_one_line_and_others_load(tmp_path):
     uc_dir = tmp_path / "usecases"
     shutil.copytree(ROOT / "dags" / "usecases", uc_dir)
@@ -172,7 +195,7 @@ def test_broken_usecase_is_one_line_and_others_load(tmp_path):
     assert not any(d.startswith("claims") for d in got["dags"])
     assert "fraud_detection__features" in got["dags"]
     # each DAG file that loads use cases reports the bad one once, as one line
-    for dag_file in ("lakehouse.py", "features.py", "training.py"):
+    for dag_file in PATTERN_FILES:
         msgs = [m for f, ws in got["warnings"].items() if f.endswith(dag_file) for m in ws if "claims.yaml" in m]
         assert len(msgs) == 1, (dag_file, got["warnings"])
         assert f"{uc_dir / 'claims.yaml'}: datasets: " in msgs[0] and "at least 1 item" in msgs[0]
@@ -214,7 +237,7 @@ def test_an_unreadable_usecase_removes_only_itself(tmp_path, content):
     shutil.copytree(ROOT / "dags" / "usecases", uc_dir)
     (uc_dir / "claims.yaml").write_bytes(content)
     got = parse(ROOT / "dags", {"MLB_USECASES_DIR": str(uc_dir)})
-    assert {"fraud_detection__lakehouse", "fraud_detection__features", "fraud_detection__training"} <= set(got["dags"])
+    assert {f"fraud_detection__{p.removesuffix('.py')}" for p in PATTERN_FILES} <= set(got["dags"])
     assert not any(str(ROOT / "dags") in f and "fraud_detection" in e for f, e in got["errors"].items())
     warned = [m for ws in got["warnings"].values() for m in ws if str(uc_dir / "claims.yaml") in m]
     pattern_files = [p for p in (ROOT / "dags").glob("*.py") if not p.name.startswith(("_", "usecase_"))]

@@ -34,6 +34,18 @@ def test_committed_definitions_are_what_the_declarations_render():
         assert len(path.read_bytes()) < 1024 * 1024  # the largest definition Step Functions takes
 
 
+def test_a_pattern_left_out_of_step_functions_is_named_with_its_reason():
+    """The scoring pattern applies to the shipped use case but is not rendered (docs/stepfunctions.md)."""
+    from mlblueprints import patterns
+
+    uc = _shipped()
+    assert set(asl.NOT_RENDERED) == {"scoring"} and all(len(why) > 40 for why in asl.NOT_RENDERED.values())
+    for pattern in asl.NOT_RENDERED:
+        assert patterns.declare(pattern, uc) is not None, f"{pattern} applies to {uc.name}: the exclusion matters"
+        assert pattern not in asl.render_usecase(uc)
+        assert not asl.definition_path(ROOT / "statemachines", uc.name, pattern).exists()
+
+
 def test_every_definition_passes_asl_validator(tmp_path):
     if not ASL_VALIDATOR.exists():
         pytest.fail("asl-validator is not installed: run `make tools` (make test does)")

@@ -10,10 +10,10 @@ provider's operators with what a lifecycle pattern needs on top:
   query, a statement Athena ends with its ``repeat_on`` error again (``core.service``); killed
   while it runs (worker side: ``on_kill``; while deferred: the trigger's ``on_kill``) it stops
   the running query.
-* :class:`TrainingJobOperator` is ``SageMakerTrainingOperator`` with a job name unique per try,
-  a retry that adopts an earlier try's job only after checking it trained on the same input
-  data, image and hyperparameters, a deferral that lasts as long as Spot may wait, and a kill
-  that stops the job (the provider's operator leaves it running).
+* :class:`TrainingJobOperator` and :class:`TransformJobOperator` (CreateModel from the registered
+  package, then the Batch Transform job) add to the provider's a job name unique per try, a retry
+  that adopts an earlier try's job only after checking it does the same work, a deferral as long
+  as the job may take, and a kill that stops the job (the provider's leave it running).
 
 The requests come from the pure builders (``mlblueprints.aws``) through the ``prepare`` task's
 XCom; the statements and the job's config are template fields, so the Airflow UI shows them.
@@ -30,13 +30,19 @@ from typing import Any
 from airflow.providers.amazon.aws.hooks.athena import AthenaHook
 from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
-from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOperator, serialize
+from airflow.providers.amazon.aws.operators.sagemaker import (
+    SageMakerTrainingOperator,
+    SageMakerTransformOperator,
+)
 from airflow.providers.amazon.aws.triggers.athena import AthenaTrigger
 from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.sdk.exceptions import AirflowException
 
 from mlblueprints.aws import requests as req
+from mlblueprints.aws import scoring as sr
+from mlblueprints.aws import training as tr
+from mlblueprints.aws.s3io import error_code as _error_code
 from mlblueprints.config import UseCase
 from mlblueprints.core import service
 
@@ -52,9 +58,9 @@ def _poll(name: str, default: float) -> int:
     return max(0, int(float(os.environ.get(name, default))))
 
 
-def _error_code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    return (response or {}).get("Error", {}).get("Code", "") if isinstance(response, dict) else ""
+def _aws_kwargs(op: Any) -> dict[str, Any]:
+    """The connection arguments of an operator, as its triggers take them."""
+    return {k: getattr(op, k) for k in ("aws_conn_id", "region_name", "verify", "botocore_config")}
 
 
 # ---------------------------------------------------------------- Athena
@@ -107,12 +113,8 @@ class AthenaStatementsOperator(AwsBaseOperator[AthenaHook]):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.statements = statements
-        self.database = database
-        self.workgroup = workgroup
-        self.result_configuration = result_configuration
-        self.sleep_time = sleep_time
-        self.deferrable = deferrable
+        self.statements, self.database, self.workgroup = statements, database, workgroup
+        self.result_configuration, self.sleep_time, self.deferrable = result_configuration, sleep_time, deferrable
         self.query_execution_id: str | None = None
         self._plans: dict[str, list[dict[str, Any]]] = {}
 
@@ -164,10 +166,7 @@ class AthenaStatementsOperator(AwsBaseOperator[AthenaHook]):
                         query_execution_id=qid,
                         waiter_delay=self.sleep_time,
                         waiter_max_attempts=10**6,
-                        aws_conn_id=self.aws_conn_id,
-                        region_name=self.region_name,
-                        verify=self.verify,
-                        botocore_config=self.botocore_config,
+                        **_aws_kwargs(self),
                         name=st.name,
                         runs=runs,
                         done=done,
@@ -208,20 +207,20 @@ class AthenaStatementsOperator(AwsBaseOperator[AthenaHook]):
             self.hook.stop_query(self.query_execution_id)
 
 
-# ---------------------------------------------------------------- SageMaker training
+# ---------------------------------------------------------------- SageMaker jobs (training, batch transform)
 
 
 class StoppingSageMakerTrigger(SageMakerTrigger):
-    """SageMakerTrigger that stops its training job when the task is killed while deferred."""
+    """SageMakerTrigger that stops its job (training or transform) when the task is killed while deferred."""
 
     async def on_kill(self) -> None:
         hook = SageMakerHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name, verify=self.verify)
-        await asyncio.to_thread(_stop_training_job, hook, self.job_name)
+        await asyncio.to_thread(_stop_job, hook, self.job_type, self.job_name)
 
 
-def _stop_training_job(hook: SageMakerHook, name: str) -> bool:
+def _stop_job(hook: SageMakerHook, job_type: str, name: str) -> bool:
     try:
-        hook.conn.stop_training_job(TrainingJobName=name)
+        getattr(hook.conn, f"stop_{job_type.lower()}_job")(**{f"{job_type}JobName": name})
         return True
     except Exception as exc:  # not running any more (ValidationException): nothing to stop
         if _error_code(exc) == "ValidationException":
@@ -229,121 +228,144 @@ def _stop_training_job(hook: SageMakerHook, name: str) -> bool:
         raise
 
 
-class TrainingJobOperator(SageMakerTrainingOperator):
-    """Start (or adopt) the training job of one try; output ``{"Training": Describe..., "how": ...}``.
+class _OwnJobs:
+    """What the SageMaker operators below add to the provider's: a job name unique per try; a retry
+    that adopts an earlier try's job only after checking it does the same work (waiting for it when
+    it still runs); a deferral on a trigger that stops the job when the task is killed; a kill that
+    stops the job this try created; only a Completed job is a success."""
 
-    ``how``: ``created`` (this try's job), or ``adopted`` (an earlier try's job of this run that
-    completed - or is still running and is waited for - on the same input data, image and
-    hyperparameters; see :func:`mlblueprints.aws.training.job_differences`).
-    """
+    # subclasses give: job_type, naming (use case, run id, try -> name), for_try (config, name, try ->
+    # the config of that try), _differences, _to_create, _wait_attempts
+    job_type, naming, for_try = "Training", staticmethod(tr.training_job_name), staticmethod(tr.request_for_try)
 
-    def __init__(self, *, usecase: UseCase, **kwargs: Any):
-        kwargs.setdefault("check_if_job_exists", False)  # the name is ours, unique per try
-        super().__init__(**kwargs)
-        self.usecase = usecase
-        self._created: str | None = None
+    def _name(self, run_id: str, k: int) -> str:
+        return self.naming(self.usecase, run_id, k)
 
     def _describe(self, name: str) -> dict[str, Any] | None:
         try:
-            return self.hook.describe_training_job(name)
+            return getattr(self.hook, f"describe_{self.job_type.lower()}_job")(name)
         except Exception as exc:  # what SageMaker answers for an unknown job
             if _error_code(exc) == "ValidationException":
                 return None
             raise
 
-    def _wait_attempts(self) -> int:
-        stop = (self.config or {}).get("StoppingCondition", {})
-        longest = max(int(stop.get("MaxWaitTimeInSeconds", 0)), int(stop.get("MaxRuntimeInSeconds", 3600)))
-        return max(60, longest // max(1, self.check_interval) + 60)
-
-    def execute(self, context: Any) -> dict[str, Any] | None:
-        from mlblueprints.aws import training as tr
-
+    def _adopt_or_start(self, context: Any) -> dict[str, Any] | None:
         if not self.config:
             return None
         run_id, try_number = context["run_id"], int(context["ti"].try_number)
-        self.config = tr.request_for_try(
-            self.config, tr.training_job_name(self.usecase, run_id, try_number), try_number
-        )
+        self.config = self.for_try(self.config, self._name(run_id, try_number), try_number)
         self.max_attempts = self._wait_attempts()
+        kind = self.job_type.lower()
         for k in range(try_number, 0, -1):
-            name = tr.training_job_name(self.usecase, run_id, k)
+            name = self._name(run_id, k)
             desc = self._describe(name)
             if desc is None:
                 continue
-            diffs = tr.job_differences(self.config, desc)
+            diffs = self._differences(desc)
             if diffs:
-                self.log.warning("not adopting training job %s: %s", name, "; ".join(diffs))
+                self.log.warning("not adopting %s job %s: %s", kind, name, "; ".join(diffs))
                 continue
-            status = desc["TrainingJobStatus"]
+            status = desc[f"{self.job_type}JobStatus"]
             if status == "Completed":
-                self.log.info("adopting training job %s of try %d: completed on the same data", name, k)
-                return {"Training": serialize(desc), "how": "adopted"}
+                self.log.info("adopting %s job %s of try %d: completed, doing the same work", kind, name, k)
+                return {**self.serialize_result(name), "how": "adopted"}
             if status in RUNNING_JOB:
-                self.log.info("training job %s of try %d is still running on the same data: waiting for it", name, k)
+                self.log.info("%s job %s of try %d still runs the same work: waiting for it", kind, name, k)
                 return self._wait_for(context, name)
-            self.log.info("training job %s of try %d ended %s: not adopted", name, k, status)
-        self._created = self.config["TrainingJobName"]
-        return {**self._completed(super().execute(context)), "how": "created"}
+            self.log.info("%s job %s of try %d ended %s: not adopted", kind, name, k, status)
+        self._created = self._to_create()
+        return {**self._completed(super().execute(context)), "how": "created"}  # type: ignore[misc]
 
     def _completed(self, out: dict[str, Any] | None) -> dict[str, Any]:
-        """The provider's operator returns whatever state the job ended in (Stopped included):
-        only a Completed job is a success."""
-        desc = (out or {}).get("Training") or {}
-        if desc.get("TrainingJobStatus") != "Completed":
-            raise AirflowException(
-                f"training job {desc.get('TrainingJobName')} ended {desc.get('TrainingJobStatus')}: "
-                f"{desc.get('FailureReason') or 'no reason given'} (a retry starts a new job that resumes from "
-                "the checkpoints)"
-            )
+        """The provider's operators return whatever state the job ended in: only Completed succeeds."""
+        t = self.job_type
+        desc = (out or {}).get(t) or {}
+        if desc.get(f"{t}JobStatus") != "Completed":
+            why = desc.get("FailureReason") or "no reason given"
+            raise AirflowException(f"{t} job {desc.get(f'{t}JobName')} ended {desc.get(f'{t}JobStatus')}: {why}")
         return dict(out or {})
+
+    def _trigger(self, name: str, delay: int) -> StoppingSageMakerTrigger:
+        kw = {"job_name": name, "job_type": self.job_type, "waiter_delay": delay, **_aws_kwargs(self)}
+        return StoppingSageMakerTrigger(waiter_max_attempts=self._wait_attempts(), **kw)
 
     def _wait_for(self, context: Any, name: str) -> dict[str, Any]:
         if self.deferrable:
-            self.defer(
-                trigger=StoppingSageMakerTrigger(
-                    job_name=name,
-                    job_type="Training",
-                    waiter_delay=self.check_interval,
-                    waiter_max_attempts=self.max_attempts,
-                    aws_conn_id=self.aws_conn_id,
-                    region_name=self.region_name,
-                    verify=self.verify,
-                    botocore_config=self.botocore_config,
-                ),
-                method_name="execute_complete",
-            )
-        self.hook.check_status(name, "TrainingJobStatus", self.hook.describe_training_job, self.check_interval)
+            self.defer(trigger=self._trigger(name, self.check_interval), method_name="execute_complete")
+        describe = getattr(self.hook, f"describe_{self.job_type.lower()}_job")
+        self.hook.check_status(name, f"{self.job_type}JobStatus", describe, self.check_interval)
         return {**self._completed(self.serialize_result(name)), "how": "adopted"}
 
     def defer(self, *, trigger: Any, method_name: str, **kwargs: Any) -> None:
         # the provider's own deferral (after creating the job) uses a trigger that does not stop
         # the job when the task is killed; swap in ours
         if type(trigger) is SageMakerTrigger:
-            trigger = StoppingSageMakerTrigger(
-                job_name=trigger.job_name,
-                job_type=trigger.job_type,
-                waiter_delay=trigger.waiter_delay,
-                waiter_max_attempts=self._wait_attempts(),
-                aws_conn_id=trigger.aws_conn_id,
-                region_name=trigger.region_name,
-                verify=trigger.verify,
-                botocore_config=trigger.botocore_config,
-            )
-        super().defer(trigger=trigger, method_name=method_name, **kwargs)
+            trigger = self._trigger(trigger.job_name, trigger.waiter_delay)
+        super().defer(trigger=trigger, method_name=method_name, **kwargs)  # type: ignore[misc]
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, dict]:
-        from mlblueprints.aws import training as tr
-
-        out = self._completed(super().execute_complete(context, event))
-        mine = tr.training_job_name(self.usecase, context["run_id"], int(context["ti"].try_number))
-        return {**out, "how": "created" if out["Training"].get("TrainingJobName") == mine else "adopted"}
+        out = self._completed(super().execute_complete(context, event))  # type: ignore[misc]
+        mine = self._name(context["run_id"], int(context["ti"].try_number))
+        return {**out, "how": "created" if out[self.job_type].get(f"{self.job_type}JobName") == mine else "adopted"}
 
     def on_kill(self) -> None:
-        """Stop the job this try created (the provider's operator would leave it running)."""
-        if self._created:
-            self.log.info("stopping training job %s", self._created)
-            _stop_training_job(self.hook, self._created)
+        """Stop the job this try created (the provider's operators would leave it running)."""
+        if getattr(self, "_created", None):
+            self.log.info("stopping %s job %s", self.job_type.lower(), self._created)
+            _stop_job(self.hook, self.job_type, self._created)
+
+
+class TrainingJobOperator(_OwnJobs, SageMakerTrainingOperator):
+    """Start (or adopt) the training job of one try; output ``{"Training": Describe..., "how": ...}``
+    (``how``: ``created``, or ``adopted`` - an earlier try's job of this run on the same input data,
+    image and hyperparameters; see :func:`mlblueprints.aws.training.job_differences`)."""
+
+    execute = _OwnJobs._adopt_or_start  # declared here: Airflow guards each operator's own execute
+
+    def __init__(self, *, usecase: UseCase, **kwargs: Any):
+        kwargs.setdefault("check_if_job_exists", False)  # the name is ours, unique per try
+        super().__init__(**kwargs)
+        self.usecase, self._created = usecase, None
+
+    def _differences(self, desc: dict[str, Any]) -> list[str]:
+        return tr.job_differences(self.config, desc)
+
+    def _to_create(self) -> str:
+        return self.config["TrainingJobName"]
+
+    def _wait_attempts(self) -> int:  # as long as Spot may wait and the job may run
+        return tr.wait_attempts(self.config or {}, self.check_interval)
+
+
+class TransformJobOperator(_OwnJobs, SageMakerTransformOperator):
+    """CreateModel (from the registered model package) and CreateTransformJob of one try, or adopt
+    an earlier try's job that transformed the same input with the same package (see
+    :func:`mlblueprints.aws.scoring.transform_job_differences`); output ``{"Model": ...,
+    "Transform": Describe..., "how": ...}``."""
+
+    job_type = "Transform"
+    naming, for_try = staticmethod(sr.transform_job_name), staticmethod(sr.request_for_try)
+    execute = _OwnJobs._adopt_or_start
+
+    def __init__(self, *, usecase: UseCase, max_wait_seconds: int = 86400, **kwargs: Any):
+        kwargs.update(check_if_job_exists=False, check_if_model_exists=False)  # names are ours, per try
+        super().__init__(**kwargs)
+        self.usecase, self._created, self.max_wait_seconds = usecase, None, max_wait_seconds
+
+    def _differences(self, desc: dict[str, Any]) -> list[str]:
+        return sr.transform_job_differences(self.config, desc, lambda: self.hook.describe_model(desc["ModelName"]))
+
+    def _to_create(self) -> str:
+        try:  # this try's model exists already (the task died between the two calls): reuse it
+            self.hook.describe_model(self.config["Model"]["ModelName"])
+            self.config.pop("Model")
+        except Exception as exc:
+            if _error_code(exc) != "ValidationException":
+                raise
+        return self.config["Transform"]["TransformJobName"]
+
+    def _wait_attempts(self) -> int:
+        return max(60, self.max_wait_seconds // max(1, self.check_interval) + 60)
 
 
 # ---------------------------------------------------------------- the registry of service operators
@@ -366,14 +388,12 @@ def service_operator(kind: str, uc: UseCase, *, task_id: str, request: Any) -> A
             deferrable=deferrable(),
             **common,
         )
+    jobs = {"usecase": uc, "config": request, "wait_for_completion": True, "deferrable": deferrable(), **common}
+    jobs["check_interval"] = _poll("MLB_SAGEMAKER_POLL_SECONDS", 30)
+    if kind == service.SAGEMAKER_TRANSFORM:
+        wait = uc.scoring.sagemaker.max_wait_seconds if uc.scoring else 86400
+        return TransformJobOperator(max_wait_seconds=wait, **jobs)
     if kind == service.SAGEMAKER_TRAINING:
-        return TrainingJobOperator(
-            usecase=uc,
-            config=request,
-            wait_for_completion=True,
-            print_log=os.environ.get("MLB_SAGEMAKER_PRINT_LOG", "1").lower() not in ("0", "false", "no"),
-            check_interval=_poll("MLB_SAGEMAKER_POLL_SECONDS", 30),
-            deferrable=deferrable(),
-            **common,
-        )
+        print_log = os.environ.get("MLB_SAGEMAKER_PRINT_LOG", "1").lower() not in ("0", "false", "no")
+        return TrainingJobOperator(print_log=print_log, **jobs)
     raise ValueError(f"no operator for service kind {kind!r}")

@@ -144,3 +144,15 @@ def extract_tar(archive: Path, dest: Path) -> None:
         tar.extractall(tmp, filter="data")  # no absolute paths, no '..', no devices
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
+
+
+def upload_dir(s3: Any, aws: AwsTarget, directory: Path, uri: str, since: float) -> None:
+    """Upload the files of ``directory`` written since ``since`` (a gate's results and the Data
+    Docs pages it rebuilt), encrypted with the use case's key."""
+    bucket, prefix = req.split_s3_uri(uri)
+    types = {".html": "text/html", ".json": "application/json"}
+    for p in Path(directory).rglob("*"):
+        if p.is_file() and p.stat().st_mtime >= since:
+            key = f"{prefix}/{p.relative_to(directory).as_posix()}"
+            ctype = types.get(p.suffix, "application/octet-stream")
+            s3.put_object(Bucket=bucket, Key=key, Body=p.read_bytes(), ContentType=ctype, **req.s3_put_kms(aws))

@@ -572,6 +572,14 @@ def request_for_try(request: Mapping[str, Any], job_name: str, try_number: int) 
     return out
 
 
+def wait_attempts(request: Mapping[str, Any], check_interval: int) -> int:
+    """How many polls a task waits for the job of ``request``: as long as Spot may wait
+    (``MaxWaitTimeInSeconds``) or the job may run, plus a margin."""
+    stop = request.get("StoppingCondition", {})
+    longest = max(int(stop.get("MaxWaitTimeInSeconds", 0)), int(stop.get("MaxRuntimeInSeconds", 3600)))
+    return max(60, longest // max(1, check_interval) + 60)
+
+
 # what makes two jobs the same training: data, code, image, hyperparameters, resources, checkpoints
 _SAME_JOB_HP_IGNORED = ("sagemaker_job_name",)
 

@@ -71,3 +71,15 @@ def registered_model_asset(uc: UseCase) -> AssetSpec:
         group="models",
         extra={"usecase": uc.name, "model": uc.model_name},
     )
+
+
+def predictions_asset(uc: UseCase) -> AssetSpec:
+    """The Asset the scoring pattern emits when an interval's predictions are committed (its
+    event carries the range, the predictions snapshot id and the model version)."""
+    table = uc.scoring.output_table if uc.scoring else "predictions"
+    return AssetSpec(
+        name=f"{uc.name}.predictions",
+        uri=uc.warehouse_uri(table),
+        group="scoring",
+        extra={"usecase": uc.name, "table": table, "model": uc.model_name},
+    )

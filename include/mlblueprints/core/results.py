@@ -218,6 +218,74 @@ class FairnessResult(TypedDict):
     tag: str | None  # the value of the version's fairness_failed tag (None: no tag)
 
 
+# ---------------------------------------------------------------- scoring
+
+
+class ScoringPlan(TypedDict):
+    range: list[str]  # the event dates [lo, hi]
+    range_source: str  # the Param, the triggering Asset events or the run's data interval
+    model: dict[str, Any]  # scoring.core.model_from_registry (on aws with its model package)
+    rows: dict[str, Any]  # UseCase.scoring_rows()
+    snapshots: dict[str, Any]  # table -> snapshot read (Iceberg id locally, Glue metadata location on aws)
+    rows_in: int
+    skipped_null_key: int
+    output_table: str
+    target: str
+    seconds: float
+    key_types: NotRequired[list[list[str]]]  # aws: (key, type) for parsing the job's output
+    source_queries: NotRequired[dict[str, str]]  # aws: table -> the UNLOAD that read it
+    input_s3_uri: NotRequired[str]  # aws: the transform job's input prefix
+
+
+class ScoringScored(TypedDict):
+    batch_id: str | None  # the staged write (local) or the transform job (aws); None: nothing scored
+    rows: NotRequired[int]
+    staged: NotRequired[str]  # local: the directory of the staged Parquet files
+    batches: NotRequired[int]
+    files: NotRequired[int]
+    histogram: NotRequired[dict[str, Any]]
+    seconds: NotRequired[float]
+    predict_seconds: NotRequired[float]
+    rows_per_second: NotRequired[float | None]
+    flavor: NotRequired[str]
+    flagged: NotRequired[int]
+    decisions: NotRequired[dict[str, int]]
+    job_name: NotRequired[str | None]  # aws
+    how: NotRequired[str]  # aws: created or adopted
+    model_name: NotRequired[str | None]
+    output_s3_uri: NotRequired[str]
+    transform_seconds: NotRequired[float | None]
+
+
+class ScoringGate(TypedDict):
+    success: bool
+    verdict: str
+    rows: int
+    evaluated: int
+    summary: str
+    suite: NotRequired[str]
+    table: NotRequired[str]
+    layer: NotRequired[str]
+    failed_critical: NotRequired[list[dict[str, Any]]]
+    failed_warning: NotRequired[list[dict[str, Any]]]
+    histogram: NotRequired[dict[str, Any]]  # aws: the figures of the job's output
+    flagged: NotRequired[int]
+    decisions: NotRequired[dict[str, int]]
+
+
+class ScoringCommit(TypedDict):
+    table: str
+    range: list[str]
+    rows: int
+    snapshot_id: int | str | None  # an Iceberg snapshot id locally, the Glue metadata location on aws
+    model: str
+    version: int
+    files: NotRequired[int | None]  # local
+    snapshots_expired: NotRequired[int]
+    orphan_files_removed: NotRequired[int]
+    lineage: NotRequired[str]  # aws: the lineage record on S3
+
+
 # a step that may skip
 IngestStep = IngestResult | Skipped
 SilverStep = SilverResult | Skipped

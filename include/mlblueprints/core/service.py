@@ -26,7 +26,10 @@ if TYPE_CHECKING:
 
 ATHENA = "athena"  # request: a list of Statement dicts, run in order; output: {"queries": {name: id}}
 SAGEMAKER_TRAINING = "sagemaker_training"  # request: CreateTrainingJob; output: {"Training": Describe...}
-KINDS = (ATHENA, SAGEMAKER_TRAINING)
+# request: {"Model": CreateModel, "Transform": CreateTransformJob}; output: {"Model": DescribeModel,
+# "Transform": DescribeTransformJob, "how": "created" | "adopted"}
+SAGEMAKER_TRANSFORM = "sagemaker_transform"
+KINDS = (ATHENA, SAGEMAKER_TRAINING, SAGEMAKER_TRANSFORM)
 MARK = "__service_call__"
 
 

@@ -100,15 +100,46 @@ def view_relation_sql(cols: ViewColumns, files: list[str]) -> str:
     return "SELECT " + ", ".join(f"CAST(NULL AS {sql_type(t)}) AS {ident(c)}" for c, t in typed) + " WHERE FALSE"
 
 
-def _glue_table(glue: Any, database: str, name: str) -> dict[str, Any] | None:
+def glue_table(glue: Any, database: str, name: str) -> dict[str, Any] | None:
     try:
         return glue.get_table(DatabaseName=database, Name=name)["Table"]
     except glue.exceptions.EntityNotFoundException:
         return None
 
 
-def _metadata_location(glue: Any, database: str, name: str) -> str | None:
-    return ((_glue_table(glue, database, name) or {}).get("Parameters") or {}).get("metadata_location")
+def metadata_location(glue: Any, database: str, name: str) -> str | None:
+    return ((glue_table(glue, database, name) or {}).get("Parameters") or {}).get("metadata_location")
+
+
+def view_reads(
+    uc: UseCase, glue: Any, s3: Any, views: list[str], fail: Any, prefix: str
+) -> tuple[list[tuple[str, str, str]], dict[str, Any]]:
+    """The UNLOAD reads of the views' offline stores, each view checked against Glue first (its
+    Gold table's columns, its offline store table and columns): ``[(Glue table, statement name,
+    DuckDB SQL)]`` and the views' columns (``ViewColumns.as_dict``). ``fail(column, reason)`` is
+    the error raised for a view that cannot be read."""
+    aws = uc.aws_settings
+    reads: list[tuple[str, str, str]] = []
+    view_cols: dict[str, Any] = {}
+    for vname in views:
+        cols = fa.view_columns(uc, vname, glue, s3)
+        table = core.offline_table(uc, vname)
+        found = glue_table(glue, aws.glue_database, table)
+        if found is None:
+            raise fail(
+                None,
+                f"feature view {vname!r} has no offline store table {aws.glue_database}.{table} "
+                "in the Glue Data Catalog yet (materialize it first)",
+            )
+        have = {c["Name"] for c in (found.get("StorageDescriptor") or {}).get("Columns", [])}
+        for c in [*fsreq.feature_names(cols), WRITE_TIME, API_TIME, IS_DELETED]:
+            if have and c not in have:
+                raise fail(
+                    c, f"the offline store {aws.glue_database}.{table} of feature view {vname!r} has no such column"
+                )
+        view_cols[vname] = cols.as_dict()
+        reads.append((table, f"{prefix}{table}", offline_store_sql(uc, vname, cols, fq(uc, table))))
+    return reads, view_cols
 
 
 def prepare(uc: UseCase, rt: AwsRuntime, name: str, run: RunInfo, job_dir: Path) -> ServiceCall:
@@ -128,30 +159,12 @@ def prepare(uc: UseCase, rt: AwsRuntime, name: str, run: RunInfo, job_dir: Path)
             labels_sql(fq(uc, ts.labels.source), label_cols, label_time, ts.labels.label),
         )
     ]
-    view_cols: dict[str, Any] = {}
-    for vname in ts.features:
-        cols = fa.view_columns(uc, vname, glue, s3)
-        table = core.offline_table(uc, vname)
-        glue_table = _glue_table(glue, aws.glue_database, table)
-        if glue_table is None:
-            raise TrainingSetError(
-                uc,
-                name,
-                None,
-                f"feature view {vname!r} has no offline store table {aws.glue_database}.{table} "
-                "in the Glue Data Catalog yet (materialize it first)",
-            )
-        have = {c["Name"] for c in (glue_table.get("StorageDescriptor") or {}).get("Columns", [])}
-        for c in [*fsreq.feature_names(cols), WRITE_TIME, API_TIME, IS_DELETED]:
-            if have and c not in have:
-                raise TrainingSetError(
-                    uc,
-                    name,
-                    c,
-                    f"the offline store {aws.glue_database}.{table} of feature view {vname!r} has no such column",
-                )
-        view_cols[vname] = cols.as_dict()
-        reads.append((table, f"training_set_{table}", offline_store_sql(uc, vname, cols, fq(uc, table))))
+
+    def fail(column: str | None, reason: str) -> Exception:
+        return TrainingSetError(uc, name, column, reason)
+
+    view_reads_, view_cols = view_reads(uc, glue, s3, ts.features, fail, "training_set_")
+    reads += view_reads_
     safe_try = safe(f"{run.run_id}__{run.try_number}")
     stmts, staged = [], {}
     for table, stmt_name, sql in reads:
@@ -166,7 +179,7 @@ def prepare(uc: UseCase, rt: AwsRuntime, name: str, run: RunInfo, job_dir: Path)
         "view_cols": view_cols,
         "reads": [[t, n] for t, n, _ in reads],
         "staged": staged,
-        "before": {t: _metadata_location(glue, aws.glue_database, t) for t, _, _ in reads},
+        "before": {t: metadata_location(glue, aws.glue_database, t) for t, _, _ in reads},
         "job_dir": str(job_dir),
         "run": run.as_dict(),
         "started": time.time(),
@@ -184,7 +197,7 @@ def finish(uc: UseCase, rt: AwsRuntime, state: dict[str, Any], output: dict[str,
     queries = {table: output["queries"][stmt] for table, stmt in state["reads"]}
     sources: dict[str, str] = {}
     for table, _ in state["reads"]:
-        before, after = state["before"][table], _metadata_location(glue, aws.glue_database, table)
+        before, after = state["before"][table], metadata_location(glue, aws.glue_database, table)
         if before and before == after:
             sources[table] = before
         else:

@@ -321,7 +321,7 @@ class PitView:
 def pit_sql(
     labels: str,
     label_time: str,
-    label: str,
+    label: str | None,
     carry: Iterable[str],
     views: list[PitView],
     label_start: date | None = None,
@@ -335,21 +335,25 @@ def pit_sql(
     event with no row (new entity) keeps null features. Output: entity keys, ``event_time`` (the
     label time), the carried columns, the label, every feature, ``<view>__feature_time`` per
     view, and ``event_date``.
+
+    ``label=None`` joins rows that have no label (the rows a model scores: the same join, so a
+    row is scored with exactly the features a training set would give it).
     """
     keys: list[str] = []
     for v in views:
         for k in v.cols.entity_names:
             if k not in keys:
                 keys.append(k)
-    carry = [c for c in carry if c not in keys and c not in (label, label_time)]
-    where = [f"{_q(label_time)} IS NOT NULL", f"{_q(label)} IS NOT NULL"]
+    carry = [c for c in dict.fromkeys(carry) if c not in keys and c not in (label, label_time)]
+    where = [f"{_q(label_time)} IS NOT NULL"] + ([f"{_q(label)} IS NOT NULL"] if label else [])
     if label_start:
         where.append(f"{_q(label_time)} >= TIMESTAMP {_lit(label_start)}")
     if label_end:
         where.append(f"{_q(label_time)} < TIMESTAMP {_lit(label_end)}")
     base_cols = [*(_q(k) for k in keys), f"CAST({_q(label_time)} AS TIMESTAMP) AS event_time"]
-    base_cols += [_q(c) for c in carry] + [_q(label)]
-    out = [f"l.{_q(k)}" for k in keys] + ["l.event_time"] + [f"l.{_q(c)}" for c in carry] + [f"l.{_q(label)}"]
+    base_cols += [_q(c) for c in carry] + ([_q(label)] if label else [])
+    out = [f"l.{_q(k)}" for k in keys] + ["l.event_time"] + [f"l.{_q(c)}" for c in carry]
+    out += [f"l.{_q(label)}"] if label else []
     joins = []
     for i, v in enumerate(views):
         a = f"v{i}"

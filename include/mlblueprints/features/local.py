@@ -24,7 +24,7 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, timedelta
 from typing import Any
 
@@ -313,6 +313,39 @@ def offline_rows(uc: UseCase, view: str, where: str | None = None) -> Any:
 # ------------------------------------------------------------------ training sets
 
 
+def register_pit_views(
+    uc: UseCase,
+    con: Any,
+    views: Sequence[str],
+    missing: Callable[[str], Exception],
+    start: date | None = None,
+    end: date | None = None,
+    snapshots: Mapping[str, int | None] | None = None,
+) -> tuple[list[core.PitView], dict[str, int | None]]:
+    """Register the offline store of each view as DuckDB view ``fv<i>`` for the point-in-time
+    join of rows whose event times lie in [start, end) (the files a TTL can reach back to), each
+    checked against its Gold table and its store's layout. ``snapshots`` (offline table ->
+    snapshot id) pins what is read; by default the current snapshots. Returns the views as
+    :func:`core.pit_sql` takes them and the snapshot id read per offline table; ``missing(view)``
+    is the error raised for a view with no offline store yet."""
+    out: list[core.PitView] = []
+    sources: dict[str, int | None] = {}
+    for i, vname in enumerate(views):
+        fv = uc.features[vname]
+        off_name = core.offline_table(uc, vname)
+        off = iceberg.load(iceberg.catalog(), naming.identifier(uc, off_name))
+        if off is None:
+            raise missing(vname)
+        cols = view_columns(uc, vname)
+        core.check_store_types(uc, vname, cols, iceberg_types(off), "offline")
+        vlo = start - timedelta(seconds=fv.ttl_seconds) - timedelta(days=1) if start else None
+        snap = snapshots[off_name] if snapshots is not None and off_name in snapshots else iceberg.snapshot_id(off)
+        iceberg.register_view(con, f"fv{i}", off, _range_filter("event_date", vlo, end), snapshot_id=snap)
+        out.append(core.PitView(name=vname, relation=f"fv{i}", cols=cols, ttl_seconds=fv.ttl_seconds))
+        sources[off_name] = snap
+    return out, sources
+
+
 @on_storage_errors
 def build_training_set(
     uc: UseCase,
@@ -337,21 +370,14 @@ def build_training_set(
     lprune = _range_filter("event_date", label_start, label_end) if label_time == g.event_time else AlwaysTrue()
     iceberg.register_view(con, "labels", labels_tbl, lprune)
     sources: dict[str, Any] = {ts.labels.source: iceberg.snapshot_id(labels_tbl)}
-    views = []
-    for i, vname in enumerate(ts.features):
-        fv = uc.features[vname]
-        off_name = core.offline_table(uc, vname)
-        off = iceberg.load(iceberg.catalog(), naming.identifier(uc, off_name))
-        if off is None:
-            raise TrainingSetError(
-                uc, name, None, f"feature view {vname!r} has no offline store yet (materialize it first)"
-            )
-        cols = view_columns(uc, vname)
-        core.check_store_types(uc, vname, cols, iceberg_types(off), "offline")
-        vlo = label_start - timedelta(seconds=fv.ttl_seconds) - timedelta(days=1) if label_start else None
-        iceberg.register_view(con, f"fv{i}", off, _range_filter("event_date", vlo, label_end))
-        views.append(core.PitView(name=vname, relation=f"fv{i}", cols=cols, ttl_seconds=fv.ttl_seconds))
-        sources[off_name] = iceberg.snapshot_id(off)
+
+    def missing(vname: str) -> Exception:
+        return TrainingSetError(
+            uc, name, None, f"feature view {vname!r} has no offline store yet (materialize it first)"
+        )
+
+    views, view_sources = register_pit_views(uc, con, ts.features, missing, label_start, label_end)
+    sources.update(view_sources)
     sql = core.pit_sql("labels", label_time, ts.labels.label, ts.labels.columns, views, label_start, label_end)
     order = ["event_time", *dict.fromkeys(k for v in views for k in v.cols.entity_names), *ts.labels.columns]
     sql = f"SELECT * FROM ({sql}) ORDER BY {', '.join(ident(c) for c in order)}"

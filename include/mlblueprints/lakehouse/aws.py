@@ -1092,7 +1092,7 @@ class AwsLakehouse:
                 quality_dir=quality_dir,
                 result_format=self.uc.lakehouse.gate_result_format,
             )
-        _upload_dir(s3, aws, quality_dir, aws.s3_uri("quality"), since=started - 1)
+        s3io.upload_dir(s3, aws, quality_dir, aws.s3_uri("quality"), since=started - 1)
         report.docs_path = aws.s3_uri("quality", Path(report.docs_path).relative_to(quality_dir).as_posix())
         report.results_path = aws.s3_uri("quality", Path(report.results_path).relative_to(quality_dir).as_posix())
         return report
@@ -1134,23 +1134,3 @@ class AwsLakehouse:
             f"Quarantine: table {aws.glue_database}.<dataset>_quarantine; duplicates: {aws.glue_database}.<dataset>_duplicates",
             f"Lineage records: {aws.s3_uri('lineage')}",
         ]
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _upload_dir(s3: Any, aws: Any, directory: Path, uri: str, since: float) -> None:
-    """Upload the files of ``directory`` written since ``since`` (this gate's results and the
-    Data Docs pages it rebuilt), encrypted with the use case's key."""
-    bucket, prefix = req.split_s3_uri(uri)
-    for p in directory.rglob("*"):
-        if p.is_file() and p.stat().st_mtime >= since:
-            key = f"{prefix}/{p.relative_to(directory).as_posix()}"
-            ctype = (
-                "text/html"
-                if p.suffix == ".html"
-                else "application/json"
-                if p.suffix == ".json"
-                else "application/octet-stream"
-            )
-            s3.put_object(Bucket=bucket, Key=key, Body=p.read_bytes(), ContentType=ctype, **req.s3_put_kms(aws))

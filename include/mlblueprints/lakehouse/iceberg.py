@@ -228,11 +228,12 @@ def duckdb_type(t: it.IcebergType) -> str:
     return _DUCK_TYPES[type(t)]
 
 
-def data_files(table: Table, row_filter: BooleanExpression = AlwaysTrue()) -> list[str]:
-    """Local paths of the data files a filtered scan reads (copy-on-write: no delete files)."""
+def data_files(table: Table, row_filter: BooleanExpression = AlwaysTrue(), snapshot_id: int | None = None) -> list[str]:
+    """Local paths of the data files a filtered scan reads (copy-on-write: no delete files), of
+    the current snapshot or of ``snapshot_id``."""
     files = []
     home = _home_of(table)
-    for task in table.scan(row_filter=row_filter).plan_files():
+    for task in table.scan(row_filter=row_filter, snapshot_id=snapshot_id).plan_files():
         if task.delete_files:
             raise RuntimeError(
                 f"table {'.'.join(table.name())} has delete files; this reader supports copy-on-write tables only"
@@ -256,8 +257,10 @@ def register_view(
     schema: pa.Schema | None = None,
     where: str | None = None,
     temporary: bool = True,
+    snapshot_id: int | None = None,
 ) -> int:
-    """Create (or replace) a DuckDB view ``name`` over a filtered scan of an Iceberg table.
+    """Create (or replace) a DuckDB view ``name`` over a filtered scan of an Iceberg table (its
+    current snapshot, or ``snapshot_id``: a run that pins what it reads).
 
     Partition pruning uses ``row_filter``; ``where`` (SQL) filters rows inside the kept files.
     With no table or no matching file the view is empty but typed (from the table, or from
@@ -265,7 +268,7 @@ def register_view(
     """
     from mlblueprints.lakehouse.sqlgen import ident, literal
 
-    files = data_files(table, row_filter) if table is not None else []
+    files = data_files(table, row_filter, snapshot_id) if table is not None else []
     if files:
         reader = f"read_parquet([{', '.join(literal(f) for f in files)}], union_by_name = true)"
         fields = table.schema().fields

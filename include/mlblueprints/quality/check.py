@@ -191,6 +191,10 @@ def gates(uc: UseCase) -> list[tuple[str, str, str, str]]:
         name = uc.suite_name(g, "gold")
         if name is not None:
             out.append((g, "gold", name, f"gold.{g}.quality"))
+    if uc.scoring is not None and uc.training is not None:
+        name = uc.scoring_suite()
+        if name is not None:
+            out.append((uc.scoring.output_table, "scoring", name, "scoring.quality"))
     return out
 
 
@@ -203,6 +207,11 @@ def table_columns(uc: UseCase, table: str, layer: str) -> list[str]:
         return [c.name for c in uc.datasets[table].columns] + list(sqlgen.BRONZE_META)
     if layer == "silver":
         return sqlgen.silver_columns(uc.datasets[table])
+    if layer == "scoring":  # the predictions table (mlblueprints.scoring.core.output_columns)
+        from mlblueprints.scoring.core import output_columns
+
+        keys = [(k, "string") for k in uc.scoring_rows()["keys"]]
+        return [c for c, _ in output_columns(uc.training.task if uc.training else "binary", keys)]
     out = sqlgen.output_columns(uc.gold_sql_path(table).read_text())
     return out + ([] if "event_date" in out else ["event_date"])
 
@@ -227,6 +236,8 @@ def check_usecase_suites(uc: UseCase, directory: Path | None = None) -> list[str
         except Exception:  # noqa: BLE001 - an unreadable Gold SQL is reported by the feature checks
             cols = None
         types = {c.name: c.type for c in uc.datasets[table].columns} if layer == "silver" else None
+        if layer == "scoring":  # decision is 0/1 (binary) or a class: never boolean
+            types = None
         lines += expectation_problems(spec, suite_path(name, directory), cols, types)
     return lines
 

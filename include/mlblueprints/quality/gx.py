@@ -116,13 +116,14 @@ def run_gate(
     con: duckdb.DuckDBPyConnection,
     view: str,
     *,
-    suite_name: str,
+    suite_name: str | None,
     table: str,
     layer: str,
     run_name: str,
     quality_dir: Path,
     result_format: str = "SUMMARY",
     expectations_dir: Path | None = None,
+    extra_expectations: list[dict[str, Any]] | None = None,
 ) -> GateReport:
     """Validate the DuckDB view ``view`` (a non-temporary view of ``con``'s database).
 
@@ -131,6 +132,8 @@ def run_gate(
     :class:`~mlblueprints.errors.PermanentError`) before validating anything when the suite is
     missing or broken: an unknown expectation type, arguments Great Expectations rejects, or a
     column the view does not have - one line per problem, naming the file and the expectation.
+    ``extra_expectations`` (the suite's JSON form) are checked too, after the suite's; with
+    ``suite_name`` None they are the whole suite.
     """
     import great_expectations as gx
     from great_expectations.core.expectation_suite import ExpectationSuite
@@ -144,7 +147,8 @@ def run_gate(
 
     started = time.perf_counter()
     types = {r[0]: r[1] for r in con.execute(f'DESCRIBE "{view}"').fetchall()}
-    spec = check_suite_for_table(suite_name, types, expectations_dir)
+    spec = check_suite_for_table(suite_name, types, expectations_dir) if suite_name else {"expectations": []}
+    spec = {**spec, "expectations": [*spec["expectations"], *(extra_expectations or [])]}
     quality_dir.mkdir(parents=True, exist_ok=True)
     cfg = DataContextConfig(
         store_backend_defaults=FilesystemStoreBackendDefaults(root_directory=str(quality_dir)),
@@ -157,7 +161,7 @@ def run_gate(
     )
     asset = ds.add_table_asset(name=table, table_name=view)
     batch_def = asset.add_batch_definition_whole_table(f"{layer}")
-    gx_name = suite_name.replace("/", ".")  # GE store keys cannot hold '/'
+    gx_name = (suite_name or f"{table}.{layer}.builtin").replace("/", ".")  # GE store keys cannot hold '/'
     suite = ExpectationSuite(name=gx_name, meta=spec.get("meta") or {})
     for e in spec["expectations"]:
         suite.add_expectation_configuration(
@@ -182,7 +186,7 @@ def run_gate(
 
     rows = con.execute(f'SELECT COUNT(*) FROM "{view}"').fetchall()[0][0]
     report = GateReport(
-        suite=suite_name, table=table, layer=layer, rows=rows, success=True, evaluated=len(vres.results)
+        suite=suite_name or "-", table=table, layer=layer, rows=rows, success=True, evaluated=len(vres.results)
     )
     for r in vres.results:
         if r.success:

@@ -13,9 +13,9 @@ checkpoints of the try before), KMS on volume and output, network isolation.
 The orchestrator runs the job (in a DAG: ``TrainingJobOperator``, the provider's training
 operator, deferrable, with a name unique per try and an adoption check for earlier tries'
 jobs); :meth:`AwsTrainer.resume_train` then downloads ``ModelArtifacts.S3ModelArtifacts`` into
-``<job dir>/try-<n>/model/``, where the target-agnostic evaluate step finds ``model.ubj``
-(written from the booster file of the archive, e.g. the serving layout's ``xgboost-model``, when
-the archive has no ``model.ubj``). Spot savings (:func:`~mlblueprints.aws.training.spot_savings`)
+``<job dir>/try-<n>/model/``, where the target-agnostic evaluate step finds the booster
+(``xgboost-model``, the one file the built-in script leaves there: the archive is what the
+SageMaker XGBoost image serves) and the script's ``model_meta.json`` from the output data. Spot savings (:func:`~mlblueprints.aws.training.spot_savings`)
 are in the returned metrics. :meth:`AwsTrainer.ensure_local` restores model and holdout on a
 worker that did not run the job's tasks.
 """
@@ -161,7 +161,7 @@ class AwsTrainer:
     def _fetch_model(self, desc: dict[str, Any], try_dir: Path) -> tuple[Path, dict[str, Any], dict]:
         """Download and extract the job's model (and its output data, when there is any);
         returns (model_dir, meta, metrics written by the script)."""
-        import xgboost as xgb
+        from mlblueprints.training.models import load_booster
 
         s3 = self.rt.client("s3")
         model_uri = desc["ModelArtifacts"]["S3ModelArtifacts"]
@@ -187,18 +187,13 @@ class AwsTrainer:
         if fmt != "xgboost":  # a team's own script: the evaluate step loads it by its declared format
             meta = read(META_FILE) or {"format": fmt, "rounds": None, "resumed_from_round": None}
             return model_dir, meta, read(METRICS_FILE) or {}
-        booster = xgb.Booster()
-        if not (model_dir / MODEL_FILE).is_file():
-            found = next((model_dir / f for f in BOOSTER_FILES if (model_dir / f).is_file()), None)
-            if found is None:
-                raise RuntimeError(
-                    f"{model_uri} holds no booster ({MODEL_FILE} or one of {', '.join(BOOSTER_FILES)}): "
-                    f"{sorted(p.name for p in model_dir.iterdir())}"
-                )
-            booster.load_model(str(found))
-            booster.save_model(str(model_dir / MODEL_FILE))
-        else:
-            booster.load_model(str(model_dir / MODEL_FILE))
+        found = next((model_dir / f for f in (MODEL_FILE, *BOOSTER_FILES) if (model_dir / f).is_file()), None)
+        if found is None:
+            raise RuntimeError(
+                f"{model_uri} holds no booster ({MODEL_FILE} or one of {', '.join(BOOSTER_FILES)}): "
+                f"{sorted(p.name for p in model_dir.iterdir())}"
+            )
+        booster = load_booster(found)
         meta = read(META_FILE) or {
             "rounds": booster.num_boosted_rounds(),
             "resumed_from_round": None,

@@ -29,11 +29,13 @@ from mlblueprints.core.naming import safe
 from mlblueprints.training import ENTRY_POINT
 
 HYPERPARAMETER_VALUE_MAX = 2500  # CreateTrainingJob: characters per value, once encoded
-MODEL_FILE = "model.ubj"  # the booster the evaluate step loads from a job's model dir
-META_FILE = "model_meta.json"  # the script's, in /opt/ml/model
+# the built-in script's booster in /opt/ml/model: the one file there, under the name the SageMaker
+# XGBoost image serves (it loads every file of the model dir as a booster)
+MODEL_FILE = "xgboost-model"
+META_FILE = "model_meta.json"  # the script's, in /opt/ml/output/data (never beside the booster)
 METRICS_FILE = "training_metrics.json"  # the script's, in /opt/ml/output/data
-# booster files a training job may leave in /opt/ml/model (serving layout first)
-BOOSTER_FILES = ("xgboost-model", "model.json", "model.bin", "model.xgb")
+# other booster files a training job may leave in /opt/ml/model (model.ubj: before the serving layout)
+BOOSTER_FILES = ("model.ubj", "model.json", "model.bin", "model.xgb")
 
 
 def hyperparameters(uc: UseCase) -> dict[str, Any]:

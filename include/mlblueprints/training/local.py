@@ -5,8 +5,8 @@
     <job_dir>/input/config/hyperparameters.json   every value JSON-encoded, exactly as CreateTrainingJob carries it
     <job_dir>/input/config/resourceconfig.json    one host, algo-1
     <job_dir>/input/config/inputdataconfig.json   one channel, train
-    <job_dir>/model/                              SM_MODEL_DIR (model.ubj, model_meta.json)
-    <job_dir>/output/data/                        SM_OUTPUT_DATA_DIR (training_metrics.json)
+    <job_dir>/model/                              SM_MODEL_DIR (xgboost-model: the booster alone, as served)
+    <job_dir>/output/data/                        SM_OUTPUT_DATA_DIR (model_meta.json, training_metrics.json)
     <job_dir>/output/failure                      the failure reason, when the script fails
     <job_dir>/checkpoints/                        SM_CHECKPOINT_DIR unless ``checkpoint_dir`` is given
 
@@ -346,7 +346,7 @@ def run_training_job(
         "model_dir": str(model_dir),
         "output_dir": str(output_data_dir),
         "checkpoint_dir": str(ckpt_dir),
-        "meta": _read_json(model_dir / "model_meta.json") if rc == 0 else None,  # the built-in script's
+        "meta": _read_json(output_data_dir / "model_meta.json") if rc == 0 else None,  # the built-in script's
         "metrics": _read_json(output_data_dir / "training_metrics.json"),
         "seconds": round(seconds, 3),
         "interrupted": interrupted,

@@ -1,11 +1,11 @@
 """Loading a trained model, whatever wrote it, and scoring with it the same way.
 
 A training job leaves its model in ``SM_MODEL_DIR``. The built-in script writes an XGBoost booster
-(``model.ubj``); a team's own script (``training.entry_point``) declares what it writes with
-``training.model_format``:
+(``xgboost-model``, UBJSON: the SageMaker XGBoost serving name, and the only file there); a team's
+own script (``training.entry_point``) declares what it writes with ``training.model_format``:
 
-* ``xgboost`` - a booster file: ``model.ubj``, ``xgboost-model`` (the SageMaker XGBoost serving
-  name), ``model.json``, ``model.bin`` or ``model.xgb``;
+* ``xgboost`` - a booster file: ``xgboost-model``, ``model.ubj``, ``model.json``, ``model.bin`` or
+  ``model.xgb``;
 * ``sklearn`` - a fitted scikit-learn estimator (or pipeline) saved with joblib as
   ``model.joblib`` (or ``model.pkl``);
 * ``mlflow`` - an MLflow model directory (an ``MLmodel`` file at the root of SM_MODEL_DIR, or in
@@ -108,6 +108,17 @@ def _shape(out: Any, task: str, source: str) -> Any:
     return out
 
 
+def load_booster(path: Path) -> Any:
+    """An XGBoost booster from a file in any of its formats (JSON, UBJSON or the old binary one),
+    whatever the file is called: read as bytes, so the format comes from the content, not from
+    the name (``xgboost-model`` has no extension)."""
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    booster.load_model(bytearray(Path(path).read_bytes()))
+    return booster
+
+
 def load_model(model_dir: Path, model_format: str, task: str, features: list[str]) -> Model:
     """The model a training job left in ``model_dir``, of the declared ``model_format``."""
     model_dir = Path(model_dir)
@@ -125,12 +136,8 @@ def load_model(model_dir: Path, model_format: str, task: str, features: list[str
             f"but training.model_format is {model_format}: declare what the script writes"
         )
     if model_format == "xgboost":
-        import xgboost as xgb
-
         path = next(p for p in (model_dir / MODEL_FILE, *(model_dir / f for f in BOOSTER_FILES)) if p.is_file())
-        booster = xgb.Booster()
-        booster.load_model(str(path))
-        return Model("xgboost", booster, task, list(features), str(path))
+        return Model("xgboost", load_booster(path), task, list(features), str(path))
     if model_format == "sklearn":
         import joblib
 

@@ -47,8 +47,12 @@ anything else                    an XGBoost parameter (max_depth, eta, subsample
 
 Outputs
 -------
-``$SM_MODEL_DIR/model.ubj``                 the booster (UBJSON, ``Booster.save_model`` format)
-``$SM_MODEL_DIR/model_meta.json``           features, label, rounds, seed, params, fingerprints,
+``$SM_MODEL_DIR/xgboost-model``             the booster (UBJSON, ``Booster.save_model`` format) and
+                                            nothing else: the serving contract of the SageMaker
+                                            XGBoost image, which loads every file it finds in the
+                                            model directory as a booster (Batch Transform and
+                                            endpoints serve the archive as it is)
+``$SM_OUTPUT_DATA_DIR/model_meta.json``     features, label, rounds, seed, params, fingerprints,
                                             resumed_from_round, rounds_trained_in_this_process
 ``$SM_OUTPUT_DATA_DIR/training_metrics.json`` the train metric, timings, checkpoint count and seconds
 stdout                                      one ``round <done>/<total> train-<metric>=<x> ...``
@@ -148,7 +152,7 @@ REFUSED_PARAMS = ("updater", "process_type", "eval_metric")
 # XGBoost create a fresh hist updater (see the module docstring)
 UPDATER_SEQUENCES = ("grow_quantile_histmaker", "grow_quantile_histmaker,prune")
 PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
-MODEL_FILE = "model.ubj"
+MODEL_FILE = "xgboost-model"  # the name the SageMaker XGBoost image serves
 META_FILE = "model_meta.json"
 METRICS_FILE = "training_metrics.json"
 
@@ -713,7 +717,7 @@ def run(env: dict[str, str]) -> int:
         "xgboost_version": xgb.__version__,
         "script_version": SCRIPT_VERSION,
     }
-    write_json_atomic(model_dir / META_FILE, meta)
+    write_json_atomic(output_dir / META_FILE, meta)  # not in the model dir: the container would load it
     log(
         f"done: {done} rounds ({trained} in this process), train-{cfg.eval_metric}={value:.6f}, "
         f"{store.count} checkpoint(s) in {store.seconds:.2f} s, model {model_dir / MODEL_FILE}"

@@ -1,0 +1,1 @@
+"""Batch scoring: the registered model predicts every new interval of rows into an Iceberg table."""

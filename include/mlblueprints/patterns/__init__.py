@@ -24,7 +24,13 @@ from mlblueprints.config import UseCase
 from mlblueprints.core.naming import AssetSpec
 
 ALL_SUCCESS, ALL_DONE = "all_success", "all_done"
-PATTERNS = ("lakehouse", "features", "training", "explainability", "scoring")  # in lifecycle order; each is patterns/<name>.py
+PATTERNS = (
+    "lakehouse",
+    "features",
+    "training",
+    "explainability",
+    "scoring",
+)  # in lifecycle order; each is patterns/<name>.py
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ Pure functions: no boto3 client, no network. What the caller does around them:
    builder training sets use and uploaded the same way;
 2. :func:`transform_request` gives the provider operator's config: ``Model`` - CreateModel from
    the registered model package (``PrimaryContainer.ModelPackageName``: the image and the model
-   archive exactly as registered), the use case's execution role, network isolation and VPC as
+   archive exactly as registered), the transform role (``scoring.sagemaker.role_arn``, else the
+   use case's execution role), network isolation and VPC as
    configured - and ``Transform`` - CreateTransformJob with ``SplitType`` Line,
    ``BatchStrategy`` MultiRecord and ``MaxPayloadInMB``, ``DataProcessing`` that hands the model
    only the features (``InputFilter``) and joins each prediction to its input record
@@ -114,7 +115,7 @@ def create_model_request(
     aws, sm = _aws(uc), _sm(uc)
     request: dict[str, Any] = {
         "ModelName": model_name,
-        "ExecutionRoleArn": aws.iam_role_arn,
+        "ExecutionRoleArn": sm.role_arn or aws.iam_role_arn,
         "PrimaryContainer": {"ModelPackageName": model_package_arn},
         "EnableNetworkIsolation": sm.network_isolation,
         "Tags": tags,

@@ -212,14 +212,18 @@ def transform_request(
     }
 
 
+def output_base(config: Mapping[str, Any]) -> str:
+    """The prefix every try's output goes under (``<output_base_uri>`` of :func:`transform_request`)."""
+    return str(config["Transform"]["TransformOutput"]["S3OutputPath"]).rstrip("/").rsplit("/", 1)[0]
+
+
 def request_for_try(config: Mapping[str, Any], job_name: str, try_number: int) -> dict[str, Any]:
     """The config of one try: model, job and output prefix named for the try, try-number tag."""
     if not SAGEMAKER_NAME_RE.match(job_name):
         raise ValueError(f"{job_name!r} is not a valid SageMaker name")
     out = copy.deepcopy(dict(config))
     transform = out["Transform"]
-    base = transform["TransformOutput"]["S3OutputPath"].rstrip("/").rsplit("/", 1)[0]
-    transform["TransformOutput"]["S3OutputPath"] = f"{base}/{job_name}/"
+    transform["TransformOutput"]["S3OutputPath"] = f"{output_base(config)}/{job_name}/"
     transform["TransformJobName"] = transform["ModelName"] = job_name
     tags = [t for t in transform.get("Tags", []) if t["Key"] != "mlblueprints:try-number"]
     tags.append({"Key": "mlblueprints:try-number", "Value": str(int(try_number))})

@@ -749,6 +749,9 @@ class SageMakerScoring(_Strict):
     network_isolation: bool = True
     subnets: list[str] = []
     security_group_ids: list[str] = []
+    # the role the model and its transform jobs run with: reads the model archive and the run's
+    # input, writes its output (infra/mlblueprints.yaml makes it); none: the aws section's iam_role_arn
+    role_arn: Annotated[str | None, Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")] = None
     # score only model packages a person approved (ModelApprovalStatus Approved)
     require_approved: bool = True
     prices: dict[str, InstancePrice] = {k: InstancePrice(**v) for k, v in DEFAULT_TRANSFORM_PRICES.items()}  # type: ignore[arg-type]

@@ -50,6 +50,17 @@ def _role_name(arn: str) -> str:
     return arn.rsplit("/", 1)[-1]
 
 
+def _transform_role_name(uc: UseCase) -> str:
+    """The transform role the stack makes: a role of its own (one role per kind of job)."""
+    name = _role_name(names.transform_role_arn(uc))
+    if name == _role_name(names.aws_section(uc).iam_role_arn):
+        raise ValueError(
+            f"{uc.name}: scoring.sagemaker.role_arn: name the transform jobs' own role (the stack makes one role "
+            f"per kind of job; {name} is the training jobs' role, aws.iam_role_arn)"
+        )
+    return name
+
+
 def _kms(uc: UseCase) -> tuple[str, str]:
     """(CreateKmsKey, KmsAliasName): the stack creates the key when the YAML names it by the alias
     ``alias/mlb-<use case>``; any other ARN is a key that exists already."""
@@ -90,6 +101,8 @@ def parameters(uc: UseCase, *, image_tag: str, mwaa: bool = False, image_pushed:
         "DefinitionsPrefix": aws.s3_uri("stepfunctions", "definitions").split("/", 3)[3],
         "HasFeatures": str(has["features"]).lower(),
         "HasTraining": str(has["training"]).lower(),
+        "HasScoring": str(has["scoring"]).lower(),
+        "TransformRoleName": _transform_role_name(uc) if has["scoring"] else "",
         "LakehouseScheduleExpression": schedule_expression(uc.schedule),
         "GoldAssetNames": ",".join(
             table_asset(aws_uc, g).name for g in sorted({v.source for v in uc.features.values()})

@@ -231,7 +231,7 @@ def test_scoring_dag_on_aws_under_moto(scoring_world, lake):  # noqa: F811
     assert name != sr.transform_job_name(uc, dr.run_id, 2) and len(name) <= 63
     assert model["ModelName"] == name
     assert model["PrimaryContainer"] == {"ModelPackageName": package_arn}
-    assert model["ExecutionRoleArn"] == uc.aws.iam_role_arn
+    assert model["ExecutionRoleArn"] == (uc.scoring.sagemaker.role_arn or uc.aws.iam_role_arn)  # the transform role
     assert model["EnableNetworkIsolation"] is True and "VpcConfig" not in model
     tags = {t["Key"]: t["Value"] for t in model["Tags"]}
     assert tags["mlblueprints:run-id"] == dr.run_id and tags["mlblueprints:try-number"] == "1"

@@ -128,7 +128,7 @@ def test_state_machines_get_every_substitution_and_the_statements_function_is_th
     assert callable(getattr(importlib.import_module(module), attr))
     assert "awslambdaric" in (ROOT / "infra/worker.Dockerfile").read_text()
     assert "--group worker" in (ROOT / "infra/worker.Dockerfile").read_text()
-    statements = res["StatesRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    statements = _statements(res["StatesRole"])
     invoke = [s for s in statements if "lambda" in str(s["Action"])]
     assert [s["Action"] for s in invoke] == ["lambda:InvokeFunction"]
     params = infra.parameters(uc, image_tag="abc")
@@ -147,6 +147,79 @@ def test_state_machines_get_every_substitution_and_the_statements_function_is_th
     assert infra.parameters(uc, image_tag="abc", image_pushed=True)["WorkerImagePushed"] == "true"
     assert [w for w in infra.warnings(uc, image_pushed=False) if "statements function" in w]
     assert not [w for w in infra.warnings(uc, image_pushed=True) if "statements function" in w]
+
+
+def _statements(role, condition_holds=True):
+    """The statements of a role's first inline policy, a conditional one (``!If [cond, stmt,
+    NoValue]``) taken as CloudFormation takes it when its condition holds (or not)."""
+    out = []
+    for st in role["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]:
+        if isinstance(st, list):  # !If
+            st = st[1] if condition_holds else st[2]
+            if st == "AWS::NoValue":
+                continue
+        out.append(st)
+    return out
+
+
+def test_scoring_transform_jobs_run_with_a_role_of_their_own_reading_and_writing_only_their_prefixes():
+    """The state machines may create the scoring model and its transform job, wait for it (.sync's
+    EventBridge rule) and stop it, and pass the transform role; that role reads the model archive
+    and the run's input and writes the output - the prefixes the scorer and the builders use."""
+    from mlblueprints.aws import training as tr
+    from mlblueprints.stepfunctions import names
+
+    uc = load_usecase(ROOT / "dags/usecases/fraud_detection.yaml")
+    template = yaml.load((ROOT / infra.TEMPLATE).read_text(), Loader=_cfn_loader())
+    res = template["Resources"]
+    params = infra.parameters(uc, image_tag="abc")
+    assert params["HasScoring"] == "true" and params["TransformRoleName"] == "mlblueprints-transform"
+    assert names.transform_role_arn(uc).endswith("/" + params["TransformRoleName"])
+    states = {st["Sid"]: st for st in _statements(res["StatesRole"])}
+    jobs = states["ScoringModelsAndTransformJobs"]
+    assert {"sagemaker:CreateModel", "sagemaker:CreateTransformJob", "sagemaker:DescribeTransformJob"} <= set(
+        jobs["Action"]
+    )
+    assert "sagemaker:StopTransformJob" in jobs["Action"] and all(
+        ":model/" in r or ":transform-job/" in r for r in jobs["Resource"]
+    )
+    assert any(
+        r.endswith("rule/StepFunctionsGetEventsForSageMakerTransformJobsRule")
+        for r in states["SyncRulesStepFunctionsManages"]["Resource"]
+    )
+    assert ["Scoring", "TransformJobRole.Arn", "AWS::NoValue"] in states["PassTheJobRolesToSageMakerOnly"]["Resource"]
+    assert "ScoringModelsAndTransformJobs" not in {st["Sid"] for st in _statements(res["StatesRole"], False)}
+    role = res["TransformJobRole"]
+    assert role["Condition"] == "Scoring" and role["Properties"]["RoleName"] == "TransformRoleName"
+    rules = {st["Sid"]: st for st in _statements(role)}
+    prefix = "${DataBucket.Arn}/${DataPrefix}/"
+    key = uc.aws.s3_uri("x").split("/", 3)[3][: -len("x")]  # <prefix>/
+    read = [r.removeprefix(prefix) for r in rules["ReadTheModelArchiveAndTheRunsInput"]["Resource"]]
+    write = rules["WriteThePredictions"]["Resource"].removeprefix(prefix)
+    assert rules["ReadTheModelArchiveAndTheRunsInput"]["Action"] == "s3:GetObject"
+    assert "s3:GetObject" not in rules["WriteThePredictions"]["Action"]
+    # the model archive (training output), the input the plan writes, the output the job writes
+    assert tr.output_s3_uri(uc).split("/", 3)[3] + "/*" == key + read[0]
+    assert uc.aws.s3_uri("_scoring").split("/", 3)[3] + "/*" == key + read[1]
+    assert uc.aws.s3_uri("scoring", "output").split("/", 3)[3] + "/*" == key + write
+    assert set(rules) == {
+        "ReadTheModelArchiveAndTheRunsInput",
+        "WriteThePredictions",
+        "ListTheInputPrefix",
+        "TheDataKey",
+        "OwnLogs",
+        "Metrics",
+    }
+    # a use case whose transform role is the training role is refused: the stack makes one per kind
+    same = uc.model_copy(
+        update={
+            "scoring": uc.scoring.model_copy(
+                update={"sagemaker": uc.scoring.sagemaker.model_copy(update={"role_arn": None})}
+            )
+        }
+    )
+    with pytest.raises(ValueError, match="scoring.sagemaker.role_arn"):
+        infra.parameters(same, image_tag="abc")
 
 
 def _cfn_loader():

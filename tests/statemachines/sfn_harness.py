@@ -8,8 +8,8 @@ runs a Lambda function only in Docker. So :func:`with_stubs` swaps every
 carries the original resource and its Parameters *as the interpreter evaluated them* (intrinsic
 functions, paths, context object), and :class:`Services` answers those messages the way the jobs
 would: a worker job writes its phase's outcome document (and a prepare phase's service call) to
-S3 (what the real worker writes) and succeeds, or fails; an Athena statement or a training job
-succeeds with the ``.sync`` output's shape, or fails; the statements function is the real handler
+S3 (what the real worker writes) and succeeds, or fails; an Athena statement, a training job or a
+transform job succeeds with the ``.sync`` output's shape (CreateModel with its own), or fails; the statements function is the real handler
 (:mod:`mlblueprints.stepfunctions.statements`) called in this process on moto's S3 and Athena,
 answering with ``lambda:invoke``'s output shape. Everything else (Choice, Parallel, Map, Retry,
 Catch, Fail, the S3 reads and writes, PutEvents) is moto's interpreter running the committed logic.
@@ -92,13 +92,18 @@ class Call:
 
     @property
     def kind(self) -> str:
-        """The key an answer is found under: "athena", "training", "statements" or (step, phase)."""
+        """The key an answer is found under: "athena", "training", "model", "transform",
+        "statements" or (step, phase)."""
         if "createProcessingJob" in self.resource:
             return "worker"
         if "athena" in self.resource:
             return "athena"
         if "lambda" in self.resource:
             return "statements"
+        if "createModel" in self.resource:
+            return "model"
+        if "createTransformJob" in self.resource:
+            return "transform"
         return "training"
 
     @property
@@ -185,6 +190,23 @@ class Services:
             sfn.send_task_success(taskToken=token, output=json.dumps({"StatusCode": 200, "Payload": got}))
         elif key == "athena":
             out = got or {"QueryExecution": {"QueryExecutionId": str(uuid.uuid4()), "Status": {"State": "SUCCEEDED"}}}
+            sfn.send_task_success(taskToken=token, output=json.dumps(out))
+        elif key == "model":  # CreateModel's answer
+            name = call.parameters["ModelName"]
+            out = got or {"ModelArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model/{name.lower()}"}
+            sfn.send_task_success(taskToken=token, output=json.dumps(out))
+        elif key == "transform":  # what .sync returns: DescribeTransformJob of the completed job
+            p = call.parameters
+            out = got or {
+                "TransformJobName": p["TransformJobName"],
+                "TransformJobArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:transform-job/{p['TransformJobName'].lower()}",
+                "TransformJobStatus": "Completed",
+                "ModelName": p["ModelName"],
+                "TransformInput": p["TransformInput"],
+                "TransformOutput": p["TransformOutput"],
+                "TransformResources": p["TransformResources"],
+                "DataProcessing": p["DataProcessing"],
+            }
             sfn.send_task_success(taskToken=token, output=json.dumps(out))
         else:
             name = call.parameters["TrainingJobName"]

@@ -25,7 +25,7 @@ def _shipped():
 def test_committed_definitions_are_what_the_declarations_render():
     uc = _shipped()
     rendered = asl.render_usecase(uc)
-    assert sorted(rendered) == ["features", "lakehouse", "training"]
+    assert sorted(rendered) == ["features", "lakehouse", "scoring", "training"]
     committed = sorted(p.name for p in (ROOT / "statemachines" / uc.name).glob("*.asl.json"))
     assert committed == sorted(f"{p}.asl.json" for p in rendered)
     for pattern, definition in rendered.items():
@@ -34,16 +34,13 @@ def test_committed_definitions_are_what_the_declarations_render():
         assert len(path.read_bytes()) < 1024 * 1024  # the largest definition Step Functions takes
 
 
-def test_a_pattern_left_out_of_step_functions_is_named_with_its_reason():
-    """The scoring pattern applies to the shipped use case but is not rendered (docs/stepfunctions.md)."""
+def test_every_pattern_that_applies_is_rendered():
+    """No pattern of the shipped use case is left to Airflow alone (asl.NOT_RENDERED is empty)."""
     from mlblueprints import patterns
 
     uc = _shipped()
-    assert set(asl.NOT_RENDERED) == {"scoring"} and all(len(why) > 40 for why in asl.NOT_RENDERED.values())
-    for pattern in asl.NOT_RENDERED:
-        assert patterns.declare(pattern, uc) is not None, f"{pattern} applies to {uc.name}: the exclusion matters"
-        assert pattern not in asl.render_usecase(uc)
-        assert not asl.definition_path(ROOT / "statemachines", uc.name, pattern).exists()
+    applies = [p for p in patterns.PATTERNS if patterns.declare(p, names.on_aws(uc)) is not None]
+    assert not asl.NOT_RENDERED and sorted(asl.render_usecase(uc)) == sorted(applies)
 
 
 def test_every_definition_passes_asl_validator(tmp_path):
@@ -125,7 +122,9 @@ def test_deploy_and_run_through_the_cli_under_moto(monkeypatch, capsys):
         assert cli.main(["statemachines", "deploy", "fraud_detection", "--image-tag", "t2"]) == 0  # an update
         sfn = boto3.client("stepfunctions", region_name="eu-west-1")
         machines = {m["name"]: m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]}
-        assert sorted(machines) == [f"mlb-fraud-detection-{p}" for p in ("features", "lakehouse", "training")]
+        assert sorted(machines) == [
+            f"mlb-fraud-detection-{p}" for p in ("features", "lakehouse", "scoring", "training")
+        ]
         d = sfn.describe_state_machine(stateMachineArn=machines["mlb-fraud-detection-training"])
         assert "${" not in d["definition"] and "mlblueprints-worker:t2" in d["definition"]
         assert d["roleArn"] == "arn:aws:iam::123456789012:role/mlb-fraud-detection-states"

@@ -1,10 +1,12 @@
 """Each pattern's control flow, executed by moto's ASL interpreter with the service jobs and the
-worker answered by stubs (see conftest.py): success, a failed gate ending in its Fail state, a
-Spot capacity error retried with a new job, a worker error retried; and the parameter blocks the
-interpreter evaluated, compared with what the pure builders (and so the Airflow tasks) send."""
+worker answered by stubs (see sfn_harness.py): success, a failed gate ending in its Fail state, a
+Spot or transform capacity error retried with a new job, a worker error retried; and the parameter
+blocks the interpreter evaluated, compared with what the pure builders (and so the Airflow tasks)
+send."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -13,6 +15,7 @@ from sfn_harness import Call, fraud_usecase_for_tests
 
 from mlblueprints import patterns
 from mlblueprints.aws import requests as req
+from mlblueprints.aws import scoring as sr
 from mlblueprints.aws import training as tr
 from mlblueprints.core import service
 from mlblueprints.core.service import Statement
@@ -42,7 +45,7 @@ def _events(uc, pattern, step_id):
     ]
 
 
-def _service_answers(uc, pattern, execution_ref, training_request=None):
+def _service_answers(uc, pattern, execution_ref, training_request=None, transform_request=None):
     """Default answers: a service step's prepare phase hands the job's request over; every other
     phase succeeds with its Asset events."""
     spec = patterns.declare(pattern, names.on_aws(uc))
@@ -60,6 +63,10 @@ def _service_answers(uc, pattern, execution_ref, training_request=None):
                 "kind": "sagemaker_training",
                 "request": training_request(execution_ref()),
             }
+        elif s.service == "sagemaker_transform":
+            answers[(s.id, "prepare")] = lambda call, n: worker.service_outcome(
+                service.ServiceCall("sagemaker_transform", transform_request(execution_ref()), "scorer", "resume_score")
+            )
         answers[(s.id, "finish")] = done
         answers[(s.id, "run")] = done
     return answers
@@ -201,3 +208,132 @@ def test_a_failed_training_set_skips_training_and_fails_the_execution_with_its_e
     assert ex.status == "FAILED" and "Failed: training_set" in ex.entered()
     assert ex.worker_calls().count(("training_set", "prepare")) == 3  # 1 + retries
     assert ("train", "prepare") not in ex.worker_calls() and ("report", "run") in ex.worker_calls()
+
+
+def _transform_request(uc, execution):
+    """What AwsScorer.score builds for this execution (the worker's run: run id = execution)."""
+    run = RunInfo.for_usecase(uc, run_id=execution, dag_id="fraud_detection__scoring", task_id="score.prepare")
+    aws = uc.aws_settings
+    return sr.transform_request(
+        uc,
+        job_name=sr.transform_job_name(uc, run.run_id, 1),
+        model_package_arn=f"arn:aws:sagemaker:eu-west-1:{aws.account_id}:model-package/fraud-detection/3",
+        input_s3_uri=aws.s3_uri("_scoring", execution, "try-1") + "/input/",
+        output_base_uri=aws.s3_uri("scoring", "output", execution),
+        key_count=len(uc.scoring_rows()["keys"]),
+        model={"task": uc.training.task, "name": uc.model_name, "version": 3},
+        run=run.as_dict(),
+        git_commit="0123abc",
+    )
+
+
+def _what_the_airflow_task_sends(uc, config, run_id):
+    """CreateModel and CreateTransformJob as the Airflow aws task sends them: TransformJobOperator
+    (the provider's SageMakerTransformOperator underneath) for try 1 of ``run_id``, its hook's
+    client calls captured (no job of an earlier try to adopt)."""
+    from unittest import mock
+
+    from botocore.exceptions import ClientError
+
+    from mlblueprints.airflow.operators import service_operator
+
+    op = service_operator("sagemaker_transform", uc, task_id="score.sagemaker_transform", request=config)
+    op.deferrable = False
+    unknown = ClientError({"Error": {"Code": "ValidationException", "Message": "not found"}}, "Describe")
+    sent = {}
+    hook = mock.Mock()
+    hook.describe_transform_job.side_effect = unknown
+    hook.describe_model.side_effect = unknown
+    hook.create_model.side_effect = lambda c: sent.update(Model=copy.deepcopy(c))
+    hook.create_transform_job.side_effect = lambda c, **kw: (
+        sent.update(Transform=copy.deepcopy(c)) or {"ResponseMetadata": {"HTTPStatusCode": 200}}
+    )
+    hook.configure_s3_resources.return_value = None
+    op.__dict__["hook"] = hook
+    ti = mock.Mock(try_number=1, task_id="score.sagemaker_transform")
+    with pytest.raises(ClientError):  # after sending, the provider describes the job: our mock knows none
+        op.execute({"run_id": run_id, "ti": ti})
+    assert set(sent) == {"Model", "Transform"}, sent
+    return sent
+
+
+@pytest.mark.slow
+def test_scoring_retries_a_transform_capacity_error_with_a_new_model_and_job_sending_the_airflow_tasks_blocks(
+    sfn_world,
+):
+    """The transform job and CreateModel are answered by the harness's stubs (moto runs neither);
+    the first job ends Failed with a capacity error, the retry makes a new model and job."""
+    uc = fraud_usecase_for_tests()
+    holder = {}
+    answers = _service_answers(
+        uc, "scoring", lambda: holder["execution"], transform_request=lambda e: _transform_request(uc, e)
+    )
+    prepare = answers[("score", "prepare")]
+
+    def remember(call: Call, n):
+        holder["execution"] = call.parameters["AppSpecification"]["ContainerArguments"][5]
+        return prepare(call, n)
+
+    answers[("score", "prepare")] = remember
+    answers["transform"] = lambda call, n: (
+        ("fail", "SageMaker.TransformJobFailed", "CapacityError: Unable to provision requested ML compute capacity.")
+        if n == 1
+        else None
+    )
+    ex = sfn_world.execute(uc, "scoring", answers)
+    assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
+    models = [c for c in ex.services.calls if c.kind == "model"]
+    jobs = [c for c in ex.services.calls if c.kind == "transform"]
+    # one model per try, named as its job; a new name per retry (moto may hand the failure to the
+    # first retry once more, as in the training test)
+    assert len(models) == len(jobs) and 2 <= len(jobs) <= 1 + uc.retries
+    names_ = [c.parameters["TransformJobName"] for c in jobs]
+    assert [c.parameters["ModelName"] for c in models] == names_ == [c.parameters["ModelName"] for c in jobs]
+    assert len(set(names_)) == len(jobs) and all(tr.SAGEMAKER_NAME_RE.match(n) for n in names_), names_
+    # each try's blocks are what the Airflow task sends for its try, renamed as the task renames a
+    # try (the try-number tag says the prepare phase's try; the retry is in the name)
+    sent = _what_the_airflow_task_sends(uc, _transform_request(uc, holder["execution"]), holder["execution"])
+
+    def tags_by_key(request):  # request_for_try moves the try-number tag last
+        return {**request, "Tags": sorted(request["Tags"], key=lambda t: t["Key"])}
+
+    for model, job in zip(models, jobs):
+        want = sr.request_for_try(sent, job.parameters["TransformJobName"], 1)
+        assert tags_by_key(model.parameters) == tags_by_key(want["Model"])
+        assert tags_by_key(job.parameters) == tags_by_key(want["Transform"])
+        assert job.parameters["TransformOutput"]["S3OutputPath"].endswith(f"/{job.parameters['TransformJobName']}/")
+    # the finish phase got the completed job as the operator's output, and the steps after ran
+    out = json.loads(
+        sfn_world.s3.get_object(
+            Bucket=uc.aws_settings.bucket,
+            Key=f"{ex.services.key_prefix()[1]}/{names.step_key('score', 'output')}",
+        )["Body"].read()
+    )
+    assert out["how"] == "created" and out["Transform"]["TransformJobName"] == names_[-1]
+    assert out["Model"]["ModelName"] == names_[-1]
+    assert [w for w in ex.worker_calls() if w[1] != "prepare"] == [
+        ("plan", "finish"),
+        ("score", "finish"),
+        ("gate", "run"),
+        ("commit", "finish"),
+        ("report", "run"),
+    ]
+
+
+@pytest.mark.slow
+def test_a_failed_scoring_gate_ends_in_its_fail_state_without_committing(sfn_world):
+    uc = fraud_usecase_for_tests()
+    holder = {"execution": "x"}
+    answers = _service_answers(
+        uc, "scoring", lambda: holder["execution"], transform_request=lambda e: _transform_request(uc, e)
+    )
+    answers[("gate", "run")] = lambda call, n: {
+        "status": "failed",
+        "error": {"Error": "GateFailed", "Cause": "predictions gate failed\nscore in [0, 1]: 2 rows"},
+    }
+    ex = sfn_world.execute(uc, "scoring", answers)
+    assert ex.status == "FAILED" and ex.error == "GateFailed" and ex.cause.startswith("predictions gate failed")
+    assert "Failed: gate" in ex.entered()
+    ran = ex.worker_calls()
+    assert ran.count(("gate", "run")) == 1 and not [w for w in ran if w[0] == "commit"]
+    assert ("score", "finish") in ran and ("report", "run") in ran

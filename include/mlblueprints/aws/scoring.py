@@ -11,7 +11,8 @@ Pure functions: no boto3 client, no network. What the caller does around them:
    builder training sets use and uploaded the same way;
 2. :func:`transform_request` gives the provider operator's config: ``Model`` - CreateModel from
    the registered model package (``PrimaryContainer.ModelPackageName``: the image and the model
-   archive exactly as registered), the use case's execution role, network isolation and VPC as
+   archive exactly as registered), the transform role (``scoring.sagemaker.role_arn``, else the
+   use case's execution role), network isolation and VPC as
    configured - and ``Transform`` - CreateTransformJob with ``SplitType`` Line,
    ``BatchStrategy`` MultiRecord and ``MaxPayloadInMB``, ``DataProcessing`` that hands the model
    only the features (``InputFilter``) and joins each prediction to its input record
@@ -114,7 +115,7 @@ def create_model_request(
     aws, sm = _aws(uc), _sm(uc)
     request: dict[str, Any] = {
         "ModelName": model_name,
-        "ExecutionRoleArn": aws.iam_role_arn,
+        "ExecutionRoleArn": sm.role_arn or aws.iam_role_arn,
         "PrimaryContainer": {"ModelPackageName": model_package_arn},
         "EnableNetworkIsolation": sm.network_isolation,
         "Tags": tags,
@@ -211,14 +212,18 @@ def transform_request(
     }
 
 
+def output_base(config: Mapping[str, Any]) -> str:
+    """The prefix every try's output goes under (``<output_base_uri>`` of :func:`transform_request`)."""
+    return str(config["Transform"]["TransformOutput"]["S3OutputPath"]).rstrip("/").rsplit("/", 1)[0]
+
+
 def request_for_try(config: Mapping[str, Any], job_name: str, try_number: int) -> dict[str, Any]:
     """The config of one try: model, job and output prefix named for the try, try-number tag."""
     if not SAGEMAKER_NAME_RE.match(job_name):
         raise ValueError(f"{job_name!r} is not a valid SageMaker name")
     out = copy.deepcopy(dict(config))
     transform = out["Transform"]
-    base = transform["TransformOutput"]["S3OutputPath"].rstrip("/").rsplit("/", 1)[0]
-    transform["TransformOutput"]["S3OutputPath"] = f"{base}/{job_name}/"
+    transform["TransformOutput"]["S3OutputPath"] = f"{output_base(config)}/{job_name}/"
     transform["TransformJobName"] = transform["ModelName"] = job_name
     tags = [t for t in transform.get("Tags", []) if t["Key"] != "mlblueprints:try-number"]
     tags.append({"Key": "mlblueprints:try-number", "Value": str(int(try_number))})

@@ -249,13 +249,7 @@ def render(spec: PatternSpec, uc: UseCase) -> dict[str, Any]:
 
 # patterns that run on Airflow only, and why (docs/stepfunctions.md): no definition is rendered
 # or deployed for them
-NOT_RENDERED: dict[str, str] = {
-    "scoring": (
-        "its Batch Transform step (service kind sagemaker_transform: CreateModel, then "
-        "CreateTransformJob) has no Step Functions integration in integrations.SERVICES yet, "
-        "nor permissions in the CloudFormation template"
-    ),
-}
+NOT_RENDERED: dict[str, str] = {}
 
 
 def render_usecase(uc: UseCase) -> dict[str, dict[str, Any]]:

@@ -11,7 +11,7 @@ the job are ``States.Format`` over ``$$.Execution.Name`` and the retry count, so
 makes a new job. ``tests/statemachines`` checks the resolved blocks against the builders and
 against what the Airflow tasks send.
 
-A new service kind (transform, processing, endpoint updates) is one :class:`ServiceKind` in
+A new service kind (processing, endpoint updates) is one :class:`ServiceKind` in
 :data:`SERVICES`; :mod:`~mlblueprints.stepfunctions.asl` does not change.
 """
 
@@ -50,15 +50,16 @@ def lit(text: str) -> str:
     return f"'{_esc(text)}'"
 
 
-def job_name(prefix: str, *parts: str) -> str:
+def job_name(prefix: str, *parts: str, retry_count: str = "$$.State.RetryCount") -> str:
     """A SageMaker job name unique per execution, state entry and retry:
     ``<prefix>-<md5(execution name / parts / entered time / retry count)>``. The hash keeps the
     name within 63 characters and [a-zA-Z0-9-] whatever the execution is called; the job's tags
-    name the execution (``mlblueprints:run-id``)."""
+    name the execution (``mlblueprints:run-id``). ``retry_count``: where the retry count is (a
+    state inside a retried Parallel gets the Parallel's from its input)."""
     if len(prefix) > JOB_PREFIX_MAX:
         raise ValueError(f"job name prefix {prefix!r} is longer than {JOB_PREFIX_MAX} characters")
     fmt = "/".join(["{}"] * (len(parts) + 3))
-    args = ", ".join(["$$.Execution.Name", *(lit(p) for p in parts), "$$.State.EnteredTime", "$$.State.RetryCount"])
+    args = ", ".join(["$$.Execution.Name", *(lit(p) for p in parts), "$$.State.EnteredTime", retry_count])
     return f"States.Format('{_esc(prefix)}-{{}}', States.Hash(States.Format('{fmt}', {args}), {lit(JOB_NAME_HASH)}))"
 
 
@@ -201,13 +202,16 @@ class ServiceKind:
     ``states(r, step, request_path, next, failed)`` returns the states (first one first) that run
     the job whose request the prepare phase left at ``request_path`` and put the job's output at
     ``$.step.output``; ``output(raw)`` turns that output into what the backend's ``resume_*``
-    method gets (the shape the Airflow operator returns)."""
+    method gets (the shape the Airflow operator returns); ``handover(request)`` is what the
+    prepare phase hands the state machine of the call's request (what the states read at
+    ``request_path``; the request itself unless the states need a part ASL cannot compute)."""
 
     kind: str
     states: Callable[..., dict[str, dict[str, Any]]]
     output: Callable[[Any], Any]
     doc: str = ""
     resources: tuple[str, ...] = field(default_factory=tuple)
+    handover: Callable[[Any], Any] = lambda request: request
 
 
 def athena_parameters(r: Render, sql_path: str, token: str) -> dict[str, Any]:
@@ -457,6 +461,158 @@ def _training_output(raw: Any) -> dict[str, Any]:
     return {"Training": raw, "how": "created"}
 
 
+# the CreateModel / CreateTransformJob fields the prepare phase computes for this run: the model
+# package the plan chose, the input it wrote, the columns the model sees and the output keeps (the
+# number of keys), the lineage tags
+MODEL_FROM_PREPARE = ("PrimaryContainer",)
+TRANSFORM_FROM_PREPARE = ("TransformInput", "DataProcessing", "Tags")
+OUTPUT_BASE = "OutputBase"  # handed over with the request: the prefix of every try's output
+
+
+def _transform_template(uc: UseCase) -> dict[str, Any]:
+    """:func:`mlblueprints.aws.scoring.transform_request` for the use case (its task and keys:
+    a scoring run refuses a model of another task), with the run's parts as markers."""
+    from mlblueprints.aws import scoring as sr
+
+    task = uc.training.task if uc.training is not None else "binary"
+    return sr.transform_request(
+        uc,
+        job_name="from-the-state-machine",
+        model_package_arn="arn:aws:sagemaker:from-prepare",
+        input_s3_uri="s3://from-prepare/input/",
+        output_base_uri="s3://from-prepare/output",
+        key_count=len(uc.scoring_rows()["keys"]),
+        model={"task": task},
+        run={},
+        git_commit="from-prepare",
+    )
+
+
+def transform_parameters(r: Render, request_path: str, name_path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """CreateModel and CreateTransformJob: :func:`mlblueprints.aws.scoring.transform_request` for
+    the use case (role, network isolation, VPC, instances, payload and batching, timeouts, KMS,
+    the container's environment), the run's model package, input, data processing and lineage tags
+    from the prepare phase's request, and the names of this try at ``name_path`` (the model is
+    named as the job, and the output goes to ``<output base>/<job name>/``, as
+    ``request_for_try`` does)."""
+    template = _transform_template(r.uc)
+    model: dict[str, Any] = {}
+    for key, value in template["Model"].items():
+        if key == "ModelName":
+            model["ModelName.$"] = name_path
+        elif key in MODEL_FROM_PREPARE:
+            model[f"{key}.$"] = f"{request_path}.Model.{key}"
+        elif key == "Tags":
+            model["Tags.$"] = f"{request_path}.Transform.Tags"  # request_for_try: the model's are the job's
+        else:
+            model[key] = value
+    job: dict[str, Any] = {}
+    for key, value in template["Transform"].items():
+        if key in ("TransformJobName", "ModelName"):
+            job[f"{key}.$"] = name_path
+        elif key in TRANSFORM_FROM_PREPARE:
+            job[f"{key}.$"] = f"{request_path}.Transform.{key}"
+        elif key == "TransformOutput":
+            out = dict(value)
+            del out["S3OutputPath"]
+            job[key] = {
+                "S3OutputPath.$": f"States.Format('{{}}/{{}}/', {request_path}.{OUTPUT_BASE}, {name_path})",
+                **out,
+            }
+        else:
+            job[key] = value
+    return model, job
+
+
+def _transform_states(r: Render, step: Any, request_path: str, next_state: str, failed: str) -> dict[str, Any]:
+    """CreateModel from the registered package, then the Batch Transform job (``.sync``), in one
+    Parallel whose retries run both again under a new name: a SageMaker name is unique forever, and
+    the model is named as its job (as the Airflow operator names them)."""
+    sid = step.id
+    name_state, model_state, job_state = f"{sid}.transform.name", f"{sid}.sagemaker_model", f"{sid}.sagemaker_transform"
+    done = f"{sid}.transform.done"
+    model, job = transform_parameters(r, "$.request", "$.name")
+    parallel: dict[str, Any] = {
+        "Type": "Parallel",
+        "Comment": "the model and the Batch Transform job of one try; stopping the execution stops the job",
+        "Parameters": {"request.$": request_path, "retry.$": "$$.State.RetryCount"},
+        "Branches": [
+            {
+                "StartAt": name_state,
+                "States": {
+                    name_state: {
+                        "Type": "Pass",
+                        "Comment": (
+                            "the try's name, for the model and the job: each retry of the Parallel runs the "
+                            "branch again, entering this state at another time with the Parallel's retry count"
+                        ),
+                        "Parameters": {
+                            "request.$": "$.request",
+                            "name.$": job_name(sagemaker_name_part(r.uc.name), sid, retry_count="$.retry"),
+                        },
+                        "Next": model_state,
+                    },
+                    model_state: {
+                        "Type": "Task",
+                        "Comment": "CreateModel from the model package the plan chose (its image and archive as registered)",
+                        "Resource": "arn:aws:states:::sagemaker:createModel",
+                        "Parameters": model,
+                        "ResultPath": "$.model",
+                        "Next": job_state,
+                    },
+                    job_state: {
+                        "Type": "Task",
+                        "Comment": "SageMaker Batch Transform (.sync): the job's DescribeTransformJob when it completed",
+                        "Resource": "arn:aws:states:::sagemaker:createTransformJob.sync",
+                        "Parameters": job,
+                        "ResultPath": "$.transform",
+                        "Next": done,
+                    },
+                    done: {
+                        "Type": "Pass",
+                        "Comment": "what TransformJobOperator returns",
+                        "Parameters": {
+                            "Model": {"ModelName.$": "$.name", "ModelArn.$": "$.model.ModelArn"},
+                            "Transform.$": "$.transform",
+                            "how": "created",
+                        },
+                        "End": True,
+                    },
+                },
+            }
+        ],
+        "ResultPath": "$.transform",
+    }
+    retry = r.retry(step, SAGEMAKER_RETRYABLE)
+    if retry:
+        parallel["Retry"] = retry
+    parallel["Catch"] = [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": failed}]
+    parallel["Next"] = f"{sid}.transform.output"
+    return {
+        f"{sid}.transform": parallel,
+        f"{sid}.transform.output": {
+            "Type": "Pass",
+            "InputPath": "$.transform[0]",
+            "ResultPath": "$.step.output",
+            "Next": next_state,
+        },
+    }
+
+
+def _transform_output(raw: Any) -> dict[str, Any]:
+    """``{"Model": {ModelName, ModelArn}, "Transform": DescribeTransformJob, "how": "created"}``
+    (TransformJobOperator's, whose Model is DescribeModel)."""
+    raw = dict(raw or {})
+    return {"Model": raw.get("Model"), "Transform": raw["Transform"], "how": raw.get("how", "created")}
+
+
+def _transform_handover(request: Any) -> dict[str, Any]:
+    """The request, and the prefix of every try's output (ASL cannot cut a path)."""
+    from mlblueprints.aws import scoring as sr
+
+    return {**request, OUTPUT_BASE: sr.output_base(request)}
+
+
 SERVICES: dict[str, ServiceKind] = {
     service.ATHENA: ServiceKind(
         service.ATHENA,
@@ -474,6 +630,14 @@ SERVICES: dict[str, ServiceKind] = {
         _training_output,
         "a SageMaker training job: createTrainingJob.sync",
         ("arn:aws:states:::sagemaker:createTrainingJob.sync",),
+    ),
+    service.SAGEMAKER_TRANSFORM: ServiceKind(
+        service.SAGEMAKER_TRANSFORM,
+        _transform_states,
+        _transform_output,
+        "a SageMaker Batch Transform job: createModel, then createTransformJob.sync",
+        ("arn:aws:states:::sagemaker:createModel", "arn:aws:states:::sagemaker:createTransformJob.sync"),
+        _transform_handover,
     ),
 }
 

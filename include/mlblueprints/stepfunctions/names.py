@@ -21,7 +21,8 @@ AWS_FIELDS = {
 # substitutions that are not in the use case's aws section: resources the templates create
 WORKER_IMAGE, WORKER_ROLE = "WorkerImageUri", "WorkerRoleArn"
 STATEMENTS_FUNCTION = "StatementsFunctionArn"  # the Lambda function of a step's Athena statements
-EXTRA = (WORKER_IMAGE, WORKER_ROLE, STATEMENTS_FUNCTION)
+TRANSFORM_ROLE = "TransformRoleArn"  # the role of the scoring model and its transform jobs
+EXTRA = (WORKER_IMAGE, WORKER_ROLE, STATEMENTS_FUNCTION, TRANSFORM_ROLE)
 
 WORKER_REPOSITORY = "mlblueprints-worker"
 RUN_DOCUMENT = "run.json"  # under the run prefix: the execution, its input, when it started
@@ -51,8 +52,18 @@ def with_placeholders(uc: UseCase) -> UseCase:
     """:func:`on_aws` with the aws fields that are substitutions replaced by ``${Name}`` (what the
     pure builders then put into the definition)."""
     aws = aws_section(uc)
-    update = {f: placeholder(n) for n, f in AWS_FIELDS.items()}
-    return on_aws(uc).model_copy(update={"aws": aws.model_copy(update=update)})
+    update: dict[str, object] = {"aws": aws.model_copy(update={f: placeholder(n) for n, f in AWS_FIELDS.items()})}
+    if uc.scoring is not None:
+        sm = uc.scoring.sagemaker.model_copy(update={"role_arn": placeholder(TRANSFORM_ROLE)})
+        update["scoring"] = uc.scoring.model_copy(update={"sagemaker": sm})
+    return on_aws(uc).model_copy(update=update)
+
+
+def transform_role_arn(uc: UseCase) -> str:
+    """The role the scoring model and its transform jobs run with (as the Airflow task's request
+    names it): ``scoring.sagemaker.role_arn``, else the aws section's ``iam_role_arn``."""
+    aws = aws_section(uc)
+    return (uc.scoring.sagemaker.role_arn if uc.scoring is not None else None) or aws.iam_role_arn
 
 
 def resource_prefix(uc: UseCase) -> str:
@@ -80,13 +91,14 @@ def worker_image_uri(uc: UseCase, tag: str) -> str:
 
 def substitutions(uc: UseCase, image_tag: str = "latest") -> dict[str, str]:
     """The values of the definition substitutions for ``uc``: the aws section's own, the worker
-    role and the statements function the templates create, and the worker image (``image_tag``,
-    pushed by ``make worker-image``)."""
+    role and the statements function the templates create, the transform role, and the worker
+    image (``image_tag``, pushed by ``make worker-image``)."""
     aws = aws_section(uc)
     out = {n: str(getattr(aws, f)) for n, f in AWS_FIELDS.items()}
     out[WORKER_ROLE] = f"arn:aws:iam::{aws.account_id}:role/{worker_role_name(uc)}"
     out[STATEMENTS_FUNCTION] = f"arn:aws:lambda:{aws.region}:{aws.account_id}:function:{statements_function_name(uc)}"
     out[WORKER_IMAGE] = worker_image_uri(uc, image_tag)
+    out[TRANSFORM_ROLE] = transform_role_arn(uc)
     return out
 
 

@@ -230,10 +230,11 @@ def _state_request(call: service.ServiceCall) -> Any:
     """The request as the state machine gets it. Athena: the statements' names only - the
     statements function reads the SQL from ``call.json`` one statement at a time
     (:mod:`~mlblueprints.stepfunctions.statements`), so a step's statements may add up to more
-    than a state holds."""
+    than a state holds. Other kinds: what their ``ServiceKind.handover`` makes of the request (a
+    transform adds the prefix of every try's output)."""
     if call.kind == service.ATHENA:
         return [s.name for s in call.statements]
-    return call.request
+    return integrations.service_kind(call.kind).handover(call.request)
 
 
 def service_outcome(call: service.ServiceCall) -> dict[str, Any]:

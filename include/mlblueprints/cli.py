@@ -52,7 +52,7 @@ CLAIMS_START = date(2024, 4, 1)
 def _generate(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from mlblueprints.datagen import DefectConfig, DriftConfig, generate_fraud
+    from mlblueprints.datagen import BiasConfig, DefectConfig, DriftConfig, generate_fraud
 
     out = Path(args.out) if args.out else runtime.home() / "landing"
     if args.kind == "claims":
@@ -74,6 +74,14 @@ def _generate(args: argparse.Namespace) -> int:
             return 2
         defects = dataclasses.replace(defects, **{name: 0})
     drift = DriftConfig(start=date.fromisoformat(args.drift_from)) if args.drift_from else None
+    bias = None
+    if args.bias:
+        column, _, groups = args.bias.partition("=")
+        try:
+            bias = BiasConfig(column=column, groups=tuple(g for g in groups.split(",") if g), factor=args.bias_factor)
+        except ValueError as e:
+            print(f"--bias {args.bias}: {e}", file=sys.stderr)
+            return 2
     t = time.perf_counter()
     manifest = generate_fraud(
         out,
@@ -83,6 +91,7 @@ def _generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         defects=defects,
         drift=drift,
+        bias=bias,
     )
     print(f"wrote {len(manifest.files)} files under {out} in {time.perf_counter() - t:.1f}s")
     print(f"manifest: {out / '_generator' / 'manifest.json'}")
@@ -818,6 +827,13 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--clean", action="store_true", help="inject no defects")
     g.add_argument("--no-defect", action="append", metavar="NAME", help="switch one defect off (repeatable)")
     g.add_argument("--drift-from", metavar="DATE", help="shift distributions from this day on")
+    g.add_argument(
+        "--bias",
+        metavar="COLUMN=GROUP[,GROUP]",
+        help="fraud targets card holders of these groups (e.g. age_band=60+, region=southern_europe): "
+        "the fairness gate's test",
+    )
+    g.add_argument("--bias-factor", type=float, default=6.0, help="how much likelier the group's cards are hit")
     g.add_argument("--policies", type=int, default=2000, help="claims: insured policies")
     g.add_argument("--claims-per-day", type=int, default=500, help="claims: mean claims filed per day")
     g.set_defaults(fn=_generate)

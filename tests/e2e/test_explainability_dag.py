@@ -200,3 +200,63 @@ def test_the_shipped_gate_passes_a_model_trained_without_the_knob(world):
     res, di, tag = _shipped_gate(world)
     assert res["gate"]["passed"] is True, (di, res["gate"])
     assert all(0.8 <= v <= 1.25 for v in di.values()) and tag is None, di
+
+
+def test_the_explain_commands_run_the_dag_and_explain_one_record_from_its_holdout(world, capsys):
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    from mlblueprints import cli
+    from mlblueprints.registry import local as registry
+
+    version = world["training"]["register"]["version"]
+    _write(world["uc_dir"])
+    old = os.environ.get("MLB_USECASES_DIR")
+    os.environ["MLB_USECASES_DIR"] = str(world["uc_dir"])
+    try:
+        with runtime_home(world["home"]):
+            capsys.readouterr()
+            assert cli.main(["explain", "fraud_detection", "--version", str(version)]) == 0
+            out = capsys.readouterr().out
+            assert "fraud_detection__explainability: success" in out
+            assert f"fraud_detection_model version {version} (the version Param)" in out
+            assert "fairness gate: passed" in out and "age_band=60+" in out
+
+            uc = load_usecase(world["uc_dir"] / "fraud_detection.yaml")
+            holdout = pd.read_parquet(
+                registry.fetch_artifact(uc, version, "evaluation/holdout.parquet", world["home"] / "record")
+            )
+            row = holdout[holdout["is_fraud"] == 1].iloc[[0]]
+            key = row["transaction_id"].iloc[0]
+            assert cli.main(["explain", "record", "fraud_detection", key]) == 0
+            text = capsys.readouterr().out
+            lines = text.splitlines()
+            assert (
+                lines[0]
+                == f"fraud_detection_model version {version}: transaction_id {key} (is_fraud = 1 in the holdout)"
+            )
+            # the score printed is the model's own, and base value + contributions is its log-odds
+            model = registry.MlflowRegistry(uc).load_version(version, "binary", uc.model_features())
+            score = float(model.scores(row[uc.model_features()].to_numpy(np.float64))[0])
+            assert lines[1].startswith(f"score {score:.4f} ")
+            margin, base = (float(w) for w in lines[2].split()[1:6:4])
+            assert margin == pytest.approx(math.log(score / (1 - score)), abs=2e-3)
+            shap = [float(ln.split()[2]) for ln in lines[4:14]]
+            rest = float(lines[14].split()[-1].rstrip(")")) if len(lines) > 14 else 0.0
+            assert base + sum(shap) + rest == pytest.approx(margin, abs=2e-3)
+            assert [abs(v) for v in shap] == sorted((abs(v) for v in shap), reverse=True)
+
+            assert cli.main(["explain", "record", "fraud_detection", "tx_999999999999"]) == 1
+            err = capsys.readouterr().err
+            assert err.startswith(
+                f"fraud_detection_model version {version}: no row with transaction_id = tx_999999999999 in the holdout"
+            )
+            assert err.count("\n") == 1
+            assert cli.main(["explain", "record", "fraud_detection"]) == 2
+    finally:
+        if old is None:
+            os.environ.pop("MLB_USECASES_DIR", None)
+        else:
+            os.environ["MLB_USECASES_DIR"] = old

@@ -223,8 +223,15 @@ def test_the_explain_commands_run_the_dag_and_explain_one_record_from_its_holdou
             assert "fraud_detection__explainability: success" in out
             assert f"fraud_detection_model version {version} (the version Param)" in out
             assert "fairness gate: passed" in out and "age_band=60+" in out
+            assert "report with plots: " in out
 
             uc = load_usecase(world["uc_dir"] / "fraud_detection.yaml")
+            # the HTML report and its plots are artifacts of the version, beside analysis.json
+            page = registry.fetch_artifact(uc, version, "explainability/report.html", world["home"] / "html")
+            assert "fairness gate: passed" in page.read_text() and "age_band=60+" in page.read_text()
+            for plot in ("global_importance", "shap_beeswarm", "bias_metrics"):
+                png = registry.fetch_artifact(uc, version, f"explainability/plots/{plot}.png", world["home"] / plot)
+                assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plots/{plot}.png" in page.read_text()
             holdout = pd.read_parquet(
                 registry.fetch_artifact(uc, version, "evaluation/holdout.parquet", world["home"] / "record")
             )

@@ -13,6 +13,8 @@
     mlblueprints models promote fraud_detection N               alias champion -> version N
     mlblueprints scoring run fraud_detection [--dates D ...] [--version N]   <usecase>__scoring
     mlblueprints predictions fraud_detection [--entity KEY]     newest predictions with their lineage
+    mlblueprints explain fraud_detection [--version N]          <usecase>__explainability: SHAP, bias, fairness gate
+    mlblueprints explain record fraud_detection tx_000000000042 [--version N]   why that record got its score
     mlblueprints demo                                           all of it, on embedded defaults
     mlblueprints tables fraud_detection                         what the tables hold
     mlblueprints quarantine fraud_detection transactions        quarantined rows and reasons
@@ -52,7 +54,7 @@ CLAIMS_START = date(2024, 4, 1)
 def _generate(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from mlblueprints.datagen import DefectConfig, DriftConfig, generate_fraud
+    from mlblueprints.datagen import BiasConfig, DefectConfig, DriftConfig, generate_fraud
 
     out = Path(args.out) if args.out else runtime.home() / "landing"
     if args.kind == "claims":
@@ -74,6 +76,14 @@ def _generate(args: argparse.Namespace) -> int:
             return 2
         defects = dataclasses.replace(defects, **{name: 0})
     drift = DriftConfig(start=date.fromisoformat(args.drift_from)) if args.drift_from else None
+    bias = None
+    if args.bias:
+        column, _, groups = args.bias.partition("=")
+        try:
+            bias = BiasConfig(column=column, groups=tuple(g for g in groups.split(",") if g), factor=args.bias_factor)
+        except ValueError as e:
+            print(f"--bias {args.bias}: {e}", file=sys.stderr)
+            return 2
     t = time.perf_counter()
     manifest = generate_fraud(
         out,
@@ -83,6 +93,7 @@ def _generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         defects=defects,
         drift=drift,
+        bias=bias,
     )
     print(f"wrote {len(manifest.files)} files under {out} in {time.perf_counter() - t:.1f}s")
     print(f"manifest: {out / '_generator' / 'manifest.json'}")
@@ -438,6 +449,65 @@ def _scoring(args: argparse.Namespace) -> int:
         print()
         print(latest.read_text())
     return status
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """``explain <usecase>``: one run of ``<usecase>__explainability`` (dag.test) and its report;
+    ``explain record <usecase> <key>``: why one holdout record got its score."""
+    words = args.words
+    if words[0] == "record":
+        if len(words) != 3:
+            print("usage: mlblueprints explain record <usecase> <key> [--version N]", file=sys.stderr)
+            return 2
+        return _explain_record(words[1], words[2], args.version)
+    if len(words) != 1:
+        print("usage: mlblueprints explain <usecase> [--version N]", file=sys.stderr)
+        return 2
+    from mlblueprints.airflow import localrun
+
+    usecase = words[0]
+    uc = _load(usecase)  # a broken YAML: its problems, once, before Airflow parses anything
+    if uc.explainability is None:
+        print(f"{uc.name}: the use case has no explainability section (see docs/explainability.md)", file=sys.stderr)
+        return 2
+    localrun.setup()
+    dag = localrun.get_dag(f"{usecase}__explainability")
+    localrun.quiet_retry_waits()
+    t = time.perf_counter()
+    dr = dag.test(run_conf={"version": args.version} if args.version else None)
+    bad = localrun.failed_tasks(dr)
+    print(
+        f"  {dag.dag_id}: {dr.state} in {time.perf_counter() - t:.0f}s"
+        + (f" (failed: {', '.join(bad)})" if bad else ""),
+        flush=True,
+    )
+    latest = runtime.home() / "runs" / usecase / "explainability" / "latest.txt"
+    if latest.exists():
+        print()
+        print(latest.read_text())
+    return 0 if dr.state == "success" else 1
+
+
+def _explain_record(usecase: str, key: str, version: int | None) -> int:
+    import os
+    import tempfile
+
+    # MLflow draws a progress bar on stderr for every download: the answer is the lines below
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+    from mlblueprints.backends import backend_for
+    from mlblueprints.explain import record
+
+    uc = _load(usecase)
+    registry = backend_for(uc, "registry")
+    with tempfile.TemporaryDirectory(dir=runtime.path("tmp")) as work:
+        try:
+            r = record.explain_record(uc, registry, key, Path(work), version)
+        except PermanentError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    print(record.render(r))
+    return 0
 
 
 def _predictions(args: argparse.Namespace) -> int:
@@ -818,6 +888,13 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--clean", action="store_true", help="inject no defects")
     g.add_argument("--no-defect", action="append", metavar="NAME", help="switch one defect off (repeatable)")
     g.add_argument("--drift-from", metavar="DATE", help="shift distributions from this day on")
+    g.add_argument(
+        "--bias",
+        metavar="COLUMN=GROUP[,GROUP]",
+        help="fraud targets card holders of these groups (e.g. age_band=60+, region=southern_europe): "
+        "the fairness gate's test",
+    )
+    g.add_argument("--bias-factor", type=float, default=6.0, help="how much likelier the group's cards are hit")
     g.add_argument("--policies", type=int, default=2000, help="claims: insured policies")
     g.add_argument("--claims-per-day", type=int, default=500, help="claims: mean claims filed per day")
     g.set_defaults(fn=_generate)
@@ -879,6 +956,18 @@ def main(argv: list[str] | None = None) -> int:
     mp.add_argument("usecase")
     mp.add_argument("version", type=int)
     mp.set_defaults(fn=_models)
+
+    ex = sub.add_parser(
+        "explain",
+        help="run <usecase>__explainability (dag.test); 'explain record <usecase> <key>': one record's SHAP values",
+        usage="mlblueprints explain <usecase> [--version N]\n       mlblueprints explain record <usecase> <key> "
+        "[--version N]",
+    )
+    ex.add_argument("words", nargs="+", metavar="usecase | record usecase key")
+    ex.add_argument(
+        "--version", type=int, help="a registered version (default: the challenger; for a record, else the champion)"
+    )
+    ex.set_defaults(fn=_explain)
 
     sc = sub.add_parser("scoring", help="run <usecase>__scoring (dag.test)")
     scs = sc.add_subparsers(dest="action", required=True)

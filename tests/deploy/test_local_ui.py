@@ -115,7 +115,9 @@ def test_dags_listed_and_a_run_triggered_through_the_api_succeeds(stack):
     api = stack["api"]
     dags = api.call("GET", "/dags?limit=100")
     ids = {d["dag_id"] for d in dags["dags"]}
-    expected = {f"{uc}__{p}" for uc in ("fraud_detection", "claim_cost") for p in ("lakehouse", "features", "training")}
+    patterns = ("lakehouse", "features", "training", "scoring")
+    expected = {f"{uc}__{p}" for uc in ("fraud_detection", "claim_cost") for p in patterns}
+    expected.add("fraud_detection__explainability")  # the use case with an explainability section
     assert ids == expected
     assert api.call("GET", "/importErrors")["total_entries"] == 0
 

@@ -32,8 +32,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 UV = shutil.which("uv") or str(ROOT / ".tools" / "bin" / "uv")
 EXPECTED_DAGS = {
-    f"{uc}__{p}" for uc in ("fraud_detection", "claim_cost") for p in ("lakehouse", "features", "training")
-}
+    f"{uc}__{p}" for uc in ("fraud_detection", "claim_cost") for p in ("lakehouse", "features", "training", "scoring")
+} | {"fraud_detection__explainability"}
 HEAVY = ["pandas", "pyarrow", "duckdb", "sklearn", "xgboost", "great_expectations", "evidently", "mlflow", "pyiceberg"]
 
 

@@ -25,7 +25,7 @@ def _shipped():
 def test_committed_definitions_are_what_the_declarations_render():
     uc = _shipped()
     rendered = asl.render_usecase(uc)
-    assert sorted(rendered) == ["features", "lakehouse", "scoring", "training"]
+    assert sorted(rendered) == ["explainability", "features", "lakehouse", "scoring", "training"]
     committed = sorted(p.name for p in (ROOT / "statemachines" / uc.name).glob("*.asl.json"))
     assert committed == sorted(f"{p}.asl.json" for p in rendered)
     for pattern, definition in rendered.items():
@@ -123,7 +123,7 @@ def test_deploy_and_run_through_the_cli_under_moto(monkeypatch, capsys):
         sfn = boto3.client("stepfunctions", region_name="eu-west-1")
         machines = {m["name"]: m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]}
         assert sorted(machines) == [
-            f"mlb-fraud-detection-{p}" for p in ("features", "lakehouse", "scoring", "training")
+            f"mlb-fraud-detection-{p}" for p in ("explainability", "features", "lakehouse", "scoring", "training")
         ]
         d = sfn.describe_state_machine(stateMachineArn=machines["mlb-fraud-detection-training"])
         assert "${" not in d["definition"] and "mlblueprints-worker:t2" in d["definition"]

@@ -26,6 +26,7 @@ import yaml
 
 import mlblueprints
 from mlblueprints.datagen import (
+    AGE_BANDS,
     CATEGORIES,
     CHANNELS,
     CURRENCIES,
@@ -36,10 +37,12 @@ from mlblueprints.datagen import (
     MANIFEST_PATH,
     MERCHANT_COLUMNS,
     REASON_CODES,
+    REGIONS,
     RISKY_CATEGORIES,
     ROW_DEFECTS,
     SUPERSEDES,
     TRANSACTION_COLUMNS,
+    BiasConfig,
     DefectConfig,
     DriftConfig,
     GenerationManifest,
@@ -616,6 +619,62 @@ def test_drift(tmp_path: Path) -> None:
     )
 
 
+def test_sensitive_attributes_follow_the_customer_and_do_not_drive_fraud(transactions: Any, consumed: Consumed) -> None:
+    df = transactions
+    births = {k: int(ln.values["birth_year"]) for k, ln in consumed.silver["customers"].items()}
+    age = START.year - df["customer_id"].map(births)
+    lower = {"18-29": 0, "30-44": 30, "45-59": 45, "60+": 60}
+    upper = {"18-29": 30, "30-44": 45, "45-59": 60, "60+": 200}
+    assert set(df["age_band"]) == set(AGE_BANDS) and set(df["region"]) == set(REGIONS)
+    assert (age >= df["age_band"].map(lower)).all() and (age < df["age_band"].map(upper)).all()
+    regions = {"US": "north_america", "GB": "british_isles", "IE": "british_isles", "ES": "southern_europe"}
+    known = df["home_country"].isin(list(regions))
+    assert (df.loc[known, "region"] == df.loc[known, "home_country"].map(regions)).all()
+    assert df.groupby("customer_id")[["age_band", "region"]].nunique().max().max() == 1
+    # without the knob no group's fraud rate is far from the overall one
+    overall = df["is_fraud"].mean()
+    for column in ("age_band", "region"):
+        rates = df.groupby(column)["is_fraud"].mean()
+        assert (rates / overall).between(0.6, 1.6).all(), rates
+
+
+def _fraud_by_group(root: Path, column: str):
+    import pandas as pd
+
+    frames = [pd.read_csv(p, dtype=str) for p in root.glob("transactions/*/*.csv")] + [
+        pd.read_json(p, lines=True, dtype=False, convert_dates=False) for p in root.glob("transactions/*/*.jsonl")
+    ]
+    df = pd.concat(frames)
+    return df.assign(is_fraud=df["is_fraud"].astype(int)).groupby(column)["is_fraud"].mean()
+
+
+def test_bias_knob_makes_fraud_target_the_group(tmp_path: Path) -> None:
+    bias = BiasConfig(column="region", groups=("southern_europe",), factor=6.0)
+    m = generate_fraud(tmp_path / "on", **SMALL, seed=3, defects=DefectConfig.none(), bias=bias)
+    rates = _fraud_by_group(tmp_path / "on", "region")
+    others = rates.drop("southern_europe")
+    assert rates["southern_europe"] > 3 * others.max(), rates
+    assert m.parameters["bias"] == {"column": "region", "groups": ["southern_europe"], "factor": 6.0}
+    generate_fraud(tmp_path / "off", **SMALL, seed=3, defects=DefectConfig.none())
+    assert read_manifest(tmp_path / "off").parameters["bias"] is None
+    off = _fraud_by_group(tmp_path / "off", "region")
+    assert off["southern_europe"] < 2 * off.drop("southern_europe").min(), off
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"column": "segment"}, "BiasConfig.column: 'segment' is not a sensitive attribute (age_band, region)"),
+        ({"groups": ("70+",)}, "BiasConfig.groups: ['70+'] - age_band takes 18-29, 30-44, 45-59, 60+"),
+        ({"factor": 0.5}, "BiasConfig.factor: must be within [1, 100], got 0.5"),
+    ],
+)
+def test_bias_knob_refuses_bad_settings_in_one_line(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        BiasConfig(**kwargs)
+    assert str(err.value) == message
+
+
 @pytest.mark.slow
 def test_memory_stays_bounded_for_one_million_rows(tmp_path: Path) -> None:
     code = (
@@ -637,3 +696,24 @@ def test_memory_stays_bounded_for_one_million_rows(tmp_path: Path) -> None:
     )
     before_kb, after_kb = map(int, done.stdout.split())
     assert (after_kb - before_kb) / 1024 < 600
+
+
+def test_generate_command_takes_the_bias_knob(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlblueprints import cli
+
+    argv = ["generate", "fraud", "--out", str(tmp_path / "a"), "--days", "2", "--rows", "3000", "--clean"]
+    assert cli.main([*argv, "--bias", "age_band=45-59,60+", "--bias-factor", "4"]) == 0
+    assert read_manifest(tmp_path / "a").parameters["bias"] == {
+        "column": "age_band",
+        "groups": ["45-59", "60+"],
+        "factor": 4.0,
+    }
+    capsys.readouterr()
+    argv[3] = str(tmp_path / "b")
+    assert cli.main([*argv, "--bias", "region=south"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "--bias region=south: BiasConfig.groups: ['south'] - region takes "
+        "north_america, british_isles, western_europe, southern_europe\n"
+    )
+    assert not (tmp_path / "b").exists()

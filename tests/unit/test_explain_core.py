@@ -254,3 +254,40 @@ def test_the_gate_says_which_metric_broke_which_threshold():
     missing = gate(doc, {"KL": (None, 1.0), "GE": (None, 1.0)})
     assert not missing.passed and missing.reasons == ["GE is gated but the analysis does not hold it"]
     assert "FAILED" in failed.text() and "DI of group=d" in failed.text()
+
+
+def _has_colour(png: Path, hex_colour: str) -> bool:
+    from matplotlib.image import imread
+
+    rgb = np.array([int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+    pixels = imread(png)[..., :3]
+    return bool((np.abs(pixels - rgb).max(axis=-1) < 0.02).any())
+
+
+def test_the_html_report_marks_the_broken_bound_and_plots_what_the_gate_sees(booster, tmp_path: Path):
+    from mlblueprints.explain import html
+
+    model, x = booster
+    att = tree_shap(model, x[:100], FEATS)
+    doc = analysis(report(), att, model_name="m", model_version=3, holdout_rows=10)  # DI 0.375, CI 0.2
+    path = html.write_report(doc, {"DI": (0.8, 1.25), "CI": (-0.5, 0.5)}, tmp_path / "broken", att, x[:100])
+    page = path.read_text()
+    assert "<title>Explainability and bias: m version 3</title>" in page
+    assert "DI of group=d (post_training) = 0.375 is outside [0.8, 1.25]" in page
+    di_row = next(r for r in page.split("<tr>") if r.startswith("<td>DI</td>"))
+    ci_row = next(r for r in page.split("<tr>") if r.startswith("<td>CI</td>"))
+    assert "[0.8, 1.25] <span class='broken'>BROKEN</span>" in di_row and "[-0.5, 0.5] ok" in ci_row
+    assert "BROKEN" not in page.replace(di_row, "")
+    plots = sorted(p.name for p in (tmp_path / "broken" / "plots").iterdir())
+    assert plots == ["bias_metrics.png", "global_importance.png", "shap_beeswarm.png"]
+    assert all(f"src='plots/{p}'" in page for p in plots)
+    broken_plot = tmp_path / "broken" / "plots" / "bias_metrics.png"
+    assert _has_colour(broken_plot, "#c0392b") and _has_colour(broken_plot, "#2a7a2a")  # DI out, CI in
+
+    html.write_report(doc, {"DI": (0.3, None)}, tmp_path / "passes", att, x[:100])
+    passing = tmp_path / "passes" / "plots" / "bias_metrics.png"
+    assert _has_colour(passing, "#2a7a2a") and not _has_colour(passing, "#c0392b")
+    assert "fairness gate: passed" in (tmp_path / "passes" / "report.html").read_text()
+
+    no_shap = html.write_report(analysis(report(), None), {}, tmp_path / "bare")
+    assert "No SHAP values" in no_shap.read_text() and not (tmp_path / "bare" / "plots").exists()

@@ -24,9 +24,11 @@ RESULTS = "mlblueprints.core.results"
 
 
 def usecase(explainability: dict | None = None, target: str = "local"):
+    """The shipped use case with this explainability section (None: without one)."""
     d = yaml.safe_load((ROOT / "dags/usecases/fraud_detection.yaml").read_text())
     d["target"] = target
     d["gold"]["transaction_features"]["sql"] = str(ROOT / "dags/usecases/sql/fraud_detection/transaction_features.sql")
+    d.pop("explainability")
     if explainability is not None:
         d["explainability"] = explainability
     return parse_usecase(d)

@@ -281,6 +281,8 @@ def test_label_columns_of_a_training_set_are_checked_by_name():
                 "merchant_category": "string",
                 "country": "string",
                 "event_hour": "long",
+                "age_band": "string",
+                "region": "string",
             },
         )
         == "event_time"

@@ -85,20 +85,20 @@ def test_each_suite_problem_is_one_line(suites):
         f"{silver}: expectations[13] expect_column_values_to_be_between: unknown argument 'colum' "
         "(did you mean 'column'?)",
         f"{silver}: expectations[14] expect_column_values_to_be_in_set(currency): missing argument 'value_set'",
-        f"{silver}: expectations[23] expect_column_values_to_not_be_null(amount_eur): column 'amount_eur' is not a "
+        f"{silver}: expectations[25] expect_column_values_to_not_be_null(amount_eur): column 'amount_eur' is not a "
         "column of the table (did you mean 'amount'?) (columns: transaction_id, event_time, card_id, customer_id, "
-        "merchant_id, amount, currency, channel, merchant_category, country, is_fraud, event_date, _source_file, "
-        "_file_checksum, _line_number, _ingest_run_id, _ingest_time, _landing_date)",
-        f"{silver}: expectations[24] expect_column_values_to_match_regex(country): not available on DuckDB "
+        "merchant_id, amount, currency, channel, merchant_category, country, is_fraud, age_band, region, event_date, "
+        "_source_file, _file_checksum, _line_number, _ingest_run_id, _ingest_time, _landing_date)",
+        f"{silver}: expectations[26] expect_column_values_to_match_regex(country): not available on DuckDB "
         "(Great Expectations has no regular expressions for it)",
     ]
     assert len(lines) == 7
     assert lines[5].startswith(
-        f"{gold}: expectations[29] expect_column_values_to_not_be_null(card_txn_count_30d): column "
+        f"{gold}: expectations[31] expect_column_values_to_not_be_null(card_txn_count_30d): column "
         "'card_txn_count_30d' is not a column of the table (did you mean 'card_txn_count_7d'?) (columns: transaction_id,"
     )
     assert lines[6].startswith(
-        f"{gold}: expectations[30] expect_column_pair_values_to_be_equal(amount): column_B 'amt' is not a column"
+        f"{gold}: expectations[32] expect_column_pair_values_to_be_equal(amount): column_B 'amt' is not a column"
     )
     assert all("\n" not in line for line in lines)
 

@@ -1,6 +1,7 @@
 """Synthetic landed data for the shipped use cases (see :mod:`mlblueprints.datagen.fraud`)."""
 
 from mlblueprints.datagen.fraud import (
+    AGE_BANDS,
     CATEGORIES,
     CHANNELS,
     CURRENCIES,
@@ -11,11 +12,13 @@ from mlblueprints.datagen.fraud import (
     MANIFEST_PATH,
     MERCHANT_COLUMNS,
     REASON_CODES,
+    REGIONS,
     RISKY_CATEGORIES,
     ROW_DEFECTS,
     SUPERSEDES,
     TIMESTAMP_FORMAT,
     TRANSACTION_COLUMNS,
+    BiasConfig,
     DefectConfig,
     DriftConfig,
     Expectations,
@@ -28,6 +31,7 @@ from mlblueprints.datagen.fraud import (
 )
 
 __all__ = [
+    "AGE_BANDS",
     "CATEGORIES",
     "CHANNELS",
     "CURRENCIES",
@@ -38,11 +42,13 @@ __all__ = [
     "MANIFEST_PATH",
     "MERCHANT_COLUMNS",
     "REASON_CODES",
+    "REGIONS",
     "RISKY_CATEGORIES",
     "ROW_DEFECTS",
     "SUPERSEDES",
     "TIMESTAMP_FORMAT",
     "TRANSACTION_COLUMNS",
+    "BiasConfig",
     "DefectConfig",
     "DriftConfig",
     "Expectations",

@@ -19,6 +19,9 @@ spend level; merchants (~rows/400) have a category and a country. Fraud comes in
 compromised card makes a burst of 2-6 transactions within a few hours, at risky categories
 (electronics, travel, gaming, money_transfer), mostly online, often abroad and at night, for several
 times the card's usual amount. A little label noise is added. The fraud rate is about 1.3 %.
+Each transaction also carries two sensitive attributes of the card holder, derived from the
+customer reference data without a random draw: ``age_band`` (:data:`AGE_BANDS`, the age in the
+start year) and ``region`` (:data:`REGIONS`, of the home country). Fraud does not depend on them unless :class:`BiasConfig` (off by default) says so.
 About ``late_share`` of the records landed on a day have an event time 1-3 days earlier.
 
 **Formats.** UTF-8, ``\\n`` line ends, every file ends with a newline. CSV: header row, comma
@@ -74,6 +77,8 @@ TRANSACTION_COLUMNS = (
     "merchant_category",
     "country",
     "is_fraud",
+    "age_band",
+    "region",
 )
 CUSTOMER_COLUMNS = ("customer_id", "updated_at", "home_country", "birth_year", "segment", "credit_limit")
 MERCHANT_COLUMNS = ("merchant_id", "updated_at", "merchant_name", "category", "country")
@@ -85,6 +90,12 @@ CURRENCIES = ("USD", "EUR", "GBP")
 SEGMENTS = ("retail", "premium", "business", "student")
 HOME_COUNTRIES = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "IE", "PT", "BE")
 COUNTRIES = (*HOME_COUNTRIES, "TH", "MX", "AE", "BR", "NG", "CN", "TR")
+# Sensitive attributes of the card holder, carried on each transaction (bias metrics need them
+# beside the label): the age band in the start year, and the region of the home country.
+AGE_BANDS = ("18-29", "30-44", "45-59", "60+")
+_AGE_BAND_LOWER = (18, 30, 45, 60)
+REGIONS = ("north_america", "british_isles", "western_europe", "southern_europe")
+_HOME_REGION = (0, 1, 2, 2, 3, 3, 2, 1, 3, 2)  # per HOME_COUNTRIES entry
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 EXTRA_COLUMN = "device_fingerprint"
 MANIFEST_PATH = "_generator/manifest.json"
@@ -245,6 +256,41 @@ class DriftConfig:
     online_shift: float = 0.25
     foreign_shift: float = 0.15
     fraud_rate_scale: float = 2.0
+
+
+@dataclass(frozen=True)
+class BiasConfig:
+    """Fraud that targets one group of card holders: a test of the fairness gate.
+
+    Each fraud episode picks its card with weight ``factor`` for cards of customers in ``groups``
+    of the sensitive attribute ``column`` (``age_band`` or ``region``) and 1 for the others, so the
+    group's fraud rate is about ``factor`` times the others' - and a model that flags fraud flags
+    the group more often (disparate impact), without ever seeing the attribute. Everything else
+    is drawn as without the knob; the number of fraud episodes is unchanged.
+    """
+
+    column: str = "age_band"
+    groups: tuple[str, ...] = ("60+",)
+    factor: float = 6.0
+
+    def __post_init__(self) -> None:
+        vocab = {"age_band": AGE_BANDS, "region": REGIONS}
+        if self.column not in vocab:
+            raise ValueError(f"BiasConfig.column: {self.column!r} is not a sensitive attribute (age_band, region)")
+        unknown = [g for g in self.groups if g not in vocab[self.column]]
+        if not self.groups or unknown:
+            raise ValueError(
+                f"BiasConfig.groups: {unknown or 'none given'} - {self.column} takes {', '.join(vocab[self.column])}"
+            )
+        if not 1.0 <= self.factor <= 100.0:
+            raise ValueError(f"BiasConfig.factor: must be within [1, 100], got {self.factor}")
+
+    def card_weights(self, ents: _Entities) -> np.ndarray:
+        """The weight of each card in the draw of a fraud episode's card."""
+        values = ents.card_age_band if self.column == "age_band" else ents.card_region
+        codes = {"age_band": AGE_BANDS, "region": REGIONS}[self.column]
+        member = np.isin(values, [codes.index(g) for g in self.groups])
+        return np.where(member, self.factor, 1.0)
 
 
 # ---------------------------------------------------------------- manifest
@@ -486,6 +532,8 @@ class _Entities:
     merch_updated: np.ndarray
     all_merchants: _MerchantPool
     risky_merchants: _MerchantPool
+    card_age_band: np.ndarray | None = None  # index into AGE_BANDS, set once the start year is known
+    card_region: np.ndarray | None = None  # index into REGIONS
 
     def sample_cards(self, rng: np.random.Generator, n: int) -> np.ndarray:
         u = rng.random(n) * self.card_cum[-1]
@@ -585,8 +633,19 @@ def _channel_cum(online_shift: float) -> np.ndarray:
     return cum
 
 
-def _simulate_day(rng: np.random.Generator, ents: _Entities, day: int, n: int, drift: DriftConfig | None) -> _Batch:
-    """``n`` valid transactions of event day ``day`` (tx and arrival left 0), sorted by time."""
+def _simulate_day(
+    rng: np.random.Generator,
+    ents: _Entities,
+    day: int,
+    n: int,
+    drift: DriftConfig | None,
+    fraud_card_cum: np.ndarray | None = None,
+) -> _Batch:
+    """``n`` valid transactions of event day ``day`` (tx and arrival left 0), sorted by time.
+
+    ``fraud_card_cum``: cumulative weights of the cards a fraud episode picks (the bias knob);
+    None picks uniformly.
+    """
     amount_scale = drift.amount_scale if drift else 1.0
     hour_p = _HOUR_WEIGHTS / _HOUR_WEIGHTS.sum()
     lo, hi = _BURST_SIZES
@@ -605,7 +664,12 @@ def _simulate_day(rng: np.random.Generator, ents: _Entities, day: int, n: int, d
     amount_n = ents.card_scale[card_n] * _CATEGORY_AMOUNT[cat_n] * rng.lognormal(0, 0.55, n_n)
     fraud_n = rng.random(n_n) < _NOISE_POSITIVE
 
-    card_f = np.repeat(rng.integers(0, len(ents.card_customer), len(sizes)), sizes)
+    if fraud_card_cum is None:
+        card_f = np.repeat(rng.integers(0, len(ents.card_customer), len(sizes)), sizes)
+    else:
+        u = rng.random(len(sizes)) * fraud_card_cum[-1]
+        picked = np.minimum(np.searchsorted(fraud_card_cum, u, side="right"), len(fraud_card_cum) - 1)
+        card_f = np.repeat(picked, sizes)
     foreign_f = np.repeat(rng.random(len(sizes)) < _FRAUD_FOREIGN, sizes)
     merch_f = ents.risky_merchants.sample(rng, ents.card_home[card_f], foreign_f)
     chan_f = _pick_rows(rng, np.broadcast_to(np.cumsum(_FRAUD_CHANNEL), (n_f, len(CHANNELS))))
@@ -698,6 +762,8 @@ class _Renderer:
         self._merchant_country = _vocab(COUNTRIES[c] for c in ents.merch_country)
         self._channels = _vocab(CHANNELS)
         self._flags = _vocab(("0", "1"))
+        self._card_age_band = _vocab(AGE_BANDS[b] for b in ents.card_age_band)
+        self._card_region = _vocab(REGIONS[r] for r in ents.card_region)
 
     def columns(self, b: _Batch) -> list[pa.Array]:
         """The text of each transaction column, in :data:`TRANSACTION_COLUMNS` order."""
@@ -723,6 +789,8 @@ class _Renderer:
             pc.take(self._merchant_category, merchant),
             pc.take(self._merchant_country, merchant),
             pc.take(self._flags, pa.array(b.fraud)),
+            pc.take(self._card_age_band, card),
+            pc.take(self._card_region, card),
         ]
 
     def record(self, b: _Batch, i: int) -> dict[str, str]:
@@ -847,6 +915,7 @@ class _FraudGenerator:
         csv_fraction: float,
         files_per_day: int,
         late_share: float,
+        bias: BiasConfig | None = None,
     ):
         self.out_dir = out_dir
         self.start = start
@@ -863,6 +932,11 @@ class _FraudGenerator:
             np.random.default_rng(s) for s in streams
         )
         self.ents = _build_entities(rng_entities, rows)
+        age = start.year - self.ents.cust_birth_year[self.ents.card_customer]
+        self.ents.card_age_band = np.maximum(np.searchsorted(_AGE_BAND_LOWER, age, side="right") - 1, 0)
+        self.ents.card_region = np.asarray(_HOME_REGION)[self.ents.card_home]
+        self.bias = bias
+        self.fraud_card_cum = np.cumsum(bias.card_weights(self.ents)) if bias else None
         self.daily = _daily_counts(self.rng_events, start, days, rows)
         self.renderer = _Renderer(start, days, self.ents)
         self.parts, self.extras = self._plan_files(rng_plan, rng_special)
@@ -1046,7 +1120,9 @@ class _FraudGenerator:
     def _event_day(self, day: int, next_tx: int) -> _Batch:
         """Simulate event day ``day``, number its transactions and stamp their arrival."""
         drifted = self.drift is not None and self.start + timedelta(days=day) >= self.drift.start
-        b = _simulate_day(self.rng_events, self.ents, day, int(self.daily[day]), self.drift if drifted else None)
+        b = _simulate_day(
+            self.rng_events, self.ents, day, int(self.daily[day]), self.drift if drifted else None, self.fraud_card_cum
+        )
         n = len(b)
         rng = self.rng_events
         b.tx = next_tx + np.arange(n, dtype=np.int64)
@@ -1360,6 +1436,7 @@ class _FraudGenerator:
             "late_share": self.late_share,
             "defects": asdict(self.defects),
             "drift": drift,
+            "bias": asdict(self.bias) | {"groups": list(self.bias.groups)} if self.bias else None,
             "entities": {
                 "customers": len(self.ents.cust_country),
                 "cards": len(self.ents.card_customer),
@@ -1409,6 +1486,7 @@ def generate_fraud(
     csv_fraction: float = 0.5,
     files_per_day: int = 2,
     late_share: float = 0.02,
+    bias: BiasConfig | None = None,
 ) -> GenerationManifest:
     """Generate ``rows`` valid card transactions over ``days`` landing days from ``start``.
 
@@ -1428,6 +1506,8 @@ def generate_fraud(
             files (empty files, copies) take the next part numbers.
         late_share: share of valid records landed 1-3 days after their event date (never past
             the last day; none on day 0 since events start on ``start``).
+        bias: fraud that targets a group of card holders (:class:`BiasConfig`); None (the
+            default) leaves fraud independent of ``age_band`` and ``region``.
 
     Returns:
         The manifest, also written to ``<out_dir>/_generator/manifest.json``.
@@ -1448,7 +1528,17 @@ def generate_fraud(
         if target.exists() and any(target.iterdir()):
             raise FileExistsError(f"{target} is not empty; generate into a fresh landing root")
     generator = _FraudGenerator(
-        out_dir, start, days, rows, seed, defects or DefectConfig(), drift, csv_fraction, files_per_day, late_share
+        out_dir,
+        start,
+        days,
+        rows,
+        seed,
+        defects or DefectConfig(),
+        drift,
+        csv_fraction,
+        files_per_day,
+        late_share,
+        bias,
     )
     return generator.run()
 

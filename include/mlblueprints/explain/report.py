@@ -41,6 +41,7 @@ def render(uc: UseCase, run_id: str, results: dict[str, Any]) -> str:
         if an.get("shap_note"):
             lines.append(f"  {an['shap_note']}")
         lines.append(f"  analysis (SageMaker Clarify layout): {an['artifact_uri']}/analysis.json")
+        lines.append(f"  report with plots: {an['artifact_uri']}/report.html")
     if fair:
         lines += ["", fair["decision_text"]]
         if fair["tag"]:

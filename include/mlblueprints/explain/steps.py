@@ -84,7 +84,7 @@ def analyse(ctx: StepContext, target: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
 
-    from mlblueprints.explain import core
+    from mlblueprints.explain import core, html
 
     uc = ctx.uc
     t, e = _sections(ctx)
@@ -121,11 +121,12 @@ def analyse(ctx: StepContext, target: dict[str, Any]) -> dict[str, Any]:
         if facets
         else {}
     )
-    attributions, shap_note = None, None
+    attributions, shap_note, explained = None, None, None
     if model.flavor == "xgboost":
         rng = np.random.default_rng(t.seed)
         rows = np.sort(rng.choice(len(x), size=min(e.sample_size, len(x)), replace=False))
-        attributions = core.tree_shap(model.raw, x[rows], feats)
+        explained = x[rows]
+        attributions = core.tree_shap(model.raw, explained, feats)
     else:
         shap_note = f"no SHAP values: exact TreeSHAP needs an XGBoost booster, the model is a {model.flavor} model"
         log.warning(shap_note)
@@ -141,6 +142,7 @@ def analyse(ctx: StepContext, target: dict[str, Any]) -> dict[str, Any]:
         predicted_label_threshold=float(target["threshold"]),
     )
     path = core.write_analysis(doc, work / ARTIFACT_DIR, attributions)
+    html.write_report(doc, e.thresholds(), work / ARTIFACT_DIR, attributions, explained)
     uri = registry.log_artifacts(version, work / ARTIFACT_DIR, ARTIFACT_DIR)
     log.info("analysis of %s version %s: %s", target["model_name"], version, uri)
     top: list[str] = []

@@ -23,6 +23,8 @@ SELECT
   merchant_category,
   country,
   is_fraud,
+  age_band,
+  region,
   HOUR(event_time) AS event_hour,
   COUNT(*) OVER (
     PARTITION BY card_id ORDER BY event_time

@@ -34,6 +34,9 @@ class Pipeline:
     days: list[date]
     runs: list[Any]
     dag: Any
+    # task id -> state of each run, read when the runs ended: a later test that runs the lakehouse
+    # DAG for the same days (the bias-knob world does) replaces these runs in the shared Airflow DB
+    task_states: list[dict[str, str]]
 
 
 def generate(
@@ -52,7 +55,8 @@ def pipeline(airflow_db) -> Pipeline:
         dag = localrun.get_dag("fraud_detection__lakehouse")
         days = [START + timedelta(days=i) for i in range(DAYS)]
         runs = run_days(dag, days)
-    return Pipeline(home, manifest, days, runs, dag)
+        states = [{ti.task_id: ti.state for ti in dr.get_task_instances()} for dr in runs]
+    return Pipeline(home, manifest, days, runs, dag, states)
 
 
 @pytest.fixture

@@ -203,8 +203,11 @@ def test_starter_suites_follow_the_schema_and_check_out(tmp_path):
             "merchants.bronze",
             "merchants.silver",
             "transaction_features.gold",
+            "predictions.scoring",
         ]
     )
+    scoring = [(e["type"], e["kwargs"]) for e in got["fraud_detection/predictions.scoring"]["expectations"]]
+    assert ("expect_column_values_to_be_in_set", {"column": "decision", "value_set": [0, 1]}) in scoring
     silver = [(e["type"], e["kwargs"]) for e in got["fraud_detection/transactions.silver"]["expectations"]]
     assert ("expect_column_values_to_be_unique", {"column": "transaction_id"}) in silver
     assert ("expect_column_values_to_not_be_null", {"column": "is_fraud"}) in silver

@@ -116,12 +116,26 @@ def gold_suite(uc: UseCase, name: str) -> list[dict[str, Any]]:
     return out
 
 
+def scoring_suite(uc: UseCase, table: str) -> list[dict[str, Any]]:
+    """The predictions of an interval: lineage never null and, for a binary model, a 0/1 decision.
+    The gate itself always checks one prediction per input row, unique keys and the score's range;
+    bounds on the share flagged or the mean score depend on the model: add them once it has run."""
+    out = [_e("expect_column_values_to_not_be_null", column=c) for c in ("event_time", "model_version")]
+    if uc.training is not None and uc.training.task == "binary":  # gates() lists it only with training
+        out.append(_e("expect_column_values_to_be_in_set", column="decision", value_set=[0, 1]))
+    return out
+
+
 def starter_suites(uc: UseCase) -> dict[str, dict[str, Any]]:
     """Suite name -> suite (the JSON form) for every gate of ``uc``."""
-    build = {"bronze": bronze_suite, "silver": silver_suite, "gold": gold_suite}
+    build = {"bronze": bronze_suite, "silver": silver_suite, "gold": gold_suite, "scoring": scoring_suite}
     out = {}
     for table, layer, name, _field in gates(uc):
-        meta = {"layer": layer, ("table" if layer == "gold" else "dataset"): table, "generated_by": GENERATED_BY}
+        meta = {
+            "layer": layer,
+            ("dataset" if layer in ("bronze", "silver") else "table"): table,
+            "generated_by": GENERATED_BY,
+        }
         out[name] = {"name": name, "meta": meta, "expectations": build[layer](uc, table)}
     return out
 

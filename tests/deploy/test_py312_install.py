@@ -88,9 +88,24 @@ heavy = sorted(m for m in json.loads(sys.argv[2]) if m in sys.modules and m not 
 from airflow import plugins_manager
 apps, _ = plugins_manager.get_fastapi_plugins()
 import mlblueprints
+# what the steps import when they run (after parse time): every pattern's steps and the libraries
+# imported inside functions, so a worker set that lacks one fails here, not in a task on MWAA
+import importlib
+missing = []
+for m in json.loads(sys.argv[3]):
+    try:
+        importlib.import_module(m)
+    except ImportError as exc:
+        missing.append(f"{m}: {exc}")
 print(json.dumps({"dags": sorted(bag.dag_ids), "errors": {k: str(v) for k, v in bag.import_errors.items()},
-                  "heavy": heavy, "apps": [a["url_prefix"] for a in apps], "package": mlblueprints.__file__}))
+                  "heavy": heavy, "apps": [a["url_prefix"] for a in apps], "package": mlblueprints.__file__,
+                  "missing": missing}))
 """
+RUN_TIME = [
+    *(f"mlblueprints.{p}.steps" for p in ("lakehouse", "features", "training", "scoring", "explain")),
+    "smclarify.bias.report",  # explain.core: the bias metrics
+    "matplotlib.figure",  # explain.html: the report's plots
+]
 
 
 def test_mwaa_bundle_installs_and_parses_on_python_312(tmp_path):
@@ -120,12 +135,14 @@ def test_mwaa_bundle_installs_and_parses_on_python_312(tmp_path):
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{tmp_path / 'airflow.db'}",
     )
-    cmd = f'. "{startup}" && exec "{python}" -c "$0" "$1" "$2"'
-    out = _run(["sh", "-c", cmd, PARSE, str(home / "dags"), json.dumps(HEAVY)], env=env, timeout=600)
+    cmd = f'. "{startup}" && exec "{python}" -c "$0" "$1" "$2" "$3"'
+    args = [str(home / "dags"), json.dumps(HEAVY), json.dumps(RUN_TIME)]
+    out = _run(["sh", "-c", cmd, PARSE, *args], env=env, timeout=600)
     parsed = json.loads(out.stdout.strip().splitlines()[-1])
     assert parsed["errors"] == {}
     assert set(parsed["dags"]) == EXPECTED_DAGS
     assert parsed["heavy"] == []
+    assert parsed["missing"] == []
     assert "/mlblueprints" in parsed["apps"]  # the reports plugin, from plugins.zip
     assert parsed["package"].startswith(str(home / "plugins" / "mlblueprints"))  # the vendored package
     assert runtime_dir.is_dir()  # the startup script made MLB_HOME

@@ -29,12 +29,22 @@ def test_worker_set_runs_what_the_lock_tested():
 
 def test_worker_set_leaves_out_what_a_worker_never_runs_and_what_airflow_brings():
     worker = reqs.pins((ROOT / reqs.WORKER_TXT).read_text())
-    for name in ("sagemaker", "mlflow", "xgboost", "shap", "numba", "llvmlite", "smclarify", "importlib-metadata"):
+    for name in ("sagemaker", "mlflow", "xgboost", "shap", "numba", "llvmlite", "importlib-metadata"):
         assert name not in worker, name
     assert not [n for n in worker if n.startswith("nvidia-")]
     for name in ("apache-airflow", "apache-airflow-core", "boto3", "botocore", "sqlalchemy", "fastapi", "pydantic"):
         assert name not in worker, f"{name} is the image's"
-    for name in ("duckdb", "pyarrow", "pyiceberg", "great-expectations", "evidently", "mlflow-skinny", "xgboost-cpu"):
+    for name in (
+        "duckdb",
+        "pyarrow",
+        "pyiceberg",
+        "great-expectations",
+        "evidently",
+        "mlflow-skinny",
+        "xgboost-cpu",
+        "smclarify",
+        "matplotlib",
+    ):
         assert name in worker, name
     text = (ROOT / reqs.WORKER_TXT).read_text()
     assert reqs.header_field(text, "airflow") == reqs.AIRFLOW_TARGET and reqs.header_field(text, "python") == "3.12"

@@ -171,6 +171,20 @@ class PatternSpec:
             done += ready
 
 
+def report_step(steps: str, after: tuple[str, ...]) -> Step:
+    """The run report every pattern ends with: ``<steps module>:report`` after the last steps,
+    whatever became of them (all_done), once (no retries), with every other step's result."""
+    return Step(
+        "report",
+        f"{steps}:report",
+        after=after,
+        trigger_rule=ALL_DONE,
+        retries=0,
+        collect=True,
+        result="mlblueprints.core.results:ReportResult",
+    )
+
+
 def declare(pattern: str, uc: UseCase) -> PatternSpec | None:
     """The spec of ``pattern`` for ``uc`` (None when the use case does not use the pattern)."""
     if pattern not in PATTERNS:

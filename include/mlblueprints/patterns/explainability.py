@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from mlblueprints.config import UseCase
 from mlblueprints.core.naming import registered_model_asset
-from mlblueprints.patterns import ALL_DONE, ParamSpec, PatternSpec, Schedule, Step, base_tags
+from mlblueprints.patterns import ParamSpec, PatternSpec, Schedule, Step, base_tags, report_step
 
 STEPS = "mlblueprints.explain.steps"
 RESULTS = "mlblueprints.core.results"
@@ -46,15 +46,7 @@ def declare(uc: UseCase) -> PatternSpec | None:
             after=("analyse",),
             result=f"{RESULTS}:FairnessResult",
         ),
-        Step(
-            "report",
-            f"{STEPS}:report",
-            after=("gate",),
-            trigger_rule=ALL_DONE,
-            retries=0,
-            collect=True,
-            result=f"{RESULTS}:ReportResult",
-        ),
+        report_step(STEPS, ("gate",)),
     )
     params = (
         ParamSpec(

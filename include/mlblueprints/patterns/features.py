@@ -16,7 +16,7 @@ from __future__ import annotations
 from mlblueprints.config import UseCase
 from mlblueprints.core.naming import feature_view_asset, table_asset
 from mlblueprints.core.service import ATHENA
-from mlblueprints.patterns import ALL_DONE, ParamSpec, PatternSpec, Schedule, Step, base_tags
+from mlblueprints.patterns import ParamSpec, PatternSpec, Schedule, Step, base_tags, report_step
 
 STEPS = "mlblueprints.features.steps"
 RESULTS = "mlblueprints.core.results"
@@ -44,15 +44,7 @@ def declare(uc: UseCase) -> PatternSpec | None:
             )
         )
     steps.append(
-        Step(
-            "report",
-            f"{STEPS}:report",
-            after=tuple(f"materialize__{v}" for v in uc.features),
-            trigger_rule=ALL_DONE,
-            retries=0,
-            collect=True,
-            result=f"{RESULTS}:ReportResult",
-        )
+        report_step(STEPS, tuple(f"materialize__{v}" for v in uc.features)),
     )
     params = (
         ParamSpec(

@@ -20,7 +20,7 @@ from mlblueprints.config import UseCase
 from mlblueprints.core.naming import table_asset
 from mlblueprints.core.service import ATHENA
 from mlblueprints.lakehouse import naming
-from mlblueprints.patterns import ALL_DONE, ParamSpec, PatternSpec, Schedule, Step, base_tags
+from mlblueprints.patterns import ParamSpec, PatternSpec, Schedule, Step, base_tags, report_step
 
 STEPS = "mlblueprints.lakehouse.steps"
 RESULTS = "mlblueprints.core.results"
@@ -128,15 +128,7 @@ def declare(uc: UseCase) -> PatternSpec:
         )
     )
     steps.append(
-        Step(
-            "report",
-            f"{STEPS}:report",
-            after=("compact",),
-            trigger_rule=ALL_DONE,
-            retries=0,
-            collect=True,
-            result=f"{RESULTS}:ReportResult",
-        )
+        report_step(STEPS, ("compact",)),
     )
     params = (
         ParamSpec(

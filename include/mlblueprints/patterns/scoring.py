@@ -24,7 +24,7 @@ from __future__ import annotations
 from mlblueprints.config import UseCase
 from mlblueprints.core.naming import AssetSpec, feature_view_asset, predictions_asset, table_asset
 from mlblueprints.core.service import ATHENA, SAGEMAKER_TRANSFORM
-from mlblueprints.patterns import ALL_DONE, ParamSpec, PatternSpec, Schedule, Step, base_tags
+from mlblueprints.patterns import ParamSpec, PatternSpec, Schedule, Step, base_tags, report_step
 
 STEPS = "mlblueprints.scoring.steps"
 RESULTS = "mlblueprints.core.results"
@@ -68,15 +68,7 @@ def declare(uc: UseCase) -> PatternSpec | None:
             service=ATHENA,
             result=f"{RESULTS}:ScoringCommit",
         ),
-        Step(
-            "report",
-            f"{STEPS}:report",
-            after=("commit",),
-            trigger_rule=ALL_DONE,
-            retries=0,
-            collect=True,
-            result=f"{RESULTS}:ReportResult",
-        ),
+        report_step(STEPS, ("commit",)),
     )
     params = (
         ParamSpec(

@@ -24,7 +24,7 @@ from __future__ import annotations
 from mlblueprints.config import UseCase
 from mlblueprints.core.naming import drift_alert_asset, feature_view_asset, registered_model_asset
 from mlblueprints.core.service import ATHENA, SAGEMAKER_TRAINING
-from mlblueprints.patterns import ALL_DONE, ParamSpec, PatternSpec, Schedule, Step, base_tags
+from mlblueprints.patterns import ParamSpec, PatternSpec, Schedule, Step, base_tags, report_step
 
 STEPS = "mlblueprints.training.steps"
 RESULTS = "mlblueprints.core.results"
@@ -68,15 +68,7 @@ def declare(uc: UseCase) -> PatternSpec | None:
             emits=(challenger.name,),
             result=f"{RESULTS}:PublishResult",
         ),
-        Step(
-            "report",
-            f"{STEPS}:report",
-            after=("publish",),
-            trigger_rule=ALL_DONE,
-            retries=0,
-            collect=True,
-            result=f"{RESULTS}:ReportResult",
-        ),
+        report_step(STEPS, ("publish",)),
     )
     params = (
         ParamSpec(

@@ -40,6 +40,8 @@ GOLD_TYPES = {
     "merchant_category": "VARCHAR",
     "country": "VARCHAR",
     "is_fraud": "INTEGER",
+    "age_band": "VARCHAR",  # the card holder's, carried into the training set for the bias metrics
+    "region": "VARCHAR",
     "event_hour": "BIGINT",
     "card_txn_count_1h": "BIGINT",
     "card_txn_count_24h": "BIGINT",

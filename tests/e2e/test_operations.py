@@ -106,12 +106,16 @@ def test_the_run_of_a_killed_process_is_marked_failed_at_the_next_start(tmp_path
         text=True,
     )
     try:
-        deadline = time.monotonic() + 240
+        started = time.monotonic()
+        deadline = started + 600  # a new runtime directory migrates its DB first: minutes on a loaded machine
         runs: list[str] = []
         while not runs and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)
             runs = _running_test_runs(DAG_ID)
-        assert runs, f"the run never started: {proc.stderr.read()[-3000:] if proc.poll() is not None else ''}"
+        assert runs, (
+            f"the run never started (process exit code {proc.poll()}, {time.monotonic() - started:.0f} s): "
+            f"{proc.stderr.read()[-3000:] if proc.poll() is not None else ''}"
+        )
         time.sleep(2)  # a task or two under way
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)

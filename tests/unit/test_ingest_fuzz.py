@@ -96,7 +96,7 @@ def test_jsonl_every_line_is_a_row(tmp_path_factory, lines):
 
 
 def test_unterminated_quote_keeps_the_rest_of_the_file_raw(tmp_path):
-    good = "tx_1,2024-03-01T10:00:00Z,card_1,c1,m1,10.00,USD,pos,grocery,US,0"
+    good = "tx_1,2024-03-01T10:00:00Z,card_1,c1,m1,10.00,USD,pos,grocery,US,0,30-44,north_america"
     text = ",".join(COLS) + "\n" + good + '\ntx_2,"broken,card\n' + good.replace("tx_1", "tx_3") + "\n"
     f, bronze = ingest(tmp_path, "part-000.csv", text)
     assert f["status"] == "ingested" and f["records"] == 2
@@ -106,7 +106,7 @@ def test_unterminated_quote_keeps_the_rest_of_the_file_raw(tmp_path):
 
 
 def test_quoted_newline_is_one_record(tmp_path):
-    row = 'tx_1,2024-03-01T10:00:00Z,card_1,c1,"m\n1",10.00,USD,pos,grocery,US,0'
+    row = 'tx_1,2024-03-01T10:00:00Z,card_1,c1,"m\n1",10.00,USD,pos,grocery,US,0,30-44,north_america'
     f, bronze = ingest(tmp_path, "part-000.csv", ",".join(COLS) + "\n" + row + "\n")
     assert f["status"] == "ingested" and f["records"] == 1
     assert bronze["merchant_id"].tolist() == ["m\n1"]

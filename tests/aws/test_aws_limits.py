@@ -24,6 +24,7 @@ import pytest
 from lake_scenarios import AwsLake, build_oracle, check_same_as_local, check_within_limits
 from moto_world import ACCOUNT, REGION
 
+from landing_corpus import COLUMNS  # the transaction columns every hand-made feed uses
 from mlblueprints.aws import s3io
 from mlblueprints.aws.direct import ServiceJobFailed
 from mlblueprints.lakehouse import aws as la
@@ -32,20 +33,6 @@ from mlblueprints.lakehouse.steps import touched_partitions
 pytestmark = [pytest.mark.aws]
 
 moto = pytest.importorskip("moto")
-
-COLUMNS = [
-    "transaction_id",
-    "event_time",
-    "card_id",
-    "customer_id",
-    "merchant_id",
-    "amount",
-    "currency",
-    "channel",
-    "merchant_category",
-    "country",
-    "is_fraud",
-]
 
 
 def transaction(i: int, when: datetime, amount: float = 10.0) -> dict[str, str]:

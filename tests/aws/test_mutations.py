@@ -31,6 +31,7 @@ from lake_scenarios import (
 )
 from moto_world import REGION, AthenaTwin, FeatureStoreTwin, patch_moto_like_sagemaker, run_direct
 
+from landing_corpus import COLUMNS  # the transaction columns every hand-made feed uses
 from mlblueprints.aws import featurestore as fsreq
 from mlblueprints.core.service import Statement
 from mlblueprints.datagen import DefectConfig, generate_fraud
@@ -84,21 +85,6 @@ def worlds(tmp_path_factory) -> dict[str, Any]:
         "backfill_days": [first, first + timedelta(days=1)],
         "backfill_oracle": build_oracle(backfill, base / "o2", [first, first + timedelta(days=1)]),
     }
-
-
-COLUMNS = [
-    "transaction_id",
-    "event_time",
-    "card_id",
-    "customer_id",
-    "merchant_id",
-    "amount",
-    "currency",
-    "channel",
-    "merchant_category",
-    "country",
-    "is_fraud",
-]
 
 
 def tx(i: int, when: datetime) -> dict[str, str]:

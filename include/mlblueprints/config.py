@@ -800,6 +800,109 @@ class Scoring(_Strict):
         raise ValueError(f"{v!r}: use features, gold or a cron expression (e.g. '0 2 * * *' or @daily)")
 
 
+DRIFT_METHODS = ("wasserstein", "jensenshannon", "psi")  # tests a use case may name (see monitoring/stats.py)
+ALERT_SIGNALS = ("dataset_drift", "prediction_drift", "data_quality", "model_quality")
+
+
+class ColumnTest(_Strict):
+    """A column's drift test and threshold instead of Evidently's default choice."""
+
+    method: Literal["wasserstein", "jensenshannon", "psi"] | None = None
+    threshold: Annotated[float | None, Field(gt=0, le=10)] = None
+
+
+class MonitoringReference(_Strict):
+    """What a window is compared with: the monitored version's own training set at the snapshot
+    its lineage records (``training_set``), or the scoring rows of fixed event dates (``window``),
+    both scored by that version."""
+
+    source: Literal["training_set", "window"] = "training_set"
+    start: date | None = None
+    end: date | None = None
+
+    @model_validator(mode="after")
+    def _window(self) -> MonitoringReference:
+        if self.source == "window":
+            if self.start is None or self.end is None:
+                raise ValueError("a window reference needs start and end (event dates, YYYY-MM-DD)")
+            if self.end < self.start:
+                raise ValueError("end is before start")
+        elif self.start is not None or self.end is not None:
+            raise ValueError("start and end are for source: window")
+        return self
+
+
+class DataQualityChecks(_Strict):
+    """Per column, in each window: the share of nulls, and of values the reference never had
+    (numerical: outside its range; categorical: unseen values)."""
+
+    max_null_share: Annotated[float, Field(ge=0, le=1)] = 0.1
+    max_null_share_increase: Annotated[float, Field(ge=0, le=1)] = 0.05  # over the reference's
+    max_out_of_range_share: Annotated[float, Field(ge=0, le=1)] = 0.05
+    max_unseen_share: Annotated[float, Field(ge=0, le=1)] = 0.05
+
+
+class ModelQualityChecks(_Strict):
+    """Delayed labels: once the labels of scored rows have landed in the Gold table the training
+    set takes them from, the monitored version's ROC-AUC and PR-AUC on them against the figures
+    it was registered with (its holdout)."""
+
+    enabled: bool = True
+    max_roc_auc_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
+    max_pr_auc_drop: Annotated[float, Field(ge=0, le=1)] = 0.10
+    min_labelled: Annotated[int, Field(ge=1)] = 500  # labelled rows (and at least 10 positives) to decide
+    min_positives: Annotated[int, Field(ge=1)] = 10
+
+
+class AlertPolicy(_Strict):
+    """When drift retrains: which signals count, in how many consecutive windows, at most once per
+    cooldown, and never on a window smaller than ``min_rows``."""
+
+    signals: Annotated[
+        list[Literal["dataset_drift", "prediction_drift", "data_quality", "model_quality"]], Field(min_length=1)
+    ] = [
+        "dataset_drift",
+        "prediction_drift",
+        "model_quality",
+    ]
+    consecutive: Annotated[int, Field(ge=1, le=100)] = 1
+    cooldown_days: Annotated[int, Field(ge=0, le=365)] = 7
+    min_rows: Annotated[int, Field(ge=1)] = 1000
+
+
+class Monitoring(_Strict):
+    """Drift monitoring of each scored interval (``<usecase>__monitoring``, scheduled on the
+    predictions Asset): per-column drift of the model's features and its score against the
+    reference, data quality, delayed-label model quality, and the alert policy that emits the
+    ``<usecase>.drift_alert`` Asset (the training pattern is scheduled on it)."""
+
+    reference: MonitoringReference = MonitoringReference()
+    columns: list[str] | None = None  # default: the model's features
+    categorical: list[str] = []  # columns compared as categories (default: as numbers)
+    prediction_drift: bool = True  # the score is monitored too (column "score")
+    method: Literal["wasserstein", "jensenshannon", "psi"] | None = None  # every column (default: Evidently's choice)
+    threshold: Annotated[float | None, Field(gt=0, le=10)] = None  # every column (default: the method's)
+    per_column: dict[str, ColumnTest] = {}
+    drift_share: Annotated[float, Field(gt=0, le=1)] = 0.5  # dataset drift: this share of columns drifted
+    data_quality: DataQualityChecks = DataQualityChecks()
+    model_quality: ModelQualityChecks = ModelQualityChecks()
+    alert: AlertPolicy = AlertPolicy()
+    report_rows: Annotated[int, Field(ge=100, le=1_000_000)] = 20_000  # rows per side in Evidently's HTML report
+    output_table: str = "monitoring"
+    seed: int = 0  # of the report's sample
+
+    def signals(self, task: str) -> list[str]:
+        """The alert's signals for a model of ``task`` (model quality: binary models only)."""
+        return [
+            s for s in self.alert.signals if s != "model_quality" or (task == "binary" and self.model_quality.enabled)
+        ]
+
+    @field_validator("output_table")
+    @classmethod
+    def _table(cls, v: str) -> str:
+        return check_name(v, "output_table")
+
+
 class Compaction(_Strict):
     min_files: Annotated[int, Field(ge=2)] = 4
     small_file_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
@@ -893,6 +996,7 @@ class UseCase(_Strict):
     training: Training | None = None
     explainability: Explainability | None = None
     scoring: Scoring | None = None
+    monitoring: Monitoring | None = None
     lakehouse: LakehouseOptions = LakehouseOptions()
     aws: AwsTarget | None = None
 
@@ -1038,8 +1142,58 @@ class UseCase(_Strict):
                 add(("training.entry_point", f"file not found: {t.entry_point} (relative to the use case YAML)"))
         if self.scoring is not None:
             problems += self._scoring_problems()
+            problems += self._monitoring_problems()
         _raise_problems(problems)
         return self
+
+    def _monitoring_problems(self) -> list[tuple[str, str]]:
+        m = self.monitoring
+        if m is None:
+            return []
+        if self.scoring is None or self.training is None:
+            return [
+                (
+                    "monitoring",
+                    "monitoring reads the predictions table: the use case needs training and scoring sections",
+                )
+            ]
+        out: list[tuple[str, str]] = []
+        features = self.model_features()
+        for i, c in enumerate(m.columns or []):
+            if c not in features and c != "score":
+                out.append(
+                    (f"monitoring.columns[{i}]", f"{c!r} is not a feature of the model{_did_you_mean(c, features)}")
+                )
+        watched = [*(m.columns or features), *(["score"] if m.prediction_drift else [])]
+        for c in m.per_column:
+            if c not in watched:
+                out.append(
+                    (f"monitoring.per_column.{c}", f"{c!r} is not a monitored column{_did_you_mean(c, watched)}")
+                )
+        for i, c in enumerate(m.categorical):
+            if c not in watched:
+                out.append(
+                    (f"monitoring.categorical[{i}]", f"{c!r} is not a monitored column{_did_you_mean(c, watched)}")
+                )
+        if (
+            m.output_table in self.gold
+            or m.output_table in self.datasets
+            or m.output_table == self.scoring.output_table
+        ):
+            out.append(("monitoring.output_table", f"{m.output_table!r} is already the name of another table"))
+        if "model_quality" in m.alert.signals and not m.model_quality.enabled:
+            out.append(
+                ("monitoring.alert.signals", "model_quality is a signal but monitoring.model_quality.enabled is false")
+            )
+        explicit = "signals" in m.alert.model_fields_set
+        if explicit and "model_quality" in m.alert.signals and self.training.task != "binary":
+            out.append(
+                (
+                    "monitoring.alert.signals",
+                    f"model_quality (ROC-AUC, PR-AUC) needs a binary model; this one is {self.training.task}",
+                )
+            )
+        return out
 
     def _scoring_problems(self) -> list[tuple[str, str]]:
         s, t = self.scoring, self.training

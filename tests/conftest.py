@@ -29,6 +29,18 @@ os.environ.update(runtime.airflow_env())
 os.environ["AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY"] = "1"
 
 
+@pytest.fixture(autouse=True)
+def _session_airflow_env():
+    """Keep every test on the session's Airflow: the CLI's set-up (a test may call ``cli.main`` in
+    this process) points ``AIRFLOW_HOME`` and the metadata DB at that test's runtime directory, and
+    a later test's subprocess would inherit it and write to another DB than this process reads."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("AIRFLOW")}
+    yield
+    for k in [k for k in os.environ if k.startswith("AIRFLOW") and k not in before]:
+        del os.environ[k]
+    os.environ.update(before)
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """Migrate the session's SQLite metadata DB once (about 10 s)."""

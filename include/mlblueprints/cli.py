@@ -39,6 +39,7 @@ import sys
 import time
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 from mlblueprints import runtime
 from mlblueprints.errors import PermanentError
@@ -507,6 +508,73 @@ def _explain_record(usecase: str, key: str, version: int | None) -> int:
             print(exc, file=sys.stderr)
             return 1
     print(record.render(r))
+    return 0
+
+
+def _monitoring(args: argparse.Namespace) -> int:
+    """``monitoring run <usecase> --dates ...``: one run of ``<usecase>__monitoring`` (dag.test);
+    ``monitoring show <usecase>``: the drift history per column and the last decision."""
+    uc = _load(args.usecase)
+    if uc.monitoring is None:
+        print(f"{uc.name}: the use case has no monitoring section (see docs/monitoring.md)", file=sys.stderr)
+        return 2
+    if args.action == "run":
+        from mlblueprints.airflow import localrun
+
+        dates = _scoring_dates(uc, args.dates)
+        localrun.setup()
+        dag = localrun.get_dag(f"{args.usecase}__monitoring")
+        localrun.quiet_retry_waits()
+        conf: dict[str, Any] = {"event_dates": [d.isoformat() for d in dates]}
+        if args.version:
+            conf["version"] = args.version
+        dr = dag.test(run_conf=conf)
+        bad = localrun.failed_tasks(dr)
+        latest = runtime.home() / "runs" / args.usecase / "monitoring" / "latest.txt"
+        if latest.exists():
+            print(latest.read_text())
+        if bad:
+            print(f"{args.usecase}__monitoring: failed task(s) {bad}", file=sys.stderr)
+        return 1 if bad else 0
+    return _monitoring_show(uc, args.windows)
+
+
+def _monitoring_show(uc: Any, windows: int) -> int:
+    from mlblueprints.backends import backend_for
+    from mlblueprints.core.reporting import Table
+
+    monitor = backend_for(uc, "monitor")
+    table = monitor.metrics(last=windows)
+    history = monitor.history()
+    if table.empty and not history:
+        print(f"{uc.name}: no monitoring runs yet (mlblueprints monitoring run {uc.name} --dates ...)", file=sys.stderr)
+        return 3
+    drift = table[table["signal"].isin(["column_drift", "prediction_drift"])]
+    ends = sorted({str(e)[:10] for e in drift["window_end"]})
+    out = Table(("column", "test", *ends), right=tuple(range(2, 2 + len(ends))))
+    for col in sorted(set(drift["column"]), key=lambda c: (c == "score", c)):
+        rows = drift[drift["column"] == col]
+        cells = []
+        for e in ends:
+            r = rows[rows["window_end"].astype(str).str[:10] == e]
+            if r.empty or r.iloc[0]["statistic"] is None or r.iloc[0]["statistic"] != r.iloc[0]["statistic"]:
+                cells.append("-")
+            else:
+                x = r.iloc[0]
+                cells.append(f"{x['statistic']:.3f}{'*' if x['drifted'] else ''}")
+        out.add(col, str(rows.iloc[0]["metric"]), *cells)
+    print(f"{uc.name}: drift statistic per column and window end (* drifted at its threshold)")
+    print(out.render())
+    if history:
+        last = history[-1]
+        state = "ALERT" if last["fired"] else ("no alert" if last["decided"] else "not decided")
+        print()
+        print(
+            f"last decision ({last['window_start']}..{last['window_end']}, {uc.model_name} v{last['model_version']}, "
+            f"{last['rows']:,} rows): {state} - {last['reason']}"
+        )
+    for line in monitor.where():
+        print(line)
     return 0
 
 
@@ -983,6 +1051,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     scr.add_argument("--version", type=int, help="a registered model version instead of scoring.model")
     scr.set_defaults(fn=_scoring)
+
+    mo = sub.add_parser("monitoring", help="drift monitoring: run <usecase>__monitoring, show the history")
+    mos = mo.add_subparsers(dest="action", required=True)
+    mor = mos.add_parser("run", help="monitor scored event dates (dag.test)")
+    mor.add_argument("usecase")
+    mor.add_argument("--dates", nargs="+", metavar="YYYY-MM-DD", help="the window's event dates (min..max)")
+    mor.add_argument("--version", type=int, help="the version whose predictions to monitor")
+    mor.set_defaults(fn=_monitoring)
+    mosh = mos.add_parser("show", help="the drift history per column and the last decision")
+    mosh.add_argument("usecase")
+    mosh.add_argument("--windows", type=int, default=10, help="the newest N windows (default 10)")
+    mosh.set_defaults(fn=_monitoring)
 
     pr = sub.add_parser("predictions", help="the newest predictions with their lineage (JSON lines)")
     pr.add_argument("usecase")

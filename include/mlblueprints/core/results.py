@@ -286,6 +286,56 @@ class ScoringCommit(TypedDict):
     lineage: NotRequired[str]  # aws: the lineage record on S3
 
 
+# ---------------------------------------------------------------- monitoring
+
+
+class MonitoringPlan(TypedDict):
+    window: list[str]  # [first, last] event date (YYYY-MM-DD)
+    window_source: str
+    model: dict[str, Any]  # as scoring resolves it (scoring.core.model_from_registry)
+
+
+class MonitoringMeasure(TypedDict):
+    window: list[str]
+    model_name: str
+    model_version: int
+    rows: int
+    reference: dict[str, Any]  # source, rows, key (of the stored sketch)
+    metrics: list[dict[str, Any]]  # the monitoring table's rows of the window (monitoring.core)
+    signals: dict[str, bool]  # dataset_drift, prediction_drift, data_quality, model_quality
+    drifted_columns: list[str]
+    drifted_share: float
+    quality_breaches: list[str]
+    model_quality: dict[str, Any]
+    problems: list[str]  # columns that could not be tested, and why
+    report: dict[str, Any] | None  # Evidently's HTML report and JSON snapshot (None: empty window)
+
+
+class MonitoringDecision(TypedDict):
+    window_start: str
+    window_end: str
+    rows: int
+    decided: bool
+    fired: bool
+    signals: list[str]
+    drifted_columns: list[str]
+    streak: int
+    reason: str
+    rerun_of: str | None
+    model_version: int
+    written: dict[str, Any]
+    published: dict[str, Any]
+
+
+class MonitoringAlert(TypedDict):
+    reason: str
+    window: list[str]
+    signals: list[str]
+    drifted_columns: list[str]
+    model_version: int
+    run_id: str
+
+
 # a step that may skip
 IngestStep = IngestResult | Skipped
 SilverStep = SilverResult | Skipped

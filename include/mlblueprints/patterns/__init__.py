@@ -30,6 +30,7 @@ PATTERNS = (
     "training",
     "explainability",
     "scoring",
+    "monitoring",
 )  # in lifecycle order; each is patterns/<name>.py
 
 

@@ -225,9 +225,10 @@ def metric_datums(
 
 
 def _size(datum: Mapping[str, Any]) -> int:
-    """An upper bound of a datum's share of a request (the JSON text; CBOR, which CloudWatch
-    speaks now, is smaller, and so is the query protocol's form encoding of these names)."""
-    return len(json.dumps(datum)) + 64
+    """An upper bound of a datum's share of a request: its JSON text plus 256 bytes, more than the
+    member names the query protocol's form encoding adds (older botocore); CloudWatch's CBOR
+    encoding (current botocore) is smaller than the JSON text."""
+    return len(json.dumps(datum)) + 256
 
 
 def batches(uc: UseCase, datums: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -143,6 +143,18 @@ def delegates(uc: UseCase, capability: str, *, view: str | None = None) -> bool:
     return target_of(uc, capability, view=view) == AWS
 
 
+def drift_alert_watch(uc: UseCase) -> dict[str, Any] | None:
+    """The queue drift alerts of ``uc`` arrive on from outside Airflow (an
+    :class:`~mlblueprints.core.naming.AssetSpec` ``watch``): on aws with a monitoring section,
+    the SQS queue the CloudWatch alarms feed (:mod:`mlblueprints.monitoring.aws`); None
+    elsewhere (on the local target an alert is the monitoring pattern's own Asset event)."""
+    if uc.target != AWS or uc.monitoring is None:
+        return None
+    from mlblueprints.monitoring import aws
+
+    return aws.watch(uc)
+
+
 def backend_class(uc: UseCase, capability: str, *, view: str | None = None) -> type:
     local, aws = IMPLEMENTATIONS[capability]
     path = aws if target_of(uc, capability, view=view) == AWS else local

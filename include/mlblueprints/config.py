@@ -1193,6 +1193,13 @@ class UseCase(_Strict):
                     f"model_quality (ROC-AUC, PR-AUC) needs a binary model; this one is {self.training.task}",
                 )
             )
+        if self.target == "aws" and m.alert.consecutive > 7:
+            out.append(
+                (
+                    "monitoring.alert.consecutive",
+                    f"{m.alert.consecutive} on aws: the drift alarms (CloudWatch) evaluate at most 7 periods of one day",
+                )
+            )
         return out
 
     def _scoring_problems(self) -> list[tuple[str, str]]:

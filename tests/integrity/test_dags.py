@@ -247,3 +247,61 @@ def test_an_unreadable_usecase_removes_only_itself(tmp_path, content):
     assert path.endswith("usecase_errors.py")
     [line] = [ln for ln in error.splitlines() if str(uc_dir / "claims.yaml") in ln]
     assert line.startswith(f"{uc_dir / 'claims.yaml'}: <file>: "), line
+
+
+WATCHERS = r"""
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+from airflow.serialization.serialized_objects import DagSerialization
+after_airflow = set(sys.modules)
+bag = DagBag(dag_folder=sys.argv[1])
+heavy = [h for h in json.loads(sys.argv[2]) if h in sys.modules and h not in after_airflow]
+
+def watchers(node):
+    if isinstance(node, dict):
+        if node.get("name") == "fraud_detection.drift_alert" and "uri" in node:
+            return node.get("watchers", [])
+        return next((w for w in map(watchers, node.values()) if w is not None), None)
+    if isinstance(node, list):
+        return next((w for w in map(watchers, node) if w is not None), None)
+    return None
+
+dag = bag.dags["fraud_detection__training"]
+print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "heavy": heavy,
+                  "watchers": watchers(DagSerialization.to_dict(dag)["dag"]["timetable"]) or []}))
+"""
+
+
+@pytest.mark.parametrize("target", ["local", "aws"])
+def test_the_drift_alert_asset_watches_the_alert_queue_on_aws(tmp_path, target):
+    """With a monitoring section, the training DAG's drift_alert Asset carries an AssetWatcher on
+    the drift queue on aws (as the DAG processor serializes it: the Amazon provider's SQS trigger on
+    the queue's URL), and none on local. Parsing on aws imports no heavy library the aws DAGs did
+    not import before (boto3 through the provider's hooks, sqlglot through the Athena builders)."""
+    import yaml
+
+    uc_dir = tmp_path / "usecases"
+    shutil.copytree(ROOT / "dags" / "usecases", uc_dir)
+    path = uc_dir / "fraud_detection.yaml"
+    data = yaml.safe_load(path.read_text())
+    data.update(target=target, monitoring={"alert": {"consecutive": 2}})
+    path.write_text(yaml.safe_dump(data))
+    out = subprocess.run(
+        [sys.executable, "-c", WATCHERS, str(ROOT / "dags"), json.dumps(HEAVY)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLB_USECASES_DIR": str(uc_dir)},
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["errors"] == {}
+    if target == "local":
+        assert got["watchers"] == [] and got["heavy"] == []
+        return
+    assert set(got["heavy"]) <= {"boto3", "sqlglot"}, got["heavy"]
+    [w] = got["watchers"]
+    assert w["name"] == "mlb-fraud-detection-drift-alerts"
+    assert w["trigger"]["classpath"] == "airflow.providers.amazon.aws.triggers.sqs.SqsSensorTrigger"
+    kwargs = json.dumps(w["trigger"]["kwargs"])
+    assert "https://sqs.eu-west-1.amazonaws.com/123456789012/mlb-fraud-detection-drift-alerts" in kwargs

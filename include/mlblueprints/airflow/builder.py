@@ -3,7 +3,8 @@
 One builder for every pattern: the DAG's schedule, Params, default args (owner, retries with
 exponential backoff), tags and doc come from the declaration and the use case; each step becomes
 a task that builds a :class:`~mlblueprints.core.context.StepContext` from the Airflow context,
-pulls the results of the steps it takes, calls the step function and pushes its result.
+pulls the results of the steps it takes, calls the step function and pushes its result. An
+Asset whose spec watches a queue (``AssetSpec.watch``) gets an AssetWatcher on it.
 
 A step the declaration marks as a service job (``Step.service``) becomes, when its capability's
 backend delegates jobs (:func:`mlblueprints.backends.delegates`), a task group of three tasks::
@@ -26,7 +27,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import DAG, Asset, AssetAll, AssetAny, Param, TaskGroup, get_current_context, task
+from airflow.sdk import DAG, Asset, AssetAll, AssetAny, AssetWatcher, Param, TaskGroup, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from airflow.timetables.interval import CronDataIntervalTimetable
 
@@ -34,6 +35,7 @@ from mlblueprints import backends
 from mlblueprints.config import UseCase
 from mlblueprints.core import results, service
 from mlblueprints.core.context import StepContext
+from mlblueprints.core.naming import AssetSpec
 from mlblueprints.errors import PermanentError, StepSkipped
 from mlblueprints.lineage import RunInfo
 from mlblueprints.patterns import ParamSpec, PatternSpec, Schedule, Step
@@ -70,9 +72,40 @@ def _schedule(s: Schedule, assets: dict[str, Asset]) -> Any:
     return None
 
 
+def _sqs_trigger(watch: dict[str, Any]) -> Any:
+    """The Amazon provider's SQS trigger: up to 10 messages per receive (one Asset event for the
+    batch), long polling (20 s), then ``poll_seconds`` before the next receive. It deletes the
+    messages it received before it yields their event."""
+    from airflow.providers.amazon.aws.triggers.sqs import SqsSensorTrigger
+
+    return SqsSensorTrigger(
+        sqs_queue=watch["queue_url"],
+        aws_conn_id=watch.get("aws_conn_id"),
+        region_name=watch.get("region"),
+        max_messages=10,
+        wait_time_seconds=20,
+        waiter_delay=int(watch.get("poll_seconds", 60)),
+    )
+
+
+# kind of AssetSpec.watch -> the event trigger that reads it (imported only for an Asset that
+# has one: the provider's triggers import boto3)
+WATCH_TRIGGERS = {"sqs": _sqs_trigger}
+
+
+def _asset(a: AssetSpec) -> Asset:
+    watchers = []
+    if a.watch is not None:
+        kind = a.watch["kind"]
+        if kind not in WATCH_TRIGGERS:
+            raise ValueError(f"Asset {a.name}: no trigger for a watch of kind {kind!r}")
+        watchers.append(AssetWatcher(name=a.watch["name"], trigger=WATCH_TRIGGERS[kind](a.watch)))
+    return Asset(name=a.name, uri=a.uri, group=a.group, extra=dict(a.extra), watchers=watchers)
+
+
 def build_dag(spec: PatternSpec, uc: UseCase) -> DAG:
     """The DAG ``<usecase>__<pattern>`` of a declaration."""
-    assets = {a.name: Asset(name=a.name, uri=a.uri, group=a.group, extra=dict(a.extra)) for a in spec.assets}
+    assets = {a.name: _asset(a) for a in spec.assets}
     dag = DAG(
         dag_id=spec.dag_id,
         description=spec.description,

@@ -21,12 +21,17 @@ def safe(text: str, keep: str = "-_.") -> str:
 
 @dataclass(frozen=True)
 class AssetSpec:
-    """An Airflow Asset (or, on Step Functions, an EventBridge event) a pattern emits."""
+    """An Airflow Asset (or, on Step Functions, an EventBridge event) a pattern emits.
+
+    ``watch``: a message queue whose messages are events of the Asset too (Airflow renders it as
+    an AssetWatcher), e.g. ``{"kind": "sqs", "name": ..., "queue_url": ..., "region": ...,
+    "aws_conn_id": ..., "poll_seconds": ...}``; None for an Asset only the patterns update."""
 
     name: str
     uri: str
     group: str
     extra: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    watch: dict[str, Any] | None = field(default=None, hash=False, compare=False)
 
 
 def table_asset(uc: UseCase, table: str) -> AssetSpec:
@@ -53,12 +58,17 @@ def feature_view_asset(uc: UseCase, view: str) -> AssetSpec:
 
 
 def drift_alert_asset(uc: UseCase) -> AssetSpec:
-    """The Asset a drift alert emits (monitoring pattern); training is scheduled on it too."""
+    """The Asset a drift alert emits (monitoring pattern); training is scheduled on it too. Where
+    alerts also arrive from outside Airflow (:func:`mlblueprints.backends.drift_alert_watch`: the
+    aws target's queue), the Asset watches that queue."""
+    from mlblueprints.backends import drift_alert_watch
+
     return AssetSpec(
         name=f"{uc.name}.drift_alert",
         uri=f"file://mlblueprints/{uc.name}/monitoring/drift_alert",
         group="monitoring",
         extra={"usecase": uc.name},
+        watch=drift_alert_watch(uc),
     )
 
 

@@ -35,12 +35,14 @@ def test_committed_definitions_are_what_the_declarations_render():
 
 
 def test_every_pattern_that_applies_is_rendered():
-    """No pattern of the shipped use case is left to Airflow alone (asl.NOT_RENDERED is empty)."""
+    """Every pattern of the shipped use case is rendered but monitoring, left to Airflow until its aws
+    backend reads data (asl.NOT_RENDERED says so)."""
     from mlblueprints import patterns
 
     uc = _shipped()
     applies = [p for p in patterns.PATTERNS if patterns.declare(p, names.on_aws(uc)) is not None]
-    assert not asl.NOT_RENDERED and sorted(asl.render_usecase(uc)) == sorted(applies)
+    assert sorted(asl.NOT_RENDERED) == ["monitoring"]
+    assert sorted(asl.render_usecase(uc)) == sorted(p for p in applies if p not in asl.NOT_RENDERED)
 
 
 def test_every_definition_passes_asl_validator(tmp_path):

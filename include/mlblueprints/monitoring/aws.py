@@ -437,3 +437,61 @@ def ensure_alerting(uc: UseCase, cloudwatch: Any, events: Any, sqs: Any) -> dict
     for i in range(0, len(stale), 100):  # DeleteAlarms: at most 100 names
         cloudwatch.delete_alarms(AlarmNames=stale[i : i + 100])
     return {"queue_url": url, "queue_arn": arn, "alarms": [a["AlarmName"] for a in alarms], "rule": rule}
+
+
+# ---------------------------------------------------------------- the backend
+
+NOT_BUILT = (
+    "monitoring on the aws target: the window's rows (the scoring run's transform input joined to "
+    "the predictions table) and the reference (the training set object on S3) are not read on aws yet, "
+    "and the history is not kept in Athena yet; the CloudWatch metrics, alarms, rule and queue are "
+    "(docs/monitoring.md)"
+)
+
+
+class AwsMonitor:
+    """The monitoring capability on the aws target (see ``mlblueprints.backends``): the metrics and
+    the alerting path to the drift_alert Asset's watcher. What reads data refuses in one line,
+    naming what is not built."""
+
+    def __init__(self, uc: UseCase, rt: Any):
+        self.uc = uc
+        self.rt = rt
+
+    def _refuse(self) -> Any:
+        from mlblueprints.errors import PermanentError
+
+        raise PermanentError(f"{self.uc.name}: {NOT_BUILT}")
+
+    def reference(self, model: dict[str, Any]) -> tuple[Any, str]:
+        return self._refuse()
+
+    def window(self, lo: date, hi: date, model: dict[str, Any]) -> tuple[Any, Any, str | None]:
+        return self._refuse()
+
+    def history(self) -> list[dict[str, Any]]:
+        return self._refuse()
+
+    def write(
+        self, ident_: dict[str, Any], rows: list[dict[str, Any]], decision: dict[str, Any], run: Any
+    ) -> dict[str, Any]:
+        return self._refuse()
+
+    def metrics(self, last: int = 10) -> Any:
+        return self._refuse()
+
+    def report_dir(self, lo: str, hi: str) -> Any:
+        from mlblueprints import runtime
+
+        return runtime.path("monitoring", self.uc.name, f"{lo}_{hi}")
+
+    def publish(self, ident_: dict[str, Any], rows: list[dict[str, Any]], decision: dict[str, Any]) -> dict[str, Any]:
+        """The window's metrics to CloudWatch, after making sure the alarms, the rule and the queue
+        exist as the use case says."""
+        cw = self.rt.client("cloudwatch")
+        alerting = ensure_alerting(self.uc, cw, self.rt.client("events"), self.rt.client("sqs"))
+        full = [{**ident_, **r} for r in rows]
+        return {**publish(self.uc, full, {**decision, **ident_}, cw), "alerting": alerting}
+
+    def where(self) -> list[str]:
+        return [f"CloudWatch namespace {namespace(self.uc)}; alerts queue {queue_url(self.uc)}"]

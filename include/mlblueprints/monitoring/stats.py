@@ -57,16 +57,45 @@ class DriftInputError(ValueError):
 
 def _clean(values: Any, kind: str, column: str, what: str) -> np.ndarray:
     """The values a test sees: nulls (and, numerical, infinities) dropped."""
-    arr = np.asarray(values)
     if kind == NUMERICAL:
         try:
-            arr = arr.astype("float64")
+            arr = np.asarray(values).astype("float64")
         except (TypeError, ValueError):
             raise DriftInputError(f"column {column!r} of the {what}: not numerical values") from None
         return arr[np.isfinite(arr)]
-    arr = arr.astype(object)
-    keep = np.array([v is not None and not (isinstance(v, float) and math.isnan(v)) for v in arr], dtype=bool)
-    return arr[keep].astype(str) if len(arr) else arr.astype(str)
+    return _categories(values)
+
+
+def _category(v: Any) -> str | None:
+    """A categorical value as the string the counts are keyed by, or None for an infinity (which
+    Evidently drops with the nulls). Numbers are compared by value, as Evidently's pandas counts
+    do: an integer code and the same code read as a float (a column with nulls) are one value."""
+    if isinstance(v, bool | np.bool_):
+        return str(bool(v))
+    if isinstance(v, int | np.integer):
+        return str(int(v))
+    if isinstance(v, float | np.floating):
+        f = float(v)
+        if not math.isfinite(f):
+            return None
+        return str(int(f)) if f.is_integer() else repr(f)
+    return str(v)
+
+
+def _categories(values: Any) -> np.ndarray:
+    """A categorical column's values as strings, nulls (None, NaN, pandas' NA, NaT) and infinities
+    dropped; each distinct value is converted once (``pandas.factorize``), not each row."""
+    import pandas as pd
+
+    codes, uniques = pd.factorize(
+        values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object))
+    )
+    keys = [_category(v) for v in np.asarray(uniques, dtype=object)]
+    dropped = [i for i, k in enumerate(keys) if k is None]
+    keep = codes >= 0
+    if dropped:
+        keep &= ~np.isin(codes, dropped)
+    return np.array([k or "" for k in keys] or [""], dtype=str)[codes[keep]]
 
 
 def _counts(arr: np.ndarray) -> dict[Any, int]:

@@ -8,7 +8,7 @@ and current together; categorical: chi-square, Z for two values), a larger one a
 (numerical: the Wasserstein distance normed by the reference's standard deviation, or the
 Jensen-Shannon distance over value frequencies for at most 5 distinct values; categorical:
 Jensen-Shannon). Distances drift at ``>= threshold`` (default 0.1), p-values at ``< threshold``
-(default 0.05). Nulls and infinities are dropped first, as Evidently does.
+(default 0.05; K-S at ``<= threshold``, Evidently's own verdict is kept). Nulls and infinities are dropped first, as Evidently does.
 
 How each is computed from the sketch:
 
@@ -228,8 +228,9 @@ def test_column(
         raise DriftInputError(f"column {col!r}: unknown method {chosen!r}; known: {', '.join(METHODS)}")
     th = DEFAULT_THRESHOLD[chosen] if threshold is None else float(threshold)
     exact = ref.raw is not None
+    detected = None
     if exact:
-        stat = _evidently(ref, cur, method, th)
+        stat, detected = _evidently(ref, cur, method, th)
     elif chosen == "wasserstein":
         if ref.kind != NUMERICAL:
             raise DriftInputError(f"column {col!r}: wasserstein needs a numerical column")
@@ -242,7 +243,10 @@ def test_column(
             f"column {col!r}: {chosen} needs the reference's values, kept only up to {EXACT_UP_TO} rows "
             f"(this reference has {ref.count}); use one of {', '.join(CONFIGURABLE)}"
         )
-    drifted = stat < th if chosen in P_VALUES else stat >= th
+    if detected is not None:  # Evidently's own verdict (K-S drifts at p <= threshold, chi-square and Z at <)
+        drifted = detected
+    else:
+        drifted = stat >= th
     return ColumnDrift(
         column=col,
         kind=ref.kind,
@@ -258,7 +262,7 @@ def test_column(
     )
 
 
-def _evidently(ref: ColumnSketch, cur: np.ndarray, method: str | None, threshold: float) -> float:
+def _evidently(ref: ColumnSketch, cur: np.ndarray, method: str | None, threshold: float) -> tuple[float, bool]:
     """Evidently's own test on the reference's values (``method`` None: its default choice, which
     may take a test its registry would refuse by name, e.g. chi-square for a numerical column)."""
     import pandas as pd
@@ -268,7 +272,8 @@ def _evidently(ref: ColumnSketch, cur: np.ndarray, method: str | None, threshold
     kind = ColumnType.Numerical if ref.kind == NUMERICAL else ColumnType.Categorical
     r, c = pd.Series(ref.raw), pd.Series(cur)
     test = get_stattest(r, c, kind, method)
-    return float(test(r, c, kind, threshold).drift_score)
+    result = test(r, c, kind, threshold)
+    return float(result.drift_score), bool(result.drifted)
 
 
 def _wasserstein(ref: ColumnSketch, cur_sorted: np.ndarray) -> float:

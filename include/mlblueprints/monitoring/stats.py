@@ -8,7 +8,8 @@ and current together; categorical: chi-square, Z for two values), a larger one a
 (numerical: the Wasserstein distance normed by the reference's standard deviation, or the
 Jensen-Shannon distance over value frequencies for at most 5 distinct values; categorical:
 Jensen-Shannon). Distances drift at ``>= threshold`` (default 0.1), p-values at ``< threshold``
-(default 0.05; K-S at ``<= threshold``, Evidently's own verdict is kept). Nulls and infinities are dropped first, as Evidently does.
+(default 0.05; K-S at ``<= threshold``, Evidently's own verdict is kept). Nulls and infinities are
+dropped first, as Evidently does.
 
 How each is computed from the sketch:
 

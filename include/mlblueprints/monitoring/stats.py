@@ -8,7 +8,8 @@ and current together; categorical: chi-square, Z for two values), a larger one a
 (numerical: the Wasserstein distance normed by the reference's standard deviation, or the
 Jensen-Shannon distance over value frequencies for at most 5 distinct values; categorical:
 Jensen-Shannon). Distances drift at ``>= threshold`` (default 0.1), p-values at ``< threshold``
-(default 0.05). Nulls and infinities are dropped first, as Evidently does.
+(default 0.05; K-S at ``<= threshold``, Evidently's own verdict is kept). Nulls and infinities are
+dropped first, as Evidently does.
 
 How each is computed from the sketch:
 
@@ -57,16 +58,45 @@ class DriftInputError(ValueError):
 
 def _clean(values: Any, kind: str, column: str, what: str) -> np.ndarray:
     """The values a test sees: nulls (and, numerical, infinities) dropped."""
-    arr = np.asarray(values)
     if kind == NUMERICAL:
         try:
-            arr = arr.astype("float64")
+            arr = np.asarray(values).astype("float64")
         except (TypeError, ValueError):
             raise DriftInputError(f"column {column!r} of the {what}: not numerical values") from None
         return arr[np.isfinite(arr)]
-    arr = arr.astype(object)
-    keep = np.array([v is not None and not (isinstance(v, float) and math.isnan(v)) for v in arr], dtype=bool)
-    return arr[keep].astype(str) if len(arr) else arr.astype(str)
+    return _categories(values)
+
+
+def _category(v: Any) -> str | None:
+    """A categorical value as the string the counts are keyed by, or None for an infinity (which
+    Evidently drops with the nulls). Numbers are compared by value, as Evidently's pandas counts
+    do: an integer code and the same code read as a float (a column with nulls) are one value."""
+    if isinstance(v, bool | np.bool_):
+        return str(bool(v))
+    if isinstance(v, int | np.integer):
+        return str(int(v))
+    if isinstance(v, float | np.floating):
+        f = float(v)
+        if not math.isfinite(f):
+            return None
+        return str(int(f)) if f.is_integer() else repr(f)
+    return str(v)
+
+
+def _categories(values: Any) -> np.ndarray:
+    """A categorical column's values as strings, nulls (None, NaN, pandas' NA, NaT) and infinities
+    dropped; each distinct value is converted once (``pandas.factorize``), not each row."""
+    import pandas as pd
+
+    codes, uniques = pd.factorize(
+        values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object))
+    )
+    keys = [_category(v) for v in np.asarray(uniques, dtype=object)]
+    dropped = [i for i, k in enumerate(keys) if k is None]
+    keep = codes >= 0
+    if dropped:
+        keep &= ~np.isin(codes, dropped)
+    return np.array([k or "" for k in keys] or [""], dtype=str)[codes[keep]]
 
 
 def _counts(arr: np.ndarray) -> dict[Any, int]:
@@ -199,8 +229,9 @@ def test_column(
         raise DriftInputError(f"column {col!r}: unknown method {chosen!r}; known: {', '.join(METHODS)}")
     th = DEFAULT_THRESHOLD[chosen] if threshold is None else float(threshold)
     exact = ref.raw is not None
+    detected = None
     if exact:
-        stat = _evidently(ref, cur, method, th)
+        stat, detected = _evidently(ref, cur, method, th)
     elif chosen == "wasserstein":
         if ref.kind != NUMERICAL:
             raise DriftInputError(f"column {col!r}: wasserstein needs a numerical column")
@@ -213,7 +244,10 @@ def test_column(
             f"column {col!r}: {chosen} needs the reference's values, kept only up to {EXACT_UP_TO} rows "
             f"(this reference has {ref.count}); use one of {', '.join(CONFIGURABLE)}"
         )
-    drifted = stat < th if chosen in P_VALUES else stat >= th
+    if detected is not None:  # Evidently's own verdict (K-S drifts at p <= threshold, chi-square and Z at <)
+        drifted = detected
+    else:
+        drifted = stat >= th
     return ColumnDrift(
         column=col,
         kind=ref.kind,
@@ -229,7 +263,7 @@ def test_column(
     )
 
 
-def _evidently(ref: ColumnSketch, cur: np.ndarray, method: str | None, threshold: float) -> float:
+def _evidently(ref: ColumnSketch, cur: np.ndarray, method: str | None, threshold: float) -> tuple[float, bool]:
     """Evidently's own test on the reference's values (``method`` None: its default choice, which
     may take a test its registry would refuse by name, e.g. chi-square for a numerical column)."""
     import pandas as pd
@@ -239,7 +273,8 @@ def _evidently(ref: ColumnSketch, cur: np.ndarray, method: str | None, threshold
     kind = ColumnType.Numerical if ref.kind == NUMERICAL else ColumnType.Categorical
     r, c = pd.Series(ref.raw), pd.Series(cur)
     test = get_stattest(r, c, kind, method)
-    return float(test(r, c, kind, threshold).drift_score)
+    result = test(r, c, kind, threshold)
+    return float(result.drift_score), bool(result.drifted)
 
 
 def _wasserstein(ref: ColumnSketch, cur_sorted: np.ndarray) -> float:

@@ -173,7 +173,7 @@ def test_delayed_label_quality_against_the_registered_figures():
 
 def test_no_false_alarm_over_20_calm_windows_at_the_shipped_thresholds():
     """Windows drawn from the reference's own distribution, with the shipped policy: no alert. The
-    measured rate over many seeds is in docs/monitoring.md (bench/monitoring.py --false-alarms)."""
+    rate measured over 50 seeds (and at the minimum window size) is in docs/monitoring.md."""
     uc = _uc()
     cols = core.columns(uc)
     for seed in range(3):

@@ -50,6 +50,9 @@ demo: install  ## generate data; run the lakehouse, feature and training DAGs on
 demo-claims: install  ## the second example: claim cost (a regression), landed, backfilled, trained
 	$(PY) -m mlblueprints.cli demo --usecase claim_cost
 
+demo-loop: install  ## the drift loop: calm days, a champion, a drifted day, the alert, retraining (own runtime dir)
+	MLB_HOME="$(CURDIR)/.mlb/loop" $(PY) -m mlblueprints.cli demo --loop
+
 test: install tools python312 browser  ## run the whole test suite (slow tests included)
 	$(PY) -m pytest
 
@@ -81,7 +84,7 @@ worker-image:  ## build the Step Functions worker image (needs Docker; docs/step
 clean:  ## remove the runtime directory (data, tables, Airflow DB, reports)
 	rm -rf "$(MLB_HOME)"
 
-.PHONY: help install tools demo demo-claims test test-fast lint bench lock clean worker-image
+.PHONY: help install tools demo demo-claims demo-loop test test-fast lint bench lock clean worker-image
 
 # ---- where users run it: MWAA, Astro, a local Airflow UI (docs/deployment.md) ----------------
 # the Airflow version of the managed targets: MWAA offers 3.3.1, 3.2.1 and 3.0.6; Astro Runtime's

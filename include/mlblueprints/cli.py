@@ -48,6 +48,9 @@ DEMO_USECASE = "fraud_detection"
 DEMO_START = date(2024, 3, 1)
 DEMO_INTERRUPT_ROUND = 100  # the demo's simulated Spot notice comes after this many boosting rounds
 DEMO_SCORE_DAYS = 2  # the demo scores the last days it generated
+DEMO_ROWS = 200_000
+LOOP_DAYS = 7  # the loop demo: six calm days, then one whose amounts double
+LOOP_ROWS_PER_DAY = 20_000
 CLAIMS_USECASE = "claim_cost"  # the regression example (`mlblueprints demo --usecase claim_cost`)
 CLAIMS_START = date(2024, 4, 1)
 
@@ -608,6 +611,8 @@ def _parse_time(text: str):
 def _demo(args: argparse.Namespace) -> int:
     if args.usecase == CLAIMS_USECASE:
         return _demo_claims(args)
+    if args.loop:
+        return _demo_loop(args)
     args.days = args.days or 7
     from mlblueprints.airflow import localrun
     from mlblueprints.datagen import generate_fraud
@@ -673,6 +678,101 @@ def _demo(args: argparse.Namespace) -> int:
         f".venv/bin/mlblueprints models lineage {DEMO_USECASE}; "
         f".venv/bin/mlblueprints predictions {DEMO_USECASE} --limit 5"
     )
+    return status
+
+
+def _run_monitoring(usecase: str, dates: list[date]) -> tuple[int, dict[str, Any] | None]:
+    """One run of ``<usecase>__monitoring`` through dag.test for the event dates [min, max]; its
+    status and the decision."""
+    from mlblueprints.airflow import localrun
+
+    dag = localrun.get_dag(f"{usecase}__monitoring")
+    localrun.quiet_retry_waits()
+    t = time.perf_counter()
+    dr = dag.test(run_conf={"event_dates": [d.isoformat() for d in dates]})
+    bad = localrun.failed_tasks(dr)
+    decided = next((ti.xcom_pull(task_ids="decide") for ti in dr.get_task_instances() if ti.task_id == "decide"), None)
+    verdict = ""
+    if decided:
+        verdict = f": {'ALERT' if decided['fired'] else 'no alert'} - {decided['reason']}"
+    print(
+        f"  {dag.dag_id} event dates {min(dates)}..{max(dates)}: {dr.state} in {time.perf_counter() - t:.0f}s"
+        + (f" (failed: {', '.join(bad)})" if bad else verdict),
+        flush=True,
+    )
+    return (0 if dr.state == "success" else 1), decided
+
+
+def _demo_loop(args: argparse.Namespace) -> int:
+    """The drift loop on the fraud example: six calm days, a champion, then a day whose amounts
+    double; monitoring raises the drift alert, and the training run it triggers on a scheduler is
+    run here (dag.test has no scheduler) and its candidate goes through the gate."""
+    from mlblueprints.airflow import localrun
+    from mlblueprints.datagen import DriftConfig, generate_fraud
+
+    days = args.days or LOOP_DAYS
+    drift_day = DEMO_START + timedelta(days=days - 1)
+    home = runtime.home()
+    print(f"runtime directory: {home}  (MLB_HOME; delete it to start over)")
+    print("setting up Airflow (SQLite metadata DB) ...", flush=True)
+    localrun.setup()
+    landing = home / "landing"
+    if (landing / "_generator" / "manifest.json").exists():
+        print(f"{home} has landing files already: the loop needs a runtime directory of its own", file=sys.stderr)
+        return 2
+    rows = args.rows if args.rows != DEMO_ROWS else LOOP_ROWS_PER_DAY * days
+    m = generate_fraud(
+        landing, start=DEMO_START, days=days, rows=rows, seed=42, drift=DriftConfig(start=drift_day, amount_scale=2.0)
+    )
+    print(
+        f"generated {m.expected.distinct_valid_transactions:,} transactions over {days} days; from {drift_day} the "
+        f"amounts double, more is spent online and abroad, and fraud doubles -> {landing}"
+    )
+    lake = localrun.get_dag(f"{DEMO_USECASE}__lakehouse")
+
+    def land(day: date) -> int:
+        t = time.perf_counter()
+        dr = localrun.run_dag(lake, day)
+        print(f"  {lake.dag_id} landing date {day}: {dr.state} in {time.perf_counter() - t:.0f}s", flush=True)
+        return (0 if dr.state == "success" else 1) or _run_features(DEMO_USECASE)
+
+    status = 0
+    for i in range(days - 1):
+        status = status or land(DEMO_START + timedelta(days=i))
+    calm = drift_day - timedelta(days=1)
+    if status == 0:
+        print("training the champion on the calm days ...", flush=True)
+        status = _run_training(DEMO_USECASE) or _demo_scoring(DEMO_USECASE, [calm])
+    if status == 0:
+        print(f"monitoring {calm} (calm) against the champion's training set ...", flush=True)
+        status, _ = _run_monitoring(DEMO_USECASE, [calm])
+    decided = None
+    if status == 0:
+        print(f"{drift_day} lands (drifted) ...", flush=True)
+        status = land(drift_day) or _run_scoring(DEMO_USECASE, [drift_day])
+    if status == 0:
+        status, decided = _run_monitoring(DEMO_USECASE, [drift_day])
+    if status == 0 and decided and decided["fired"]:
+        print(
+            f"the alert emitted {DEMO_USECASE}.drift_alert: on a scheduler it queues {DEMO_USECASE}__training (unpaused); "
+            "dag.test has no scheduler, so the demo runs it ...",
+            flush=True,
+        )
+        status = _run_training(DEMO_USECASE)
+    for pattern in ("monitoring", "training"):
+        text = home / "runs" / DEMO_USECASE / pattern / "latest.txt"
+        if text.exists():
+            print(f"\nlast {pattern} run:")
+            print(text.read_text())
+    if status == 0:
+        _monitoring_show(_load(DEMO_USECASE), 10)
+    print(
+        f"inspect: MLB_HOME={home} .venv/bin/mlblueprints monitoring show {DEMO_USECASE}; "
+        f"MLB_HOME={home} .venv/bin/mlblueprints models lineage {DEMO_USECASE}"
+    )
+    if status == 0 and not (decided and decided["fired"]):
+        print("the drifted day raised no alert (see the monitoring run above)", file=sys.stderr)
+        return 1
     return status
 
 
@@ -1080,7 +1180,13 @@ def main(argv: list[str] | None = None) -> int:
         default=DEMO_USECASE,
         help=f"{DEMO_USECASE} (binary, default) or {CLAIMS_USECASE} (a regression target)",
     )
-    d.add_argument("--rows", type=int, default=200_000, help="fraud: distinct valid transactions")
+    d.add_argument("--rows", type=int, default=DEMO_ROWS, help="fraud: distinct valid transactions")
+    d.add_argument(
+        "--loop",
+        action="store_true",
+        help="fraud: the drift loop - calm days, a champion, a drifted day, the alert, the retraining it triggers "
+        "(needs a runtime directory of its own: make demo-loop)",
+    )
     d.add_argument("--days", type=int, default=None, help="days of landing files (default 7 fraud, 10 claims)")
     d.set_defaults(fn=_demo)
 

@@ -256,8 +256,10 @@ def test_categorical_matches_evidently(seed, n_ref, n_cur, k, shift, unseen, nul
         return
     out = assert_same(ref, cur, {"c": stats.CATEGORICAL})
     assert out["c"].method == "jensenshannon"
-    if unseen and out["c"].summary["unseen_values"]:
-        assert all(v.startswith("new") for v in out["c"].summary["unseen_values"])
+    # the values the reference never had (the new ones, and any rare one its sample missed)
+    never = sorted(set(cur["c"].dropna()) - set(ref["c"].dropna()))
+    assert out["c"].summary["unseen_values"] == never[:20]
+    assert out["c"].summary["unseen_share"] == pytest.approx(cur["c"].isin(never).sum() / cur["c"].notna().sum())
 
 
 @SETTINGS

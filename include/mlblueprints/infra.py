@@ -11,6 +11,7 @@ from typing import Any
 from mlblueprints import patterns
 from mlblueprints.config import UseCase
 from mlblueprints.core.naming import drift_alert_asset, table_asset
+from mlblueprints.deploy.requirements import AIRFLOW_TARGET
 from mlblueprints.lakehouse import naming
 from mlblueprints.stepfunctions import names
 
@@ -110,6 +111,8 @@ def parameters(uc: UseCase, *, image_tag: str, mwaa: bool = False, image_pushed:
         or "none",
         "DriftAssetName": drift_alert_asset(uc).name,
         "CreateMwaa": str(mwaa).lower(),
+        # the version the bundle's requirements are locked for (deploy mwaa refuses any other)
+        "MwaaAirflowVersion": AIRFLOW_TARGET,
         "MwaaSubnetIds": ",".join(uc.training.sagemaker.subnets) if (mwaa and uc.training) else "",
         "MwaaSecurityGroupIds": ",".join(uc.training.sagemaker.security_group_ids) if (mwaa and uc.training) else "",
         "MwaaSourceBucketName": aws.bucket,

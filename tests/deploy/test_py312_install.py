@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 UV = shutil.which("uv") or str(ROOT / ".tools" / "bin" / "uv")
 EXPECTED_DAGS = {
     f"{uc}__{p}" for uc in ("fraud_detection", "claim_cost") for p in ("lakehouse", "features", "training", "scoring")
-} | {"fraud_detection__explainability"}
+} | {"fraud_detection__explainability", "fraud_detection__monitoring"}
 HEAVY = ["pandas", "pyarrow", "duckdb", "sklearn", "xgboost", "great_expectations", "evidently", "mlflow", "pyiceberg"]
 
 

@@ -226,3 +226,11 @@ def test_the_stat_rule_is_evidentlys_for_small_references():
     rng = np.random.default_rng(8)
     sk = stats.sketch("x", rng.normal(0, 1, 800))
     assert stats.test_column(sk, rng.normal(0, 1, 800)).method == "ks"
+
+
+def test_monitoring_show_before_any_run_says_how_to_start(mlb_home, capsys):
+    from mlblueprints import cli
+
+    assert cli.main(["monitoring", "show", "fraud_detection"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err == "fraud_detection: no monitoring runs yet (mlblueprints monitoring run fraud_detection --dates ...)"

@@ -71,6 +71,7 @@ bench: install  ## benchmarks (long); results go to docs/benchmarks.md by hand
 	$(PY) bench/training.py
 	$(PY) bench/scoring.py
 	$(PY) bench/monitoring.py
+	$(PY) bench/explainability.py
 
 lock:  ## re-resolve uv.lock after editing pyproject.toml, then regenerate the requirements files
 	$(UV) lock

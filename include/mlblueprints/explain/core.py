@@ -20,8 +20,10 @@ besides :func:`write_analysis` / :func:`read_analysis`.
                                                  "expected_value": ...}}}}
 
   A consumer of Clarify output looks for the global attributions under ``kernel_shap`` whatever
-  produced them; ours are exact TreeSHAP, which the top-level ``mlblueprints`` key says (a key
-  Clarify readers ignore).
+  produced them; ours are exact (tree-path-dependent) TreeSHAP, which the top-level
+  ``mlblueprints`` key says (a key Clarify readers ignore). They are not a Clarify job's values:
+  Kernel SHAP is interventional against a baseline (docs/explainability.md gives the measured
+  agreement).
 * :func:`gate` - the fairness gate: every gated metric of every facet within its bounds.
 """
 

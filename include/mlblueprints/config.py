@@ -1158,7 +1158,10 @@ class UseCase(_Strict):
                 )
             ]
         out: list[tuple[str, str]] = []
-        features = self.model_features()
+        try:
+            features = self.model_features()
+        except KeyError:  # an unknown training set or feature view, reported on its own field
+            return out
         for i, c in enumerate(m.columns or []):
             if c not in features and c != "score":
                 out.append(

@@ -1142,26 +1142,16 @@ class UseCase(_Strict):
                 add(("training.entry_point", f"file not found: {t.entry_point} (relative to the use case YAML)"))
         if self.scoring is not None:
             problems += self._scoring_problems()
-            problems += self._monitoring_problems()
+            # with the model's features in question, a monitored column is not checked against them
+            unsure = any(f.startswith(("training", "features")) for f, _ in problems)
+            problems += self._monitoring_problems(check_columns=not unsure)
         _raise_problems(problems)
         return self
 
-    def _monitoring_problems(self) -> list[tuple[str, str]]:
+    def _monitored_column_problems(self, features: list[str]) -> list[tuple[str, str]]:
         m = self.monitoring
-        if m is None:
-            return []
-        if self.scoring is None or self.training is None:
-            return [
-                (
-                    "monitoring",
-                    "monitoring reads the predictions table: the use case needs training and scoring sections",
-                )
-            ]
+        assert m is not None
         out: list[tuple[str, str]] = []
-        try:
-            features = self.model_features()
-        except KeyError:  # an unknown training set or feature view, reported on its own field
-            return out
         for i, c in enumerate(m.columns or []):
             if c not in features and c != "score":
                 out.append(
@@ -1178,6 +1168,27 @@ class UseCase(_Strict):
                 out.append(
                     (f"monitoring.categorical[{i}]", f"{c!r} is not a monitored column{_did_you_mean(c, watched)}")
                 )
+        return out
+
+    def _monitoring_problems(self, check_columns: bool = True) -> list[tuple[str, str]]:
+        m = self.monitoring
+        if m is None:
+            return []
+        if self.scoring is None or self.training is None:
+            return [
+                (
+                    "monitoring",
+                    "monitoring reads the predictions table: the use case needs training and scoring sections",
+                )
+            ]
+        out: list[tuple[str, str]] = []
+        try:
+            features = self.model_features()
+        except KeyError:  # an unknown training set or feature view, reported on its own field
+            check_columns = False
+            features = []
+        if check_columns:
+            out += self._monitored_column_problems(features)
         if (
             m.output_table in self.gold
             or m.output_table in self.datasets

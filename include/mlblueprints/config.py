@@ -491,6 +491,33 @@ class MetricBounds(_Strict):
         return self
 
 
+class ShapBaseline(_Strict):
+    """The SHAP baseline of Kernel SHAP, as a Clarify job takes it (aws target): ``mean`` (one
+    row, the mean of each feature over the explained dataset), ``kmeans`` (Clarify computes
+    ``num_clusters`` k-means centroids of the dataset itself) or the rows given (model features,
+    in model order). The local target's exact TreeSHAP needs no baseline."""
+
+    baseline: Literal["mean", "kmeans"] | Annotated[list[list[float]], Field(min_length=1)] = "mean"
+    num_clusters: Annotated[int, Field(ge=1, le=1000)] = 10  # with kmeans
+    num_samples: Annotated[int | None, Field(ge=1, le=1_000_000)] = None  # Kernel SHAP's; None: Clarify's default
+    seed: int = 0
+
+
+class ClarifyJob(_Strict):
+    """The SageMaker Clarify processing job of the aws target, and the shadow endpoint Clarify
+    serves the version from (network isolation and VPC are training.sagemaker's)."""
+
+    instance_type: Annotated[str, Field(pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")] = "ml.m5.xlarge"
+    instance_count: Annotated[int, Field(ge=1, le=100)] = 1
+    volume_size_gb: Annotated[int, Field(ge=1, le=16384)] = 30
+    max_runtime_seconds: Annotated[int, Field(ge=60, le=777600)] = 86400  # MaxRuntimeInSeconds
+    endpoint_instance_type: Annotated[str, Field(pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")] = "ml.m5.xlarge"
+    endpoint_instance_count: Annotated[int, Field(ge=1, le=100)] = 1
+    # the role of the job and the shadow model; none: the aws section's iam_role_arn
+    role_arn: Annotated[str | None, Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")] = None
+    version: str = "1.0"  # the Clarify image's version
+
+
 class Explainability(_Strict):
     """SHAP attributions and bias metrics of each candidate on the holdout, and the fairness gate.
 
@@ -504,6 +531,8 @@ class Explainability(_Strict):
     pre_training_metrics: list[Literal[PRE_TRAINING_BIAS_METRICS]] = list(PRE_TRAINING_BIAS_METRICS)  # type: ignore[valid-type]
     post_training_metrics: list[Literal[POST_TRAINING_BIAS_METRICS]] = list(POST_TRAINING_BIAS_METRICS)  # type: ignore[valid-type]
     gate: dict[str, MetricBounds] = {}
+    shap: ShapBaseline = ShapBaseline()
+    sagemaker: ClarifyJob = ClarifyJob()
 
     @model_validator(mode="after")
     def _gated_are_computed(self) -> Explainability:

@@ -4,7 +4,7 @@ SageMaker Python SDK: sagemaker 3.x pins ``importlib-metadata<7`` and Airflow on
 (MWAA's and Astro's images) needs ``>=7``, so the SDK cannot be installed there.
 
 The table is the SDK's own ``sagemaker/core/image_uri_config/<framework>.json`` for the
-frameworks and scopes we use (training and inference). ``python -m mlblueprints.aws.image_table`` rewrites
+frameworks and scopes we use (training and inference), and SageMaker Clarify's processing image. ``python -m mlblueprints.aws.image_table`` rewrites
 it from the installed SDK (``make image-table``); a test fails when the two disagree.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 TABLE = Path(__file__).with_name("sagemaker_images.json")
-FRAMEWORKS = ("xgboost", "sklearn")
-SCOPES = ("training", "inference")
+FRAMEWORKS = ("xgboost", "sklearn", "clarify")
+SCOPES = ("training", "inference", "processing")
 
 
 @lru_cache(maxsize=1)

@@ -101,6 +101,13 @@ def lineage_tags(
     )
 
 
+def tagged_for_try(tags: list[dict[str, str]], try_number: int) -> list[dict[str, str]]:
+    """A job's tags with the try-number tag of ``try_number``."""
+    out = [t for t in tags if t["Key"] != "mlblueprints:try-number"]
+    out.append({"Key": "mlblueprints:try-number", "Value": str(int(try_number))})
+    return out[:50]
+
+
 def output_filter(key_count: int, outputs: int) -> str:
     """``OutputFilter`` of the joined record (input columns, then the container's ``outputs``
     values): the keys, the event time and the prediction."""
@@ -108,21 +115,44 @@ def output_filter(key_count: int, outputs: int) -> str:
     return f"$[{','.join(keep)}]"
 
 
+def model_from_package(
+    *,
+    model_name: str,
+    model_package_arn: str,
+    role_arn: str,
+    network_isolation: bool,
+    subnets: list[str],
+    security_group_ids: list[str],
+    tags: list[dict[str, str]],
+) -> dict[str, Any]:
+    """CreateModel from a registered model package: the image and the archive as registered
+    (the transform job's model, and the model Clarify serves on its shadow endpoint)."""
+    request: dict[str, Any] = {
+        "ModelName": model_name,
+        "ExecutionRoleArn": role_arn,
+        "PrimaryContainer": {"ModelPackageName": model_package_arn},
+        "EnableNetworkIsolation": network_isolation,
+        "Tags": tags,
+    }
+    if subnets:
+        request["VpcConfig"] = {"Subnets": list(subnets), "SecurityGroupIds": list(security_group_ids)}
+    return request
+
+
 def create_model_request(
     uc: UseCase, *, model_name: str, model_package_arn: str, tags: list[dict[str, str]]
 ) -> dict[str, Any]:
-    """CreateModel from a registered model package: the image and the archive as registered."""
+    """CreateModel of the transform job: the transform role, isolation and VPC of ``scoring.sagemaker``."""
     aws, sm = _aws(uc), _sm(uc)
-    request: dict[str, Any] = {
-        "ModelName": model_name,
-        "ExecutionRoleArn": sm.role_arn or aws.iam_role_arn,
-        "PrimaryContainer": {"ModelPackageName": model_package_arn},
-        "EnableNetworkIsolation": sm.network_isolation,
-        "Tags": tags,
-    }
-    if sm.subnets:
-        request["VpcConfig"] = {"Subnets": list(sm.subnets), "SecurityGroupIds": list(sm.security_group_ids)}
-    return request
+    return model_from_package(
+        model_name=model_name,
+        model_package_arn=model_package_arn,
+        role_arn=sm.role_arn or aws.iam_role_arn,
+        network_isolation=sm.network_isolation,
+        subnets=sm.subnets,
+        security_group_ids=sm.security_group_ids,
+        tags=tags,
+    )
 
 
 def create_transform_job_request(
@@ -225,9 +255,7 @@ def request_for_try(config: Mapping[str, Any], job_name: str, try_number: int) -
     transform = out["Transform"]
     transform["TransformOutput"]["S3OutputPath"] = f"{output_base(config)}/{job_name}/"
     transform["TransformJobName"] = transform["ModelName"] = job_name
-    tags = [t for t in transform.get("Tags", []) if t["Key"] != "mlblueprints:try-number"]
-    tags.append({"Key": "mlblueprints:try-number", "Value": str(int(try_number))})
-    transform["Tags"] = tags[:50]
+    transform["Tags"] = tagged_for_try(transform.get("Tags", []), try_number)
     if "Model" in out:
         out["Model"]["ModelName"] = job_name
         out["Model"]["Tags"] = transform["Tags"]

@@ -204,6 +204,20 @@ def _s3(uri: str, what: str) -> str:
 # ---------------------------------------------------------------- names
 
 
+def job_name(uc: UseCase, kind: str, run_id: str, try_number: int) -> str:
+    """``<use-case-name>-<kind>-<12 hex>``: a sha256 of (kind, use case, run id, try number), the
+    use case name made SageMaker-safe and cut so the whole fits 63 characters (unique per try,
+    as :func:`training_job_name`)."""
+    if int(try_number) < 0:
+        raise ValueError(f"try_number must be >= 0, got {try_number!r}")
+    digest = _digest(f"{kind}-job", uc.name, run_id, int(try_number))[:JOB_NAME_HASH_LEN]
+    prefix = _name_part(uc.name, SAGEMAKER_NAME_MAX - len(kind) - 2 - JOB_NAME_HASH_LEN) or "mlb"
+    name = f"{prefix}-{kind}-{digest}"
+    if not SAGEMAKER_NAME_RE.match(name):
+        raise ValueError(f"{name!r} is not a valid SageMaker name")
+    return name
+
+
 def training_job_name(uc: UseCase, run_id: str, try_number: int) -> str:
     """``<use-case-name>-<12 hex>``: the use case name made SageMaker-safe (``_`` -> ``-``,
     cut so the whole fits 63 characters) and a sha256 of (use case, run id, try number).
@@ -245,6 +259,11 @@ def model_package_group_name(uc: UseCase) -> str:
 # ---------------------------------------------------------------- framework image
 
 
+def image_domain(region: str) -> str:
+    """The domain of a region's ECR registries (China and the isolated partitions have their own)."""
+    return _ALTERNATE_DOMAINS.get(region, "amazonaws.com")
+
+
 def _image_config(framework: str) -> dict[str, Any]:
     from mlblueprints.aws import image_table
 
@@ -269,7 +288,7 @@ def sklearn_image_uri(region: str, version: str, scope: str = "training") -> str
     registries = entry["registries"]
     if region not in registries:
         raise ValueError(f"SageMaker scikit-learn {version} has no image in region {region!r}")
-    domain = _ALTERNATE_DOMAINS.get(region, "amazonaws.com")
+    domain = image_domain(region)
     tag = f"{resolved}-cpu-{(entry.get('py_versions') or ['py3'])[0]}"
     return f"{registries[region]}.dkr.ecr.{region}.{domain}/{entry['repository']}:{tag}"
 
@@ -295,7 +314,7 @@ def xgboost_image_uri(region: str, version: str, scope: str = "training") -> str
     registries = entry["registries"]
     if region not in registries:
         raise ValueError(f"SageMaker XGBoost {version} has no image in region {region!r}")
-    domain = _ALTERNATE_DOMAINS.get(region, "amazonaws.com")
+    domain = image_domain(region)
     return f"{registries[region]}.dkr.ecr.{region}.{domain}/{entry['repository']}:{resolved}"
 
 

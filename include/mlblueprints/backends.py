@@ -36,6 +36,7 @@ IMPLEMENTATIONS: dict[str, tuple[str, str]] = {
     "registry": ("mlblueprints.registry.local:MlflowRegistry", "mlblueprints.registry.aws:SageMakerRegistry"),
     "scorer": ("mlblueprints.scoring.local:LocalScorer", "mlblueprints.scoring.aws:AwsScorer"),
     "monitor": ("mlblueprints.monitoring.local:LocalMonitor", "mlblueprints.monitoring.aws:AwsMonitor"),
+    "explainer": ("mlblueprints.explain.local:LocalExplainer", "mlblueprints.explain.aws:AwsExplainer"),
 }
 
 
@@ -126,6 +127,13 @@ class Monitor(Protocol):
     def report_dir(self, lo: str, hi: str) -> Path: ...
     def metrics(self, last: int = 10) -> Any: ...
     def where(self) -> list[str]: ...
+
+
+class Explainer(Protocol):
+    """SHAP attributions and bias metrics of a registered version on its holdout, written in
+    Clarify's ``analysis.json`` layout and logged with the version."""
+
+    def analyse(self, target: dict[str, Any], run: RunInfo) -> dict[str, Any] | ServiceCall: ...
 
 
 def target_of(uc: UseCase, capability: str, *, view: str | None = None) -> str:

@@ -103,6 +103,7 @@ def parameters(uc: UseCase, *, image_tag: str, mwaa: bool = False, image_pushed:
         "HasFeatures": str(has["features"]).lower(),
         "HasTraining": str(has["training"]).lower(),
         "HasScoring": str(has["scoring"]).lower(),
+        "HasExplainability": str(has["explainability"]).lower(),
         "TransformRoleName": _transform_role_name(uc) if has["scoring"] else "",
         "LakehouseScheduleExpression": schedule_expression(uc.schedule),
         "GoldAssetNames": ",".join(

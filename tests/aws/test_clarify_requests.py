@@ -52,12 +52,13 @@ def _request(uc: UseCase, try_number: int = 1) -> dict:
         run=RUN,
         git_commit=COMMIT,
     )
-    return cl.request_for_try(config, cl.processing_job_name(uc, RUN["run_id"], try_number), try_number)
+    name = cl.processing_job_name(uc, RUN["run_id"], try_number)
+    return {**config, "Processing": cl.request_for_try(config["Processing"], name, try_number)}
 
 
 def test_the_analysis_config_validates_against_the_sdks_schema_and_a_broken_one_does_not():
-    from schema import SchemaError
     from sagemaker.core.clarify import ANALYSIS_CONFIG_SCHEMA_V1_0
+    from schema import SchemaError
 
     uc = _uc()
     config = _config(uc)
@@ -121,7 +122,9 @@ def test_create_processing_job_and_model_are_valid_with_kms_vpc_and_isolation():
 
     # a VPC as training.sagemaker configures it, on the job and on the shadow model
     data = yaml.safe_load((ROOT / "dags/usecases/fraud_detection.yaml").read_text())
-    data["training"]["sagemaker"].update(subnets=["subnet-0123456789abcdef0"], security_group_ids=["sg-0123456789abcdef0"])
+    data["training"]["sagemaker"].update(
+        subnets=["subnet-0123456789abcdef0"], security_group_ids=["sg-0123456789abcdef0"]
+    )
     vpc_uc = UseCase.model_validate(data)
     vreq = _request(vpc_uc)
     validate(model, "CreateProcessingJob", vreq["Processing"])
@@ -146,10 +149,10 @@ def test_job_names_are_unique_per_try_and_fit_sagemakers_limits():
         assert first["Model"] == second["Model"]  # one shadow model per run, named in the config
         tags = {t["Key"]: t["Value"] for t in second["Processing"]["Tags"]}
         assert tags["mlblueprints:try-number"] == "2"
-        assert cl.processing_job_differences(first, {**second["Processing"]}) == []
+        assert cl.processing_job_differences(first["Processing"], second["Processing"]) == []
         moved = copy.deepcopy(second["Processing"])
         moved["ProcessingInputs"][0]["S3Input"]["S3Uri"] = "s3://elsewhere/dataset/"
-        assert cl.processing_job_differences(first, moved) == [
+        assert cl.processing_job_differences(first["Processing"], moved) == [
             f"dataset s3://elsewhere/dataset/ != {first['Processing']['ProcessingInputs'][0]['S3Input']['S3Uri']}"
         ]
 

@@ -222,6 +222,41 @@ def test_scoring_transform_jobs_run_with_a_role_of_their_own_reading_and_writing
         infra.parameters(same, image_tag="abc")
 
 
+def test_clarify_jobs_may_serve_their_shadow_endpoint_and_read_and_write_only_their_prefix():
+    """With an explainability section: the job's role reads the dataset and config and writes the
+    analysis under the prefix the explainer uses, and may create, invoke and delete the shadow
+    endpoint; the steps' own policy may create the shadow model and pass it the job's role; MWAA
+    may run the job (the state machines already may run processing jobs)."""
+    uc = load_usecase(ROOT / "dags/usecases/fraud_detection.yaml")
+    template = yaml.load((ROOT / infra.TEMPLATE).read_text(), Loader=_cfn_loader())
+    res = template["Resources"]
+    assert infra.parameters(uc, image_tag="abc")["HasExplainability"] == "true"
+    no_section = uc.model_copy(update={"explainability": None})
+    assert infra.parameters(no_section, image_tag="abc")["HasExplainability"] == "false"
+    [condition, clarify, absent] = res["SageMakerJobRole"]["Properties"]["Policies"][1]
+    assert condition == "Explainability" and absent == "AWS::NoValue"
+    rules = {st["Sid"]: st for st in clarify["PolicyDocument"]["Statement"]}
+    key = uc.aws.s3_uri("explainability").split("/", 3)[3]
+    assert (
+        rules["ReadTheDatasetAndConfigWriteTheAnalysis"]["Resource"]
+        == "${DataBucket.Arn}/${DataPrefix}/explainability/*"
+    )
+    assert key == "fraud_detection/explainability"  # <DataPrefix>/explainability, as the explainer writes
+    endpoint = set(rules["TheShadowEndpoint"]["Action"])
+    assert {"sagemaker:CreateEndpoint", "sagemaker:InvokeEndpoint", "sagemaker:DeleteEndpoint"} <= endpoint
+    steps = {
+        st[1]["Sid"]: st
+        for st in res["PatternStepsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        if isinstance(st, list)
+    }
+    assert steps["ClarifyShadowModels"][0] == "Explainability"
+    assert "sagemaker:CreateModel" in steps["ClarifyShadowModels"][1]["Action"]
+    assert steps["PassTheJobRoleToTheShadowModel"][1]["Resource"] == "SageMakerJobRole.Arn"
+    mwaa = {st["Sid"]: st for st in _statements(res["MwaaExecutionRole"])}
+    assert "sagemaker:CreateProcessingJob" in mwaa["ClarifyJobsOfTheAwsTarget"]["Action"]
+    assert "ClarifyJobsOfTheAwsTarget" not in {st["Sid"] for st in _statements(res["MwaaExecutionRole"], False)}
+
+
 def _cfn_loader():
     class Loader(yaml.SafeLoader):
         pass

@@ -91,7 +91,7 @@ def operator_run(uc, step: str, stmts: list[Statement], script: AthenaScript) ->
     script: (its output, or None and the message it failed with)."""
     from airflow.sdk.exceptions import AirflowException
 
-    from mlblueprints.airflow.operators import service_operator
+    from mlblueprints.airflow.builder import service_operator
 
     op = service_operator("athena", uc.model_copy(update={"target": "aws"}), task_id=f"{step}.athena", request=[])
     op.statements, op.deferrable = [s.as_dict() for s in stmts], False

@@ -79,7 +79,7 @@ def test_the_athena_block_is_what_the_airflow_operator_sends():
     state machine's Parameters resolve to the same dict for a statement and token."""
     from unittest import mock
 
-    from mlblueprints.airflow.operators import service_operator
+    from mlblueprints.airflow.builder import service_operator
     from mlblueprints.core.service import Statement
 
     uc = _shipped().model_copy(update={"target": "aws"})

@@ -235,7 +235,7 @@ def _what_the_airflow_task_sends(uc, config, run_id):
 
     from botocore.exceptions import ClientError
 
-    from mlblueprints.airflow.operators import service_operator
+    from mlblueprints.airflow.builder import service_operator
 
     op = service_operator("sagemaker_transform", uc, task_id="score.sagemaker_transform", request=config)
     op.deferrable = False

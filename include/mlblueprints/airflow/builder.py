@@ -24,6 +24,7 @@ skips it; anything else is retried.
 from __future__ import annotations
 
 import logging
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -173,8 +174,6 @@ def _plain_step(spec: PatternSpec, uc: UseCase, step: Step, assets: dict[str, As
 def _service_step(
     spec: PatternSpec, uc: UseCase, step: Step, assets: dict[str, Asset], result_task: dict
 ) -> tuple[Any, Any]:
-    from mlblueprints.airflow.operators import service_operator
-
     if step.service is None:
         raise ValueError(f"step {step.id} has no service")
     kind = step.service
@@ -217,6 +216,50 @@ def _service_step(
         done = finish()
         prepared >> job >> done
     return prepared, done
+
+
+def deferrable() -> bool:
+    """Service tasks defer to the triggerer (``MLB_DEFERRABLE=0`` makes them poll in the worker)."""
+    return os.environ.get("MLB_DEFERRABLE", "1").lower() not in ("0", "false", "no")
+
+
+def _poll(name: str, default: float) -> int:
+    return max(0, int(float(os.environ.get(name, default))))
+
+
+def service_operator(kind: str, uc: UseCase, *, task_id: str, request: Any) -> Any:
+    """The operator (:mod:`mlblueprints.airflow.operators`, imported here: it imports the provider)
+    that runs a service call of ``kind`` for ``uc``; ``request`` is the XCom of the step's prepare
+    task (None: nothing to run)."""
+    from mlblueprints.airflow import operators as ops
+    from mlblueprints.aws import requests as req
+
+    aws = uc.aws
+    if aws is None:
+        raise ValueError(f"{uc.name}: service steps need the aws section")
+    common = {"task_id": task_id, "aws_conn_id": aws.aws_conn_id, "region_name": aws.region}
+    if kind == service.ATHENA:
+        return ops.AthenaStatementsOperator(
+            statements=request,
+            database=aws.glue_database,
+            workgroup=aws.athena_workgroup,
+            result_configuration=req.athena_result_configuration(aws),
+            sleep_time=_poll("MLB_ATHENA_POLL_SECONDS", 5),
+            deferrable=deferrable(),
+            **common,
+        )
+    jobs = {"usecase": uc, "config": request, "wait_for_completion": True, "deferrable": deferrable(), **common}
+    jobs["check_interval"] = _poll("MLB_SAGEMAKER_POLL_SECONDS", 30)
+    if kind == service.SAGEMAKER_TRANSFORM:
+        wait = uc.scoring.sagemaker.max_wait_seconds if uc.scoring else 86400
+        return ops.TransformJobOperator(max_wait_seconds=wait, **jobs)
+    if kind == service.SAGEMAKER_PROCESSING:
+        wait = uc.explainability.sagemaker.max_runtime_seconds if uc.explainability else 86400
+        return ops.ProcessingJobOperator(print_log=False, max_wait_seconds=wait, **jobs)
+    if kind == service.SAGEMAKER_TRAINING:
+        print_log = os.environ.get("MLB_SAGEMAKER_PRINT_LOG", "1").lower() not in ("0", "false", "no")
+        return ops.TrainingJobOperator(print_log=print_log, **jobs)
+    raise ValueError(f"no operator for service kind {kind!r}")
 
 
 def step_context(uc: UseCase, actx: Any) -> StepContext:

@@ -10,20 +10,22 @@ provider's operators with what a lifecycle pattern needs on top:
   query, a statement Athena ends with its ``repeat_on`` error again (``core.service``); killed
   while it runs (worker side: ``on_kill``; while deferred: the trigger's ``on_kill``) it stops
   the running query.
-* :class:`TrainingJobOperator` and :class:`TransformJobOperator` (CreateModel from the registered
-  package, then the Batch Transform job) add to the provider's a job name unique per try, a retry
+* :class:`TrainingJobOperator`, :class:`TransformJobOperator` (CreateModel from the registered
+  package, then the Batch Transform job) and :class:`ProcessingJobOperator` (a SageMaker Clarify
+  job) add to the provider's a job name unique per try, a retry
   that adopts an earlier try's job only after checking it does the same work, a deferral as long
   as the job may take, and a kill that stops the job (the provider's leave it running).
 
 The requests come from the pure builders (``mlblueprints.aws``) through the ``prepare`` task's
 XCom; the statements and the job's config are template fields, so the Airflow UI shows them.
+Which operator runs which kind of service call, with which settings, is the builder's
+(:func:`mlblueprints.airflow.builder.service_operator`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,14 +33,17 @@ from airflow.providers.amazon.aws.hooks.athena import AthenaHook
 from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.operators.sagemaker import (
+    SageMakerProcessingOperator,
     SageMakerTrainingOperator,
     SageMakerTransformOperator,
+    serialize,
 )
 from airflow.providers.amazon.aws.triggers.athena import AthenaTrigger
 from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.sdk.exceptions import AirflowException
 
+from mlblueprints.aws import clarify as cl
 from mlblueprints.aws import requests as req
 from mlblueprints.aws import scoring as sr
 from mlblueprints.aws import training as tr
@@ -47,15 +52,6 @@ from mlblueprints.config import UseCase
 from mlblueprints.core import service
 
 RUNNING_JOB = ("InProgress", "Stopping")
-
-
-def deferrable() -> bool:
-    """Service tasks defer to the triggerer (``MLB_DEFERRABLE=0`` makes them poll in the worker)."""
-    return os.environ.get("MLB_DEFERRABLE", "1").lower() not in ("0", "false", "no")
-
-
-def _poll(name: str, default: float) -> int:
-    return max(0, int(float(os.environ.get(name, default))))
 
 
 def _aws_kwargs(op: Any) -> dict[str, Any]:
@@ -235,8 +231,22 @@ class _OwnJobs:
     stops the job this try created; only a Completed job is a success."""
 
     # subclasses give: job_type, naming (use case, run id, try -> name), for_try (config, name, try ->
-    # the config of that try), _differences, _to_create, _wait_attempts
+    # the config of that try), differences (config, DescribeJob -> why it is not this work)
     job_type, naming, for_try = "Training", staticmethod(tr.training_job_name), staticmethod(tr.request_for_try)
+    differences = staticmethod(tr.job_differences)
+
+    def _differences(self, desc: dict[str, Any]) -> list[str]:
+        return self.differences(self.config, desc)
+
+    def _to_create(self) -> str:  # the job this try creates (and creates first what it needs)
+        return self.config[f"{self.job_type}JobName"]
+
+    def __init__(self, *, usecase: UseCase, max_wait_seconds: int = 86400, **kwargs: Any):
+        super().__init__(**kwargs)  # type: ignore[call-arg]
+        self.usecase, self._created, self.max_wait_seconds = usecase, None, max_wait_seconds
+
+    def _wait_attempts(self) -> int:  # as long as the job may run
+        return max(60, self.max_wait_seconds // max(1, self.check_interval) + 60)
 
     def _name(self, run_id: str, k: int) -> str:
         return self.naming(self.usecase, run_id, k)
@@ -322,16 +332,9 @@ class TrainingJobOperator(_OwnJobs, SageMakerTrainingOperator):
 
     execute = _OwnJobs._adopt_or_start  # declared here: Airflow guards each operator's own execute
 
-    def __init__(self, *, usecase: UseCase, **kwargs: Any):
+    def __init__(self, **kwargs: Any):
         kwargs.setdefault("check_if_job_exists", False)  # the name is ours, unique per try
         super().__init__(**kwargs)
-        self.usecase, self._created = usecase, None
-
-    def _differences(self, desc: dict[str, Any]) -> list[str]:
-        return tr.job_differences(self.config, desc)
-
-    def _to_create(self) -> str:
-        return self.config["TrainingJobName"]
 
     def _wait_attempts(self) -> int:  # as long as Spot may wait and the job may run
         return tr.wait_attempts(self.config or {}, self.check_interval)
@@ -347,10 +350,9 @@ class TransformJobOperator(_OwnJobs, SageMakerTransformOperator):
     naming, for_try = staticmethod(sr.transform_job_name), staticmethod(sr.request_for_try)
     execute = _OwnJobs._adopt_or_start
 
-    def __init__(self, *, usecase: UseCase, max_wait_seconds: int = 86400, **kwargs: Any):
+    def __init__(self, **kwargs: Any):
         kwargs.update(check_if_job_exists=False, check_if_model_exists=False)  # names are ours, per try
         super().__init__(**kwargs)
-        self.usecase, self._created, self.max_wait_seconds = usecase, None, max_wait_seconds
 
     def _differences(self, desc: dict[str, Any]) -> list[str]:
         return sr.transform_job_differences(self.config, desc, lambda: self.hook.describe_model(desc["ModelName"]))
@@ -364,36 +366,18 @@ class TransformJobOperator(_OwnJobs, SageMakerTransformOperator):
                 raise
         return self.config["Transform"]["TransformJobName"]
 
-    def _wait_attempts(self) -> int:
-        return max(60, self.max_wait_seconds // max(1, self.check_interval) + 60)
 
+class ProcessingJobOperator(_OwnJobs, SageMakerProcessingOperator):
+    """CreateProcessingJob (a SageMaker Clarify job) of one try, or adopt an earlier try's job on the
+    same dataset, config and container (:func:`mlblueprints.aws.clarify.processing_job_differences`);
+    output ``{"Processing": Describe..., "how": ...}``."""
 
-# ---------------------------------------------------------------- the registry of service operators
+    job_type = "Processing"
+    naming, for_try = staticmethod(cl.processing_job_name), staticmethod(cl.request_for_try)
+    differences, execute = staticmethod(cl.processing_job_differences), _OwnJobs._adopt_or_start
 
+    def __init__(self, **kwargs: Any):
+        super().__init__(action_if_job_exists="fail", **kwargs)  # the name is ours, unique per try
 
-def service_operator(kind: str, uc: UseCase, *, task_id: str, request: Any) -> Any:
-    """The operator that runs a service call of ``kind`` for ``uc``; ``request`` is the XCom of
-    the step's prepare task (None: nothing to run)."""
-    aws = uc.aws
-    if aws is None:
-        raise ValueError(f"{uc.name}: service steps need the aws section")
-    common = {"task_id": task_id, "aws_conn_id": aws.aws_conn_id, "region_name": aws.region}
-    if kind == service.ATHENA:
-        return AthenaStatementsOperator(
-            statements=request,
-            database=aws.glue_database,
-            workgroup=aws.athena_workgroup,
-            result_configuration=req.athena_result_configuration(aws),
-            sleep_time=_poll("MLB_ATHENA_POLL_SECONDS", 5),
-            deferrable=deferrable(),
-            **common,
-        )
-    jobs = {"usecase": uc, "config": request, "wait_for_completion": True, "deferrable": deferrable(), **common}
-    jobs["check_interval"] = _poll("MLB_SAGEMAKER_POLL_SECONDS", 30)
-    if kind == service.SAGEMAKER_TRANSFORM:
-        wait = uc.scoring.sagemaker.max_wait_seconds if uc.scoring else 86400
-        return TransformJobOperator(max_wait_seconds=wait, **jobs)
-    if kind == service.SAGEMAKER_TRAINING:
-        print_log = os.environ.get("MLB_SAGEMAKER_PRINT_LOG", "1").lower() not in ("0", "false", "no")
-        return TrainingJobOperator(print_log=print_log, **jobs)
-    raise ValueError(f"no operator for service kind {kind!r}")
+    def serialize_result(self, job_name: str) -> dict[str, dict]:
+        return {"Processing": serialize(self.hook.describe_processing_job(job_name))}

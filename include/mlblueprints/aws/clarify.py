@@ -13,13 +13,13 @@ cannot install it). What the caller does around them:
    its predicted labels cut at the version's operating threshold (``probability_threshold``).
    The keys are those of the schema the SageMaker SDK validates the config with
    (``sagemaker.core.clarify.ANALYSIS_CONFIG_SCHEMA_V1_0``; a test holds the two together);
-3. :func:`processing_request` is the operator's config: ``Model`` - CreateModel from the
+3. :func:`processing_request` gives ``Model`` - CreateModel from the
    registered model package (:func:`mlblueprints.aws.scoring.model_from_package`: the image and
    archive as registered, network isolation and VPC of ``training.sagemaker``) - and
    ``Processing`` - CreateProcessingJob with the Clarify image of the region, the dataset and the
    config as inputs at the paths the Clarify container reads, the output under a prefix per job
    (KMS), the volume's KMS key, the VPC of ``training.sagemaker``, the stopping condition, lineage
-   tags. The job itself runs without network isolation: Clarify calls SageMaker to create and
+   tags; the latter is the operator's config. The job itself runs without network isolation: Clarify calls SageMaker to create and
    invoke the shadow endpoint, which an isolated container cannot (the model keeps its isolation);
 4. :func:`request_for_try` names the job and the output prefix for one try (the shadow model is
    one per run, :func:`shadow_model_name`: the config names it before a try starts);
@@ -119,7 +119,7 @@ def analysis_config(
     shap: dict[str, Any] = {
         **shap_baseline(uc, means),
         "agg_method": "mean_abs",
-        "use_logit": False,
+        "use_logit": True,  # the attributions in log-odds, as the local target's TreeSHAP
         "save_local_shap_values": True,
         "seed": int(e.shap.seed),
     }
@@ -148,7 +148,9 @@ def analysis_config(
         },
     }
     if e.facets:
-        config["facet"] = [{"name_or_index": f.name, "value_or_threshold": list(f.value_or_threshold)} for f in e.facets]
+        config["facet"] = [
+            {"name_or_index": f.name, "value_or_threshold": list(f.value_or_threshold)} for f in e.facets
+        ]
     if excluded:
         config["excluded_columns"] = excluded
     return config
@@ -232,7 +234,7 @@ def processing_request(
     run: Mapping[str, Any],
     git_commit: str,
 ) -> dict[str, Any]:
-    """The operator's config: ``{"Model": CreateModel, "Processing": CreateProcessingJob}``, the
+    """``{"Model": CreateModel, "Processing": CreateProcessingJob}``, the
     job named ``job_name`` (the first try's; :func:`request_for_try` renames per try), the model
     ``model_name`` (the one the analysis config at ``config_uri`` names). The job's output goes to
     ``<output_base_uri>/<job name>/``."""
@@ -261,22 +263,22 @@ def processing_request(
     }
 
 
-def output_base(config: Mapping[str, Any]) -> str:
-    [out] = config["Processing"]["ProcessingOutputConfig"]["Outputs"]
+def output_base(job: Mapping[str, Any]) -> str:
+    """The prefix every try's output goes under (``<output_base_uri>`` of :func:`processing_request`)."""
+    [out] = job["ProcessingOutputConfig"]["Outputs"]
     return str(out["S3Output"]["S3Uri"]).rstrip("/").rsplit("/", 1)[0]
 
 
-def request_for_try(config: Mapping[str, Any], job_name: str, try_number: int) -> dict[str, Any]:
-    """The config of one try: job and output prefix named for the try, try-number tag. The
-    shadow model is the run's (:func:`shadow_model_name`), the one the analysis config names."""
+def request_for_try(job: Mapping[str, Any], job_name: str, try_number: int) -> dict[str, Any]:
+    """The CreateProcessingJob of one try: job and output prefix named for the try, try-number
+    tag. The shadow model is the run's (:func:`shadow_model_name`), the one the analysis config names."""
     if not tr.SAGEMAKER_NAME_RE.match(job_name):
         raise ValueError(f"{job_name!r} is not a valid SageMaker name")
-    out = copy.deepcopy(dict(config))
-    job = out["Processing"]
-    job["ProcessingJobName"] = job_name
-    [o] = job["ProcessingOutputConfig"]["Outputs"]
-    o["S3Output"]["S3Uri"] = f"{output_base(config)}/{job_name}/"
-    job["Tags"] = sr.tagged_for_try(job.get("Tags", []), try_number)
+    out = copy.deepcopy(dict(job))
+    out["ProcessingJobName"] = job_name
+    [o] = out["ProcessingOutputConfig"]["Outputs"]
+    o["S3Output"]["S3Uri"] = f"{output_base(job)}/{job_name}/"
+    out["Tags"] = sr.tagged_for_try(out.get("Tags", []), try_number)
     return out
 
 
@@ -284,11 +286,10 @@ def _input(job: Mapping[str, Any], name: str) -> str | None:
     return next((i["S3Input"]["S3Uri"] for i in job.get("ProcessingInputs", []) if i["InputName"] == name), None)
 
 
-def processing_job_differences(config: Mapping[str, Any], described: Mapping[str, Any]) -> list[str]:
-    """Why the job ``described`` (DescribeProcessingJob) is not the job ``config`` would run,
+def processing_job_differences(want: Mapping[str, Any], described: Mapping[str, Any]) -> list[str]:
+    """Why the job ``described`` (DescribeProcessingJob) is not the job ``want`` would run,
     apart from its name and output prefix: the dataset, the config, the image, the
     instances. Empty: adopting it gives the analysis this config would."""
-    want = config["Processing"]
     out = []
 
     for name in ("dataset", "analysis_config"):

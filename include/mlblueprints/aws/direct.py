@@ -2,7 +2,7 @@
 
 What the Amazon provider's operators do in a DAG task (and an optimized integration in a state
 machine), done synchronously with the runtime's clients: Athena statements in order, each
-polled until it ends; a SageMaker training job created and polled. Tests and scripts use it to
+polled until it ends; a SageMaker training or processing job created and polled. Tests and scripts use it to
 drive an aws backend directly (:func:`mlblueprints.core.service.complete`). The outputs have the
 operators' shapes.
 """
@@ -22,7 +22,7 @@ from mlblueprints.lineage import RunInfo
 log = logging.getLogger(__name__)
 
 ATHENA_DONE = ("SUCCEEDED", "FAILED", "CANCELLED")
-TRAINING_DONE = ("Completed", "Failed", "Stopped")
+JOB_DONE = ("Completed", "Failed", "Stopped")
 
 
 class ServiceJobFailed(RuntimeError):
@@ -67,18 +67,24 @@ def run_athena(rt: AwsRuntime, uc: UseCase, statements: list[service.Statement],
     return {"queries": done}
 
 
-def run_training(rt: AwsRuntime, request: dict[str, Any]) -> dict[str, Any]:
+def run_sagemaker_job(rt: AwsRuntime, job_type: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Create a SageMaker job (``job_type`` Training or Processing) and poll it until it ends."""
     sm = rt.client("sagemaker")
-    sm.create_training_job(**request)
-    name = request["TrainingJobName"]
+    kind = job_type.lower()
+    getattr(sm, f"create_{kind}_job")(**request)
+    name = request[f"{job_type}JobName"]
     while True:
-        desc = sm.describe_training_job(TrainingJobName=name)
-        if desc["TrainingJobStatus"] in TRAINING_DONE:
+        desc = getattr(sm, f"describe_{kind}_job")(**{f"{job_type}JobName": name})
+        if desc[f"{job_type}JobStatus"] in JOB_DONE:
             break
         time.sleep(rt.sagemaker_poll_seconds)
-    if desc["TrainingJobStatus"] != "Completed":
-        raise ServiceJobFailed(f"training job {name} ended {desc['TrainingJobStatus']}: {desc.get('FailureReason')}")
-    return {"Training": desc}
+    if desc[f"{job_type}JobStatus"] != "Completed":
+        raise ServiceJobFailed(f"{kind} job {name} ended {desc[f'{job_type}JobStatus']}: {desc.get('FailureReason')}")
+    return {job_type: desc}
+
+
+def run_training(rt: AwsRuntime, request: dict[str, Any]) -> dict[str, Any]:
+    return run_sagemaker_job(rt, "Training", request)
 
 
 def runner(rt: AwsRuntime, uc: UseCase, run: RunInfo):
@@ -89,6 +95,8 @@ def runner(rt: AwsRuntime, uc: UseCase, run: RunInfo):
             return run_athena(rt, uc, call.statements, run)
         if call.kind == service.SAGEMAKER_TRAINING:
             return run_training(rt, call.request)
+        if call.kind == service.SAGEMAKER_PROCESSING:
+            return {**run_sagemaker_job(rt, "Processing", call.request), "how": "created"}
         raise ValueError(f"no direct runner for service kind {call.kind!r}")
 
     return run_job

@@ -29,7 +29,9 @@ SAGEMAKER_TRAINING = "sagemaker_training"  # request: CreateTrainingJob; output:
 # request: {"Model": CreateModel, "Transform": CreateTransformJob}; output: {"Model": DescribeModel,
 # "Transform": DescribeTransformJob, "how": "created" | "adopted"}
 SAGEMAKER_TRANSFORM = "sagemaker_transform"
-KINDS = (ATHENA, SAGEMAKER_TRAINING, SAGEMAKER_TRANSFORM)
+# request: CreateProcessingJob; output: {"Processing": DescribeProcessingJob, "how": "created" | "adopted"}
+SAGEMAKER_PROCESSING = "sagemaker_processing"
+KINDS = (ATHENA, SAGEMAKER_TRAINING, SAGEMAKER_TRANSFORM, SAGEMAKER_PROCESSING)
 MARK = "__service_call__"
 
 

@@ -1,9 +1,10 @@
 """The steps of the explainability pattern (declared in ``mlblueprints.patterns.explainability``).
 
 ``target`` (which version) -> ``analyse`` (SHAP and bias metrics on the version's holdout, logged
-as artifacts of the version's run) -> ``gate`` (the fairness gate over the logged
-``analysis.json``; marks the version in the registry) -> ``report``. The same code on both targets:
-the registry backend brings the model and the holdout to the worker.
+as artifacts of the version's run: the explainer backend computes them in the worker on the local
+target, a SageMaker Clarify job computes them on aws) -> ``gate`` (the fairness gate over the
+logged ``analysis.json``; marks the version in the registry) -> ``report``. The gate and the
+report are the same code on both targets.
 """
 
 from __future__ import annotations
@@ -29,10 +30,6 @@ def _sections(ctx: StepContext) -> tuple[Any, Any]:
     if t is None or e is None:
         raise PermanentError(f"{ctx.uc.name}: the use case has no training or no explainability section")
     return t, e
-
-
-def _workdir(ctx: StepContext, version: int) -> Path:
-    return runtime.path("explain", ctx.uc.name, safe(ctx.run.run_id), f"v{version}")
 
 
 def target(ctx: StepContext) -> dict[str, Any]:
@@ -77,87 +74,81 @@ def target(ctx: StepContext) -> dict[str, Any]:
     return out
 
 
-def analyse(ctx: StepContext, target: dict[str, Any]) -> dict[str, Any]:
-    """TreeSHAP attributions of a sample of the version's holdout and Clarify's bias metrics
-    (pre-training on the holdout's labels, post-training on the version's predicted labels at its
-    operating threshold), written as a Clarify job's output and logged with the version."""
-    import numpy as np
+def workdir(uc: Any, run_id: str, version: int) -> Path:
+    return runtime.path("explain", uc.name, safe(run_id), f"v{version}")
+
+
+def _workdir(ctx: StepContext, version: int) -> Path:
+    return workdir(ctx.uc, ctx.run.run_id, version)
+
+
+def holdout(uc: Any, registry: Any, version: int, work: Path) -> Any:
+    """The holdout the version was judged on (an artifact of its run), with the model's features,
+    the label and every facet."""
     import pandas as pd
 
-    from mlblueprints.explain import core, html
-
-    uc = ctx.uc
-    t, e = _sections(ctx)
-    registry = ctx.backend("registry")
-    version = int(target["version"])
-    work = _workdir(ctx, version)
+    t = uc.training
     try:
         holdout_file = registry.fetch_artifact(version, HOLDOUT_ARTIFACT, work / "input")
     except LookupError as exc:
         raise PermanentError(
             f"{exc}: the version was registered before runs kept their holdout; retrain to explain it"
         ) from exc
-    holdout = pd.read_parquet(holdout_file)
-    feats = uc.model_features()
+    frame = pd.read_parquet(holdout_file)
     label = uc.training_sets[t.training_set].labels.label
-    missing = [c for c in [*feats, label] if c not in holdout.columns]
+    missing = [c for c in [*uc.model_features(), label] if c not in frame.columns]
     if missing:
         raise PermanentError(f"{uc.model_name} version {version}: its holdout has no column(s) {missing}")
-    model = registry.load_version(version, t.task, feats)
-    x = holdout[feats].to_numpy(dtype=np.float64)
-    predicted = (model.scores(x) >= float(target["threshold"])).astype(np.int64)
+    return frame
 
-    facets = [core.Facet(f.name, tuple(f.value_or_threshold)) for f in e.facets]
-    bias = (
-        core.bias_report(
-            holdout,
-            facets,
-            label,
-            e.label_value,
-            predicted,
-            pre_training=e.pre_training_metrics,
-            post_training=e.post_training_metrics,
-        )
-        if facets
-        else {}
-    )
-    attributions, shap_note, explained = None, None, None
-    if model.flavor == "xgboost":
-        rng = np.random.default_rng(t.seed)
-        rows = np.sort(rng.choice(len(x), size=min(e.sample_size, len(x)), replace=False))
-        explained = x[rows]
-        attributions = core.tree_shap(model.raw, explained, feats)
-    else:
-        shap_note = f"no SHAP values: exact TreeSHAP needs an XGBoost booster, the model is a {model.flavor} model"
-        log.warning(shap_note)
-    doc = core.analysis(
-        bias,
-        attributions,
-        model_name=target["model_name"],
-        model_version=version,
-        run_id=ctx.run.run_id,
-        git_commit=ctx.run.git_commit,
-        config_hash=ctx.run.config_hash,
-        holdout_rows=len(holdout),
-        predicted_label_threshold=float(target["threshold"]),
-    )
-    path = core.write_analysis(doc, work / ARTIFACT_DIR, attributions)
-    html.write_report(doc, e.thresholds(), work / ARTIFACT_DIR, attributions, explained)
-    uri = registry.log_artifacts(version, work / ARTIFACT_DIR, ARTIFACT_DIR)
+
+def log_analysis(
+    uc: Any,
+    registry: Any,
+    target: dict[str, Any],
+    out_dir: Path,
+    *,
+    attributions: Any = None,
+    explained: Any = None,
+    shap_note: str | None = None,
+    holdout_rows: int,
+) -> dict[str, Any]:
+    """The report of the ``analysis.json`` in ``out_dir`` (ours or a Clarify job's, read by the
+    same reader), everything in ``out_dir`` logged as artifacts ``explainability/`` of the
+    version's run, and the step's result."""
+    from mlblueprints.explain import core, html
+
+    _, e = uc.training, uc.explainability
+    version = int(target["version"])
+    path = out_dir / "analysis.json"
+    doc = core.read_analysis(path)
+    meta = {"model_name": target["model_name"], "model_version": version, **(doc.get("mlblueprints") or {})}
+    html.write_report({**doc, "mlblueprints": meta}, e.thresholds(), out_dir, attributions, explained)
+    uri = registry.log_artifacts(version, out_dir, ARTIFACT_DIR)
     log.info("analysis of %s version %s: %s", target["model_name"], version, uri)
-    top: list[str] = []
-    if attributions is not None:
-        g = attributions.global_importance()["label0"]
-        top = sorted(g, key=lambda f: -g[f])[:10]
+    g = ((doc.get("explanations") or {}).get("kernel_shap") or {}).get("label0", {}).get("global_shap_values") or {}
+    explained_rows = 0
+    per_record = out_dir / "explanations_shap" / "out.csv"
+    if per_record.exists():
+        with per_record.open(encoding="utf-8") as f:
+            explained_rows = max(0, sum(1 for line in f if line.strip()) - 1)
     return {
         "analysis": str(path),
         "artifact_uri": uri,
         "metrics": core.metric_values(doc),
-        "top_features": top,
+        "top_features": sorted(g, key=lambda f: -g[f])[:10],
         "shap_note": shap_note,
-        "holdout_rows": len(holdout),
-        "explained_rows": 0 if attributions is None else len(attributions.values),
+        "holdout_rows": int(holdout_rows),
+        "explained_rows": explained_rows,
     }
+
+
+def analyse(ctx: StepContext, target: dict[str, Any]) -> dict[str, Any]:
+    """TreeSHAP attributions and Clarify's bias metrics of the version on its holdout, logged with
+    the version: computed in the worker (local), or by a SageMaker Clarify job (aws), whose
+    result the orchestrator hands back to the explainer."""
+    _sections(ctx)
+    return ctx.backend("explainer").analyse(target, ctx.run)
 
 
 def gate(ctx: StepContext, target: dict[str, Any]) -> dict[str, Any]:

@@ -8,24 +8,29 @@ a version, and run on demand for any version (the ``version`` Param)::
 
 * ``target`` picks the version (the Param, else the triggering event's, else the ``challenger``
   alias) and reads what the registry knows of it (its run, its operating threshold);
-* ``analyse`` loads the version and the holdout it was judged on (an artifact of its run) from
-  the registry, computes TreeSHAP attributions and Clarify's pre- and post-training bias metrics
-  with ``smclarify``, writes ``analysis.json`` and ``explanations_shap/out.csv``, and logs them as
-  artifacts ``explainability/`` of the version's run;
+* ``analyse`` takes the holdout the version was judged on (an artifact of its run) from the
+  registry. On the local target the worker loads the version, computes TreeSHAP attributions and
+  Clarify's pre- and post-training bias metrics with ``smclarify`` and writes ``analysis.json``
+  and ``explanations_shap/out.csv``; on aws a SageMaker Clarify processing job computes them
+  (Kernel SHAP, the same bias metrics) with the same settings, the version served to it from its
+  model package through a shadow endpoint, and the job's output is read back. Either way they
+  are logged as artifacts ``explainability/`` of the version's run;
 * ``gate`` reads that ``analysis.json`` back from the registry and applies
   ``explainability.gate``: a version with a metric outside its bounds gets the tag
   ``mlb.fairness_failed`` (which metric of which facet, its value, the bound), and promotion
   refuses it; a version that passes carries no such tag;
 * ``report`` writes the run report.
 
-Computed in the worker on both targets, as evaluation is; a Clarify processing job does not back
-it yet.
+On aws ``analyse`` is a task group ``prepare -> sagemaker_processing -> finish``: the provider's
+``SageMakerProcessingOperator`` runs the Clarify job (deferrable, named per try, stopped when the
+task is killed); the request comes from :mod:`mlblueprints.aws.clarify`.
 """
 
 from __future__ import annotations
 
 from mlblueprints.config import UseCase
 from mlblueprints.core.naming import registered_model_asset
+from mlblueprints.core.service import SAGEMAKER_PROCESSING
 from mlblueprints.patterns import ParamSpec, PatternSpec, Schedule, Step, base_tags, report_step
 
 STEPS = "mlblueprints.explain.steps"
@@ -38,7 +43,14 @@ def declare(uc: UseCase) -> PatternSpec | None:
     challenger = registered_model_asset(uc)
     steps = (
         Step("target", f"{STEPS}:target", result=f"{RESULTS}:ExplainTargetResult"),
-        Step("analyse", f"{STEPS}:analyse", inputs={"target": "target"}, result=f"{RESULTS}:ExplainResult"),
+        Step(
+            "analyse",
+            f"{STEPS}:analyse",
+            inputs={"target": "target"},
+            capability="explainer",
+            service=SAGEMAKER_PROCESSING,
+            result=f"{RESULTS}:ExplainResult",
+        ),
         Step(
             "gate",
             f"{STEPS}:gate",

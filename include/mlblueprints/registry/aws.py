@@ -32,6 +32,21 @@ from mlblueprints.registry.local import MlflowRegistry
 log = logging.getLogger(__name__)
 
 
+def find_model_package(sm: Any, group: str, model_name: str, version: int | str) -> dict[str, Any] | None:
+    """DescribeModelPackage of the newest package in ``group`` whose customer metadata records
+    MLflow model ``model_name`` version ``version`` (what :meth:`SageMakerRegistry.register_package`
+    writes); None when there is none."""
+    found = None
+    for page in sm.get_paginator("list_model_packages").paginate(ModelPackageGroupName=group):
+        for summary in page.get("ModelPackageSummaryList", []):
+            desc = sm.describe_model_package(ModelPackageName=summary["ModelPackageArn"])
+            meta = desc.get("CustomerMetadataProperties") or {}
+            ours = meta.get("mlflow_model") == model_name and meta.get("mlflow_version") == str(version)
+            if ours and (found is None or desc.get("ModelPackageVersion", 0) > found.get("ModelPackageVersion", 0)):
+                found = desc
+    return found
+
+
 class SageMakerRegistry(MlflowRegistry):
     """MLflow plus SageMaker model packages (``mlblueprints.backends.Registry``)."""
 

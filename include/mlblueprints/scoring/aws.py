@@ -55,6 +55,7 @@ from mlblueprints.features.core import ViewColumns
 from mlblueprints.lakehouse.aws import fq, maintenance_statements, unload_statement
 from mlblueprints.lakehouse.sqlgen import ident, literal, sql_type, to_trino
 from mlblueprints.lineage import RunInfo
+from mlblueprints.registry.aws import find_model_package
 from mlblueprints.scoring import core
 from mlblueprints.scoring.core import ScoringError
 from mlblueprints.scoring.gate import gate_view
@@ -211,16 +212,8 @@ class AwsScorer:
         """The model package the registered version was registered as (its customer metadata
         names the MLflow model and version), checked: approved, and served by the image."""
         uc, s = self.uc, self.uc.scoring
-        sm = self.rt.client("sagemaker")
         group = tr.model_package_group_name(uc)
-        found = None
-        for page in sm.get_paginator("list_model_packages").paginate(ModelPackageGroupName=group):
-            for summary in page.get("ModelPackageSummaryList", []):
-                desc = sm.describe_model_package(ModelPackageName=summary["ModelPackageArn"])
-                meta = desc.get("CustomerMetadataProperties") or {}
-                ours = meta.get("mlflow_model") == model["name"] and meta.get("mlflow_version") == str(model["version"])
-                if ours and (found is None or desc.get("ModelPackageVersion", 0) > found.get("ModelPackageVersion", 0)):
-                    found = desc
+        found = find_model_package(self.rt.client("sagemaker"), group, model["name"], model["version"])
         if found is None:
             raise ScoringError(
                 uc,

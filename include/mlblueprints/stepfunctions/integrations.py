@@ -435,16 +435,17 @@ def training_parameters(r: Render, request_path: str, name: str) -> dict[str, An
     return params
 
 
-def _training_states(r: Render, step: Any, request_path: str, next_state: str, failed: str) -> dict[str, Any]:
+def _sync_job_states(
+    r: Render, step: Any, request_path: str, next_state: str, failed: str, *, job_type: str, comment: str
+) -> dict[str, Any]:
+    """One ``sagemaker:create<job_type>Job.sync`` Task (Training or Processing), its parameters from
+    the kind's builder (:data:`JOB_PARAMETERS`), named anew for each retry."""
     name = job_name(sagemaker_name_part(r.uc.name), step.id)
     task: dict[str, Any] = {
         "Type": "Task",
-        "Comment": (
-            "SageMaker training with managed Spot (.sync); a new job per retry, resuming from the run's "
-            "checkpoints; stopping the execution stops the job"
-        ),
-        "Resource": "arn:aws:states:::sagemaker:createTrainingJob.sync",
-        "Parameters": training_parameters(r, request_path, name),
+        "Comment": comment,
+        "Resource": f"arn:aws:states:::sagemaker:create{job_type}Job.sync",
+        "Parameters": JOB_PARAMETERS[job_type](r, request_path, name),
         "ResultPath": "$.step.output",
         "Next": next_state,
     }
@@ -452,13 +453,21 @@ def _training_states(r: Render, step: Any, request_path: str, next_state: str, f
     if retry:
         task["Retry"] = retry
     task["Catch"] = [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": failed}]
-    return {f"{step.id}.sagemaker_training": task}
+    return {f"{step.id}.sagemaker_{job_type.lower()}": task}
 
 
-def _training_output(raw: Any) -> dict[str, Any]:
-    """DescribeTrainingJob (what ``.sync`` returns) -> ``{"Training": ..., "how": "created"}``
-    (TrainingJobOperator's)."""
-    return {"Training": raw, "how": "created"}
+def _training_states(r: Render, step: Any, request_path: str, next_state: str, failed: str) -> dict[str, Any]:
+    comment = (
+        "SageMaker training with managed Spot (.sync); a new job per retry, resuming from the run's "
+        "checkpoints; stopping the execution stops the job"
+    )
+    return _sync_job_states(r, step, request_path, next_state, failed, job_type="Training", comment=comment)
+
+
+def _job_output(job_type: str) -> Callable[[Any], dict[str, Any]]:
+    """Describe<job_type>Job (what ``.sync`` returns) -> ``{job_type: ..., "how": "created"}`` (the
+    Airflow operator's output)."""
+    return lambda raw: {job_type: raw, "how": "created"}
 
 
 # the CreateModel / CreateTransformJob fields the prepare phase computes for this run: the model
@@ -613,6 +622,67 @@ def _transform_handover(request: Any) -> dict[str, Any]:
     return {**request, OUTPUT_BASE: sr.output_base(request)}
 
 
+# the CreateProcessingJob fields the prepare phase computes for this run: where it put the dataset
+# and the analysis config (which names the run's shadow model), the lineage tags
+PROCESSING_FROM_PREPARE = ("ProcessingInputs", "Tags")
+
+
+def processing_parameters(r: Render, request_path: str, name: str) -> dict[str, Any]:
+    """CreateProcessingJob: :func:`mlblueprints.aws.clarify.processing_request` for the use case
+    (the Clarify image of the region, role, instances, KMS, network, stopping condition), the
+    run's inputs and lineage tags from the prepare phase's request, the job's name, and its output
+    under ``<output base>/<job name>/`` (as ``request_for_try`` names them; both expressions are
+    evaluated in the same state entry, so they give the same name)."""
+    from mlblueprints.aws import clarify as cl
+
+    template = cl.processing_request(
+        r.uc,
+        job_name="from-the-state-machine",
+        model_name="from-prepare",
+        model_package_arn="arn:aws:sagemaker:from-prepare",
+        dataset_uri="s3://from-prepare/dataset/",
+        config_uri="s3://from-prepare/config/analysis_config.json",
+        output_base_uri="s3://from-prepare/output",
+        model={},
+        run={},
+        git_commit="from-prepare",
+    )["Processing"]
+    params: dict[str, Any] = {}
+    for key, value in template.items():
+        if key == "ProcessingJobName":
+            params["ProcessingJobName.$"] = name
+        elif key in PROCESSING_FROM_PREPARE:
+            params[f"{key}.$"] = f"{request_path}.{key}"
+        elif key == "ProcessingOutputConfig":
+            [out] = value["Outputs"]
+            s3 = {k: v for k, v in out["S3Output"].items() if k != "S3Uri"}
+            s3["S3Uri.$"] = f"States.Format('{{}}/{{}}/', {request_path}.{OUTPUT_BASE}, {name})"
+            params[key] = {**value, "Outputs": [{**out, "S3Output": s3}]}
+        else:
+            params[key] = value
+    return params
+
+
+def _processing_states(r: Render, step: Any, request_path: str, next_state: str, failed: str) -> dict[str, Any]:
+    comment = (
+        "a SageMaker Clarify processing job (.sync): the version served from its model package "
+        "through a shadow endpoint; a new job per retry; stopping the execution stops the job"
+    )
+    return _sync_job_states(r, step, request_path, next_state, failed, job_type="Processing", comment=comment)
+
+
+def _processing_handover(request: Any) -> dict[str, Any]:
+    """The request, and the prefix of every try's output (ASL cannot cut a path)."""
+    from mlblueprints.aws import clarify as cl
+
+    return {**request, OUTPUT_BASE: cl.output_base(request)}
+
+
+JOB_PARAMETERS: dict[str, Callable[[Render, str, str], dict[str, Any]]] = {
+    "Training": training_parameters,
+    "Processing": processing_parameters,
+}
+
 SERVICES: dict[str, ServiceKind] = {
     service.ATHENA: ServiceKind(
         service.ATHENA,
@@ -627,7 +697,7 @@ SERVICES: dict[str, ServiceKind] = {
     service.SAGEMAKER_TRAINING: ServiceKind(
         service.SAGEMAKER_TRAINING,
         _training_states,
-        _training_output,
+        _job_output("Training"),
         "a SageMaker training job: createTrainingJob.sync",
         ("arn:aws:states:::sagemaker:createTrainingJob.sync",),
     ),
@@ -638,6 +708,14 @@ SERVICES: dict[str, ServiceKind] = {
         "a SageMaker Batch Transform job: createModel, then createTransformJob.sync",
         ("arn:aws:states:::sagemaker:createModel", "arn:aws:states:::sagemaker:createTransformJob.sync"),
         _transform_handover,
+    ),
+    service.SAGEMAKER_PROCESSING: ServiceKind(
+        service.SAGEMAKER_PROCESSING,
+        _processing_states,
+        _job_output("Processing"),
+        "a SageMaker Clarify processing job: createProcessingJob.sync",
+        ("arn:aws:states:::sagemaker:createProcessingJob.sync",),
+        _processing_handover,
     ),
 }
 

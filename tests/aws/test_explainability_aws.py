@@ -282,3 +282,75 @@ def test_explainability_dag_on_aws_runs_a_clarify_job_and_gates_as_the_local_tar
     passed = tis["gate"].xcom_pull(task_ids="gate")
     assert passed["passed"] is True and passed["reasons"] == [] and _tag(uc, version) is None
     assert len(twin.sent["CreateProcessingJob"]) == 2
+
+
+def _operator_context(run_id: str, try_number: int) -> dict:
+    """What ProcessingJobOperator.execute reads of the Airflow context."""
+    from types import SimpleNamespace
+
+    return {"run_id": run_id, "ti": SimpleNamespace(try_number=try_number, task_id="analyse.sagemaker_processing")}
+
+
+def test_a_retry_adopts_an_earlier_tries_clarify_job_only_when_it_ran_the_same_analysis(clarify_world, monkeypatch):
+    """A retry of the processing task whose earlier try's Clarify job completed on the same dataset,
+    config, image and instances takes that job's output (nothing analysed twice); a job on another
+    dataset is not adopted and the retry starts its own, named for its try."""
+    from moto.sagemaker import models as sm_models
+
+    from mlblueprints.airflow.builder import service_operator
+
+    uc, twin = clarify_world["uc"], clarify_world["clarify"]
+    # moto's DescribeProcessingJob leaves out ProcessingResources; SageMaker returns what was sent
+    response_object = sm_models.FakeProcessingJob.response_object
+
+    def with_resources(self):
+        out = response_object.fget(self)
+        sent = [j for j in twin.sent["CreateProcessingJob"] if j["ProcessingJobName"] == self.processing_job_name]
+        if sent:
+            out["ProcessingResources"] = sent[-1]["ProcessingResources"]
+        return out
+
+    monkeypatch.setattr(sm_models.FakeProcessingJob, "response_object", property(with_resources))
+    monkeypatch.setattr(twin, "run", lambda job: None)  # the job's output is not read here
+    run_id = "manual__2024-03-04T00:00:00+00:00"
+    base = uc.aws.s3_uri("explainability", safe(run_id), "v1")
+    request = cl.processing_request(
+        uc,
+        job_name=cl.processing_job_name(uc, run_id, 1),
+        model_name=cl.shadow_model_name(uc, run_id),
+        model_package_arn="arn:aws:sagemaker:eu-west-1:123456789012:model-package/fraud/1",
+        dataset_uri=f"{base}/dataset/",
+        config_uri=f"{base}/config/analysis_config.json",
+        output_base_uri=f"{base}/output",
+        model={"name": uc.model_name, "version": 1},
+        run={"run_id": run_id, "try_number": 1},
+        git_commit="abc",
+    )["Processing"]
+    sm = boto3.client("sagemaker", region_name=REGION)
+    sm.create_processing_job(**copy.deepcopy(request))
+    sent = twin.sent["CreateProcessingJob"]
+    first = list(sent)
+
+    def operator(config: dict):
+        op = service_operator("sagemaker_processing", uc, task_id="sagemaker_processing", request=copy.deepcopy(config))
+        op.deferrable, op.check_interval = False, 0
+        return op
+
+    out = operator(request).execute(_operator_context(run_id, 3))
+    assert out["how"] == "adopted" and out["Processing"]["ProcessingJobName"] == request["ProcessingJobName"]
+    assert sent == first, "adopted: nothing created"
+    moved = copy.deepcopy(request)
+    moved["ProcessingInputs"][0]["S3Input"]["S3Uri"] = f"{base}/other-dataset/"
+    assert cl.processing_job_differences(
+        moved, sm.describe_processing_job(ProcessingJobName=request["ProcessingJobName"])
+    )
+    created = operator(moved).execute(_operator_context(run_id, 3))
+    assert created["how"] == "created"
+    assert created["Processing"]["ProcessingJobName"] == cl.processing_job_name(uc, run_id, 3)
+    job = sent[-1]
+    _validate("CreateProcessingJob", job)
+    assert job["ProcessingJobName"] == cl.processing_job_name(uc, run_id, 3)
+    assert (
+        job["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"] == f"{base}/output/{job['ProcessingJobName']}/"
+    )
+    assert {t["Key"]: t["Value"] for t in job["Tags"]}["mlblueprints:try-number"] == "3"

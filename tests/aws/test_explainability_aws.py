@@ -275,13 +275,25 @@ def test_explainability_dag_on_aws_runs_a_clarify_job_and_gates_as_the_local_tar
         assert (v is None and aws_metrics[k] is None) or v == pytest.approx(aws_metrics[k], abs=1e-9), k
     assert local["analyse"]["top_features"] == aws_top
 
-    # ---- aws again, bounds that hold: the version passes and its tag is removed
+    # ---- aws without Airflow (a script): the same job through aws.direct, the same analysis
+    from moto_world import run_direct
+
+    from mlblueprints.backends import backend_for
+    from mlblueprints.lineage import RunInfo
+
     uc = _set(path, target="aws", gate=PASSES)
+    run = RunInfo.for_usecase(uc, run_id="direct-run")
+    explainer = backend_for(uc, "explainer")
+    direct = run_direct(uc, explainer.rt, explainer.analyse(res["target"], run), run)
+    assert twin.sent["CreateProcessingJob"][-1]["ProcessingJobName"] == cl.processing_job_name(uc, "direct-run", 1)
+    assert _values(direct["metrics"]) == aws_metrics and direct["top_features"] == aws_top
+
+    # ---- aws again, bounds that hold: the version passes and its tag is removed
     dr, tis = _run(f"{NAME}__explainability", {"version": version})
     assert dr.state == "success", {t: ti.state for t, ti in tis.items()}
     passed = tis["gate"].xcom_pull(task_ids="gate")
     assert passed["passed"] is True and passed["reasons"] == [] and _tag(uc, version) is None
-    assert len(twin.sent["CreateProcessingJob"]) == 2
+    assert len(twin.sent["CreateProcessingJob"]) == 3
 
 
 def _operator_context(run_id: str, try_number: int) -> dict:

@@ -140,7 +140,6 @@ def analysis_config(
         "methods": methods,
         "predictor": {
             "model_name": model_name,
-            "endpoint_name_prefix": model_name[:40].rstrip("-"),
             "instance_type": e.sagemaker.endpoint_instance_type,
             "initial_instance_count": e.sagemaker.endpoint_instance_count,
             "content_type": CONTENT_TYPE,

@@ -13,6 +13,7 @@
     mlblueprints models promote fraud_detection N               alias champion -> version N
     mlblueprints scoring run fraud_detection [--dates D ...] [--version N]   <usecase>__scoring
     mlblueprints predictions fraud_detection [--entity KEY]     newest predictions with their lineage
+    mlblueprints serve fraud_detection [--background|--stop|--status]   the local inference endpoint
     mlblueprints explain fraud_detection [--version N]          <usecase>__explainability: SHAP, bias, fairness gate
     mlblueprints explain record fraud_detection tx_000000000042 [--version N]   why that record got its score
     mlblueprints demo                                           all of it, on embedded defaults
@@ -540,6 +541,43 @@ def _monitoring(args: argparse.Namespace) -> int:
             print(f"{args.usecase}__monitoring: failed task(s) {bad}", file=sys.stderr)
         return 1 if bad else 0
     return _monitoring_show(uc, args.windows)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """``serve <usecase>``: the endpoint in the foreground until Ctrl-C; ``--background`` starts
+    it detached (``--stop``, ``--status``)."""
+    from mlblueprints.serving import server
+
+    uc = _load(args.usecase)
+    if uc.promotion is None:
+        print(f"{uc.name}: the use case has no promotion section (docs/serving.md)", file=sys.stderr)
+        return 2
+    if args.stop:
+        print(f"{uc.name}: endpoint stopped" if server.stop(uc) else f"{uc.name}: no endpoint was running")
+        return 0
+    if args.status:
+        info = server.status(uc)
+        if info is None:
+            print(f"{uc.name}: no endpoint is running (mlblueprints serve {uc.name} --background)")
+            return 3
+        print(
+            f"{uc.name}: endpoint pid {info['pid']} at {info['url']} ({'healthy' if info['health'] else 'not healthy'})"
+        )
+        return 0 if info["health"] else 1
+    base = server.url(uc, args.port)
+    if args.background:
+        try:
+            info = server.start(uc, runtime.usecases_dir() / f"{args.usecase}.yaml", args.port)
+        except server.EndpointError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+        print(f"{uc.name}: endpoint pid {info['pid']} at {info['url']} (log {info['log']})")
+        print(f"  try: curl -s {info['url']}/  (what a request carries)")
+        print(f"  stop: mlblueprints serve {uc.name} --stop")
+        return 0
+    print(f"{uc.name}: serving at {base} (POST /invocations, GET /ping, /metrics, /); Ctrl-C stops", flush=True)
+    server.serve(uc, args.port)
+    return 0
 
 
 def _monitoring_show(uc: Any, windows: int) -> int:
@@ -1163,6 +1201,15 @@ def main(argv: list[str] | None = None) -> int:
     mosh.add_argument("usecase")
     mosh.add_argument("--windows", type=int, default=10, help="the newest N windows (default 10)")
     mosh.set_defaults(fn=_monitoring)
+
+    sv = sub.add_parser("serve", help="the local inference endpoint (FastAPI on uvicorn, loopback)")
+    sv.add_argument("usecase")
+    sv.add_argument("--port", type=int, default=None, help="default: promotion.endpoint.port")
+    svm = sv.add_mutually_exclusive_group()
+    svm.add_argument("--background", action="store_true", help="start it in the background and return")
+    svm.add_argument("--stop", action="store_true", help="stop the background endpoint")
+    svm.add_argument("--status", action="store_true", help="is it running, and what does it serve")
+    sv.set_defaults(fn=_serve)
 
     pr = sub.add_parser("predictions", help="the newest predictions with their lineage (JSON lines)")
     pr.add_argument("usecase")

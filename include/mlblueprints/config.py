@@ -903,6 +903,31 @@ class Monitoring(_Strict):
         return check_name(v, "output_table")
 
 
+class EndpointOptions(_Strict):
+    """The local inference endpoint (``mlblueprints serve``, and the promotion pattern's canary):
+    a FastAPI app on uvicorn, on loopback only."""
+
+    host: Literal["127.0.0.1", "localhost", "::1"] = "127.0.0.1"  # loopback only: no auth in front of it
+    port: Annotated[int, Field(ge=1024, le=65535)] = 8765
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    # a request whose entity a view does not know (or knows only older than its ttl): rejected
+    # with 404 (reject), or scored with the missing features as missing values (XGBoost's learned
+    # default branch; missing)
+    missing_features: Literal["reject", "missing"] = "reject"
+    # the clock a feature's ttl is checked at: the wall clock (live traffic), or the newest event
+    # time the view materialized (replayed or historical traffic, as in the demo)
+    feature_clock: Literal["wall", "watermark"] = "wall"
+    capture_sample: Annotated[float, Field(ge=0, le=1)] = 1.0  # share of requests kept in the capture table
+    max_body_bytes: Annotated[int, Field(ge=256, le=6_291_456)] = 65_536  # SageMaker's own limit is 6 MB
+    max_records: Annotated[int, Field(ge=1, le=10_000)] = 100  # records per request
+
+
+class Promotion(_Strict):
+    """Online serving and canary promotion of registered challengers (``<usecase>__promotion``)."""
+
+    endpoint: EndpointOptions = EndpointOptions()
+
+
 class Compaction(_Strict):
     min_files: Annotated[int, Field(ge=2)] = 4
     small_file_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
@@ -997,6 +1022,7 @@ class UseCase(_Strict):
     explainability: Explainability | None = None
     scoring: Scoring | None = None
     monitoring: Monitoring | None = None
+    promotion: Promotion | None = None
     lakehouse: LakehouseOptions = LakehouseOptions()
     aws: AwsTarget | None = None
 
@@ -1145,8 +1171,28 @@ class UseCase(_Strict):
             # with the model's features in question, a monitored column is not checked against them
             unsure = any(f.startswith(("training", "features")) for f, _ in problems)
             problems += self._monitoring_problems(check_columns=not unsure)
+        problems += self._promotion_problems()
         _raise_problems(problems)
         return self
+
+    def _promotion_problems(self) -> list[tuple[str, str]]:
+        if self.promotion is None:
+            return []
+        t = self.training
+        if t is None:
+            return [("promotion", "promotion serves registered models: the use case needs a training section")]
+        ts = self.training_sets.get(t.training_set)
+        if ts is None:  # reported on training.training_set
+            return []
+        return [
+            (
+                f"training_sets.{t.training_set}.features[{i}]",
+                f"the endpoint reads feature view {v!r} from the online store, which it does not keep "
+                f"(features.{v}.stores: {self.features[v].stores})",
+            )
+            for i, v in enumerate(ts.features)
+            if v in self.features and "online" not in self.features[v].stores
+        ]
 
     def _monitored_column_problems(self, features: list[str]) -> list[tuple[str, str]]:
         m = self.monitoring

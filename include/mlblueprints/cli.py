@@ -14,6 +14,8 @@
     mlblueprints scoring run fraud_detection [--dates D ...] [--version N]   <usecase>__scoring
     mlblueprints predictions fraud_detection [--entity KEY]     newest predictions with their lineage
     mlblueprints serve fraud_detection [--background|--stop|--status]   the local inference endpoint
+    mlblueprints promotion run fraud_detection [--version N]   <usecase>__promotion: canary, guardrails
+    mlblueprints deployments fraud_detection                    deployment history and DORA metrics
     mlblueprints explain fraud_detection [--version N]          <usecase>__explainability: SHAP, bias, fairness gate
     mlblueprints explain record fraud_detection tx_000000000042 [--version N]   why that record got its score
     mlblueprints demo                                           all of it, on embedded defaults
@@ -523,24 +525,29 @@ def _monitoring(args: argparse.Namespace) -> int:
         print(f"{uc.name}: the use case has no monitoring section (see docs/monitoring.md)", file=sys.stderr)
         return 2
     if args.action == "run":
-        from mlblueprints.airflow import localrun
-
         dates = _scoring_dates(uc, args.dates)
-        localrun.setup()
-        dag = localrun.get_dag(f"{args.usecase}__monitoring")
-        localrun.quiet_retry_waits()
         conf: dict[str, Any] = {"event_dates": [d.isoformat() for d in dates]}
         if args.version:
             conf["version"] = args.version
-        dr = dag.test(run_conf=conf)
-        bad = localrun.failed_tasks(dr)
-        latest = runtime.home() / "runs" / args.usecase / "monitoring" / "latest.txt"
-        if latest.exists():
-            print(latest.read_text())
-        if bad:
-            print(f"{args.usecase}__monitoring: failed task(s) {bad}", file=sys.stderr)
-        return 1 if bad else 0
+        return _run_and_report(args.usecase, "monitoring", conf)
     return _monitoring_show(uc, args.windows)
+
+
+def _run_and_report(usecase: str, pattern: str, conf: dict[str, Any] | None) -> int:
+    """One run of ``<usecase>__<pattern>`` through dag.test; its report printed; 1 if a task failed."""
+    from mlblueprints.airflow import localrun
+
+    localrun.setup()
+    dag = localrun.get_dag(f"{usecase}__{pattern}")
+    localrun.quiet_retry_waits()
+    dr = dag.test(run_conf=conf)
+    bad = localrun.failed_tasks(dr)
+    latest = runtime.home() / "runs" / usecase / pattern / "latest.txt"
+    if latest.exists():
+        print(latest.read_text())
+    if bad:
+        print(f"{usecase}__{pattern}: failed task(s) {bad}", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -577,6 +584,62 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     print(f"{uc.name}: serving at {base} (POST /invocations, GET /ping, /metrics, /); Ctrl-C stops", flush=True)
     server.serve(uc, args.port)
+    return 0
+
+
+def _promotion(args: argparse.Namespace) -> int:
+    """``promotion run <usecase>``: one run of ``<usecase>__promotion`` (dag.test) and its report."""
+    uc = _load(args.usecase)
+    if uc.promotion is None:
+        print(f"{uc.name}: the use case has no promotion section (see docs/serving.md)", file=sys.stderr)
+        return 2
+    return _run_and_report(args.usecase, "promotion", {"version": args.version} if args.version else None)
+
+
+def _deployments(args: argparse.Namespace) -> int:
+    """``deployments <usecase>``: every deployment of the promotion pattern (version, commit,
+    times, outcome, reason) and the DORA metrics computed from them."""
+    from datetime import UTC, datetime
+
+    from mlblueprints.core.reporting import Table
+    from mlblueprints.serving.dora import dora, duration
+    from mlblueprints.serving.state import DeploymentState, state_path
+
+    uc = _load(args.usecase)
+    if not state_path(uc).exists() or not DeploymentState(uc).deployments():
+        print(f"{uc.name}: no deployments yet (the {uc.name}__promotion DAG records them)", file=sys.stderr)
+        return 3
+    rows = DeploymentState(uc).deployments()
+    t = Table(("#", "version", "replaces", "commit", "started", "took", "outcome", "reason"), right=(0, 1, 2, 5))
+    for d in rows:
+        took = None
+        if d["finished_at"]:
+            took = (datetime.fromisoformat(d["finished_at"]) - datetime.fromisoformat(d["started_at"])).total_seconds()
+        t.add(
+            d["id"],
+            d["version"],
+            "-" if d["previous_version"] is None else d["previous_version"],
+            (d["git_commit"] or "-")[:12],
+            d["started_at"][:19].replace("T", " "),
+            duration(took),
+            d["outcome"],
+            (d["reason"] or "")[:90],
+        )
+    print(t.render())
+    m = dora(rows, datetime.now(UTC), args.days)
+    rate = m["change_failure_rate"]
+    print(
+        f"\nDORA metrics over the last {args.days} days ({m['deployments']} deployments):\n"
+        f"  deployment frequency   {m['deployment_frequency_per_week']:.2f} per week "
+        f"({m['deployment_frequency_per_day']:.2f} per day)\n"
+        f"  lead time for changes  median {duration(m['lead_time_seconds_median'])}, slowest "
+        f"{duration(m['lead_time_seconds_max'])} (commit -> production"
+        + (f"; {m['lead_time_unknown']} without a known commit time" if m["lead_time_unknown"] else "")
+        + ")\n"
+        f"  change failure rate    {'-' if rate is None else f'{100 * rate:.0f} %'} (canaries rolled back)\n"
+        f"  time to restore        median {duration(m['time_to_restore_seconds_median'])}, slowest "
+        f"{duration(m['time_to_restore_seconds_max'])} (canary start -> rollback done)"
+    )
     return 0
 
 
@@ -1210,6 +1273,20 @@ def main(argv: list[str] | None = None) -> int:
     svm.add_argument("--stop", action="store_true", help="stop the background endpoint")
     svm.add_argument("--status", action="store_true", help="is it running, and what does it serve")
     sv.set_defaults(fn=_serve)
+
+    po = sub.add_parser(
+        "promotion", help="run <usecase>__promotion (dag.test): canary, guardrails, promote or roll back"
+    )
+    pos = po.add_subparsers(dest="action", required=True)
+    por = pos.add_parser("run", help="one run of <usecase>__promotion")
+    por.add_argument("usecase")
+    por.add_argument("--version", type=int, help="the version to deploy (default: the challenger alias)")
+    por.set_defaults(fn=_promotion)
+
+    dpl = sub.add_parser("deployments", help="the endpoint's deployment history and the four DORA metrics")
+    dpl.add_argument("usecase")
+    dpl.add_argument("--days", type=int, default=30, help="the DORA metrics' window (default 30 days)")
+    dpl.set_defaults(fn=_deployments)
 
     pr = sub.add_parser("predictions", help="the newest predictions with their lineage (JSON lines)")
     pr.add_argument("usecase")

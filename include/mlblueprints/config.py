@@ -922,10 +922,69 @@ class EndpointOptions(_Strict):
     max_records: Annotated[int, Field(ge=1, le=10_000)] = 100  # records per request
 
 
+class CanaryOptions(_Strict):
+    """How traffic moves to the challenger: a canary share baked once (``weight``), or linear
+    steps (``steps``, each baked, the last 1.0 implied: promotion)."""
+
+    weight: Annotated[float, Field(gt=0, le=0.5)] = 0.1  # SageMaker's canary: at most half the capacity
+    steps: list[Annotated[float, Field(gt=0, lt=1)]] = []  # linear shifting, e.g. [0.1, 0.5]
+    bake_seconds: Annotated[float, Field(gt=0, le=3600)] = 60  # per step (SageMaker: 0-3600 s)
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, v: list[float]) -> list[float]:
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"steps must increase: {v}")
+        return v
+
+    def shares(self) -> list[float]:
+        """The challenger's share in each bake."""
+        return list(self.steps) if self.steps else [self.weight]
+
+
+class TrafficOptions(_Strict):
+    """The requests a bake is judged on: real requests the endpoint gets, plus (``replay``) the
+    newest scored entities replayed at ``rate_per_second``, at most ``max_requests`` per bake."""
+
+    replay: bool = True
+    rate_per_second: Annotated[float, Field(gt=0, le=5000)] = 100
+    max_requests: Annotated[int, Field(ge=1, le=10_000_000)] = 20_000  # per bake
+    clients: Annotated[int, Field(ge=1, le=64)] = 4  # concurrent replay connections
+    replay_days: Annotated[int, Field(ge=1, le=365)] = 2  # the newest event dates of the rows source
+
+
+class ScoreShiftGuardrail(_Strict):
+    """The challenger's scores against the champion's on the same traffic."""
+
+    method: Literal["psi", "ks"] = "psi"
+    threshold: Annotated[float, Field(gt=0, le=10)] = 0.2  # PSI 0.2: a significant shift; ks: the K-S statistic
+
+
+class QualityGuardrail(_Strict):
+    """Where the replayed rows' labels are known: the challenger's ROC-AUC against the champion's."""
+
+    enabled: bool = True
+    max_roc_auc_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
+    min_positives: Annotated[int, Field(ge=1)] = 20  # per variant; fewer: not judged (said so)
+
+
+class Guardrails(_Strict):
+    """What rolls a canary back, judged on the challenger's requests of each bake."""
+
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01  # 5xx answers
+    max_p99_latency_ms: Annotated[float, Field(gt=0)] = 100  # the online pattern's target per request
+    score_shift: ScoreShiftGuardrail | None = ScoreShiftGuardrail()
+    quality: QualityGuardrail = QualityGuardrail()
+    min_requests: Annotated[int, Field(ge=1)] = 200  # challenger requests per bake; fewer: rolled back
+
+
 class Promotion(_Strict):
     """Online serving and canary promotion of registered challengers (``<usecase>__promotion``)."""
 
     endpoint: EndpointOptions = EndpointOptions()
+    canary: CanaryOptions = CanaryOptions()
+    traffic: TrafficOptions = TrafficOptions()
+    guardrails: Guardrails = Guardrails()
 
 
 class Compaction(_Strict):

@@ -10,9 +10,7 @@ the booster's own ``predict`` on a DMatrix.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import threading
 import time
 import urllib.error
@@ -24,16 +22,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import read_table, runtime_home
+from helpers import free_port, read_table, runtime_home, usecases_dir
 from mlblueprints.config import load_usecase
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def call(base: str, path: str, body: Any = None, raw: bytes | None = None, timeout: float = 10) -> tuple[int, Any]:
@@ -54,22 +46,14 @@ def served(scoring_base, tmp_path_factory):
 
     home = tmp_path_factory.mktemp("endpoint") / "home"
     shutil.copytree(scoring_base["home"], home)
-    old = os.environ.get("MLB_USECASES_DIR")
-    os.environ["MLB_USECASES_DIR"] = str(scoring_base["uc_dir"])
     yaml_file = scoring_base["uc_dir"] / "fraud_detection.yaml"
-    try:
-        with runtime_home(home):
-            uc = load_usecase(yaml_file)
-            info = server.start(uc, yaml_file, port=_free_port(), timeout=180)
-            try:
-                yield {"uc": uc, "home": home, "base": info["url"], "info": info, "state": DeploymentState(uc)}
-            finally:
-                server.stop(uc)
-    finally:
-        if old is None:
-            os.environ.pop("MLB_USECASES_DIR", None)
-        else:
-            os.environ["MLB_USECASES_DIR"] = old
+    with usecases_dir(scoring_base["uc_dir"]), runtime_home(home):
+        uc = load_usecase(yaml_file)
+        info = server.start(uc, yaml_file, port=free_port(), timeout=180)
+        try:
+            yield {"uc": uc, "home": home, "base": info["url"], "info": info, "state": DeploymentState(uc)}
+        finally:
+            server.stop(uc)
 
 
 def _newest(gold: pd.DataFrame, key: str) -> pd.DataFrame:

@@ -15,7 +15,8 @@ a version, and run on demand for any version (the ``version`` Param)::
 * ``gate`` reads that ``analysis.json`` back from the registry and applies
   ``explainability.gate``: a version with a metric outside its bounds gets the tag
   ``mlb.fairness_failed`` (which metric of which facet, its value, the bound), and promotion
-  refuses it; a version that passes carries no such tag;
+  refuses it; a version that passes carries no such tag; either way it emits
+  ``<usecase>.model.explained`` (the version, passed or not), which promotion is scheduled on;
 * ``report`` writes the run report.
 
 Computed in the worker on both targets, as evaluation is; a Clarify processing job does not back
@@ -25,7 +26,7 @@ it yet.
 from __future__ import annotations
 
 from mlblueprints.config import UseCase
-from mlblueprints.core.naming import registered_model_asset
+from mlblueprints.core.naming import explained_model_asset, registered_model_asset
 from mlblueprints.patterns import ParamSpec, PatternSpec, Schedule, Step, base_tags, report_step
 
 STEPS = "mlblueprints.explain.steps"
@@ -36,6 +37,7 @@ def declare(uc: UseCase) -> PatternSpec | None:
     if uc.training is None or uc.explainability is None:
         return None
     challenger = registered_model_asset(uc)
+    explained = explained_model_asset(uc)
     steps = (
         Step("target", f"{STEPS}:target", result=f"{RESULTS}:ExplainTargetResult"),
         Step("analyse", f"{STEPS}:analyse", inputs={"target": "target"}, result=f"{RESULTS}:ExplainResult"),
@@ -44,6 +46,7 @@ def declare(uc: UseCase) -> PatternSpec | None:
             f"{STEPS}:gate",
             inputs={"target": "target"},
             after=("analyse",),
+            emits=(explained.name,),
             result=f"{RESULTS}:FairnessResult",
         ),
         report_step(STEPS, ("gate",)),
@@ -66,7 +69,7 @@ def declare(uc: UseCase) -> PatternSpec | None:
         schedule=Schedule(assets=challenger.name),
         steps=steps,
         params=params,
-        assets=(challenger,),
+        assets=(challenger, explained),
         start_date=uc.start_date,
         tags=base_tags("explainability", uc),
     )

@@ -248,7 +248,13 @@ class Endpoint:
                 return (
                     500,
                     {"error": f"variant {v.name} (version {v.version}) failed: {type(exc).__name__}: {exc}"},
-                    {"variant": v.name, "version": v.version, "latency_ms": ms, "records": len(recs)},
+                    {
+                        "variant": v.name,
+                        "version": v.version,
+                        "latency_ms": ms,
+                        "records": len(recs),
+                        "generation": served.generation,
+                    },
                 )
             out = []
             for i, rec in enumerate(recs):
@@ -264,7 +270,17 @@ class Endpoint:
             ms = (time.perf_counter() - t0) * 1000
             v.stats.add(ms, [p["score"] for p in out], error=False)
             resp: dict[str, Any] = {"predictions": out} if batch else out[0]
-            return 200, resp, {"variant": v.name, "version": v.version, "latency_ms": ms, "records": len(recs)}
+            return (
+                200,
+                resp,
+                {
+                    "variant": v.name,
+                    "version": v.version,
+                    "latency_ms": ms,
+                    "records": len(recs),
+                    "generation": served.generation,
+                },
+            )
         except RequestError as exc:
             ms = (time.perf_counter() - t0) * 1000
             if v is not None:
@@ -272,7 +288,12 @@ class Endpoint:
             return (
                 exc.status,
                 {"error": exc.message},
-                {"variant": v.name if v else None, "version": v.version if v else None, "latency_ms": ms},
+                {
+                    "variant": v.name if v else None,
+                    "version": v.version if v else None,
+                    "latency_ms": ms,
+                    "generation": served.generation,
+                },
             )
 
     def record(self, status: int, body: bytes, resp: Mapping[str, Any], facts: Mapping[str, Any]) -> None:
@@ -287,6 +308,7 @@ class Endpoint:
             (
                 at_us,
                 uuid.uuid4().hex,
+                facts.get("generation"),
                 facts.get("variant"),
                 facts.get("version"),
                 status,
@@ -330,6 +352,7 @@ def create_app(uc: UseCase, endpoint: Endpoint | None = None) -> Any:
 
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
 
     ep = endpoint or Endpoint(uc)
 
@@ -352,7 +375,8 @@ def create_app(uc: UseCase, endpoint: Endpoint | None = None) -> Any:
                 {"error": f"the body is {length} bytes; at most {ep.opts.max_body_bytes} are accepted"}, status_code=413
             )
         body = await request.body()
-        status, resp, facts = ep.invoke(body)
+        # in the thread pool: a slow model holds up its own requests, not the event loop
+        status, resp, facts = await run_in_threadpool(ep.invoke, body)
         ep.record(status, body, resp, facts)
         return JSONResponse(resp, status_code=status)
 

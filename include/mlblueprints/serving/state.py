@@ -5,6 +5,9 @@
   (``mlblueprints serve``, the promotion pattern) does so in one transaction and bumps
   ``generation``; the running endpoint notices within its poll interval, loads what is new next
   to what it serves, and swaps in one step, so a request is answered by the old set or the new.
+* ``deployments``: the deployment history - per promotion run, the version, the one it replaces,
+  its git commit and when that was made, start and end, the outcome and why, the traffic shares
+  and every guardrail's verdict (``mlblueprints deployments`` and the DORA metrics read it);
 * ``capture``: the data capture of the endpoint, as SageMaker's endpoint data capture keeps it:
   per sampled request, its time, variant, model version, status, latency, the request and the
   response (JSON). Errors are always kept.
@@ -33,10 +36,19 @@ CREATE TABLE IF NOT EXISTS variants (
   updated_at TEXT NOT NULL, updated_by TEXT);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 CREATE TABLE IF NOT EXISTS capture (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, at_us INTEGER NOT NULL, request_id TEXT, variant TEXT,
-  version INTEGER, status INTEGER NOT NULL, latency_ms REAL, records INTEGER, request TEXT, response TEXT);
-CREATE INDEX IF NOT EXISTS capture_variant ON capture (variant, id);
+  id INTEGER PRIMARY KEY AUTOINCREMENT, at_us INTEGER NOT NULL, request_id TEXT, generation INTEGER,
+  variant TEXT, version INTEGER, status INTEGER NOT NULL, latency_ms REAL, records INTEGER, request TEXT,
+  response TEXT);
+CREATE INDEX IF NOT EXISTS capture_generation ON capture (generation, id);
+CREATE TABLE IF NOT EXISTS deployments (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, version INTEGER NOT NULL,
+  previous_version INTEGER, git_commit TEXT, committed_at TEXT, started_at TEXT NOT NULL,
+  finished_at TEXT, outcome TEXT NOT NULL, reason TEXT, shares TEXT, guardrails TEXT);
 """
+IN_PROGRESS = "in_progress"
+# how a deployment ended: the challenger became the champion (promoted; first: there was no
+# champion to canary against), was rolled back, or a newer promotion replaced it before it ended
+OUTCOMES = ("promoted", "first", "rolled_back", "superseded")
 
 
 def state_path(uc: UseCase | str) -> Path:
@@ -84,7 +96,7 @@ class DeploymentState:
         names = [v["variant"] for v in variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names repeat: {names}")
-        now = datetime.now(UTC).isoformat(timespec="seconds")
+        now = _now()
         con = self._con()
         con.execute("BEGIN IMMEDIATE")
         try:
@@ -101,16 +113,76 @@ class DeploymentState:
             raise
         return gen
 
+    # ------------------------------------------------------------------ deployments
+
+    def deployments(self) -> list[dict[str, Any]]:
+        cur = self._con().execute("SELECT * FROM deployments ORDER BY id")
+        cols = [d[0] for d in cur.description]
+        out = []
+        for r in cur.fetchall():
+            d = dict(zip(cols, r))
+            for k in ("shares", "guardrails"):
+                d[k] = json.loads(d[k]) if d[k] else None
+            out.append(d)
+        return out
+
+    def deployment(self, run_id: str) -> dict[str, Any] | None:
+        """The deployment a promotion run started (a rerun finds its own)."""
+        return next((d for d in reversed(self.deployments()) if d["run_id"] == run_id), None)
+
+    def start_deployment(
+        self, run_id: str, version: int, previous: int | None, commit: str | None, committed_at: str | None
+    ) -> dict[str, Any]:
+        """The run's deployment (the one it started before, on a rerun); a deployment of another
+        run still in progress is marked superseded (its run was killed or is being replaced)."""
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            row = con.execute(
+                "SELECT id FROM deployments WHERE run_id = ? AND outcome = ? ORDER BY id DESC LIMIT 1",
+                (run_id, IN_PROGRESS),
+            ).fetchone()
+            now = _now()
+            con.execute(
+                "UPDATE deployments SET outcome = 'superseded', finished_at = ?, reason = ? "
+                "WHERE outcome = ? AND run_id != ?",
+                (now, f"replaced by the promotion run {run_id}", IN_PROGRESS, run_id),
+            )
+            if row is None:
+                con.execute(
+                    "INSERT INTO deployments (run_id, version, previous_version, git_commit, committed_at, started_at, "
+                    "outcome) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, version, previous, commit, committed_at, now, IN_PROGRESS),
+                )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        d = self.deployment(run_id)
+        assert d is not None
+        return d
+
+    def finish_deployment(
+        self, deployment_id: int, outcome: str, reason: str, shares: Sequence[float], guardrails: Any
+    ) -> None:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r}")
+        self._con().execute(
+            "UPDATE deployments SET outcome = ?, reason = ?, finished_at = ?, shares = ?, guardrails = ? WHERE id = ?",
+            (outcome, reason, _now(), json.dumps(list(shares)), json.dumps(guardrails, default=str), deployment_id),
+        )
+
     # ------------------------------------------------------------------ capture
 
     def add_captures(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Rows of (at_us, request_id, variant, version, status, latency_ms, records, request, response)."""
+        """Rows of (at_us, request_id, generation, variant, version, status, latency_ms, records,
+        request, response)."""
         con = self._con()
         con.execute("BEGIN")
         try:
             con.executemany(
-                "INSERT INTO capture (at_us, request_id, variant, version, status, latency_ms, records, request, "
-                "response) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO capture (at_us, request_id, generation, variant, version, status, latency_ms, records, "
+                "request, response) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             con.execute("COMMIT")
@@ -118,13 +190,15 @@ class DeploymentState:
             con.execute("ROLLBACK")
             raise
 
-    def captures(self, after_id: int = 0, variant: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        """Captured requests with ``id > after_id`` (of one variant), oldest first; request and
-        response decoded."""
+    def captures(
+        self, after_id: int = 0, generation: int | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Captured requests with ``id > after_id`` (answered while ``generation`` was served),
+        oldest first; request and response decoded."""
         where, params = "id > ?", [after_id]
-        if variant is not None:
-            where += " AND variant = ?"
-            params.append(variant)
+        if generation is not None:
+            where += " AND generation = ?"
+            params.append(generation)
         sql = f"SELECT * FROM capture WHERE {where} ORDER BY id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
@@ -145,6 +219,10 @@ class DeploymentState:
     def last_capture_id(self) -> int:
         row = self._con().execute("SELECT max(id) FROM capture").fetchone()
         return int(row[0] or 0)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class CaptureWriter:

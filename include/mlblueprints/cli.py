@@ -345,9 +345,14 @@ def _features(args: argparse.Namespace) -> int:
 
 
 def _run_training(usecase: str, conf: dict | None = None) -> int:
+    return _run_pattern(usecase, "training", conf)
+
+
+def _run_pattern(usecase: str, pattern: str, conf: dict | None = None) -> int:
+    """One run of ``<usecase>__<pattern>`` through dag.test, said in one line; 1 unless it succeeded."""
     from mlblueprints.airflow import localrun
 
-    dag = localrun.get_dag(f"{usecase}__training")
+    dag = localrun.get_dag(f"{usecase}__{pattern}")
     localrun.quiet_retry_waits()
     t = time.perf_counter()
     dr = dag.test(run_conf=conf or None)
@@ -860,7 +865,10 @@ def _demo_loop(args: argparse.Namespace) -> int:
             flush=True,
         )
         status = _run_training(DEMO_USECASE)
-    for pattern in ("monitoring", "training"):
+    shown = ["monitoring", "training"]
+    if status == 0 and decided and decided["fired"]:
+        status = _loop_promotion(DEMO_USECASE, shown)
+    for pattern in shown:
         text = home / "runs" / DEMO_USECASE / pattern / "latest.txt"
         if text.exists():
             print(f"\nlast {pattern} run:")
@@ -874,6 +882,33 @@ def _demo_loop(args: argparse.Namespace) -> int:
     if status == 0 and not (decided and decided["fired"]):
         print("the drifted day raised no alert (see the monitoring run above)", file=sys.stderr)
         return 1
+    return status
+
+
+def _loop_promotion(usecase: str, shown: list[str]) -> int:
+    """The end of the loop: a challenger the retraining registered goes through the fairness gate
+    (explainability) and, when it passes, a canary on the endpoint (promotion); the endpoint the
+    promotion started is stopped after it."""
+    from mlblueprints.backends import backend_for
+    from mlblueprints.serving import server
+
+    uc = _load(usecase)
+    registry = backend_for(uc, "registry")
+    champion, challenger = registry.model_version("champion"), registry.model_version("challenger")
+    if challenger is None or champion is None or challenger["version"] == champion["version"]:
+        print("the retraining registered no new challenger: nothing to promote", flush=True)
+        return 0
+    v = int(challenger["version"])
+    print(f"version {v} was registered: on a scheduler the challenger Asset runs {usecase}__explainability, ...")
+    status = _run_pattern(usecase, "explainability", {"version": v})
+    shown.append("explainability")
+    if status == 0:
+        print(f"... whose fairness gate's Asset runs {usecase}__promotion: a canary on the endpoint ...", flush=True)
+        try:
+            status = _run_pattern(usecase, "promotion", {"version": v})
+        finally:
+            server.stop(uc)
+        shown.append("promotion")
     return status
 
 

@@ -877,7 +877,8 @@ def _demo_loop(args: argparse.Namespace) -> int:
         _monitoring_show(_load(DEMO_USECASE), 10)
     print(
         f"inspect: MLB_HOME={home} .venv/bin/mlblueprints monitoring show {DEMO_USECASE}; "
-        f"MLB_HOME={home} .venv/bin/mlblueprints models lineage {DEMO_USECASE}"
+        f"MLB_HOME={home} .venv/bin/mlblueprints models lineage {DEMO_USECASE}; "
+        f"MLB_HOME={home} .venv/bin/mlblueprints deployments {DEMO_USECASE}"
     )
     if status == 0 and not (decided and decided["fired"]):
         print("the drifted day raised no alert (see the monitoring run above)", file=sys.stderr)
@@ -913,8 +914,8 @@ def _loop_promotion(usecase: str, shown: list[str]) -> int:
 
 
 def _demo_scoring(usecase: str, dates: list[date]) -> int:
-    """Score ``dates`` with the champion. The demo has no canary to promote a challenger, so a
-    registered challenger becomes the champion first (``mlblueprints models promote``, said so)."""
+    """Score ``dates`` with the champion. The demo does not run a canary for its first version, so
+    a registered challenger becomes the champion first (``mlblueprints models promote``, said so)."""
     from mlblueprints.backends import backend_for
 
     registry = backend_for(_load(usecase), "registry")
@@ -923,8 +924,8 @@ def _demo_scoring(usecase: str, dates: list[date]) -> int:
         if challenger is not None:
             registry.promote(challenger["version"])
             print(
-                f"promoted version {challenger['version']} to champion (the canary pattern's job; done directly here, "
-                f"as mlblueprints models promote {usecase} {challenger['version']} does)",
+                f"promoted version {challenger['version']} to champion (the promotion pattern's job; done directly "
+                f"here, as mlblueprints models promote {usecase} {challenger['version']} does)",
                 flush=True,
             )
     print(f"scoring event dates {dates[0]}..{dates[-1]} with the champion ...", flush=True)

@@ -33,7 +33,7 @@ from mlblueprints.config import load_usecase
 pytestmark = pytest.mark.slow
 
 FAULTY = Path(__file__).with_name("models") / "faulty_challenger.py"
-CANARY = 0.1
+CANARY, LINEAR = 0.1, 0.3  # the challenger's shares, baked in turn
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def world(scoring_base, tmp_path_factory, airflow_db):
     shutil.copytree(scoring_base["uc_dir"], uc_dir)
     doc = yaml.safe_load((uc_dir / "fraud_detection.yaml").read_text())
     doc["promotion"].update(
-        canary={"weight": CANARY, "bake_seconds": 5},
+        canary={"steps": [CANARY, LINEAR], "bake_seconds": 5},  # linear: a bad one trips at the first step
         traffic={"rate_per_second": 400, "max_requests": 3000, "clients": 4},
         guardrails={"min_requests": 100, "max_p99_latency_ms": 100},
     )
@@ -200,10 +200,12 @@ def test_a_good_challenger_is_promoted(world):
     assert _aliases(world)["champion"] == good and _aliases(world)["previous"] == old
     assert [(v["variant"], v["version"], v["weight"]) for v in _serving(world)] == [("champion", good, 1.0)]
     assert [v["version"] for v in _endpoint_answers(world)["variants"]] == [good]
-    bake = run["res"]["bake"]["bakes"][0]
-    assert all(v["ok"] is not False for v in bake["verdicts"]), bake["verdicts"]
-    n = sum(bake["answered"].values())
-    assert bake["answered"]["challenger"] <= CANARY * n + 1  # smooth round robin: exact, to one request
+    bakes = run["res"]["bake"]["bakes"]
+    assert [b["share"] for b in bakes] == [CANARY, LINEAR]  # each step baked, every guardrail held
+    for b in bakes:
+        assert all(v["ok"] is not False for v in b["verdicts"]), b["verdicts"]
+        n = sum(b["answered"].values())
+        assert abs(b["answered"]["challenger"] - b["share"] * n) <= 1  # smooth round robin: exact, to one request
     text = (world["home"] / "runs" / "fraud_detection" / "promotion" / "latest.txt").read_text()
     assert f"PROMOTED: version {good}" in text and "score_shift_psi" in text
     assert run["load"] and set(run["load"]) == {200}, run["load"]  # none lost across the switch
@@ -232,7 +234,7 @@ def test_bad_challengers_are_rolled_back_each_by_its_own_guardrail_and_no_reques
         with runtime_home(world["home"]):
             why = backend_for(world["uc"], "registry").refusal(bad)
         assert why and "canary was rolled back" in why and guardrail in why
-        bake = run["res"]["bake"]["bakes"][-1]
+        (bake,) = run["res"]["bake"]["bakes"]  # stopped at the first step
         n = sum(bake["answered"].values())
         assert bake["answered"].get("challenger", 0) <= CANARY * n + 1, bake["answered"]
         assert run["load"] and set(run["load"]) == {200}, (fault, run["load"])

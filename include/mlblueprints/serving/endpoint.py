@@ -102,6 +102,7 @@ class Endpoint:
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.load_error: str | None = None
+        self._stores: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ variants
 
@@ -184,6 +185,15 @@ class Endpoint:
             self._poller.join(timeout=10)
         self.capture.close()
 
+    def _store(self, view: str) -> Any:
+        """The features backend of ``view`` (made once: a request does not build one)."""
+        store = self._stores.get(view)
+        if store is None:
+            from mlblueprints.backends import backend_for
+
+            store = self._stores[view] = backend_for(self.uc, "features", view=view)
+        return store
+
     @property
     def served(self) -> Served | None:
         return self._served
@@ -193,15 +203,13 @@ class Endpoint:
     def _features(self, v: Variant, keyed: list[dict[str, Any]], values: list[list[float]]) -> Any:
         import numpy as np
 
-        from mlblueprints.backends import backend_for
-
         shape = v.shape
         x = np.empty((len(keyed), len(shape.features)), dtype=np.float32)
         as_of = "watermark" if self.opts.feature_clock == "watermark" else None
         found: dict[str, list[dict[str, Any] | None]] = {}
         for view, cols in shape.views.items():
             keys = [k[cols[0]] if len(cols) == 1 else tuple(k[c] for c in cols) for k in keyed]
-            got = backend_for(self.uc, "features", view=view).get_online_features(view, keys, as_of=as_of)
+            got = self._store(view).get_online_features(view, keys, as_of=as_of)
             for i, g in enumerate(got):
                 if g is None and self.opts.missing_features == "reject":
                     ttl = self.uc.features[view].ttl

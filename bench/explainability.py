@@ -62,7 +62,7 @@ SCRIPT = Path(__file__).resolve()
 sys.path.insert(0, str(PROJECT / "include"))
 
 import fraudmodel  # noqa: E402
-from harness import StepRunner, log, machine_facts, mb, recorded, run_child_step  # noqa: E402
+from harness import StepRunner, finish, log, machine_facts, mb, recorded, run_child_step  # noqa: E402
 
 USECASE = PROJECT / "dags/usecases/fraud_detection.yaml"
 SEED = 20261202
@@ -528,12 +528,7 @@ def main(argv: list[str]) -> int:
                 runs["bias"][str(n)].append(res)
                 log(f"bias metrics, {n:,} rows, run {i + 1}: {res['seconds']:.2f} s ({mb(res['peak_rss_kb'])})")
         results["summary"] = summarize(results, work)
-    text = report(results)
-    text += f"\ntotal benchmark time {results['elapsed_seconds']:.0f} s" + (f"; JSON: {args.json}" if args.json else "")
-    print(text)
-    if args.txt:
-        Path(args.txt).write_text(text + "\n")
-    return 0
+    return finish(report(results), results, args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 of the fraud use case's features, a label that depends on them non-linearly, and an XGBoost
 binary model trained on them with the use case's hyperparameters.
 
-Shared by bench/scoring.py and bench/explainability.py, so that both measure the same model.
+Shared by bench/scoring.py, bench/explainability.py and bench/serving.py, so that they measure the
+same model.
 """
 
 from __future__ import annotations
@@ -77,3 +78,39 @@ def train(uc: Any, rng: Any, rounds: int, rows: int = TRAIN_ROWS) -> dict[str, A
     seconds = time.perf_counter() - t
     threshold = float(np.quantile(booster.inplace_predict(x), FLAG_QUANTILE))
     return {"booster": booster, "x": x, "y": y, "train_seconds": seconds, "threshold": threshold}
+
+
+def register(uc: Any, trained: dict[str, Any], rounds: int, evaluation: Any, champion: bool) -> int:
+    """Register a model :func:`train` made in the runtime's MLflow registry with the lineage the
+    scoring code checks (task, features, threshold), and make it the champion if ``champion``;
+    returns its version."""
+    from mlblueprints.registry import local as registry
+    from mlblueprints.training.core import hyperparameters
+    from mlblueprints.training.models import Model
+
+    hp = hyperparameters(uc)
+    hp["num_boost_round"] = int(rounds)
+    evaluation.mkdir(parents=True, exist_ok=True)
+    (evaluation / "note.txt").write_text("benchmark model: trained on synthetic rows, not evaluated\n")
+    lineage = {
+        "task": "binary",
+        "hyperparameters": hp,
+        "model_format": "xgboost",
+        "metrics": {"threshold": trained["threshold"]},
+        "run_id": f"bench-{time.time_ns()}",
+        "training_set": None,
+    }
+    out = registry.record(
+        uc,
+        model=Model("xgboost", trained["booster"], "binary", uc.model_features(), "bench"),
+        candidate={"threshold": trained["threshold"]},
+        champion=None,
+        decision={"passed": True, "why": "benchmark"},
+        lineage=lineage,
+        params=hp,
+        register=True,
+        evaluation_dir=evaluation,
+    )
+    if champion:
+        registry.promote(uc, int(out["version"]))
+    return int(out["version"])

@@ -273,3 +273,12 @@ def recorded(results: dict[str, Any], work: Path, args: Any) -> Iterator[None]:
             log(f"failed; step logs and data kept in {work}")
         elif not getattr(args, "keep", False) and not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def finish(text: str, results: dict[str, Any], args: Any) -> int:
+    """A benchmark's end: the table with the total time printed, and written to ``--txt``."""
+    text += f"\ntotal benchmark time {results['elapsed_seconds']:.0f} s" + (f"; JSON: {args.json}" if args.json else "")
+    print(text)
+    if args.txt:
+        Path(args.txt).write_text(text + "\n")
+    return 0

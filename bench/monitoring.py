@@ -60,7 +60,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve()
 sys.path.insert(0, str(PROJECT / "include"))
 
-from harness import BenchError, StepRunner, log, machine_facts, mb, recorded, run_child_step  # noqa: E402
+from harness import BenchError, StepRunner, finish, log, machine_facts, mb, recorded, run_child_step  # noqa: E402
 
 GOAL_SECONDS = 30.0
 GOAL_RSS_KB = 2 * 1024 * 1024
@@ -614,12 +614,7 @@ def main(argv: list[str]) -> int:
 
                 shutil.rmtree(d, ignore_errors=True)
         results["summary"] = summarize(results)
-    text = report(results)
-    text += f"\ntotal benchmark time {results['elapsed_seconds']:.0f} s" + (f"; JSON: {args.json}" if args.json else "")
-    print(text)
-    if args.txt:
-        Path(args.txt).write_text(text + "\n")
-    return 0
+    return finish(report(results), results, args)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ import fraudmodel  # noqa: E402
 from harness import (  # noqa: E402
     StepRunner,
     duckdb_settings,
+    finish,
     log,
     machine_facts,
     mb,
@@ -122,9 +123,6 @@ def _step_prepare(home: Path, p: dict[str, Any]) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from mlblueprints.lakehouse import iceberg, naming
-    from mlblueprints.registry import local as registry
-    from mlblueprints.training.core import hyperparameters
-    from mlblueprints.training.models import Model
 
     work = Path(p["work"])
     write_usecase(work)
@@ -166,33 +164,9 @@ def _step_prepare(home: Path, p: dict[str, Any]) -> dict[str, Any]:
     committed = iceberg.commit_files(table, location, replace=None, snapshot_properties={"mlb.bench": "gold"})
 
     # the model: the use case's hyperparameters, trained on rows of the same generator
-    hp = hyperparameters(uc)
-    hp["num_boost_round"] = int(p["rounds"])
     trained = fraudmodel.train(uc, rng, int(p["rounds"]))
-    booster, train_seconds, threshold = trained["booster"], trained["train_seconds"], trained["threshold"]
-    evaluation = work / "evaluation"
-    evaluation.mkdir(exist_ok=True)
-    (evaluation / "note.txt").write_text("benchmark model: trained on synthetic rows, not evaluated\n")
-    lineage = {
-        "task": "binary",
-        "hyperparameters": hp,
-        "model_format": "xgboost",
-        "metrics": {"threshold": threshold},
-        "run_id": "bench",
-        "training_set": None,
-    }
-    out = registry.record(
-        uc,
-        model=Model("xgboost", booster, "binary", feats, "bench"),
-        candidate={"threshold": threshold},
-        champion=None,
-        decision={"passed": True, "why": "benchmark"},
-        lineage=lineage,
-        params=hp,
-        register=True,
-        evaluation_dir=evaluation,
-    )
-    registry.promote(uc, int(out["version"]))
+    train_seconds, threshold = trained["train_seconds"], trained["threshold"]
+    out = {"version": fraudmodel.register(uc, trained, int(p["rounds"]), work / "evaluation", champion=True)}
     return {
         "rows": rows,
         "days": days,
@@ -426,12 +400,7 @@ def main(argv: list[str]) -> int:
                 log(f"  {rows:,} rows in {secs:.1f} s, peak RSS {mb(res['peak_rss_kb'])}")
             results["runs"][size] = one
         results["summary"] = summarize(results, uc)
-    text = report(results)
-    text += f"\ntotal benchmark time {results['elapsed_seconds']:.0f} s" + (f"; JSON: {args.json}" if args.json else "")
-    print(text)
-    if args.txt:
-        Path(args.txt).write_text(text + "\n")
-    return 0
+    return finish(report(results), results, args)
 
 
 if __name__ == "__main__":

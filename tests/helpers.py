@@ -21,17 +21,36 @@ def fraud_usecase() -> UseCase:
 
 
 @contextmanager
-def runtime_home(home: Path):
-    """Point the runtime at ``home`` for the duration (session fixtures cannot use monkeypatch)."""
-    old = os.environ.get("MLB_HOME")
-    os.environ["MLB_HOME"] = str(home)
+def env_var(name: str, value: Path | str):
+    """Set an environment variable for the duration (session fixtures cannot use monkeypatch)."""
+    old = os.environ.get(name)
+    os.environ[name] = str(value)
     try:
-        yield home
+        yield value
     finally:
         if old is None:
-            os.environ.pop("MLB_HOME", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["MLB_HOME"] = old
+            os.environ[name] = old
+
+
+def usecases_dir(directory: Path):
+    """Point the use-case loader at ``directory`` for the duration."""
+    return env_var("MLB_USECASES_DIR", directory)
+
+
+def runtime_home(home: Path):
+    """Point the runtime at ``home`` for the duration."""
+    return env_var("MLB_HOME", home)
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def read_table(uc: UseCase, name: str) -> pd.DataFrame:

@@ -13,6 +13,9 @@
     mlblueprints models promote fraud_detection N               alias champion -> version N
     mlblueprints scoring run fraud_detection [--dates D ...] [--version N]   <usecase>__scoring
     mlblueprints predictions fraud_detection [--entity KEY]     newest predictions with their lineage
+    mlblueprints serve fraud_detection [--background|--stop|--status]   the local inference endpoint
+    mlblueprints promotion run fraud_detection [--version N]   <usecase>__promotion: canary, guardrails
+    mlblueprints deployments fraud_detection                    deployment history and DORA metrics
     mlblueprints explain fraud_detection [--version N]          <usecase>__explainability: SHAP, bias, fairness gate
     mlblueprints explain record fraud_detection tx_000000000042 [--version N]   why that record got its score
     mlblueprints demo                                           all of it, on embedded defaults
@@ -342,9 +345,14 @@ def _features(args: argparse.Namespace) -> int:
 
 
 def _run_training(usecase: str, conf: dict | None = None) -> int:
+    return _run_pattern(usecase, "training", conf)
+
+
+def _run_pattern(usecase: str, pattern: str, conf: dict | None = None) -> int:
+    """One run of ``<usecase>__<pattern>`` through dag.test, said in one line; 1 unless it succeeded."""
     from mlblueprints.airflow import localrun
 
-    dag = localrun.get_dag(f"{usecase}__training")
+    dag = localrun.get_dag(f"{usecase}__{pattern}")
     localrun.quiet_retry_waits()
     t = time.perf_counter()
     dr = dag.test(run_conf=conf or None)
@@ -522,24 +530,122 @@ def _monitoring(args: argparse.Namespace) -> int:
         print(f"{uc.name}: the use case has no monitoring section (see docs/monitoring.md)", file=sys.stderr)
         return 2
     if args.action == "run":
-        from mlblueprints.airflow import localrun
-
         dates = _scoring_dates(uc, args.dates)
-        localrun.setup()
-        dag = localrun.get_dag(f"{args.usecase}__monitoring")
-        localrun.quiet_retry_waits()
         conf: dict[str, Any] = {"event_dates": [d.isoformat() for d in dates]}
         if args.version:
             conf["version"] = args.version
-        dr = dag.test(run_conf=conf)
-        bad = localrun.failed_tasks(dr)
-        latest = runtime.home() / "runs" / args.usecase / "monitoring" / "latest.txt"
-        if latest.exists():
-            print(latest.read_text())
-        if bad:
-            print(f"{args.usecase}__monitoring: failed task(s) {bad}", file=sys.stderr)
-        return 1 if bad else 0
+        return _run_and_report(args.usecase, "monitoring", conf)
     return _monitoring_show(uc, args.windows)
+
+
+def _run_and_report(usecase: str, pattern: str, conf: dict[str, Any] | None) -> int:
+    """One run of ``<usecase>__<pattern>`` through dag.test; its report printed; 1 if a task failed."""
+    from mlblueprints.airflow import localrun
+
+    localrun.setup()
+    dag = localrun.get_dag(f"{usecase}__{pattern}")
+    localrun.quiet_retry_waits()
+    dr = dag.test(run_conf=conf)
+    bad = localrun.failed_tasks(dr)
+    latest = runtime.home() / "runs" / usecase / pattern / "latest.txt"
+    if latest.exists():
+        print(latest.read_text())
+    if bad:
+        print(f"{usecase}__{pattern}: failed task(s) {bad}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """``serve <usecase>``: the endpoint in the foreground until Ctrl-C; ``--background`` starts
+    it detached (``--stop``, ``--status``)."""
+    from mlblueprints.serving import server
+
+    uc = _load(args.usecase)
+    if uc.promotion is None:
+        print(f"{uc.name}: the use case has no promotion section (docs/serving.md)", file=sys.stderr)
+        return 2
+    if args.stop:
+        print(f"{uc.name}: endpoint stopped" if server.stop(uc) else f"{uc.name}: no endpoint was running")
+        return 0
+    if args.status:
+        info = server.status(uc)
+        if info is None:
+            print(f"{uc.name}: no endpoint is running (mlblueprints serve {uc.name} --background)")
+            return 3
+        print(
+            f"{uc.name}: endpoint pid {info['pid']} at {info['url']} ({'healthy' if info['health'] else 'not healthy'})"
+        )
+        return 0 if info["health"] else 1
+    base = server.url(uc, args.port)
+    if args.background:
+        try:
+            info = server.start(uc, runtime.usecases_dir() / f"{args.usecase}.yaml", args.port)
+        except server.EndpointError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
+        print(f"{uc.name}: endpoint pid {info['pid']} at {info['url']} (log {info['log']})")
+        print(f"  try: curl -s {info['url']}/  (what a request carries)")
+        print(f"  stop: mlblueprints serve {uc.name} --stop")
+        return 0
+    print(f"{uc.name}: serving at {base} (POST /invocations, GET /ping, /metrics, /); Ctrl-C stops", flush=True)
+    server.serve(uc, args.port)
+    return 0
+
+
+def _promotion(args: argparse.Namespace) -> int:
+    """``promotion run <usecase>``: one run of ``<usecase>__promotion`` (dag.test) and its report."""
+    uc = _load(args.usecase)
+    if uc.promotion is None:
+        print(f"{uc.name}: the use case has no promotion section (see docs/serving.md)", file=sys.stderr)
+        return 2
+    return _run_and_report(args.usecase, "promotion", {"version": args.version} if args.version else None)
+
+
+def _deployments(args: argparse.Namespace) -> int:
+    """``deployments <usecase>``: every deployment of the promotion pattern (version, commit,
+    times, outcome, reason) and the DORA metrics computed from them."""
+    from datetime import UTC, datetime
+
+    from mlblueprints.core.reporting import Table
+    from mlblueprints.serving.dora import dora, duration
+    from mlblueprints.serving.state import DeploymentState, state_path
+
+    uc = _load(args.usecase)
+    if not state_path(uc).exists() or not DeploymentState(uc).deployments():
+        print(f"{uc.name}: no deployments yet (the {uc.name}__promotion DAG records them)", file=sys.stderr)
+        return 3
+    rows = DeploymentState(uc).deployments()
+    t = Table(("#", "version", "replaces", "commit", "started", "took", "outcome", "reason"), right=(0, 1, 2, 5))
+    for d in rows:
+        took = None
+        if d["finished_at"]:
+            took = (datetime.fromisoformat(d["finished_at"]) - datetime.fromisoformat(d["started_at"])).total_seconds()
+        t.add(
+            d["id"],
+            d["version"],
+            "-" if d["previous_version"] is None else d["previous_version"],
+            (d["git_commit"] or "-")[:12],
+            d["started_at"][:19].replace("T", " "),
+            duration(took),
+            d["outcome"],
+            (d["reason"] or "")[:90],
+        )
+    print(t.render())
+    m = dora(rows, datetime.now(UTC), args.days)
+    rate = m["change_failure_rate"]
+    print(
+        f"\nDORA metrics over the last {args.days} days ({m['deployments']} deployments):\n"
+        f"  deployment frequency   {m['deployment_frequency_per_week']:.2f} per week "
+        f"({m['deployment_frequency_per_day']:.2f} per day)\n"
+        f"  lead time for changes  median {duration(m['lead_time_seconds_median'])}, slowest "
+        f"{duration(m['lead_time_seconds_max'])} (commit -> production"
+        + (f"; {m['lead_time_unknown']} without a known commit time" if m["lead_time_unknown"] else "")
+        + ")\n"
+        f"  change failure rate    {'-' if rate is None else f'{100 * rate:.0f} %'} (canaries rolled back)\n"
+        f"  time to restore        median {duration(m['time_to_restore_seconds_median'])}, slowest "
+        f"{duration(m['time_to_restore_seconds_max'])} (canary start -> rollback done)"
+    )
+    return 0
 
 
 def _monitoring_show(uc: Any, windows: int) -> int:
@@ -759,7 +865,10 @@ def _demo_loop(args: argparse.Namespace) -> int:
             flush=True,
         )
         status = _run_training(DEMO_USECASE)
-    for pattern in ("monitoring", "training"):
+    shown = ["monitoring", "training"]
+    if status == 0 and decided and decided["fired"]:
+        status = _loop_promotion(DEMO_USECASE, shown)
+    for pattern in shown:
         text = home / "runs" / DEMO_USECASE / pattern / "latest.txt"
         if text.exists():
             print(f"\nlast {pattern} run:")
@@ -768,7 +877,8 @@ def _demo_loop(args: argparse.Namespace) -> int:
         _monitoring_show(_load(DEMO_USECASE), 10)
     print(
         f"inspect: MLB_HOME={home} .venv/bin/mlblueprints monitoring show {DEMO_USECASE}; "
-        f"MLB_HOME={home} .venv/bin/mlblueprints models lineage {DEMO_USECASE}"
+        f"MLB_HOME={home} .venv/bin/mlblueprints models lineage {DEMO_USECASE}; "
+        f"MLB_HOME={home} .venv/bin/mlblueprints deployments {DEMO_USECASE}"
     )
     if status == 0 and not (decided and decided["fired"]):
         print("the drifted day raised no alert (see the monitoring run above)", file=sys.stderr)
@@ -776,9 +886,36 @@ def _demo_loop(args: argparse.Namespace) -> int:
     return status
 
 
+def _loop_promotion(usecase: str, shown: list[str]) -> int:
+    """The end of the loop: a challenger the retraining registered goes through the fairness gate
+    (explainability) and, when it passes, a canary on the endpoint (promotion); the endpoint the
+    promotion started is stopped after it."""
+    from mlblueprints.backends import backend_for
+    from mlblueprints.serving import server
+
+    uc = _load(usecase)
+    registry = backend_for(uc, "registry")
+    champion, challenger = registry.model_version("champion"), registry.model_version("challenger")
+    if challenger is None or champion is None or challenger["version"] == champion["version"]:
+        print("the retraining registered no new challenger: nothing to promote", flush=True)
+        return 0
+    v = int(challenger["version"])
+    print(f"version {v} was registered: on a scheduler the challenger Asset runs {usecase}__explainability, ...")
+    status = _run_pattern(usecase, "explainability", {"version": v})
+    shown.append("explainability")
+    if status == 0:
+        print(f"... whose fairness gate's Asset runs {usecase}__promotion: a canary on the endpoint ...", flush=True)
+        try:
+            status = _run_pattern(usecase, "promotion", {"version": v})
+        finally:
+            server.stop(uc)
+        shown.append("promotion")
+    return status
+
+
 def _demo_scoring(usecase: str, dates: list[date]) -> int:
-    """Score ``dates`` with the champion. The demo has no canary to promote a challenger, so a
-    registered challenger becomes the champion first (``mlblueprints models promote``, said so)."""
+    """Score ``dates`` with the champion. The demo does not run a canary for its first version, so
+    a registered challenger becomes the champion first (``mlblueprints models promote``, said so)."""
     from mlblueprints.backends import backend_for
 
     registry = backend_for(_load(usecase), "registry")
@@ -787,8 +924,8 @@ def _demo_scoring(usecase: str, dates: list[date]) -> int:
         if challenger is not None:
             registry.promote(challenger["version"])
             print(
-                f"promoted version {challenger['version']} to champion (the canary pattern's job; done directly here, "
-                f"as mlblueprints models promote {usecase} {challenger['version']} does)",
+                f"promoted version {challenger['version']} to champion (the promotion pattern's job; done directly "
+                f"here, as mlblueprints models promote {usecase} {challenger['version']} does)",
                 flush=True,
             )
     print(f"scoring event dates {dates[0]}..{dates[-1]} with the champion ...", flush=True)
@@ -1163,6 +1300,29 @@ def main(argv: list[str] | None = None) -> int:
     mosh.add_argument("usecase")
     mosh.add_argument("--windows", type=int, default=10, help="the newest N windows (default 10)")
     mosh.set_defaults(fn=_monitoring)
+
+    sv = sub.add_parser("serve", help="the local inference endpoint (FastAPI on uvicorn, loopback)")
+    sv.add_argument("usecase")
+    sv.add_argument("--port", type=int, default=None, help="default: promotion.endpoint.port")
+    svm = sv.add_mutually_exclusive_group()
+    svm.add_argument("--background", action="store_true", help="start it in the background and return")
+    svm.add_argument("--stop", action="store_true", help="stop the background endpoint")
+    svm.add_argument("--status", action="store_true", help="is it running, and what does it serve")
+    sv.set_defaults(fn=_serve)
+
+    po = sub.add_parser(
+        "promotion", help="run <usecase>__promotion (dag.test): canary, guardrails, promote or roll back"
+    )
+    pos = po.add_subparsers(dest="action", required=True)
+    por = pos.add_parser("run", help="one run of <usecase>__promotion")
+    por.add_argument("usecase")
+    por.add_argument("--version", type=int, help="the version to deploy (default: the challenger alias)")
+    por.set_defaults(fn=_promotion)
+
+    dpl = sub.add_parser("deployments", help="the endpoint's deployment history and the four DORA metrics")
+    dpl.add_argument("usecase")
+    dpl.add_argument("--days", type=int, default=30, help="the DORA metrics' window (default 30 days)")
+    dpl.set_defaults(fn=_deployments)
 
     pr = sub.add_parser("predictions", help="the newest predictions with their lineage (JSON lines)")
     pr.add_argument("usecase")

@@ -932,6 +932,90 @@ class Monitoring(_Strict):
         return check_name(v, "output_table")
 
 
+class EndpointOptions(_Strict):
+    """The local inference endpoint (``mlblueprints serve``, and the promotion pattern's canary):
+    a FastAPI app on uvicorn, on loopback only."""
+
+    host: Literal["127.0.0.1", "localhost", "::1"] = "127.0.0.1"  # loopback only: no auth in front of it
+    port: Annotated[int, Field(ge=1024, le=65535)] = 8765
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    # a request whose entity a view does not know (or knows only older than its ttl): rejected
+    # with 404 (reject), or scored with the missing features as missing values (XGBoost's learned
+    # default branch; missing)
+    missing_features: Literal["reject", "missing"] = "reject"
+    # the clock a feature's ttl is checked at: the wall clock (live traffic), or the newest event
+    # time the view materialized (replayed or historical traffic, as in the demo)
+    feature_clock: Literal["wall", "watermark"] = "wall"
+    capture_sample: Annotated[float, Field(ge=0, le=1)] = 1.0  # share of requests kept in the capture table
+    max_body_bytes: Annotated[int, Field(ge=256, le=6_291_456)] = 65_536  # SageMaker's own limit is 6 MB
+    max_records: Annotated[int, Field(ge=1, le=10_000)] = 100  # records per request
+
+
+class CanaryOptions(_Strict):
+    """How traffic moves to the challenger: a canary share baked once (``weight``), or linear
+    steps (``steps``, each baked, the last 1.0 implied: promotion)."""
+
+    weight: Annotated[float, Field(gt=0, le=0.5)] = 0.1  # SageMaker's canary: at most half the capacity
+    steps: list[Annotated[float, Field(gt=0, lt=1)]] = []  # linear shifting, e.g. [0.1, 0.5]
+    bake_seconds: Annotated[float, Field(gt=0, le=3600)] = 60  # per step (SageMaker: 0-3600 s)
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, v: list[float]) -> list[float]:
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"steps must increase: {v}")
+        return v
+
+    def shares(self) -> list[float]:
+        """The challenger's share in each bake."""
+        return list(self.steps) if self.steps else [self.weight]
+
+
+class TrafficOptions(_Strict):
+    """The requests a bake is judged on: real requests the endpoint gets, plus (``replay``) the
+    newest scored entities replayed at ``rate_per_second``, at most ``max_requests`` per bake."""
+
+    replay: bool = True
+    rate_per_second: Annotated[float, Field(gt=0, le=5000)] = 100
+    max_requests: Annotated[int, Field(ge=1, le=10_000_000)] = 20_000  # per bake
+    clients: Annotated[int, Field(ge=1, le=64)] = 4  # concurrent replay connections
+    replay_days: Annotated[int, Field(ge=1, le=365)] = 2  # the newest event dates of the rows source
+
+
+class ScoreShiftGuardrail(_Strict):
+    """The challenger's scores against the champion's on the same traffic."""
+
+    method: Literal["psi", "ks"] = "psi"
+    threshold: Annotated[float, Field(gt=0, le=10)] = 0.2  # PSI 0.2: a significant shift; ks: the K-S statistic
+
+
+class QualityGuardrail(_Strict):
+    """Where the replayed rows' labels are known: the challenger's ROC-AUC against the champion's."""
+
+    enabled: bool = True
+    max_roc_auc_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
+    min_positives: Annotated[int, Field(ge=1)] = 20  # per variant; fewer: not judged (said so)
+
+
+class Guardrails(_Strict):
+    """What rolls a canary back, judged on the challenger's requests of each bake."""
+
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01  # 5xx answers
+    max_p99_latency_ms: Annotated[float, Field(gt=0)] = 100  # the online pattern's target per request
+    score_shift: ScoreShiftGuardrail | None = ScoreShiftGuardrail()
+    quality: QualityGuardrail = QualityGuardrail()
+    min_requests: Annotated[int, Field(ge=1)] = 200  # challenger requests per bake; fewer: rolled back
+
+
+class Promotion(_Strict):
+    """Online serving and canary promotion of registered challengers (``<usecase>__promotion``)."""
+
+    endpoint: EndpointOptions = EndpointOptions()
+    canary: CanaryOptions = CanaryOptions()
+    traffic: TrafficOptions = TrafficOptions()
+    guardrails: Guardrails = Guardrails()
+
+
 class Compaction(_Strict):
     min_files: Annotated[int, Field(ge=2)] = 4
     small_file_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
@@ -1026,6 +1110,7 @@ class UseCase(_Strict):
     explainability: Explainability | None = None
     scoring: Scoring | None = None
     monitoring: Monitoring | None = None
+    promotion: Promotion | None = None
     lakehouse: LakehouseOptions = LakehouseOptions()
     aws: AwsTarget | None = None
 
@@ -1174,8 +1259,28 @@ class UseCase(_Strict):
             # with the model's features in question, a monitored column is not checked against them
             unsure = any(f.startswith(("training", "features")) for f, _ in problems)
             problems += self._monitoring_problems(check_columns=not unsure)
+        problems += self._promotion_problems()
         _raise_problems(problems)
         return self
+
+    def _promotion_problems(self) -> list[tuple[str, str]]:
+        if self.promotion is None:
+            return []
+        t = self.training
+        if t is None:
+            return [("promotion", "promotion serves registered models: the use case needs a training section")]
+        ts = self.training_sets.get(t.training_set)
+        if ts is None:  # reported on training.training_set
+            return []
+        return [
+            (
+                f"training_sets.{t.training_set}.features[{i}]",
+                f"the endpoint reads feature view {v!r} from the online store, which it does not keep "
+                f"(features.{v}.stores: {self.features[v].stores})",
+            )
+            for i, v in enumerate(ts.features)
+            if v in self.features and "online" not in self.features[v].stores
+        ]
 
     def _monitored_column_problems(self, features: list[str]) -> list[tuple[str, str]]:
         m = self.monitoring

@@ -63,6 +63,29 @@ def expectations_dir() -> Path:
 
 
 @lru_cache(maxsize=1)
+def commit_time(commit: str | None) -> str | None:
+    """When ``commit`` was made (ISO 8601, from git in the project root; ``MLB_GIT_COMMIT_TIME``
+    wins, for images built without ``.git``); None when git does not know it."""
+    env = os.environ.get("MLB_GIT_COMMIT_TIME")
+    if env:
+        return env
+    sha = (commit or "").removesuffix("-dirty")
+    if not sha or sha == "unknown":
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "show", "-s", "--format=%cI", sha],
+            cwd=project_root(),
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def git_commit() -> str:
     """The commit of the code that runs (lineage). ``MLB_GIT_COMMIT`` wins (set it in images
     built without ``.git``); ``unknown`` when neither is available."""

@@ -83,6 +83,18 @@ def registered_model_asset(uc: UseCase) -> AssetSpec:
     )
 
 
+def explained_model_asset(uc: UseCase) -> AssetSpec:
+    """The Asset the explainability pattern emits when its fairness gate has judged a version
+    (``extra``: the version and whether it passed); promotion is scheduled on it when the use
+    case has an explainability section, so no challenger is deployed before it was judged."""
+    return AssetSpec(
+        name=f"{uc.name}.model.explained",
+        uri=f"file://mlblueprints/{uc.name}/models/{uc.model_name}/explained",
+        group="models",
+        extra={"usecase": uc.name, "model": uc.model_name},
+    )
+
+
 def predictions_asset(uc: UseCase) -> AssetSpec:
     """The Asset the scoring pattern emits when an interval's predictions are committed (its
     event carries the range, the predictions snapshot id and the model version)."""

@@ -98,6 +98,19 @@ def write_run_report(
     return path, missing
 
 
+def finish_run(ctx: Any, pattern: str, text: str, results: dict[str, Any]) -> dict[str, str]:
+    """What every pattern's ``report`` step ends with: the text (plus why steps failed) written as
+    the run's report and logged; the step fails, naming the report, when a step has no result."""
+    import logging
+
+    text = with_failures(text, ctx.failures)
+    path, missing = write_run_report(ctx.uc.name, pattern, ctx.run.run_id, text, results)
+    logging.getLogger(f"mlblueprints.{pattern}").info("\n%s", text)
+    if missing:
+        raise RuntimeError(f"run incomplete: step(s) {missing} did not succeed; report: {path}")
+    return {"report": str(path)}
+
+
 def latest_text(usecase: str, pattern: str) -> str | None:
     """The text of the newest run report of a pattern, or None when it never ran."""
     p = runtime.home() / "runs" / usecase / pattern / "latest.txt"

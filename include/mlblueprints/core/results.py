@@ -336,6 +336,40 @@ class MonitoringAlert(TypedDict):
     run_id: str
 
 
+# ---------------------------------------------------------------- promotion
+
+
+class PromotionTarget(TypedDict):
+    model_name: str
+    version: int  # the challenger
+    chosen_by: str  # "the version Param", "the triggering event" or "the challenger alias"
+    champion_version: int | None  # None: no champion yet (the first version)
+    git_commit: str | None  # the version's lineage
+    committed_at: str | None  # when that commit was made (ISO 8601), for the lead time
+    refused: str | None  # why it is not deployed (fairness gate, rolled back before, champion already)
+
+
+class PromotionDeploy(TypedDict):
+    deployment_id: int  # the row of the deployment history
+    url: str  # the endpoint
+    first: bool  # no champion before: promoted at once, no canary
+    started_at: str
+
+
+class PromotionBake(TypedDict):
+    bakes: list[dict[str, Any]]  # per canary share: traffic sent, requests answered per variant, verdicts
+    passed: bool
+    tripped: list[str]  # the guardrails that failed at the last share, one line each
+
+
+class PromotionDecision(TypedDict):
+    outcome: str  # promoted | rolled_back
+    reason: str
+    version: int
+    champion: int  # the champion after the decision
+    generation: int  # the endpoint state serving it
+
+
 # a step that may skip
 IngestStep = IngestResult | Skipped
 SilverStep = SilverResult | Skipped

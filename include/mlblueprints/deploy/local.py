@@ -75,7 +75,8 @@ def password() -> str | None:
     return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a zombie counts: see :func:`group_members`)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -177,7 +178,7 @@ def up(port: int = 8080, host: str = "127.0.0.1", timeout: float = 180) -> Stack
     """Migrate the DB, start the four components, wait until the health endpoint says every one
     is healthy; on failure stop what started and raise :class:`UpError` with the logs' tails."""
     running = Stack.load()
-    if running and any(_alive(p) for p in running.pids.values()):
+    if running and any(pid_alive(p) for p in running.pids.values()):
         raise UpError(f"already running at {running.url} (pids {sorted(running.pids.values())}); `make down` first")
     from mlblueprints.airflow import localrun
 
@@ -206,7 +207,7 @@ def up(port: int = 8080, host: str = "127.0.0.1", timeout: float = 180) -> Stack
             if _healthy(health(stack.url)):
                 stack.seconds_to_healthy = time.time() - stack.started
                 return stack
-            dead = [c for c, pid in stack.pids.items() if not _alive(pid) or _zombie(pid)]
+            dead = [c for c, pid in stack.pids.items() if not pid_alive(pid) or _zombie(pid)]
             if dead:
                 raise UpError(f"{', '.join(dead)} exited:\n" + "\n".join(_log_tail(logs / f"{c}.log") for c in dead))
             time.sleep(1)

@@ -16,7 +16,7 @@ from typing import Any
 from mlblueprints import runtime
 from mlblueprints.core import reporting
 from mlblueprints.core.context import StepContext
-from mlblueprints.core.naming import registered_model_asset, safe
+from mlblueprints.core.naming import explained_model_asset, registered_model_asset, safe
 from mlblueprints.errors import PermanentError
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,10 @@ def gate(ctx: StepContext, target: dict[str, Any]) -> dict[str, Any]:
     decision = core.gate(core.read_analysis(path), e.thresholds())
     tag = registry.mark_fairness(version, [] if decision.passed else decision.reasons, ctx.run.run_id)
     log.info("%s version %s: %s", target["model_name"], version, decision.text())
+    ctx.emit(
+        explained_model_asset(ctx.uc).name,
+        {"version": version, "passed": decision.passed, "reasons": decision.reasons, "run_id": ctx.run.run_id},
+    )
     return {
         "version": version,
         "passed": decision.passed,
@@ -177,9 +181,4 @@ def gate(ctx: StepContext, target: dict[str, Any]) -> dict[str, Any]:
 def report(ctx: StepContext, results: dict[str, Any]) -> dict[str, Any]:
     from mlblueprints.explain.report import render
 
-    text = reporting.with_failures(render(ctx.uc, ctx.run.run_id, results), ctx.failures)
-    path, missing = reporting.write_run_report(ctx.uc.name, "explainability", ctx.run.run_id, text, results)
-    log.info("\n%s", text)
-    if missing:
-        raise RuntimeError(f"run incomplete: step(s) {missing} did not succeed; report: {path}")
-    return {"report": str(path)}
+    return reporting.finish_run(ctx, "explainability", render(ctx.uc, ctx.run.run_id, results), results)

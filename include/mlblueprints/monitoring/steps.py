@@ -240,9 +240,4 @@ def report(ctx: StepContext, results: dict[str, Any]) -> dict[str, Any]:
     if decided and results.get("alert") is None and (not decided["fired"] or decided.get("rerun_of")):
         results = {**results, "alert": {"skipped": "no alert"}}
     where = ctx.backend("monitor").where()
-    text = reporting.with_failures(render(ctx.uc, ctx.run.run_id, results, where), ctx.failures)
-    path, missing = reporting.write_run_report(ctx.uc.name, "monitoring", ctx.run.run_id, text, results)
-    log.info("\n%s", text)
-    if missing:
-        raise RuntimeError(f"run incomplete: step(s) {missing} did not succeed; report: {path}")
-    return {"report": str(path)}
+    return reporting.finish_run(ctx, "monitoring", render(ctx.uc, ctx.run.run_id, results, where), results)

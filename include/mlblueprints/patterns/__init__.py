@@ -31,6 +31,7 @@ PATTERNS = (
     "explainability",
     "scoring",
     "monitoring",
+    "promotion",
 )  # in lifecycle order; each is patterns/<name>.py
 
 

@@ -18,7 +18,8 @@ a version, and run on demand for any version (the ``version`` Param)::
 * ``gate`` reads that ``analysis.json`` back from the registry and applies
   ``explainability.gate``: a version with a metric outside its bounds gets the tag
   ``mlb.fairness_failed`` (which metric of which facet, its value, the bound), and promotion
-  refuses it; a version that passes carries no such tag;
+  refuses it; a version that passes carries no such tag; either way it emits
+  ``<usecase>.model.explained`` (the version, passed or not), which promotion is scheduled on;
 * ``report`` writes the run report.
 
 On aws ``analyse`` is a task group ``prepare -> sagemaker_processing -> finish``: the provider's
@@ -29,7 +30,7 @@ task is killed); the request comes from :mod:`mlblueprints.aws.clarify`.
 from __future__ import annotations
 
 from mlblueprints.config import UseCase
-from mlblueprints.core.naming import registered_model_asset
+from mlblueprints.core.naming import explained_model_asset, registered_model_asset
 from mlblueprints.core.service import SAGEMAKER_PROCESSING
 from mlblueprints.patterns import ParamSpec, PatternSpec, Schedule, Step, base_tags, report_step
 
@@ -41,6 +42,7 @@ def declare(uc: UseCase) -> PatternSpec | None:
     if uc.training is None or uc.explainability is None:
         return None
     challenger = registered_model_asset(uc)
+    explained = explained_model_asset(uc)
     steps = (
         Step("target", f"{STEPS}:target", result=f"{RESULTS}:ExplainTargetResult"),
         Step(
@@ -56,6 +58,7 @@ def declare(uc: UseCase) -> PatternSpec | None:
             f"{STEPS}:gate",
             inputs={"target": "target"},
             after=("analyse",),
+            emits=(explained.name,),
             result=f"{RESULTS}:FairnessResult",
         ),
         report_step(STEPS, ("gate",)),
@@ -78,7 +81,7 @@ def declare(uc: UseCase) -> PatternSpec | None:
         schedule=Schedule(assets=challenger.name),
         steps=steps,
         params=params,
-        assets=(challenger,),
+        assets=(challenger, explained),
         start_date=uc.start_date,
         tags=base_tags("explainability", uc),
     )

@@ -29,7 +29,7 @@ from mlblueprints.errors import PermanentError
 
 log = logging.getLogger(__name__)
 
-CHALLENGER, CHAMPION = "challenger", "champion"
+CHALLENGER, CHAMPION, PREVIOUS = "challenger", "champion", "previous"
 
 
 def tracking_uri(uc: UseCase | None) -> str:
@@ -240,6 +240,7 @@ def record(
 # set on a version by the explainability pattern's fairness gate when a bias metric broke a bound
 # (the value says which metric of which facet, its value and the bound); absent when it passed
 FAIRNESS_FAILED_TAG = "mlb.fairness_failed"
+REJECTED_TAG = "mlb.rejected"  # set by the promotion pattern when a canary is rolled back
 EXPLAINED_BY_TAG = "mlb.explained_by"  # the run that last explained and checked the version
 MAX_TAG_CHARS = 5000  # MLflow's limit on a model version tag's value
 
@@ -254,16 +255,34 @@ def refusal(uc: UseCase, version: int) -> str | None:
     failed = (mv.tags or {}).get(FAIRNESS_FAILED_TAG)
     if failed:
         return f"{uc.model_name} version {version} is not promoted: it failed the fairness gate: {failed}"
+    rejected = (mv.tags or {}).get(REJECTED_TAG)
+    if rejected:
+        return f"{uc.model_name} version {version} is not promoted: its canary was rolled back: {rejected}"
     return None
 
 
 def promote(uc: UseCase, version: int) -> None:
-    """Make ``version`` the champion (the canary pattern's job; ``--promote`` for use cases
-    with no endpoint). A version the fairness gate marked is refused, saying why."""
+    """Make ``version`` the champion (the promotion pattern's job; ``--promote`` for use cases
+    with no endpoint); the champion it replaces keeps the alias ``previous``. A version the
+    fairness gate marked, or a canary rolled back, is refused, saying why."""
     why = refusal(uc, version)
     if why:
         raise PromotionRefused(why)
-    client(uc).set_registered_model_alias(uc.model_name, CHAMPION, str(version))
+    c = client(uc)
+    current = model_version(uc, CHAMPION)
+    if current is not None and int(current["version"]) != int(version):
+        c.set_registered_model_alias(uc.model_name, PREVIOUS, str(current["version"]))
+    c.set_registered_model_alias(uc.model_name, CHAMPION, str(version))
+
+
+def reject(uc: UseCase, version: int, reason: str, run_id: str) -> None:
+    """Mark ``version`` as rolled back by a canary (tag :data:`REJECTED_TAG`: which guardrail,
+    its value and bound, the run); it loses the ``challenger`` alias if it has it."""
+    c = client(uc)
+    c.set_model_version_tag(uc.model_name, str(version), REJECTED_TAG, f"{reason} (run {run_id})"[:MAX_TAG_CHARS])
+    challenger = model_version(uc, CHALLENGER)
+    if challenger is not None and int(challenger["version"]) == int(version):
+        c.delete_registered_model_alias(uc.model_name, CHALLENGER)
 
 
 def mark_fairness(uc: UseCase, version: int, reasons: list[str], run_id: str) -> str | None:
@@ -340,7 +359,7 @@ class MlflowRegistry:
     """The registry capability on the local target (``mlblueprints.backends.Registry``): MLflow on
     SQLite under the runtime directory. The aws registry adds SageMaker model packages."""
 
-    CHALLENGER, CHAMPION = CHALLENGER, CHAMPION
+    CHALLENGER, CHAMPION, PREVIOUS = CHALLENGER, CHAMPION, PREVIOUS
 
     def __init__(self, uc: UseCase):
         self.uc = uc
@@ -385,6 +404,12 @@ class MlflowRegistry:
 
     def promote(self, version: int) -> None:
         promote(self.uc, version)
+
+    def refusal(self, version: int) -> str | None:
+        return refusal(self.uc, version)
+
+    def reject(self, version: int, reason: str, run_id: str) -> None:
+        reject(self.uc, version, reason, run_id)
 
     def load_version(self, version: int, task: str, features: list[str]) -> Any:
         """A registered version as a :class:`mlblueprints.training.models.Model`, in its flavor."""

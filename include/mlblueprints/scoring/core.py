@@ -112,8 +112,8 @@ def model_from_registry(uc: UseCase, registered: Mapping[str, Any], alias: str |
     binary model was registered with (``scoring.threshold`` overrides it), the classes."""
     t = uc.training
     s = uc.scoring
-    if t is None or s is None:
-        raise ScoringError(uc, "the use case has no training or scoring section")
+    if t is None:
+        raise ScoringError(uc, "the use case has no training section")
     lin = dict(registered.get("lineage") or {})
     name, version = registered["model_name"], int(registered["version"])
     label = f"{name} v{version}"
@@ -144,7 +144,7 @@ def model_from_registry(uc: UseCase, registered: Mapping[str, Any], alias: str |
     metrics = lin.get("metrics") if isinstance(lin.get("metrics"), Mapping) else {}
     threshold, source = None, None
     if task == "binary":
-        if s.threshold is not None:
+        if s is not None and s.threshold is not None:
             threshold, source = float(s.threshold), "scoring.threshold"
         elif isinstance(metrics.get("threshold"), (int, float)):
             threshold, source = float(metrics["threshold"]), f"registered with {label}"

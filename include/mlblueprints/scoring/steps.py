@@ -132,9 +132,4 @@ def report(ctx: StepContext, results: dict[str, Any]) -> dict[str, Any]:
     from mlblueprints.scoring.report import render
 
     where = ctx.backend("scorer").where()
-    text = reporting.with_failures(render(ctx.uc, ctx.run.run_id, results, where), ctx.failures)
-    path, missing = reporting.write_run_report(ctx.uc.name, "scoring", ctx.run.run_id, text, results)
-    log.info("\n%s", text)
-    if missing:
-        raise RuntimeError(f"run incomplete: step(s) {missing} did not succeed; report: {path}")
-    return {"report": str(path)}
+    return reporting.finish_run(ctx, "scoring", render(ctx.uc, ctx.run.run_id, results, where), results)

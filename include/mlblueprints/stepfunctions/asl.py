@@ -252,6 +252,7 @@ def render(spec: PatternSpec, uc: UseCase) -> dict[str, Any]:
 NOT_RENDERED: dict[str, str] = {
     "monitoring": "its aws backend does not read the window and the reference yet (docs/monitoring.md); the "
     "drift_alert event that starts retraining comes from the CloudWatch alarm's EventBridge rule instead",
+    "promotion": "its aws backend (a SageMaker endpoint with deployment guardrails) is not built yet (docs/serving.md)",
 }
 
 

@@ -204,9 +204,4 @@ def report(ctx: StepContext, results: dict[str, Any]) -> dict[str, Any]:
     registry = ctx.backend("registry")
     if (results.get("register") or {}).get("verdict") == "not promoted" and results.get("publish") is None:
         results = {**results, "publish": {"skipped": "the candidate was not registered"}}
-    text = reporting.with_failures(render(ctx.uc, ctx.run.run_id, results, registry.where()), ctx.failures)
-    path, missing = reporting.write_run_report(ctx.uc.name, "training", ctx.run.run_id, text, results)
-    log.info("\n%s", text)
-    if missing:
-        raise RuntimeError(f"run incomplete: step(s) {missing} did not succeed; report: {path}")
-    return {"report": str(path)}
+    return reporting.finish_run(ctx, "training", render(ctx.uc, ctx.run.run_id, results, registry.where()), results)

@@ -198,8 +198,10 @@ def decide(ctx: StepContext, target: dict[str, Any], deployed: dict[str, Any], b
     shares = [b["share"] for b in baked["bakes"]]
     verdicts = [v for b in baked["bakes"] for v in b["verdicts"]]
     if baked["passed"]:
-        registry.promote(version)
+        # the endpoint first, the alias last: killed in between, the alias still names the old
+        # champion, so a rerun bakes and decides again rather than finding nothing to do
         gen = ep.deploy([{"variant": CHAMPION, "version": version, "weight": 1.0, "alias": CHAMPION}], ctx.run.run_id)
+        registry.promote(version)
         outcome = "promoted"
         reason = f"every guardrail held at {', '.join(f'{100 * s:.0f}%' for s in shares)}"
     else:

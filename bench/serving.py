@@ -18,8 +18,8 @@ Measured per number of clients, ``--repeats`` times (medians reported), each for
 * ``predict``: the bare model in this process: XGBoost's in-place predict of one record on one
   thread (what the endpoint calls per request), called by N threads at once;
 * ``endpoint``: ``mlblueprints serve``'s server (uvicorn, its own process) serving the champion
-  alone: N client threads, one keep-alive connection each, POST /invocations one record at a time
-  with entity keys and request-time fields (the features read from the online store);
+  alone: N client processes, one keep-alive connection each, POST /invocations one record at a
+  time with entity keys and request-time fields (the features read from the online store);
 * ``canary``: the same server with the champion at 90 % and the challenger at 10 %.
 
 Client latency is measured by the client around each request (loopback HTTP included); server
@@ -197,34 +197,48 @@ def load_predict(predict: Any, x_rows: list[Any], clients: int, seconds: float) 
     return {"requests": len(ms), "per_second": len(ms) / took, "client": _percentiles(ms), "errors": 0}
 
 
-def load_http(port: int, bodies: list[bytes], clients: int, seconds: float) -> dict[str, Any]:
-    """N client threads, one keep-alive connection each, POST /invocations for ``seconds``."""
-    lat: list[list[float]] = [[] for _ in range(clients)]
-    errors = [0] * clients
+def _client(port: int, bodies: list[bytes], offset: int, step: int, seconds: float) -> tuple[list[float], int]:
+    """One client: a keep-alive connection, POST /invocations one after another for ``seconds``."""
+    con = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    out: list[float] = []
+    errors = 0
+    i = offset
     stop = time.perf_counter() + seconds
+    try:
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            con.request("POST", "/invocations", bodies[i % len(bodies)], {"Content-Type": "application/json"})
+            r = con.getresponse()
+            r.read()
+            out.append((time.perf_counter() - t) * 1000)
+            errors += r.status != 200
+            i += step
+    finally:
+        con.close()
+    return out, errors
 
-    def worker(k: int) -> None:
-        con = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        i = k
-        out = lat[k]
-        try:
-            while time.perf_counter() < stop:
-                t = time.perf_counter()
-                con.request("POST", "/invocations", bodies[i % len(bodies)], {"Content-Type": "application/json"})
-                r = con.getresponse()
-                r.read()
-                out.append((time.perf_counter() - t) * 1000)
-                if r.status != 200:
-                    errors[k] += 1
-                i += clients
-        finally:
-            con.close()
 
-    t0 = time.perf_counter()
-    _run_threads(worker, clients)
-    took = time.perf_counter() - t0
-    ms = [v for part in lat for v in part]
-    return {"requests": len(ms), "per_second": len(ms) / took, "client": _percentiles(ms), "errors": sum(errors)}
+def load_http(port: int, bodies: list[bytes], clients: int, seconds: float) -> dict[str, Any]:
+    """N clients, each its own process (no client shares an interpreter lock with another), one
+    keep-alive connection each, POST /invocations for ``seconds``."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(clients) as pool:
+        list(pool.map(time.sleep, [0.0] * clients))  # the processes up before the clock
+        t0 = time.perf_counter()
+        parts = list(
+            pool.map(
+                _client, [port] * clients, [bodies] * clients, range(clients), [clients] * clients, [seconds] * clients
+            )
+        )
+        took = time.perf_counter() - t0
+    ms = [v for part, _ in parts for v in part]
+    return {
+        "requests": len(ms),
+        "per_second": len(ms) / took,
+        "client": _percentiles(ms),
+        "errors": sum(e for _, e in parts),
+    }
 
 
 def _run_threads(worker: Any, n: int) -> None:

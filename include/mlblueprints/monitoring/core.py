@@ -50,6 +50,35 @@ DECISION_COLUMNS: list[tuple[str, str]] = [
 ]
 
 
+def metric_rows(
+    ident_: Mapping[str, Any], lo: Any, hi: Any, rows: Sequence[Mapping[str, Any]], run_id: str
+) -> list[dict[str, Any]]:
+    """The monitoring table's rows of a window: its identity (``lo``, ``hi``: its first and last
+    event date, in the backend's type), each metric row, the run."""
+    head = {k: ident_[k] for k in ("usecase", "model_name", "model_version")}
+    return [{**head, "window_start": lo, "window_end": hi, **r, "run_id": run_id} for r in rows]
+
+
+def decision_row(
+    ident_: Mapping[str, Any], lo: Any, hi: Any, decision: Mapping[str, Any], run_id: str, decided_at: Any
+) -> dict[str, Any]:
+    """The decisions table's row of a window's decision (lists as JSON text)."""
+    return {
+        **{k: ident_[k] for k in ("usecase", "model_name", "model_version")},
+        "window_start": lo,
+        "window_end": hi,
+        "rows": int(decision["rows"]),
+        "decided": bool(decision["decided"]),
+        "fired": bool(decision["fired"]),
+        "signals": json.dumps(list(decision["signals"])),
+        "drifted_columns": json.dumps(list(decision["drifted_columns"])),
+        "streak": int(decision["streak"]),
+        "reason": str(decision["reason"]),
+        "run_id": run_id,
+        "decided_at": decided_at,
+    }
+
+
 def columns(uc: UseCase) -> list[str]:
     """The monitored columns: ``monitoring.columns`` (default the model's features), then the score."""
     m = uc.monitoring

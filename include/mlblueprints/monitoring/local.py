@@ -68,7 +68,7 @@ def _predictions(uc: UseCase) -> Any:
     return t
 
 
-def _score_frame(uc: UseCase, model: Mapping[str, Any], frame: Any) -> Any:
+def score_frame(uc: UseCase, model: Mapping[str, Any], frame: Any) -> Any:
     """``frame`` with the version's ``score`` column, computed as the scoring pattern computes it."""
     import numpy as np
 
@@ -108,7 +108,7 @@ def reference(uc: UseCase, model: Mapping[str, Any]) -> tuple[Any, str]:
         what = f"training set {ident_} at snapshot {snap}"
     if frame.empty:
         raise PermanentError(f"{uc.name}: monitoring: the reference ({what}) has no rows")
-    return _score_frame(uc, model, frame), what
+    return score_frame(uc, model, frame), what
 
 
 def _scoring_rows(uc: UseCase, model: Mapping[str, Any], lo: date, hi: date) -> Any:
@@ -158,7 +158,7 @@ def window(uc: UseCase, lo: date, hi: date, model: Mapping[str, Any]) -> tuple[A
                 f"WHERE p.input_snapshots = {literal(snaps)}"
             )
         if not parts:
-            return _empty(keys, feats), None, None
+            return empty_window(keys, feats), None, None
         frame = con.execute(" UNION ALL ".join(parts)).df()
         labels, label = _labels(uc, con, rows, frame, keys)
         return frame, labels, label
@@ -166,7 +166,7 @@ def window(uc: UseCase, lo: date, hi: date, model: Mapping[str, Any]) -> tuple[A
         con.close()
 
 
-def _empty(keys: list[str], feats: list[str]) -> Any:
+def empty_window(keys: list[str], feats: list[str]) -> Any:
     import pandas as pd
 
     return pd.DataFrame({c: pd.Series(dtype="float64") for c in [*keys, core.SCORE, *feats]})
@@ -240,12 +240,7 @@ def write(
 
     mt, dt = _ensure(uc)
     lo, hi = date.fromisoformat(str(ident_["window_start"])), date.fromisoformat(str(ident_["window_end"]))
-    full = [
-        {**{k: ident_[k] for k in ("usecase", "model_name", "model_version")}, "window_start": lo, "window_end": hi}
-        | r
-        | {"run_id": run.run_id}
-        for r in rows
-    ]
+    full = core.metric_rows(ident_, lo, hi, rows, run.run_id)
     table = pa.Table.from_pylist(full, schema=_arrow_schema(core.TABLE_COLUMNS))
     replace = And(
         And(EqualTo("window_start", lo.isoformat()), EqualTo("window_end", hi.isoformat())),
@@ -259,20 +254,7 @@ def write(
             tx.append(table, snapshot_properties={k: str(v) for k, v in props.items()})
     appended = False
     if not decision.get("rerun_of"):
-        d = {
-            **{k: ident_[k] for k in ("usecase", "model_name", "model_version")},
-            "window_start": lo,
-            "window_end": hi,
-            "rows": int(decision["rows"]),
-            "decided": bool(decision["decided"]),
-            "fired": bool(decision["fired"]),
-            "signals": json.dumps(list(decision["signals"])),
-            "drifted_columns": json.dumps(list(decision["drifted_columns"])),
-            "streak": int(decision["streak"]),
-            "reason": str(decision["reason"]),
-            "run_id": run.run_id,
-            "decided_at": datetime.now(UTC).replace(tzinfo=None),
-        }
+        d = core.decision_row(ident_, lo, hi, decision, run.run_id, datetime.now(UTC).replace(tzinfo=None))
         dt.append(pa.Table.from_pylist([d], schema=_arrow_schema(core.DECISION_COLUMNS)))
         appended = True
     mt.refresh()

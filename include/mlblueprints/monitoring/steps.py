@@ -100,14 +100,20 @@ def _reference(ctx: StepContext, model: dict[str, Any]) -> tuple[dict[str, Any],
     return doc, sample
 
 
-def measure(ctx: StepContext, planned: dict[str, Any]) -> dict[str, Any]:
-    """Every metric of the window against the version's reference, and Evidently's report."""
-    uc = ctx.uc
+def measure(ctx: StepContext, planned: dict[str, Any]) -> Any:
+    """Every metric of the window against the version's reference, and Evidently's report (on
+    aws the window's rows are UNLOADed by Athena first: a service call)."""
     _monitoring(ctx)
-    model = planned["model"]
     lo, hi = (date.fromisoformat(x) for x in planned["window"])
+    out = ctx.backend("monitor").window(lo, hi, planned["model"])
+    return ctx.then(out, _measured, planned=planned)
+
+
+def _measured(ctx: StepContext, window: Any, planned: dict[str, Any]) -> dict[str, Any]:
+    uc = ctx.uc
+    model = planned["model"]
+    current, labels, label = window
     reference, ref_sample = _reference(ctx, model)
-    current, labels, label = ctx.backend("monitor").window(lo, hi, model)
     registered = dict(
         (ctx.backend("registry").lineage(version=int(model["version"]))["lineage"] or {}).get("metrics") or {}
     )
@@ -182,9 +188,10 @@ def _evidently_report(ctx: StepContext, ref_sample: Any, current: Any, window: l
     return {"html": str(html), "snapshot": str(snap), "rows": {"current": len(cur), "reference": len(ref_sample)}}
 
 
-def decide(ctx: StepContext, measured: dict[str, Any]) -> dict[str, Any]:
+def decide(ctx: StepContext, measured: dict[str, Any]) -> Any:
     """The alert policy over the window's signals and the decisions before it; the window's metric
-    rows and its decision recorded (a rerun replaces the rows and keeps the first decision)."""
+    rows and its decision recorded (a rerun replaces the rows and keeps the first decision; on aws
+    by Athena statements: a service call), then published."""
     uc, m = ctx.uc, _monitoring(ctx)
     assert uc.training is not None
     monitor = ctx.backend("monitor")
@@ -211,9 +218,16 @@ def decide(ctx: StepContext, measured: dict[str, Any]) -> dict[str, Any]:
         "window_end": hi,
     }
     written = monitor.write(ident_, measured["metrics"], d, ctx.run)
-    published = monitor.publish(ident_, measured["metrics"], d)
-    log.info("decision for %s..%s: %s", lo, hi, d["reason"])
-    return {**d, "model_version": measured["model_version"], "written": written, "published": published}
+    return ctx.then(written, _decided, ident_=ident_, metrics=measured["metrics"], decision=d)
+
+
+def _decided(
+    ctx: StepContext, written: dict[str, Any], ident_: dict[str, Any], metrics: list[dict[str, Any]], decision: dict
+) -> dict[str, Any]:
+    """After the window's rows and decision are recorded: the metrics published (aws: CloudWatch)."""
+    published = ctx.backend("monitor").publish(ident_, metrics, decision)
+    log.info("decision for %s..%s: %s", ident_["window_start"], ident_["window_end"], decision["reason"])
+    return {**decision, "model_version": ident_["model_version"], "written": written, "published": published}
 
 
 def alert(ctx: StepContext, decided: dict[str, Any]) -> dict[str, Any]:

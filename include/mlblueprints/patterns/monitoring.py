@@ -10,13 +10,15 @@ any window: the ``event_dates`` and ``version`` Params)::
   version that scored it;
 * ``measure`` reads the version's reference sketch from its run's artifacts (computed once per
   version from its training set at the snapshot its lineage records, then kept), rebuilds the
-  window's rows from the snapshots its scoring run pinned, and tests every monitored column with
+  window's rows from the snapshots its scoring run pinned (on aws: the window's predictions
+  UNLOADed by Athena, joined with the transform input their scoring run recorded), and tests
+  every monitored column with
   the test Evidently would choose (``monitoring.stats``); data quality per column; the version's
   ROC-AUC and PR-AUC on rows whose labels have landed since; Evidently's HTML report and JSON
   snapshot of a sample;
 * ``decide`` applies ``monitoring.alert`` (signals, consecutive windows, cooldown, minimum rows)
   over the decisions before this window, and records the window's metric rows and decision
-  (Iceberg locally; on aws the metrics also go to CloudWatch);
+  (Iceberg tables; on aws written by Athena statements, and the metrics also go to CloudWatch);
 * ``alert`` emits ``<usecase>.drift_alert`` with the reason, the window and the drifted columns
   when the decision fired (skipped otherwise): the training pattern is scheduled on it.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 from mlblueprints.config import UseCase
 from mlblueprints.core.naming import drift_alert_asset, predictions_asset
+from mlblueprints.core.service import ATHENA
 from mlblueprints.patterns import ParamSpec, PatternSpec, Schedule, Step, base_tags, report_step
 
 STEPS = "mlblueprints.monitoring.steps"
@@ -38,8 +41,22 @@ def declare(uc: UseCase) -> PatternSpec | None:
     drift = drift_alert_asset(uc)
     steps = (
         Step("plan", f"{STEPS}:plan", result=f"{RESULTS}:MonitoringPlan"),
-        Step("measure", f"{STEPS}:measure", inputs={"planned": "plan"}, result=f"{RESULTS}:MonitoringMeasure"),
-        Step("decide", f"{STEPS}:decide", inputs={"measured": "measure"}, result=f"{RESULTS}:MonitoringDecision"),
+        Step(
+            "measure",
+            f"{STEPS}:measure",
+            inputs={"planned": "plan"},
+            capability="monitor",
+            service=ATHENA,
+            result=f"{RESULTS}:MonitoringMeasure",
+        ),
+        Step(
+            "decide",
+            f"{STEPS}:decide",
+            inputs={"measured": "measure"},
+            capability="monitor",
+            service=ATHENA,
+            result=f"{RESULTS}:MonitoringDecision",
+        ),
         Step(
             "alert",
             f"{STEPS}:alert",

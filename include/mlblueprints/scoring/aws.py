@@ -19,7 +19,8 @@
   (``lakehouse.aws.maintenance_statements``: OPTIMIZE of the interval's partitions, retention,
   VACUUM), and the external table dropped again. An interval longer than Athena's partitions per
   write (``aws.athena_max_partitions_per_write``) is refused in ``plan``. ``resume_commit``
-  records the lineage (Athena cannot set snapshot properties).
+  records the lineage (Athena cannot set snapshot properties), with the job's input
+  (``input_s3_uri``: what the job scored, row for row; drift monitoring reads it).
 
 The decision, the threshold and the lineage columns are added by the same SQL in the gate's
 view and in the MERGE (:func:`parse_output_sql`), so what was validated is what is committed.
@@ -149,17 +150,22 @@ def parse_output_sql(
     return f"SELECT {', '.join(cols)} FROM {relation}"
 
 
-def merge_sql(
-    target: str, parsed: str, keys: Sequence[str], columns: Sequence[tuple[str, str]], lo: str, hi: str
+def replace_sql(
+    target: str,
+    parsed: str,
+    keys: Sequence[str],
+    columns: Sequence[tuple[str, str]],
+    scope: str,
+    carried: Sequence[str] = (),
 ) -> str:
-    """One MERGE that makes the interval [lo, hi] of ``target`` hold exactly the ``parsed``
-    predictions: a key the output has is updated or inserted; a prediction of the interval whose
-    key the output does not have (its row left Gold) is deleted. One statement, one commit."""
+    """One MERGE that makes the rows of ``target`` in ``scope`` (a condition on its alias ``p``)
+    hold exactly the ``parsed`` rows: a key ``parsed`` has is updated or inserted; a row in scope
+    whose key ``parsed`` does not have is deleted. One statement, one commit. ``carried``: the
+    columns (besides the keys) a deleted row keeps in the source, for the partitions it touches."""
     on = " AND ".join(f"t.{ident(k)} = s.{ident(k)}" for k in keys)
     gone = " AND ".join(f"n.{ident(k)} = p.{ident(k)}" for k in keys)
     stale = [
-        f"p.{ident(c)}" if c in (*keys, "event_time", "event_date") else f"CAST(NULL AS {sql_type(t)}) AS {ident(c)}"
-        for c, t in columns
+        f"p.{ident(c)}" if c in (*keys, *carried) else f"CAST(NULL AS {sql_type(t)}) AS {ident(c)}" for c, t in columns
     ]
     names = [c for c, _ in columns]
     sets = ", ".join(f"{ident(c)} = s.{ident(c)}" for c in names if c not in keys)
@@ -167,7 +173,7 @@ def merge_sql(
         f"MERGE INTO {target} AS t USING ("
         f"SELECT {', '.join(f's.{ident(c)}' for c in names)}, FALSE AS _mlb_delete FROM ({parsed}) AS s "
         f"UNION ALL SELECT {', '.join(stale)}, TRUE AS _mlb_delete FROM {target} AS p "
-        f"WHERE p.event_date BETWEEN DATE {literal(lo)} AND DATE {literal(hi)} "
+        f"WHERE {scope} "
         f"AND NOT EXISTS (SELECT 1 FROM ({parsed}) AS n WHERE {gone})"
         f") AS s ON {on} "
         "WHEN MATCHED AND s._mlb_delete THEN DELETE "
@@ -175,6 +181,16 @@ def merge_sql(
         f"WHEN NOT MATCHED AND NOT s._mlb_delete THEN INSERT ({', '.join(ident(c) for c in names)}) "
         f"VALUES ({', '.join(f's.{ident(c)}' for c in names)})"
     )
+
+
+def merge_sql(
+    target: str, parsed: str, keys: Sequence[str], columns: Sequence[tuple[str, str]], lo: str, hi: str
+) -> str:
+    """One MERGE that makes the interval [lo, hi] of ``target`` hold exactly the ``parsed``
+    predictions: a key the output has is updated or inserted; a prediction of the interval whose
+    key the output does not have (its row left Gold) is deleted. One statement, one commit."""
+    scope = f"p.event_date BETWEEN DATE {literal(lo)} AND DATE {literal(hi)}"
+    return replace_sql(target, parsed, keys, columns, scope, ("event_time", "event_date"))
 
 
 def stage_table_ddl(database: str, name: str, columns: Sequence[str], location: str) -> str:
@@ -534,7 +550,7 @@ class AwsScorer:
         if stage:
             stmts.append(Statement("drop_stage_table", f"DROP TABLE IF EXISTS `{aws.glue_database}`.`{stage}`", "ddl"))
         state = {
-            "planned": {k: planned[k] for k in ("range", "model", "output_table", "snapshots")},
+            "planned": {k: planned.get(k) for k in ("range", "model", "output_table", "snapshots", "input_s3_uri")},
             "rows": gated.get("rows", 0),
             "run": run.as_dict(),
         }
@@ -550,6 +566,8 @@ class AwsScorer:
             "table": planned["output_table"],
             "metadata_location": location,
             "query_execution_ids": output["queries"],
+            # the transform job's input: what the job scored, row for row (monitoring reads it)
+            "input_s3_uri": planned.get("input_s3_uri"),
             "properties": run.snapshot_properties(
                 step="scoring",
                 range=planned["range"],

@@ -2,7 +2,7 @@
 logged with the model, so the endpoint's process loads it without the tests on its path).
 
 ``model_config["fault"]``: ``error`` raises on transactions over 150 (some inputs only), ``slow``
-answers after 150 ms, ``shift`` adds 0.3 to every score (capped at 1); ``none`` is the champion's
+answers after 300 ms, ``shift`` adds 0.3 to every score (capped at 1); ``none`` is the champion's
 booster as it is (a good challenger).
 """
 
@@ -26,7 +26,7 @@ class FaultyChallenger(PythonModel):
         if self.fault == "error" and (model_input["amount"] > 150).any():
             raise ValueError("amount out of the range this model handles")
         if self.fault == "slow":
-            time.sleep(0.15)
+            time.sleep(0.3)
         out = self.booster.inplace_predict(x)
         if self.fault == "shift":
             out = np.minimum(out + 0.3, 1.0)

@@ -80,6 +80,7 @@ def _usecase_data(target: str, kms: str = "arn:aws:kms:eu-west-1:123456789012:ke
     data.pop("training", None)  # it names a training set removed above
     data.pop("scoring", None)  # it scores with the training section's model
     data.pop("explainability", None)  # it explains the training section's model
+    data.pop("promotion", None)  # it serves the training section's model
     data["aws"].update(region=REGION, bucket=BUCKET, prefix="fraud", glue_database=DB, kms_key_arn=kms)
     data["aws"]["feature_store"] = {"put_record_workers": 4, "max_attempts": 5}
     return data

@@ -117,8 +117,8 @@ def test_dags_listed_and_a_run_triggered_through_the_api_succeeds(stack):
     ids = {d["dag_id"] for d in dags["dags"]}
     patterns = ("lakehouse", "features", "training", "scoring")
     expected = {f"{uc}__{p}" for uc in ("fraud_detection", "claim_cost") for p in patterns}
-    # the use case with explainability and monitoring sections
-    expected |= {"fraud_detection__explainability", "fraud_detection__monitoring"}
+    # the use case with explainability, monitoring and promotion sections
+    expected |= {"fraud_detection__explainability", "fraud_detection__monitoring", "fraud_detection__promotion"}
     assert ids == expected
     assert api.call("GET", "/importErrors")["total_entries"] == 0
 

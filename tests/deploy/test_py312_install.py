@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 UV = shutil.which("uv") or str(ROOT / ".tools" / "bin" / "uv")
 EXPECTED_DAGS = {
     f"{uc}__{p}" for uc in ("fraud_detection", "claim_cost") for p in ("lakehouse", "features", "training", "scoring")
-} | {"fraud_detection__explainability", "fraud_detection__monitoring"}
+} | {"fraud_detection__explainability", "fraud_detection__monitoring", "fraud_detection__promotion"}
 HEAVY = ["pandas", "pyarrow", "duckdb", "sklearn", "xgboost", "great_expectations", "evidently", "mlflow", "pyiceberg"]
 
 
@@ -102,7 +102,7 @@ print(json.dumps({"dags": sorted(bag.dag_ids), "errors": {k: str(v) for k, v in 
                   "missing": missing}))
 """
 RUN_TIME = [
-    *(f"mlblueprints.{p}.steps" for p in ("lakehouse", "features", "training", "scoring", "explain")),
+    *(f"mlblueprints.{p}.steps" for p in ("lakehouse", "features", "training", "scoring", "explain", "serving")),
     "smclarify.bias.report",  # explain.core: the bias metrics
     "matplotlib.figure",  # explain.html: the report's plots
 ]

@@ -60,15 +60,14 @@ def target(ctx: StepContext) -> dict[str, Any]:
     lin = registry.lineage(version=version)
     champion = registry.model_version(CHAMPION)
     champion_version = int(champion["version"]) if champion else None
-    refused = registry.refusal(version)
+    refused = f"{uc.model_name} version {version} is the champion already" if champion_version == version else None
+    refused = refused or registry.refusal(version)
     judged = EXPLAINED_BY_TAG.removeprefix("mlb.") in (lin.get("lineage") or {})
     if refused is None and uc.explainability is not None and not judged:
         refused = (
             f"{uc.model_name} version {version} has not been through the fairness gate yet "
             f"(the {uc.name}__explainability DAG; mlblueprints explain {uc.name} --version {version})"
         )
-    if refused is None and champion_version == version:
-        refused = f"{uc.model_name} version {version} is the champion already"
     commit = (lin.get("lineage") or {}).get("git_commit")
     out = {
         "model_name": uc.model_name,

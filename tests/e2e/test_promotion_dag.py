@@ -49,7 +49,7 @@ def world(scoring_base, tmp_path_factory, airflow_db):
         canary={"steps": [CANARY, LINEAR], "bake_seconds": 6},  # linear: a bad one trips at the first step
         traffic={"rate_per_second": 500, "max_requests": 3000, "clients": 4},
         # the slow challenger answers after 300 ms: a p99 bound of 200 ms leaves room for a busy machine
-        guardrails={"min_requests": 100, "max_p99_latency_ms": 200},
+        guardrails={"min_requests": 50, "max_p99_latency_ms": 200},
     )
     doc["promotion"]["endpoint"]["port"] = free_port()
     (uc_dir / "fraud_detection.yaml").write_text(yaml.safe_dump(doc))

@@ -58,6 +58,7 @@ from mlblueprints import runtime
 from mlblueprints.aws import featurestore as fsreq
 from mlblueprints.aws import requests as req
 from mlblueprints.aws import s3io
+from mlblueprints.aws.s3io import error_code
 from mlblueprints.aws.session import AwsRuntime
 from mlblueprints.config import UseCase
 from mlblueprints.core import service
@@ -135,13 +136,6 @@ def clients(rt: AwsRuntime, uc: UseCase, workers: int | None = None) -> tuple[An
         Config(retries={"total_max_attempts": 1, "mode": "standard"}, max_pool_connections=max(10, n + 2)),
     )
     return rt.client("sagemaker"), fs
-
-
-def error_code(exc: BaseException) -> str | None:
-    response = getattr(exc, "response", None)
-    if isinstance(response, Mapping):
-        return response.get("Error", {}).get("Code")
-    return None
 
 
 def is_retryable(exc: BaseException) -> bool:

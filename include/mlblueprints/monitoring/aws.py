@@ -82,6 +82,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from mlblueprints.aws.s3io import error_code
 from mlblueprints.config import UseCase
 from mlblueprints.stepfunctions.names import aws_section, resource_prefix
 
@@ -424,10 +425,6 @@ def publish(
     return {"namespace": namespace(uc), "requests": len(requests), "datums": len(datums), "skipped": skipped}
 
 
-def _error_code(exc: Exception) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-
-
 def ensure_alerting(uc: UseCase, cloudwatch: Any, events: Any, sqs: Any) -> dict[str, Any]:
     """Create or update the queue, the rule, its target, the queue policy and the alarms, and
     delete the alarms of signals the policy no longer has (boto3 by hand: the Amazon provider has
@@ -436,7 +433,7 @@ def ensure_alerting(uc: UseCase, cloudwatch: Any, events: Any, sqs: Any) -> dict
     try:
         url = sqs.get_queue_url(QueueName=create["QueueName"])["QueueUrl"]
     except Exception as exc:  # noqa: BLE001 - only "no such queue" means create it
-        if _error_code(exc) not in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
+        if error_code(exc) not in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"):
             raise
         url = sqs.create_queue(**create)["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]

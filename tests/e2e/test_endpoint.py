@@ -210,7 +210,7 @@ def test_a_canary_gets_its_share_every_request_is_captured_and_a_switch_loses_no
     assert metrics["champion"]["latency_ms_p99"] is not None
 
 
-def test_status_and_stop(served):
+def test_status_names_the_running_endpoint(served):
     from mlblueprints.serving import server
 
     with runtime_home(served["home"]):

@@ -606,15 +606,15 @@ def _deployments(args: argparse.Namespace) -> int:
     times, outcome, reason) and the DORA metrics computed from them."""
     from datetime import UTC, datetime
 
+    from mlblueprints.backends import backend_for
     from mlblueprints.core.reporting import Table
     from mlblueprints.serving.dora import dora, duration
-    from mlblueprints.serving.state import DeploymentState, state_path
 
     uc = _load(args.usecase)
-    if not state_path(uc).exists() or not DeploymentState(uc).deployments():
+    rows = backend_for(uc, "endpoint").deployments().deployments()
+    if not rows:
         print(f"{uc.name}: no deployments yet (the {uc.name}__promotion DAG records them)", file=sys.stderr)
         return 3
-    rows = DeploymentState(uc).deployments()
     t = Table(("#", "version", "replaces", "commit", "started", "took", "outcome", "reason"), right=(0, 1, 2, 5))
     for d in rows:
         took = None

@@ -1007,6 +1007,38 @@ class Guardrails(_Strict):
     min_requests: Annotated[int, Field(ge=1)] = 200  # challenger requests per bake; fewer: rolled back
 
 
+class SageMakerEndpoint(_Strict):
+    """The SageMaker real-time endpoint of the aws target, updated by a blue/green deployment
+    with SageMaker's deployment guardrails (docs/serving.md)."""
+
+    endpoint_name: Annotated[str | None, Field(pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")] = (
+        None  # default: the use case
+    )
+    # every endpoint config uses it: a blue/green update keeps the variant name
+    variant_name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")] = "AllTraffic"
+    instance_type: Annotated[str, Field(pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")] = "ml.m5.large"
+    # SageMaker shifts whole instances: the canary is max(1, share x instance_count) instances
+    instance_count: Annotated[int, Field(ge=1, le=100)] = 2
+    role_arn: Annotated[str | None, Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")] = (
+        None  # default: aws.iam_role_arn
+    )
+    network_isolation: bool = True
+    subnets: list[str] = []
+    security_group_ids: list[str] = []
+    termination_wait_seconds: Annotated[int, Field(ge=0, le=3600)] = 0  # the blue fleet kept after the shift
+    max_execution_timeout_seconds: Annotated[int, Field(ge=600, le=14400)] = 3600  # the whole blue/green update
+    alarm_period_seconds: Literal[10, 30, 60] = 60  # the CloudWatch alarms' period
+    # how often the bake publishes the score-shift metric its alarm watches
+    publish_seconds: Annotated[float, Field(gt=0, le=300)] = 30
+    wait_seconds: Annotated[int, Field(ge=60, le=7200)] = 1800  # for a created or updated endpoint to be InService
+
+    @model_validator(mode="after")
+    def _vpc(self) -> SageMakerEndpoint:
+        if bool(self.subnets) != bool(self.security_group_ids):
+            raise ValueError("a VPC needs both subnets and security_group_ids")
+        return self
+
+
 class Promotion(_Strict):
     """Online serving and canary promotion of registered challengers (``<usecase>__promotion``)."""
 
@@ -1014,6 +1046,7 @@ class Promotion(_Strict):
     canary: CanaryOptions = CanaryOptions()
     traffic: TrafficOptions = TrafficOptions()
     guardrails: Guardrails = Guardrails()
+    sagemaker: SageMakerEndpoint = SageMakerEndpoint()  # the aws target
 
 
 class Compaction(_Strict):
@@ -1269,10 +1302,11 @@ class UseCase(_Strict):
         t = self.training
         if t is None:
             return [("promotion", "promotion serves registered models: the use case needs a training section")]
+        problems = self._sagemaker_endpoint_problems() if self.target == "aws" else []
         ts = self.training_sets.get(t.training_set)
         if ts is None:  # reported on training.training_set
-            return []
-        return [
+            return problems
+        return problems + [
             (
                 f"training_sets.{t.training_set}.features[{i}]",
                 f"the endpoint reads feature view {v!r} from the online store, which it does not keep "
@@ -1281,6 +1315,36 @@ class UseCase(_Strict):
             for i, v in enumerate(ts.features)
             if v in self.features and "online" not in self.features[v].stores
         ]
+
+    def _sagemaker_endpoint_problems(self) -> list[tuple[str, str]]:
+        """What SageMaker's deployment guardrails refuse, or silently replace by an all-at-once
+        shift with no bake (docs/serving.md)."""
+        p = self.promotion
+        assert p is not None
+        out: list[tuple[str, str]] = []
+        sm, steps = p.sagemaker, p.canary.steps
+        if sm.instance_type.split(".")[1].startswith("inf1"):
+            out.append(
+                (
+                    "promotion.sagemaker.instance_type",
+                    f"{sm.instance_type}: SageMaker's deployment guardrails exclude Inf1 instances (the update would "
+                    "shift all traffic at once, with no canary and no bake)",
+                )
+            )
+        if steps:
+            pct = [round(100 * s) for s in steps]
+            if any(b != (i + 1) * pct[0] for i, b in enumerate(pct)) or pct[0] > 50:
+                out.append(
+                    (
+                        "promotion.canary.steps",
+                        f"{steps}: SageMaker's LINEAR traffic shifting moves one fixed step of at most 50% of the "
+                        f"capacity each time (e.g. [0.25, 0.5, 0.75]); use equal increments or one canary weight",
+                    )
+                )
+        ba = p.canary.bake_seconds
+        if ba != int(ba):
+            out.append(("promotion.canary.bake_seconds", f"{ba}: SageMaker's WaitIntervalInSeconds is whole seconds"))
+        return out
 
     def _monitored_column_problems(self, features: list[str]) -> list[tuple[str, str]]:
         m = self.monitoring

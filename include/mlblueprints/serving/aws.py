@@ -1,29 +1,491 @@
-"""The endpoint capability on the aws target: a SageMaker real-time endpoint. Not built yet:
-every method refuses in one line naming what is missing (docs/serving.md)."""
+"""The endpoint capability on the aws target: a SageMaker real-time endpoint, its canary a
+blue/green update with SageMaker's deployment guardrails (docs/serving.md).
+
+* ``deploy`` of one variant makes the endpoint serve that version alone: CreateModel from the
+  version's model package, CreateEndpointConfig (data capture, KMS), CreateEndpoint or an
+  all-at-once UpdateEndpoint, then waits for InService. The first version, and a rollback the
+  bake judged after SageMaker finished, go this way.
+* ``canary`` is one UpdateEndpoint to the challenger's config with a ``BlueGreenUpdatePolicy``
+  (CANARY at the canary weight, or LINEAR steps; ``WaitIntervalInSeconds`` the bake) and
+  ``AutoRollbackConfiguration`` on the CloudWatch alarms it creates (5xx rate, model latency
+  p99, score shift). While SageMaker shifts traffic the bake sends the challenger's holdout rows
+  to the endpoint at the configured rate (``InferenceId`` the row, so labels join), reads the
+  data capture of both fleets (each config captures under its own prefix), publishes the score
+  shift of the challenger's fleet against the champion's to the metric its alarm watches, and
+  waits for SageMaker to finish: the challenger's config in service (every alarm held) or the
+  champion's again (an alarm fired; its name and reason are the verdict). The guardrails no alarm
+  can judge (``min_requests``, the ROC-AUC drop on labelled requests) are judged on the capture
+  afterwards; ``decide`` rolls back with an all-at-once update when they fail.
+
+boto3 by hand, not the provider's ``SageMakerEndpointOperator``: the bake must send traffic and
+publish the score-shift metric while the update runs, which a deferred wait leaves undone.
+
+A rerun of a killed run adopts the update its try started (the endpoint is Updating to the
+challenger's config, or already serves it) instead of starting another. The deployment history
+is one JSON object per deployment under ``<prefix>/serving/deployments/`` (SSE-KMS).
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
+from mlblueprints.aws import s3io
+from mlblueprints.aws import serving as req
+from mlblueprints.aws import training as tr
+from mlblueprints.aws.requests import split_s3_uri
 from mlblueprints.config import UseCase
 from mlblueprints.errors import PermanentError
+from mlblueprints.serving.canary import CHALLENGER, CHAMPION, bake_entry, log_verdicts
+from mlblueprints.serving.state import IN_PROGRESS, OUTCOMES
 
-NOT_BUILT = (
-    "promotion on the aws target: the SageMaker endpoint (CreateEndpointConfig with data capture, "
-    "UpdateEndpoint with a blue/green canary and CloudWatch alarm auto-rollback) is not built yet; "
-    "the local endpoint is (docs/serving.md)"
-)
+log = logging.getLogger(__name__)
+
+UPDATING = ("Creating", "Updating", "SystemUpdating", "RollingBack")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class S3DeploymentHistory:
+    """The deployment history of the aws target (the interface of ``DeploymentState``'s
+    deployments): one object per deployment, ``<id:08d>.json``."""
+
+    def __init__(self, uc: UseCase, s3: Any):
+        assert uc.aws is not None
+        self.aws = uc.aws
+        self.s3 = s3
+        self.uri = uc.aws.s3_uri("serving", "deployments")
+        self.path = self.uri
+
+    def _keys(self) -> list[str]:
+        bucket, prefix = split_s3_uri(self.uri + "/")
+        keys = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".json")]
+        return sorted(keys)
+
+    def _put(self, d: Mapping[str, Any]) -> None:
+        body = json.dumps(d, indent=1, sort_keys=True, default=str).encode()
+        s3io.put_bytes(self.s3, body, f"{self.uri}/{int(d['id']):08d}.json", self.aws, "application/json")
+
+    def deployments(self) -> list[dict[str, Any]]:
+        bucket = split_s3_uri(self.uri)[0]
+        return [json.loads(self.s3.get_object(Bucket=bucket, Key=k)["Body"].read()) for k in self._keys()]
+
+    def deployment(self, run_id: str) -> dict[str, Any] | None:
+        return next((d for d in reversed(self.deployments()) if d["run_id"] == run_id), None)
+
+    def start_deployment(
+        self, run_id: str, version: int, previous: int | None, commit: str | None, committed_at: str | None
+    ) -> dict[str, Any]:
+        rows = self.deployments()
+        now = _now()
+        for d in rows:
+            if d["outcome"] == IN_PROGRESS and d["run_id"] != run_id:
+                d.update(outcome="superseded", finished_at=now, reason=f"replaced by the promotion run {run_id}")
+                self._put(d)
+        mine = next((d for d in reversed(rows) if d["run_id"] == run_id and d["outcome"] == IN_PROGRESS), None)
+        if mine is None:
+            mine = {
+                "id": max((int(d["id"]) for d in rows), default=0) + 1,
+                "run_id": run_id,
+                "version": int(version),
+                "previous_version": previous,
+                "git_commit": commit,
+                "committed_at": committed_at,
+                "started_at": now,
+                "finished_at": None,
+                "outcome": IN_PROGRESS,
+                "reason": None,
+                "shares": None,
+                "guardrails": None,
+            }
+            self._put(mine)
+        return mine
+
+    def finish_deployment(
+        self, deployment_id: int, outcome: str, reason: str, shares: Sequence[float], guardrails: Any
+    ) -> None:
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r}")
+        d = next(d for d in self.deployments() if int(d["id"]) == int(deployment_id))
+        d.update(outcome=outcome, reason=reason, finished_at=_now(), shares=list(shares), guardrails=guardrails)
+        self._put(json.loads(json.dumps(d, default=str)))
 
 
 class AwsEndpoint:
+    POLL_SECONDS = 15.0  # DescribeEndpoint while an endpoint is created or updated
+
     def __init__(self, uc: UseCase, rt: Any):
+        if uc.promotion is None or uc.aws is None or uc.training is None:
+            raise PermanentError(f"{uc.name}: a SageMaker endpoint needs the promotion, training and aws sections")
         self.uc = uc
         self.rt = rt
+        self.opts = uc.promotion
+        self.name = req.endpoint_name(uc)
 
-    def _refuse(self, *_: Any, **__: Any) -> Any:
-        raise PermanentError(f"{self.uc.name}: {NOT_BUILT}")
+    # ------------------------------------------------------------------ the endpoint
 
-    ensure_running = serving = deploy = captures = deployments = replay_records = send = _refuse
+    def _sm(self) -> Any:
+        return self.rt.client("sagemaker")
+
+    def describe(self) -> dict[str, Any] | None:
+        try:
+            return self._sm().describe_endpoint(EndpointName=self.name)
+        except Exception as exc:
+            if s3io.error_code(exc) in ("ValidationException", "ResourceNotFound"):
+                return None
+            raise
+
+    def ensure_running(self) -> dict[str, Any]:
+        """Where the endpoint is (it is created by the first ``deploy``: nothing to serve before)."""
+        d = self.describe()
+        state = d["EndpointStatus"] if d else "not created yet"
+        return {"url": f"SageMaker endpoint {self.name} ({state})", "pid": None, "generation": self._generation(d)}
+
+    @staticmethod
+    def _generation(d: Mapping[str, Any] | None) -> int:
+        """The endpoint's state as a number: its last modification, in epoch seconds."""
+        t = (d or {}).get("LastModifiedTime")
+        return int(t.timestamp()) if isinstance(t, datetime) else 0
+
+    def _package(self, version: int) -> str:
+        from mlblueprints.registry.aws import find_model_package
+
+        found = find_model_package(self._sm(), tr.model_package_group_name(self.uc), self.uc.model_name, int(version))
+        if found is None:
+            raise PermanentError(
+                f"{self.uc.name}: {self.uc.model_name} version {version} has no SageMaker model package "
+                f"(group {tr.model_package_group_name(self.uc)}): register it on the aws target"
+            )
+        return str(found["ModelPackageArn"])
+
+    def _exists(self, describe: Any, **kw: Any) -> bool:
+        try:
+            describe(**kw)
+            return True
+        except Exception as exc:
+            if s3io.error_code(exc) in ("ValidationException", "ResourceNotFound"):
+                return False
+            raise
+
+    def config_for(self, version: int, run_id: str, git_commit: str = "") -> str:
+        """The endpoint config serving ``version`` alone (its model and config created unless a
+        try made them: the names are hashes of the requests)."""
+        sm = self._sm()
+        arn = self._package(version)
+        model = req.create_model_request(
+            self.uc, version=version, model_package_arn=arn, git_commit=git_commit, run_id=run_id
+        )
+        if not self._exists(sm.describe_model, ModelName=model["ModelName"]):
+            sm.create_model(**model)
+            log.info("created model %s from %s", model["ModelName"], arn)
+        config = req.create_endpoint_config_request(self.uc, version=version, model_name=model["ModelName"])
+        name = config["EndpointConfigName"]
+        if not self._exists(sm.describe_endpoint_config, EndpointConfigName=name):
+            sm.create_endpoint_config(**config)
+            log.info("created endpoint config %s (capture: %s)", name, config["DataCaptureConfig"]["DestinationS3Uri"])
+        return name
+
+    def wait(self, what: str) -> dict[str, Any]:
+        """DescribeEndpoint until it leaves Creating/Updating (at most ``wait_seconds``)."""
+        deadline = time.monotonic() + self.opts.sagemaker.wait_seconds
+        while True:
+            d = self.describe()
+            if d is None:
+                raise PermanentError(f"{self.uc.name}: endpoint {self.name} disappeared while {what}")
+            if d["EndpointStatus"] not in UPDATING:
+                break
+            if time.monotonic() > deadline:
+                raise PermanentError(
+                    f"{self.uc.name}: endpoint {self.name} still {d['EndpointStatus']} after "
+                    f"{self.opts.sagemaker.wait_seconds}s ({what}; promotion.sagemaker.wait_seconds)"
+                )
+            time.sleep(self.POLL_SECONDS)
+        if d["EndpointStatus"] != "InService":
+            raise PermanentError(
+                f"{self.uc.name}: endpoint {self.name} is {d['EndpointStatus']} after {what}: {d.get('FailureReason')}"
+            )
+        return d
+
+    def serving(self) -> list[dict[str, Any]]:
+        """The version the endpoint serves (the model tags of its config)."""
+        d = self.describe()
+        if d is None:
+            return []
+        sm = self._sm()
+        cfg = sm.describe_endpoint_config(EndpointConfigName=d["EndpointConfigName"])
+        out = []
+        for v in cfg["ProductionVariants"]:
+            model = sm.describe_model(ModelName=v["ModelName"])
+            tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=model["ModelArn"]).get("Tags", [])}
+            out.append(
+                {"variant": v["VariantName"], "version": int(tags.get("mlblueprints:model-version", 0)), "weight": 1.0}
+            )
+        return out
+
+    def deploy(self, variants: Sequence[Mapping[str, Any]], by: str) -> int:
+        """The endpoint serving one version alone (created, or updated all at once), InService."""
+        if len(variants) != 1:
+            raise PermanentError(
+                f"{self.uc.name}: the SageMaker endpoint serves one production variant; a canary is a blue/green "
+                "update (the variant-weights form, UpdateEndpointWeightsAndCapacities, is not built)"
+            )
+        [v] = variants
+        config = self.config_for(int(v["version"]), by)
+        sm = self._sm()
+        d = self.describe()
+        if d is not None and d["EndpointStatus"] in UPDATING:
+            d = self.wait("an earlier update finished")
+        if d is None:
+            sm.create_endpoint(**req.create_endpoint_request(self.uc, config_name=config))
+            log.info("creating endpoint %s with %s", self.name, config)
+        elif d["EndpointConfigName"] != config:
+            sm.update_endpoint(**req.replace_endpoint_request(self.uc, config_name=config))
+            log.info("updating endpoint %s to %s (all at once)", self.name, config)
+        return self._generation(self.wait(f"serving {config}"))
+
+    def deployments(self) -> S3DeploymentHistory:
+        return S3DeploymentHistory(self.uc, self.rt.client("s3"))
+
+    # ------------------------------------------------------------------ the canary
+
+    def canary(self, registry: Any, version: int, champion: int, run_id: str) -> list[dict[str, Any]]:
+        """The blue/green update to ``version`` with SageMaker's guardrails, traffic and the
+        score-shift metric meanwhile (module docstring); one bake, judged when SageMaker is done."""
+        uc, p = self.uc, self.opts
+        sm, cw = self._sm(), self.rt.client("cloudwatch")
+        blue, green = self.config_for(champion, run_id), self.config_for(version, run_id)
+        names = req.alarm_names(uc)
+        mine = self.deployments().deployment(run_id)
+        since = datetime.fromisoformat(mine["started_at"]) if mine else datetime.now(UTC)
+        d = self.describe()
+        if d is None:
+            raise PermanentError(f"{uc.name}: endpoint {self.name} does not exist: no champion is deployed on it")
+        if d["EndpointConfigName"] == blue and d["EndpointStatus"] not in UPDATING:
+            for alarm in req.alarm_requests(uc):
+                cw.put_metric_alarm(**alarm)
+                # a new canary starts judged afresh, not on the state a former one left
+                cw.set_alarm_state(AlarmName=alarm["AlarmName"], StateValue="OK", StateReason="a canary starts")
+            sm.update_endpoint(**req.update_endpoint_request(uc, config_name=green, alarms=list(names.values())))
+            log.info(
+                "blue/green update of %s to %s: %s, bake %ss per step, rolled back on %s",
+                self.name,
+                green,
+                req.traffic_routing(uc)["Type"],
+                int(p.canary.bake_seconds),
+                ", ".join(names.values()),
+            )
+        elif d["EndpointConfigName"] == green or d["EndpointStatus"] in UPDATING:
+            log.info("adopting the update of %s a former try started (%s)", self.name, d["EndpointStatus"])
+        else:
+            raise PermanentError(
+                f"{uc.name}: endpoint {self.name} serves {d['EndpointConfigName']}, neither the champion's config "
+                f"({blue}) nor the challenger's ({green}): redeploy the champion first"
+            )
+        records, labels = self.replay_records(registry, version)
+        sent_total = {"requests": 0, "statuses": {}, "seconds": 0.0}
+        deadline = time.monotonic() + p.sagemaker.max_execution_timeout_seconds + p.sagemaker.wait_seconds
+        verdicts: list[dict[str, Any]] = []
+        by: dict[str, Any] = {}
+        while True:
+            d = self.describe() or {}
+            if d.get("EndpointStatus") not in UPDATING:
+                break
+            if time.monotonic() > deadline:
+                raise PermanentError(f"{uc.name}: the blue/green update of {self.name} did not end in time")
+            left = p.traffic.max_requests - sent_total["requests"]
+            if records and left > 0:
+                sent = self.send(records, p.sagemaker.publish_seconds, left, offset=sent_total["requests"])
+                sent_total["requests"] += sent["requests"]
+                sent_total["seconds"] = round(sent_total["seconds"] + sent["seconds"], 3)
+                for k, n in sent["statuses"].items():
+                    sent_total["statuses"][k] = sent_total["statuses"].get(k, 0) + n
+            else:
+                time.sleep(min(p.sagemaker.publish_seconds, self.POLL_SECONDS))
+            by, verdicts = self._judge(blue, green, since, labels)
+            self._publish(cw, verdicts)
+        by, verdicts = self._judge(blue, green, since, labels)
+        in_alarm = self._alarms_in_alarm(cw, names)
+        verdicts = self._with_alarms(verdicts, names, in_alarm)
+        entry = bake_entry(self._share(), self._generation(d), sent_total, by, verdicts)
+        if d.get("EndpointConfigName") != green or d.get("EndpointStatus") != "InService":
+            why = [f"{g}: CloudWatch alarm {a} in ALARM ({reason})" for g, (a, reason) in in_alarm.items()]
+            entry["tripped"] = why or [
+                f"SageMaker rolled the update back: {d.get('FailureReason') or d.get('EndpointStatus')}"
+            ]
+        log_verdicts(verdicts)
+        return [entry]
+
+    def _share(self) -> float:
+        c = self.opts.canary
+        return c.steps[0] if c.steps else c.weight
+
+    def _judge(
+        self, blue: str, green: str, since: datetime, labels: Mapping[Any, int]
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        from mlblueprints.serving import guardrails
+
+        caps = [*self.captures_of(blue, CHAMPION, since), *self.captures_of(green, CHALLENGER, since)]
+        by = guardrails.samples(caps)
+        verdicts = guardrails.evaluate(self.opts.guardrails, by, CHAMPION, CHALLENGER, labels)
+        return by, verdicts
+
+    def _publish(self, cw: Any, verdicts: Sequence[Mapping[str, Any]]) -> None:
+        """The score shift, once judged (enough scores on each side), to the metric its alarm watches."""
+        for v in verdicts:
+            if v["guardrail"].startswith("score_shift_") and v["ok"] is not None and v["value"] is not None:
+                cw.put_metric_data(**req.score_shift_metric_request(self.uc, v["value"], datetime.now(UTC)))
+                log.info("published %s %.4f", v["guardrail"], v["value"])
+
+    @staticmethod
+    def _alarms_in_alarm(cw: Any, names: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+        out = {}
+        found = cw.describe_alarms(AlarmNames=list(names.values()))
+        states = {a["AlarmName"]: a for a in [*found.get("MetricAlarms", []), *found.get("CompositeAlarms", [])]}
+        for g, a in names.items():
+            if states.get(a, {}).get("StateValue") == "ALARM":
+                out[g] = (a, states[a].get("StateReason", ""))
+        return out
+
+    @staticmethod
+    def _with_alarms(
+        verdicts: Sequence[Mapping[str, Any]], names: Mapping[str, str], in_alarm: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """The capture holds answered requests only: the error rate and the latency are the
+        CloudWatch alarms' verdicts (the score shift: ours, which its alarm also watched)."""
+        out = []
+        for v in verdicts:
+            g = v["guardrail"]
+            if g in ("error_rate", "p99_latency_ms"):
+                fired = g in in_alarm
+                out.append(
+                    {
+                        **v,
+                        "value": None,
+                        "ok": not fired,
+                        "detail": f"CloudWatch alarm {names[g]}: "
+                        + (f"ALARM ({in_alarm[g][1]})" if fired else "did not fire during the update"),
+                    }
+                )
+            elif g in in_alarm:
+                out.append({**v, "ok": False, "detail": f"{v['detail']}; CloudWatch alarm {names[g]} fired"})
+            else:
+                out.append(dict(v))
+        return out
+
+    def captures_of(self, config: str, variant: str, since: datetime) -> list[dict[str, Any]]:
+        """The data capture of the fleet serving ``config`` since ``since``, as the guardrails read
+        captures: each answered request with its inference id and score."""
+        s3 = self.rt.client("s3")
+        base = f"{req.capture_prefix(self.uc, config)}/{self.name}/{self.opts.sagemaker.variant_name}/"
+        bucket, prefix = split_s3_uri(base)
+        out = []
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for o in page.get("Contents", []):
+                if o["LastModified"] < since.replace(minute=0, second=0, microsecond=0):
+                    continue
+                body = s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read().decode()
+                for line in body.splitlines():
+                    if line.strip():
+                        out += self._capture_row(json.loads(line), variant, since)
+        return out
+
+    @staticmethod
+    def _capture_row(event: Mapping[str, Any], variant: str, since: datetime) -> list[dict[str, Any]]:
+        meta = event.get("eventMetadata", {})
+        at = datetime.fromisoformat(str(meta.get("inferenceTime", "")).replace("Z", "+00:00"))
+        if at < since:
+            return []
+        output = event["captureData"]["endpointOutput"]
+        data = output["data"]
+        if output.get("encoding") == "BASE64":
+            import base64
+
+            data = base64.b64decode(data).decode()
+        scores = [float(x) for x in str(data).replace("\n", ",").split(",") if x.strip()]
+        rid = meta.get("inferenceId")
+        return [
+            {"variant": variant, "status": 200, "latency_ms": None, "response": {"id": rid, "score": s}}
+            for s in scores[:1]
+        ]
+
+    # ------------------------------------------------------------------ replayed traffic
+
+    def replay_records(self, registry: Any, version: int) -> tuple[list[dict[str, Any]], dict[Any, int]]:
+        """The challenger's holdout (the rows it was judged on, labelled, in its feature order) as
+        CSV request bodies, at most ``traffic.max_requests``; the label of each by its id."""
+        import tempfile
+        from pathlib import Path
+
+        from mlblueprints.explain.steps import holdout
+
+        uc = self.uc
+        if not self.opts.traffic.replay:
+            return [], {}
+        assert uc.training is not None
+        label = uc.training_sets[uc.training.training_set].labels.label
+        with tempfile.TemporaryDirectory(prefix="mlb-replay-") as work:
+            frame = holdout(uc, registry, version, Path(work))
+        frame = frame.tail(self.opts.traffic.max_requests)
+        feats = uc.model_features()
+        records, labels = [], {}
+        for i, row in enumerate(frame[[*feats, label]].itertuples(index=False, name=None)):
+            rid = f"holdout-{i}"
+            body = ",".join("" if x is None or x != x else repr(float(x)) for x in row[:-1])
+            records.append({"id": rid, "body": body})
+            if row[-1] is not None and row[-1] == row[-1]:
+                labels[rid] = int(row[-1])
+        return records, labels
+
+    def send(
+        self, records: Sequence[Mapping[str, Any]], seconds: float, max_requests: int, offset: int = 0
+    ) -> dict[str, Any]:
+        """InvokeEndpoint with the records (cycling from ``offset``) at ``traffic.rate_per_second``
+        for ``seconds`` or ``max_requests`` requests; each with its ``InferenceId``."""
+        from mlblueprints.serving.core import paced
+
+        runtime = self.rt.client("sagemaker-runtime")
+
+        def client() -> Any:
+            def call(i: int) -> int:
+                r = records[(offset + i) % len(records)]
+                try:
+                    resp = runtime.invoke_endpoint(
+                        EndpointName=self.name,
+                        ContentType=req.CONTENT_TYPE,
+                        Accept=req.CONTENT_TYPE,
+                        Body=r["body"].encode(),
+                        InferenceId=str(r["id"]),
+                    )
+                    resp["Body"].read()
+                    return int(resp["ResponseMetadata"]["HTTPStatusCode"])
+                except Exception as exc:
+                    status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+                    return int(status or 0)
+
+            return call, lambda: None
+
+        return paced(client, self.opts.traffic, seconds, max_requests)
+
+    # ------------------------------------------------------------------ after the decision
+
+    def decided(self, version: int, promoted: bool, reason: str) -> None:
+        """The version's model package Approved (promoted) or Rejected (rolled back)."""
+        arn = self._package(version)
+        self._sm().update_model_package(**req.approval_request(arn, promoted, reason))
+        log.info("model package %s: %s", arn, "Approved" if promoted else "Rejected")
 
     def where(self) -> list[str]:
-        return [f"endpoint: {NOT_BUILT}"]
+        d = self.describe()
+        at = f"{d['EndpointStatus']}, config {d['EndpointConfigName']}" if d else "not created yet"
+        return [
+            f"endpoint: SageMaker endpoint {self.name} ({at}); data capture under "
+            f"{req.capture_prefix(self.uc, '<config>')}; deployment history: {self.deployments().uri}"
+        ]

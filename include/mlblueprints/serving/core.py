@@ -1,5 +1,6 @@
 """Online serving, target-independent and pure: what a request must carry, how it is checked,
-how traffic is split between variants, and the per-variant figures the endpoint keeps.
+how traffic is split between variants, the per-variant figures the endpoint keeps, and the
+paced client a bake sends its traffic with.
 
 A request names the entities (each feature view's key) and the request-time fields (the model's
 features that are not read from a view: ``training.extra_features``); the endpoint reads the rest
@@ -12,8 +13,9 @@ import bisect
 import json
 import math
 import threading
-from collections import deque
-from collections.abc import Mapping, Sequence
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,3 +241,54 @@ class VariantStats:
 
 def _round(v: float | None, digits: int = 3) -> float | None:
     return None if v is None else round(v, digits)
+
+
+def paced(
+    client: Callable[[], tuple[Callable[[int], int], Callable[[], None]]],
+    traffic: Any,
+    seconds: float,
+    max_requests: int,
+) -> dict[str, Any]:
+    """Requests at ``traffic.rate_per_second`` over ``traffic.clients`` threads, each with its own
+    ``client()`` (a call sending request ``i`` and answering its status, 0 for none; and a close),
+    for ``seconds`` or ``max_requests`` requests, whichever comes first - bounded by the wall
+    clock too, so a slow answer does not stretch the bake. Returns the statuses and the count."""
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+    sent = [0]
+    start = time.monotonic()
+    interval = 1.0 / traffic.rate_per_second
+
+    def worker() -> None:
+        call, close = client()
+        try:
+            while True:
+                with lock:
+                    i = sent[0]
+                    if i >= max_requests:
+                        return
+                    sent[0] += 1
+                due = start + i * interval  # the i-th request's slot: a steady rate across clients
+                now = time.monotonic()
+                if due - start >= seconds or now - start >= seconds:
+                    with lock:
+                        sent[0] -= 1
+                    return
+                if due > now:
+                    time.sleep(due - now)
+                status = call(i)
+                with lock:
+                    statuses[status] += 1
+        finally:
+            close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(traffic.clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return {
+        "requests": sum(statuses.values()),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "seconds": round(time.monotonic() - start, 3),
+    }

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlblueprints.config import UseCase
 from mlblueprints.errors import PermanentError
 from mlblueprints.serving import server
-from mlblueprints.serving.core import RequestShape
+from mlblueprints.serving.core import RequestShape, paced
 from mlblueprints.serving.state import DeploymentState
 
 
@@ -120,63 +118,42 @@ class LocalEndpoint:
                 labels[rid] = int(d[label])
         return records, labels
 
+    def canary(self, registry: Any, version: int, champion: int, run_id: str) -> list[dict[str, Any]]:
+        """The canary by variant weights this endpoint routes (``serving.canary.by_weights``)."""
+        from mlblueprints.serving.canary import by_weights
+
+        return by_weights(self, registry, version, champion, run_id)
+
+    def decided(self, version: int, promoted: bool, reason: str) -> None:
+        """Nothing more to record: the registry's alias and tag are the local record of it."""
+
     def send(self, records: Sequence[Mapping[str, Any]], seconds: float, max_requests: int) -> dict[str, Any]:
         """Send ``records`` (cycling) one per request at ``traffic.rate_per_second`` over
         ``traffic.clients`` keep-alive connections, for ``seconds`` or ``max_requests`` requests,
         whichever comes first. Returns the statuses (0: no answer) and the requests sent."""
-        t = self.opts.traffic
         base = server.url(self.uc, self._port())
         host, port = base.removeprefix("http://").rsplit(":", 1)
         bodies = [json.dumps(r).encode() for r in records]
-        statuses: Counter[int] = Counter()
-        lock = threading.Lock()
-        sent = [0]
-        start = time.monotonic()
-        interval = 1.0 / t.rate_per_second
 
-        def worker() -> None:
-            con = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=30)
-            try:
-                while True:
-                    with lock:
-                        i = sent[0]
-                        if i >= max_requests:
-                            return
-                        sent[0] += 1
-                    due = start + i * interval  # the i-th request's slot: a steady rate across clients
-                    now = time.monotonic()
-                    if due - start >= seconds or now - start >= seconds:  # bounded in time, even when slow
-                        with lock:
-                            sent[0] -= 1
-                        return
-                    if due > now:
-                        time.sleep(due - now)
-                    status = 0
-                    try:
-                        con.request(
-                            "POST", "/invocations", bodies[i % len(bodies)], {"Content-Type": "application/json"}
-                        )
-                        resp = con.getresponse()
-                        resp.read()
-                        status = resp.status
-                    except (OSError, http.client.HTTPException):
-                        con.close()
-                        con = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=30)
-                    with lock:
-                        statuses[status] += 1
-            finally:
-                con.close()
+        def client() -> Any:
+            con = [http.client.HTTPConnection(host.strip("[]"), int(port), timeout=30)]
 
-        threads = [threading.Thread(target=worker, daemon=True) for _ in range(t.clients)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        return {
-            "requests": sum(statuses.values()),
-            "statuses": {str(k): v for k, v in sorted(statuses.items())},
-            "seconds": round(time.monotonic() - start, 3),
-        }
+            def call(i: int) -> int:
+                try:
+                    con[0].request(
+                        "POST", "/invocations", bodies[i % len(bodies)], {"Content-Type": "application/json"}
+                    )
+                    resp = con[0].getresponse()
+                    resp.read()
+                    return resp.status
+                except (OSError, http.client.HTTPException):
+                    con[0].close()
+                    con[0] = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=30)
+                    return 0
+
+            return call, lambda: con[0].close()
+
+        return paced(client, self.opts.traffic, seconds, max_requests)
 
     def where(self) -> list[str]:
         info = server.status(self.uc)

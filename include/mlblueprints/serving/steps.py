@@ -19,10 +19,9 @@ from mlblueprints.core import reporting
 from mlblueprints.core.context import StepContext
 from mlblueprints.core.naming import explained_model_asset, registered_model_asset
 from mlblueprints.errors import PermanentError, StepSkipped
+from mlblueprints.serving.canary import CHALLENGER, CHAMPION
 
 log = logging.getLogger(__name__)
-
-CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 def _promotion(ctx: StepContext) -> Any:
@@ -107,6 +106,7 @@ def deploy(ctx: StepContext, target: dict[str, Any]) -> dict[str, Any]:
         registry = ctx.backend("registry")
         registry.promote(version)
         gen = ep.deploy([{"variant": CHAMPION, "version": version, "weight": 1.0, "alias": CHAMPION}], ctx.run.run_id)
+        ep.decided(version, True, "the first version: no champion to canary against")
         ep.deployments().finish_deployment(d["id"], "first", "no champion to canary against", [1.0], [])
         log.info(
             "%s version %s is the first champion: serving all traffic (generation %s)", uc.model_name, version, gen
@@ -115,73 +115,15 @@ def deploy(ctx: StepContext, target: dict[str, Any]) -> dict[str, Any]:
 
 
 def bake(ctx: StepContext, target: dict[str, Any], deployed: dict[str, Any]) -> dict[str, Any]:
-    """The challenger at each canary share in turn, with traffic (real requests, and replayed
-    rows when ``promotion.traffic.replay``) for ``bake_seconds``; every guardrail judged on the
-    requests answered at that share. Stops at the first share a guardrail fails."""
-    from mlblueprints.scoring.core import model_from_registry
-    from mlblueprints.serving import guardrails
-    from mlblueprints.serving.core import RequestShape
-
+    """The challenger at each canary share in turn, with traffic, every guardrail judged on the
+    requests answered at that share; stops at the first share a guardrail fails. How the shares
+    are served is the endpoint's (``Endpoint.canary``): the local endpoint's weights, moved by
+    this step; on aws SageMaker's blue/green update, rolled back by CloudWatch alarms."""
     if deployed["first"]:
         raise StepSkipped("the first version: no champion to canary against")
-    p = _promotion(ctx)
-    uc = ctx.uc
+    _promotion(ctx)
     ep = ctx.backend("endpoint")
-    version, champion = int(target["version"]), int(target["champion_version"])
-    facts = model_from_registry(uc, ctx.backend("registry").lineage(version=version), CHALLENGER)
-    shape = RequestShape.of(uc, facts["features"])
-    records: list[dict[str, Any]] = []
-    labels: dict[Any, int] = {}
-    if p.traffic.replay:
-        records, labels = ep.replay_records(p.traffic.max_requests, shape)
-        if not records:
-            raise PermanentError(f"{uc.name}: promotion: no rows to replay (traffic.replay_days of the training rows)")
-    bakes = []
-    for share in p.canary.shares():
-        gen = ep.deploy(
-            [
-                {"variant": CHAMPION, "version": champion, "weight": round(1 - share, 6), "alias": CHAMPION},
-                {"variant": CHALLENGER, "version": version, "weight": share, "alias": CHALLENGER},
-            ],
-            ctx.run.run_id,
-        )
-        log.info(
-            "canary: version %s at %.0f%% (generation %s), baking %ss", version, 100 * share, gen, p.canary.bake_seconds
-        )
-        if records:
-            sent = ep.send(records, p.canary.bake_seconds, p.traffic.max_requests)
-        else:
-            import time
-
-            time.sleep(p.canary.bake_seconds)
-            sent = {"requests": 0, "statuses": {}, "seconds": p.canary.bake_seconds}
-        caps = ep.captures(gen)
-        by = guardrails.samples(caps)
-        verdicts = guardrails.evaluate(p.guardrails, by, CHAMPION, CHALLENGER, labels)
-        answered = {v: s["requests"] for v, s in by.items()}
-        total = sum(answered.values())
-        bakes.append(
-            {
-                "share": share,
-                "generation": gen,
-                "sent": sent,
-                "answered": answered,
-                "challenger_share": answered.get(CHALLENGER, 0) / total if total else None,
-                "verdicts": verdicts,
-                "tripped": guardrails.tripped(verdicts),
-            }
-        )
-        for v in verdicts:
-            log.info(
-                "  %-16s %-10s threshold %-8s %s  %s",
-                v["guardrail"],
-                v["value"],
-                v["threshold"],
-                {True: "ok", False: "TRIPPED", None: "-"}[v["ok"]],
-                v["detail"],
-            )
-        if bakes[-1]["tripped"]:
-            break
+    bakes = ep.canary(ctx.backend("registry"), int(target["version"]), int(target["champion_version"]), ctx.run.run_id)
     last = bakes[-1]["tripped"]
     return {"bakes": bakes, "passed": not last, "tripped": last}
 
@@ -208,6 +150,7 @@ def decide(ctx: StepContext, target: dict[str, Any], deployed: dict[str, Any], b
         reason = "; ".join(baked["tripped"])
         registry.reject(version, reason, ctx.run.run_id)
         outcome = "rolled_back"
+    ep.decided(version, outcome == "promoted", reason)
     ep.deployments().finish_deployment(deployed["deployment_id"], outcome, reason, shares, verdicts)
     log.info(
         "%s version %s %s: %s (endpoint generation %s)", uc.model_name, version, outcome.replace("_", " "), reason, gen

@@ -238,3 +238,21 @@ def test_the_worker_runs_the_project_steps_locally(tmp_path, monkeypatch):
     assert out.returncode == 0, out.stderr[-3000:]
     outcome = store.get("steps/ingest__transactions/run.json")
     assert outcome["status"] == "failed" and "landing dates" in outcome["error"]["Cause"]
+
+
+def test_the_worker_keeps_the_window_report_with_the_execution(tmp_path, monkeypatch):
+    """A Processing job's disk goes with the job: the Evidently report a monitoring phase wrote under
+    MLB_HOME/monitoring is kept under the execution's prefix (home/), as the run reports are. The
+    phase here is the real alert step on a decision that did not fire (skipped)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("MLB_HOME", str(home))
+    report = home / "monitoring" / "fraud_detection" / "2024-03-07_2024-03-07" / "report.html"
+    report.parent.mkdir(parents=True)
+    report.write_text("<html>drift</html>")
+    store = worker.DirStore(tmp_path / "run")
+    store.put(names.RUN_DOCUMENT, {"execution": "e1", "input": {}})
+    store.put("steps/decide/result.json", {"fired": False, "reason": "no policy signal", "rerun_of": None})
+    outcome = worker.run_phase(names.on_aws(_shipped()), "monitoring", "alert", "run", store)
+    assert outcome["status"] == "skipped" and "no policy signal" in outcome["reason"]
+    kept = tmp_path / "run" / "home" / "monitoring" / "fraud_detection" / "2024-03-07_2024-03-07" / "report.html"
+    assert kept.read_text() == "<html>drift</html>"

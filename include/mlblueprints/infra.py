@@ -10,7 +10,7 @@ from typing import Any
 
 from mlblueprints import patterns
 from mlblueprints.config import UseCase
-from mlblueprints.core.naming import drift_alert_asset, table_asset
+from mlblueprints.core.naming import drift_alert_asset, predictions_asset, table_asset
 from mlblueprints.deploy.requirements import AIRFLOW_TARGET
 from mlblueprints.lakehouse import naming
 from mlblueprints.stepfunctions import names
@@ -104,6 +104,7 @@ def parameters(uc: UseCase, *, image_tag: str, mwaa: bool = False, image_pushed:
         "HasTraining": str(has["training"]).lower(),
         "HasScoring": str(has["scoring"]).lower(),
         "HasExplainability": str(has["explainability"]).lower(),
+        "HasMonitoring": str(has["monitoring"]).lower(),
         "TransformRoleName": _transform_role_name(uc) if has["scoring"] else "",
         "LakehouseScheduleExpression": schedule_expression(uc.schedule),
         "GoldAssetNames": ",".join(
@@ -111,6 +112,7 @@ def parameters(uc: UseCase, *, image_tag: str, mwaa: bool = False, image_pushed:
         )
         or "none",
         "DriftAssetName": drift_alert_asset(uc).name,
+        "PredictionsAssetName": predictions_asset(uc).name if has["monitoring"] else "",
         "CreateMwaa": str(mwaa).lower(),
         # the version the bundle's requirements are locked for (deploy mwaa refuses any other)
         "MwaaAirflowVersion": AIRFLOW_TARGET,

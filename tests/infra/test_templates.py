@@ -257,6 +257,83 @@ def test_clarify_jobs_may_serve_their_shadow_endpoint_and_read_and_write_only_th
     assert "ClarifyJobsOfTheAwsTarget" not in {st["Sid"] for st in _statements(res["MwaaExecutionRole"], False)}
 
 
+def _resolve(text, params, uc):
+    """A ``!Sub`` string with the stack's parameters and pseudo parameters."""
+    for k, v in {
+        **params,
+        "AWS::Partition": "aws",
+        "AWS::Region": uc.aws.region,
+        "AWS::AccountId": uc.aws.account_id,
+    }.items():
+        text = text.replace("${" + k + "}", str(v))
+    return text
+
+
+def test_the_monitoring_machine_is_started_by_predictions_and_its_drift_alert_starts_training():
+    """The loop on Step Functions: the scoring pattern's predictions event starts the monitoring
+    machine (as the monitoring DAG is scheduled on it); a drift alert - the drift alarm in ALARM or
+    the drift Asset event the monitoring machine's alert step puts - matches the drift rule, whose
+    pattern is the one monitoring's publish keeps (``event_pattern``), and which sends it to the
+    queue the Airflow watcher reads and starts the training machine. The steps' policy allows the
+    alerting calls on exactly the names monitoring/aws.py uses."""
+    from mlblueprints.core.naming import drift_alert_asset, predictions_asset
+    from mlblueprints.monitoring import aws as ma
+    from mlblueprints.stepfunctions import asl
+
+    uc = load_usecase(ROOT / "dags/usecases/fraud_detection.yaml")
+    params = infra.parameters(uc, image_tag="abc")
+    assert params["HasMonitoring"] == "true" and params["PredictionsAssetName"] == predictions_asset(uc).name
+    no_monitoring = infra.parameters(uc.model_copy(update={"monitoring": None}), image_tag="abc")
+    assert no_monitoring["HasMonitoring"] == "false" and no_monitoring["PredictionsAssetName"] == ""
+    template = yaml.load((ROOT / infra.TEMPLATE).read_text(), Loader=_cfn_loader())
+    res = template["Resources"]
+    # each machine the template makes is a committed definition; monitoring's among them
+    machines = {k: v for k, v in res.items() if v["Type"] == "AWS::StepFunctions::StateMachine"}
+    keys = {v["Properties"]["DefinitionS3Location"]["Key"].rsplit("/", 1)[-1] for v in machines.values()}
+    committed = {p.name for p in (ROOT / "statemachines" / uc.name).glob("*.asl.json")}
+    assert "monitoring.asl.json" in keys and keys <= committed
+    assert res["MonitoringStateMachine"]["Condition"] == "Monitoring"
+    assert template["Conditions"]["Monitoring"] == ["HasMonitoring", "true"]
+    # predictions -> monitoring
+    rule = res["PredictionsToMonitoringRule"]["Properties"]
+    assert rule["EventPattern"] == {
+        "source": [asl.EVENT_SOURCE],
+        "detail-type": [asl.EVENT_DETAIL_TYPE],
+        "detail": {"asset": ["PredictionsAssetName"]},
+    }
+    assert [t["Arn"] for t in rule["Targets"]] == ["MonitoringStateMachine"]
+    starts = _statements(res["EventsRole"])[0]["Resource"]
+    assert ["Monitoring", "MonitoringStateMachine", "AWS::NoValue"] in starts
+    # drift alert -> the queue and the training machine
+    drift = res["DriftAlertRule"]["Properties"]
+    pattern = json.loads(_resolve(json.dumps(drift["EventPattern"]), params, uc))
+    pattern["$or"][1]["detail"]["asset"] = [params[a] for a in pattern["$or"][1]["detail"]["asset"]]
+    assert pattern == ma.event_pattern(uc) and drift_alert_asset(uc).name == params["DriftAssetName"]
+    targets = drift["Targets"]
+    assert targets[0] == {"Id": "queue", "Arn": "DriftQueue.Arn"}
+    [condition, training, absent] = targets[1]
+    assert (condition, training["Arn"], absent) == ("FeaturesAndTraining", "TrainingStateMachine", "AWS::NoValue")
+    assert _resolve(drift["Name"], params, uc) == ma.rule_name(uc)
+    # the steps' policy: monitoring's publish may keep the alarms, the rule and the queue it names
+    steps = {
+        st[1]["Sid"]: st
+        for st in res["PatternStepsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        if isinstance(st, list)
+    }
+    for sid in ("DriftMetrics", "DriftAlarms", "DriftRule", "DriftQueueAttributes"):
+        assert steps[sid][0] == "Monitoring" and steps[sid][2] == "AWS::NoValue", sid
+    metrics = steps["DriftMetrics"][1]["Condition"]["StringEquals"]["cloudwatch:namespace"]
+    assert _resolve(metrics, params, uc) == ma.namespace(uc)
+    alarm_arn = _resolve(steps["DriftAlarms"][1]["Resource"], params, uc)
+    for a in ma.alarm_requests(uc):
+        assert re.fullmatch(
+            alarm_arn.replace("*", ".*"),
+            f"arn:aws:cloudwatch:{uc.aws.region}:{uc.aws.account_id}:alarm:{a['AlarmName']}",
+        )
+    assert _resolve(steps["DriftRule"][1]["Resource"], params, uc) == ma.rule_arn(uc)
+    assert _resolve(steps["DriftQueueAttributes"][1]["Resource"], params, uc) == ma.queue_arn(uc)
+
+
 def _cfn_loader():
     class Loader(yaml.SafeLoader):
         pass

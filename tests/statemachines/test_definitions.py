@@ -25,7 +25,7 @@ def _shipped():
 def test_committed_definitions_are_what_the_declarations_render():
     uc = _shipped()
     rendered = asl.render_usecase(uc)
-    assert sorted(rendered) == ["explainability", "features", "lakehouse", "scoring", "training"]
+    assert sorted(rendered) == ["explainability", "features", "lakehouse", "monitoring", "scoring", "training"]
     committed = sorted(p.name for p in (ROOT / "statemachines" / uc.name).glob("*.asl.json"))
     assert committed == sorted(f"{p}.asl.json" for p in rendered)
     for pattern, definition in rendered.items():
@@ -35,13 +35,13 @@ def test_committed_definitions_are_what_the_declarations_render():
 
 
 def test_every_pattern_that_applies_is_rendered():
-    """Every pattern of the shipped use case is rendered but monitoring (left to Airflow for now) and
-    promotion (its aws backend is not built): asl.NOT_RENDERED says so."""
+    """Every pattern of the shipped use case is rendered but promotion (its aws backend is not
+    built): asl.NOT_RENDERED says so."""
     from mlblueprints import patterns
 
     uc = _shipped()
     applies = [p for p in patterns.PATTERNS if patterns.declare(p, names.on_aws(uc)) is not None]
-    assert sorted(asl.NOT_RENDERED) == ["monitoring", "promotion"]
+    assert sorted(asl.NOT_RENDERED) == ["promotion"]
     assert sorted(asl.render_usecase(uc)) == sorted(p for p in applies if p not in asl.NOT_RENDERED)
 
 
@@ -74,9 +74,39 @@ def test_only_substitutions_and_no_machine_values_in_the_definitions():
     assert used == set(names.substitutions(uc))
 
 
-def test_the_athena_block_is_what_the_airflow_operator_sends():
+def _athena_blocks(definition):
+    """The Parameters of every startQueryExecution Task of a definition, nested ones included."""
+    blocks = []
+
+    def walk(states):
+        for st in states.values():
+            if st.get("Resource") == "arn:aws:states:::athena:startQueryExecution.sync":
+                blocks.append(st["Parameters"])
+            for b in st.get("Branches", []):
+                walk(b["States"])
+
+    walk(definition["States"])
+    return blocks
+
+
+def test_every_pattern_with_athena_steps_is_checked_below():
+    """The parametrized test below covers each committed definition that runs Athena statements:
+    the lakehouse's layers, the monitoring pattern's measure (the window's UNLOADs) and decide (the
+    window's rows and decision MERGEd, the tables' maintenance), and any other."""
+    uc = _shipped()
+    with_athena = sorted(p for p, d in asl.render_usecase(uc).items() if _athena_blocks(d))
+    assert {"lakehouse", "monitoring"} <= set(with_athena)
+    assert with_athena == sorted(ATHENA_PATTERNS)
+
+
+ATHENA_PATTERNS = ("features", "lakehouse", "monitoring", "scoring", "training")
+
+
+@pytest.mark.parametrize("pattern", ATHENA_PATTERNS)
+def test_the_athena_block_is_what_the_airflow_operator_sends(pattern):
     """The Airflow task's StartQueryExecution (AthenaStatementsOperator through AthenaHook) and the
-    state machine's Parameters resolve to the same dict for a statement and token."""
+    state machine's Parameters resolve to the same dict for a statement and token, in every Athena
+    step of the pattern's committed definition."""
     from unittest import mock
 
     from mlblueprints.airflow.builder import service_operator
@@ -88,25 +118,16 @@ def test_the_athena_block_is_what_the_airflow_operator_sends():
     client = mock.Mock()
     client.start_query_execution.side_effect = lambda **kw: sent.update(kw) or {"QueryExecutionId": "q"}
     with mock.patch.object(type(op.hook), "get_conn", return_value=client):
-        ti = mock.Mock(task_id="silver__transactions.athena", try_number=1)
+        ti = mock.Mock(task_id="step.athena", try_number=1)
         op._start({"ti": ti, "run_id": "r"}, Statement("merge", "MERGE INTO t ...", "merge"), 1)
-    definition = json.loads(asl.definition_path(ROOT / "statemachines", uc.name, "lakehouse").read_text())
-    blocks = []
-
-    def walk(states):
-        for st in states.values():
-            if st.get("Resource") == "arn:aws:states:::athena:startQueryExecution.sync":
-                blocks.append(st["Parameters"])
-            for b in st.get("Branches", []):
-                walk(b["States"])
-
-    walk(definition["States"])
+    definition = json.loads(asl.definition_path(ROOT / "statemachines", uc.name, pattern).read_text())
+    blocks = _athena_blocks(definition)
     assert blocks and all(b == blocks[0] | {"ClientRequestToken.$": b["ClientRequestToken.$"]} for b in blocks)
-    block = blocks[0]
-    resolved = json.loads(names.substitute(json.dumps(block), names.substitutions(uc)))
-    resolved["QueryString"] = resolved.pop("QueryString.$") and sent["QueryString"]
-    resolved["ClientRequestToken"] = resolved.pop("ClientRequestToken.$") and sent["ClientRequestToken"]
-    assert resolved == sent
+    for block in blocks:
+        resolved = json.loads(names.substitute(json.dumps(block), names.substitutions(uc)))
+        resolved["QueryString"] = resolved.pop("QueryString.$") and sent["QueryString"]
+        resolved["ClientRequestToken"] = resolved.pop("ClientRequestToken.$") and sent["ClientRequestToken"]
+        assert resolved == sent
 
 
 @pytest.mark.aws
@@ -125,7 +146,8 @@ def test_deploy_and_run_through_the_cli_under_moto(monkeypatch, capsys):
         sfn = boto3.client("stepfunctions", region_name="eu-west-1")
         machines = {m["name"]: m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]}
         assert sorted(machines) == [
-            f"mlb-fraud-detection-{p}" for p in ("explainability", "features", "lakehouse", "scoring", "training")
+            f"mlb-fraud-detection-{p}"
+            for p in ("explainability", "features", "lakehouse", "monitoring", "scoring", "training")
         ]
         d = sfn.describe_state_machine(stateMachineArn=machines["mlb-fraud-detection-training"])
         assert "${" not in d["definition"] and "mlblueprints-worker:t2" in d["definition"]
@@ -216,3 +238,21 @@ def test_the_worker_runs_the_project_steps_locally(tmp_path, monkeypatch):
     assert out.returncode == 0, out.stderr[-3000:]
     outcome = store.get("steps/ingest__transactions/run.json")
     assert outcome["status"] == "failed" and "landing dates" in outcome["error"]["Cause"]
+
+
+def test_the_worker_keeps_the_window_report_with_the_execution(tmp_path, monkeypatch):
+    """A Processing job's disk goes with the job: the Evidently report a monitoring phase wrote under
+    MLB_HOME/monitoring is kept under the execution's prefix (home/), as the run reports are. The
+    phase here is the real alert step on a decision that did not fire (skipped)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("MLB_HOME", str(home))
+    report = home / "monitoring" / "fraud_detection" / "2024-03-07_2024-03-07" / "report.html"
+    report.parent.mkdir(parents=True)
+    report.write_text("<html>drift</html>")
+    store = worker.DirStore(tmp_path / "run")
+    store.put(names.RUN_DOCUMENT, {"execution": "e1", "input": {}})
+    store.put("steps/decide/result.json", {"fired": False, "reason": "no policy signal", "rerun_of": None})
+    outcome = worker.run_phase(names.on_aws(_shipped()), "monitoring", "alert", "run", store)
+    assert outcome["status"] == "skipped" and "no policy signal" in outcome["reason"]
+    kept = tmp_path / "run" / "home" / "monitoring" / "fraud_detection" / "2024-03-07_2024-03-07" / "report.html"
+    assert kept.read_text() == "<html>drift</html>"

@@ -337,3 +337,169 @@ def test_a_failed_scoring_gate_ends_in_its_fail_state_without_committing(sfn_wor
     ran = ex.worker_calls()
     assert ran.count(("gate", "run")) == 1 and not [w for w in ran if w[0] == "commit"]
     assert ("score", "finish") in ran and ("report", "run") in ran
+
+
+# ---------------------------------------------------------------- monitoring
+
+WINDOW = ("2024-03-07", "2024-03-07")
+
+
+def _monitoring_statements(uc):
+    """What AwsMonitor hands the state machine, built by the monitoring backend's pure SQL
+    functions: ``measure`` UNLOADs the window's predictions of the version and the labels landed
+    for them; ``decide`` MERGEs the window's metric rows and its decision, then maintains both
+    tables (OPTIMIZE and VACUUM repeat on MORE_RUNS_NEEDED)."""
+    from mlblueprints.lakehouse.aws import fq, maintenance_statements, unload_statement
+    from mlblueprints.lakehouse.sqlgen import to_trino
+    from mlblueprints.monitoring import aws as ma
+    from mlblueprints.monitoring import core
+
+    lo, hi = WINDOW
+    rows = uc.scoring_rows()
+    keys, table = rows["keys"], uc.scoring.output_table
+    base = uc.aws_settings.s3_uri("_monitoring", "w1")
+    label = uc.training_sets[rows["training_set"]].labels.label
+    measure = [
+        unload_statement(
+            "monitoring_window",
+            to_trino(ma.window_predictions_sql(fq(uc, table), keys, lo, hi, 3)),
+            f"{base}/window/",
+        ),
+        unload_statement(
+            "monitoring_labels",
+            to_trino(ma.window_labels_sql(fq(uc, table), fq(uc, rows["source"]), keys, label, lo, hi, 3, True)),
+            f"{base}/labels/",
+        ),
+    ]
+    metrics_t, decisions_t = ma.history_tables(uc)
+    ident_ = {"usecase": uc.name, "model_name": uc.model_name, "model_version": 3, "window_start": lo, "window_end": hi}
+    staged = ma.staged_metrics_sql(fq(uc, "monitoring_stage_x"), core.TABLE_COLUMNS)
+    decide = [
+        Statement(
+            "merge_monitoring",
+            to_trino(ma.metrics_merge_sql(fq(uc, metrics_t), staged, core.TABLE_COLUMNS, ident_)),
+            "merge",
+        ),
+        *maintenance_statements(uc, metrics_t, "window_end", [hi], uc.lakehouse.snapshot_retention_days),
+        *maintenance_statements(uc, decisions_t, None, None, uc.lakehouse.snapshot_retention_days),
+    ]
+    return measure, decide
+
+
+def _decision(uc, drifted: bool):
+    """decide's result (policy.decide over an empty history, as ``_decided`` completes it)."""
+    from mlblueprints.monitoring import policy
+
+    m = uc.monitoring
+    signals = {s: drifted for s in m.signals(uc.training.task)}
+    d = policy.decide(
+        {
+            "window_start": WINDOW[0],
+            "window_end": WINDOW[1],
+            "rows": 5000,
+            "signals": signals,
+            "drifted_columns": ["amount", "card_amount_avg_7d"] if drifted else [],
+        },
+        [],
+        signals=m.signals(uc.training.task),
+        consecutive=1,
+        cooldown_days=m.alert.cooldown_days,
+        min_rows=m.alert.min_rows,
+    ).as_dict()
+    return {**d, "model_version": 3, "written": {}, "published": {}}
+
+
+def _monitoring_answers(uc, tmp_path, drifted: bool):
+    """Stubs for the worker's and Athena's jobs (moto runs neither); the ``alert`` phase is the real
+    worker (``run_phase``) on the decision, so its Asset events are the ones the worker puts."""
+    measure, decide = _monitoring_statements(uc)
+    answers = _service_answers(uc, "monitoring", lambda: None)
+    answers[("measure", "prepare")] = lambda call, n: _athena_call(measure, "resume_window")
+    answers[("decide", "prepare")] = lambda call, n: _athena_call(decide, "resume_write")
+
+    def alert(call: Call, n):
+        args = call.parameters["AppSpecification"]["ContainerArguments"]
+        store = worker.DirStore(tmp_path / f"alert-{n}")
+        store.put(names.RUN_DOCUMENT, {"execution": args[5], "input": {}})
+        store.put(names.step_key("decide", "result"), _decision(uc, drifted))
+        return worker.run_phase(names.on_aws(uc), "monitoring", "alert", "run", store)
+
+    answers[("alert", "run")] = alert
+    return answers, measure + decide
+
+
+def _athena_call(statements, resume):
+    call = service.athena(statements, "monitor", resume, {})
+    return {**worker.service_outcome(call), "call": call.as_dict()}
+
+
+def _check_monitoring_queries(uc, ex, statements):
+    """Each statement ran once, in order, with the builder's StartQueryExecution."""
+    queries = [c for c in ex.services.calls if "athena" in c.resource]
+    assert [c.parameters["QueryString"] for c in queries] == [s.sql for s in statements]
+    for c in queries:
+        p = c.parameters
+        assert p == req.athena_start_query(uc.aws_settings, p["QueryString"], p["ClientRequestToken"])
+    assert [c.state for c in queries] == ["measure.statement"] * 2 + ["decide.statement"] * (len(statements) - 2)
+
+
+@pytest.mark.slow
+def test_monitoring_without_drift_skips_the_alert_and_succeeds(sfn_world, tmp_path, monkeypatch):
+    """Athena's queries and the worker's jobs are stubs (moto runs neither); the alert step is the
+    real one, skipped on a decision that did not fire."""
+    monkeypatch.setenv("MLB_HOME", str(tmp_path / "home"))
+    uc = fraud_usecase_for_tests()
+    answers, statements = _monitoring_answers(uc, tmp_path, drifted=False)
+    ex = sfn_world.execute(uc, "monitoring", answers, params={"event_dates": list(WINDOW)})
+    assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
+    _check_monitoring_queries(uc, ex, statements)
+    assert ex.worker_calls() == [
+        ("plan", "run"),
+        ("measure", "prepare"),
+        ("measure", "finish"),
+        ("decide", "prepare"),
+        ("decide", "finish"),
+        ("alert", "run"),
+        ("report", "run"),
+    ]
+    entered = ex.entered()
+    assert "alert: skipped" in entered and "alert.events" not in entered
+
+
+@pytest.mark.slow
+def test_monitoring_with_drift_puts_the_alert_that_the_drift_rule_sends_to_retraining(sfn_world, tmp_path, monkeypatch):
+    """A decision that fired: the real alert step's drift_alert event goes out from the state
+    machine (events:putEvents, run by moto), matches the drift rule that monitoring's publish makes
+    (``ensure_alerting``, the stack's rule: its other target is the training state machine) and
+    lands in the drift queue; a training execution started with that event sees the alert as its
+    triggering event. The rule's training target is not run here: moto's EventBridge does not start
+    state machines (tests/infra checks the stack's rule has it)."""
+    import boto3
+
+    from mlblueprints.core.naming import drift_alert_asset
+    from mlblueprints.monitoring import aws as ma
+
+    monkeypatch.setenv("MLB_HOME", str(tmp_path / "home"))
+    uc = fraud_usecase_for_tests()
+    region = uc.aws_settings.region
+    clients = {s: boto3.client(s, region_name=region) for s in ("cloudwatch", "events", "sqs")}
+    made = ma.ensure_alerting(uc, clients["cloudwatch"], clients["events"], clients["sqs"])
+    answers, statements = _monitoring_answers(uc, tmp_path, drifted=True)
+    ex = sfn_world.execute(uc, "monitoring", answers, params={"event_dates": list(WINDOW)})
+    assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
+    _check_monitoring_queries(uc, ex, statements)
+    assert "alert.events" in ex.entered() and "alert: succeeded" in ex.entered()
+    assert ("report", "run") in ex.worker_calls()
+    got = clients["sqs"].receive_message(QueueUrl=made["queue_url"], MaxNumberOfMessages=10).get("Messages", [])
+    assert len(got) == 1, got
+    event = json.loads(got[0]["Body"])
+    drift = drift_alert_asset(uc).name
+    assert event["source"] == "mlblueprints" and event["detail"]["asset"] == drift
+    extra = event["detail"]["extra"]
+    assert extra["window"] == list(WINDOW) and extra["drifted_columns"] == ["amount", "card_amount_avg_7d"]
+    assert extra["model_version"] == 3 and extra["reason"] == _decision(uc, True)["reason"]
+    # the training machine, started by the rule with this event as its input, is triggered by it
+    spec = patterns.declare("training", names.on_aws(uc))
+    run_doc = {"execution": "retrain-1", "input": event}
+    ctx = worker.step_context(names.on_aws(uc), spec, spec.steps[0].id, "run", run_doc, 1)
+    assert ctx.triggering == {drift: [extra]}

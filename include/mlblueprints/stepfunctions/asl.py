@@ -250,8 +250,6 @@ def render(spec: PatternSpec, uc: UseCase) -> dict[str, Any]:
 # patterns that run on Airflow only, and why (docs/stepfunctions.md): no definition is rendered
 # or deployed for them
 NOT_RENDERED: dict[str, str] = {
-    "monitoring": "not rendered yet: its steps run on Airflow only (docs/monitoring.md); the drift_alert event "
-    "that starts retraining comes from the CloudWatch alarm's EventBridge rule instead",
     "promotion": "its aws backend (a SageMaker endpoint with deployment guardrails) is not built yet (docs/serving.md)",
 }
 

@@ -14,6 +14,7 @@ execution's prefix (:func:`~mlblueprints.stepfunctions.names.run_prefix`)::
     steps/<step>/output.json        the service job's output (written by the state machine)
     steps/<step>/result.json        the step's result (what other steps take as inputs)
     home/runs/...                   the run reports a step wrote
+    home/monitoring/...             the Evidently report of a monitored window
 
 An outcome is ``{"status": "succeeded" | "service" | "skipped" | "failed" | "error", ...}``: a
 :class:`~mlblueprints.errors.PermanentError` (a failed gate, a configuration error) is ``failed``
@@ -300,12 +301,18 @@ def _error(exc: BaseException) -> dict[str, str]:
     return {"Error": type(exc).__name__, "Cause": cause[:CAUSE_MAX]}
 
 
+# what a phase writes under MLB_HOME for people to read: the run reports, and the monitoring
+# pattern's Evidently report of a window (HTML and JSON snapshot); the job's disk goes with the job
+KEPT_DIRS = ("runs", "monitoring")
+
+
 def _keep_reports(store: Store) -> None:
-    """The run reports the phase wrote (``MLB_HOME/runs``), kept with the execution."""
+    """The reports the phase wrote (:data:`KEPT_DIRS` of ``MLB_HOME``), kept with the execution."""
     home = runtime.home()
-    for p in sorted((home / "runs").rglob("*")) if (home / "runs").is_dir() else []:
-        if p.is_file():
-            store.put_file("home/" + p.relative_to(home).as_posix(), p)
+    for kept in KEPT_DIRS:
+        for p in sorted((home / kept).rglob("*")) if (home / kept).is_dir() else []:
+            if p.is_file():
+                store.put_file("home/" + p.relative_to(home).as_posix(), p)
 
 
 # ---------------------------------------------------------------- the entry point

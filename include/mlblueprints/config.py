@@ -938,7 +938,6 @@ class EndpointOptions(_Strict):
 
     host: Literal["127.0.0.1", "localhost", "::1"] = "127.0.0.1"  # loopback only: no auth in front of it
     port: Annotated[int, Field(ge=1024, le=65535)] = 8765
-    workers: Annotated[int, Field(ge=1, le=64)] = 1
     # a request whose entity a view does not know (or knows only older than its ttl): rejected
     # with 404 (reject), or scored with the missing features as missing values (XGBoost's learned
     # default branch; missing)
@@ -1030,6 +1029,9 @@ class SageMakerEndpoint(_Strict):
     alarm_period_seconds: Literal[10, 30, 60] = 60  # the CloudWatch alarms' period
     # how often the bake publishes the score-shift metric its alarm watches
     publish_seconds: Annotated[float, Field(gt=0, le=300)] = 30
+    # scores on each side before the score shift is published: the alarm fires on any datapoint,
+    # and PSI's sampling noise alone is about 9 x (1/n1 + 1/n2) with 10 bins (0.03 at 300 and 2,700)
+    publish_min_scores: Annotated[int, Field(ge=100, le=1_000_000)] = 300
     wait_seconds: Annotated[int, Field(ge=60, le=7200)] = 1800  # for a created or updated endpoint to be InService
 
     @model_validator(mode="after")

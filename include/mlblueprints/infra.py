@@ -74,6 +74,7 @@ def parameters(uc: UseCase, *, image_tag: str, mwaa: bool = False, image_pushed:
     """Parameter name -> value for ``infra/mlblueprints.yaml``. ``image_pushed``: the worker image
     of ``image_tag`` is in the repository, so the statements function (which runs from it) can be
     created."""
+    from mlblueprints.aws import serving
     from mlblueprints.aws import training as tr
 
     aws = names.aws_section(uc)
@@ -105,6 +106,8 @@ def parameters(uc: UseCase, *, image_tag: str, mwaa: bool = False, image_pushed:
         "HasScoring": str(has["scoring"]).lower(),
         "HasExplainability": str(has["explainability"]).lower(),
         "HasMonitoring": str(has["monitoring"]).lower(),
+        "HasPromotion": str(has["promotion"]).lower(),
+        "EndpointName": serving.endpoint_name(aws_uc) if has["promotion"] else "",
         "TransformRoleName": _transform_role_name(uc) if has["scoring"] else "",
         "LakehouseScheduleExpression": schedule_expression(uc.schedule),
         "GoldAssetNames": ",".join(

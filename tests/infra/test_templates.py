@@ -334,6 +334,56 @@ def test_the_monitoring_machine_is_started_by_predictions_and_its_drift_alert_st
     assert _resolve(steps["DriftQueueAttributes"][1]["Resource"], params, uc) == ma.queue_arn(uc)
 
 
+def test_the_promotion_steps_may_run_the_endpoint_update_its_alarms_and_approve_packages_by_their_names():
+    """The steps' policy allows what serving/aws.py calls, on exactly the names it builds: the
+    endpoint, its models and configs, the three rollback alarms, the score-shift metric's
+    namespace, the packages of the group; and only when the use case has a promotion section."""
+    from mlblueprints.aws import serving as sv
+    from mlblueprints.aws import training as tr
+
+    uc = load_usecase(ROOT / "dags/usecases/fraud_detection.yaml")
+    aws_uc = uc.model_copy(update={"target": "aws"})
+    params = infra.parameters(uc, image_tag="abc")
+    assert params["HasPromotion"] == "true" and params["EndpointName"] == sv.endpoint_name(aws_uc)
+    none = infra.parameters(uc.model_copy(update={"promotion": None}), image_tag="abc")
+    assert none["HasPromotion"] == "false" and none["EndpointName"] == ""
+    template = yaml.load((ROOT / infra.TEMPLATE).read_text(), Loader=_cfn_loader())
+    assert template["Conditions"]["Promotion"] == ["HasPromotion", "true"]
+    steps = {
+        st[1]["Sid"]: st
+        for st in template["Resources"]["PatternStepsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        if isinstance(st, list)
+    }
+    sids = ("PromotionEndpoint", "PromotionApproval", "PromotionAlarms", "PromotionScoreShift")
+    for sid in (*sids, "PassTheModelRoleToTheEndpoint"):
+        assert steps[sid][0] == "Promotion" and steps[sid][2] == "AWS::NoValue", sid
+    arn = f"arn:aws:sagemaker:{uc.aws.region}:{uc.aws.account_id}"
+    endpoint = [_resolve(r, params, uc) for r in steps["PromotionEndpoint"][1]["Resource"]]
+    assert f"{arn}:endpoint/{sv.endpoint_name(aws_uc)}" in endpoint
+    model = sv.create_model_request(aws_uc, version=3, model_package_arn="p", git_commit="c", run_id="r")
+    config = sv.create_endpoint_config_request(aws_uc, version=3, model_name=model["ModelName"])
+    for name, kind in ((model["ModelName"], "model"), (config["EndpointConfigName"], "endpoint-config")):
+        assert any(re.fullmatch(r.replace("*", ".*"), f"{arn}:{kind}/{name}") for r in endpoint), name
+    assert {a.split(":")[1] for a in steps["PromotionEndpoint"][1]["Action"]} >= {
+        "CreateModel",
+        "CreateEndpointConfig",
+        "CreateEndpoint",
+        "UpdateEndpoint",
+        "DescribeEndpoint",
+        "InvokeEndpoint",
+    }
+    package = _resolve(steps["PromotionApproval"][1]["Resource"], params, uc)
+    assert re.fullmatch(package.replace("*", ".*"), f"{arn}:model-package/{tr.model_package_group_name(uc)}/7")
+    alarm_arn = _resolve(steps["PromotionAlarms"][1]["Resource"], params, uc)
+    for a in sv.alarm_requests(aws_uc):
+        assert re.fullmatch(
+            alarm_arn.replace("*", ".*"),
+            f"arn:aws:cloudwatch:{uc.aws.region}:{uc.aws.account_id}:alarm:{a['AlarmName']}",
+        )
+    namespace = steps["PromotionScoreShift"][1]["Condition"]["StringEquals"]["cloudwatch:namespace"]
+    assert namespace == sv.METRIC_NAMESPACE
+
+
 def _cfn_loader():
     class Loader(yaml.SafeLoader):
         pass

@@ -35,8 +35,8 @@ def test_committed_definitions_are_what_the_declarations_render():
 
 
 def test_every_pattern_that_applies_is_rendered():
-    """Every pattern of the shipped use case is rendered but promotion (its aws backend is not
-    built): asl.NOT_RENDERED says so."""
+    """Every pattern of the shipped use case is rendered but promotion (its bake runs beside
+    SageMaker's blue/green update, not rendered yet): asl.NOT_RENDERED says so."""
     from mlblueprints import patterns
 
     uc = _shipped()

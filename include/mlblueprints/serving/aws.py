@@ -268,11 +268,11 @@ class AwsEndpoint:
         d = self.describe()
         if d is None:
             raise PermanentError(f"{uc.name}: endpoint {self.name} does not exist: no champion is deployed on it")
+        for alarm in req.alarm_requests(uc):  # as configured now, also for an update a killed try started
+            cw.put_metric_alarm(**alarm)
         if d["EndpointConfigName"] == blue and d["EndpointStatus"] not in UPDATING:
-            for alarm in req.alarm_requests(uc):
-                cw.put_metric_alarm(**alarm)
-                # a new canary starts judged afresh, not on the state a former one left
-                cw.set_alarm_state(AlarmName=alarm["AlarmName"], StateValue="OK", StateReason="a canary starts")
+            for alarm in names.values():  # a new canary is judged afresh, not on the state a former one left
+                cw.set_alarm_state(AlarmName=alarm, StateValue="OK", StateReason="a canary starts")
             sm.update_endpoint(**req.update_endpoint_request(uc, config_name=green, alarms=list(names.values())))
             log.info(
                 "blue/green update of %s to %s: %s, bake %ss per step, rolled back on %s",
@@ -310,7 +310,7 @@ class AwsEndpoint:
             else:
                 time.sleep(min(p.sagemaker.publish_seconds, self.POLL_SECONDS))
             by, verdicts = self._judge(blue, green, since, labels)
-            self._publish(cw, verdicts)
+            self._publish(cw, by, verdicts)
         by, verdicts = self._judge(blue, green, since, labels)
         in_alarm = self._alarms_in_alarm(cw, names)
         verdicts = self._with_alarms(verdicts, names, in_alarm)
@@ -337,12 +337,17 @@ class AwsEndpoint:
         verdicts = guardrails.evaluate(self.opts.guardrails, by, CHAMPION, CHALLENGER, labels)
         return by, verdicts
 
-    def _publish(self, cw: Any, verdicts: Sequence[Mapping[str, Any]]) -> None:
-        """The score shift, once judged (enough scores on each side), to the metric its alarm watches."""
+    def _publish(self, cw: Any, by: Mapping[str, Any], verdicts: Sequence[Mapping[str, Any]]) -> None:
+        """The score shift of every capture so far, to the metric its alarm watches, once each
+        side has ``publish_min_scores`` scores (the alarm fires on one datapoint: an estimate from
+        a few scores would roll back a good challenger on noise)."""
+        least = min(len(by.get(v, {}).get("scored", [])) for v in (CHAMPION, CHALLENGER))
+        if least < self.opts.sagemaker.publish_min_scores:
+            return
         for v in verdicts:
-            if v["guardrail"].startswith("score_shift_") and v["ok"] is not None and v["value"] is not None:
+            if v["guardrail"].startswith("score_shift_") and v["value"] is not None:
                 cw.put_metric_data(**req.score_shift_metric_request(self.uc, v["value"], datetime.now(UTC)))
-                log.info("published %s %.4f", v["guardrail"], v["value"])
+                log.info("published %s %.4f (%s scores on the smaller side)", v["guardrail"], v["value"], least)
 
     @staticmethod
     def _alarms_in_alarm(cw: Any, names: Mapping[str, str]) -> dict[str, tuple[str, str]]:

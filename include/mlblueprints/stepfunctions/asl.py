@@ -250,7 +250,9 @@ def render(spec: PatternSpec, uc: UseCase) -> dict[str, Any]:
 # patterns that run on Airflow only, and why (docs/stepfunctions.md): no definition is rendered
 # or deployed for them
 NOT_RENDERED: dict[str, str] = {
-    "promotion": "its aws backend (a SageMaker endpoint with deployment guardrails) is not built yet (docs/serving.md)",
+    "promotion": "not rendered yet: its bake sends traffic and publishes the score-shift metric while SageMaker's "
+    "blue/green update runs, which needs an updateEndpoint with a wait-and-describe loop beside a worker step "
+    "(docs/serving.md)",
 }
 
 

@@ -1010,9 +1010,13 @@ class SageMakerEndpoint(_Strict):
     """The SageMaker real-time endpoint of the aws target, updated by a blue/green deployment
     with SageMaker's deployment guardrails (docs/serving.md)."""
 
-    endpoint_name: Annotated[str | None, Field(pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")] = (
-        None  # default: the use case
-    )
+    # default: the use case name
+    endpoint_name: Annotated[str | None, Field(pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")] = None
+    # blue_green: the canary is SageMaker's blue/green update with deployment guardrails (rolled back
+    # by CloudWatch alarms); variant_weights: champion and challenger as two production variants of
+    # one config, the challenger's traffic share set by UpdateEndpointWeightsAndCapacities and judged
+    # by the bake as on the local endpoint
+    canary_mode: Literal["blue_green", "variant_weights"] = "blue_green"
     # every endpoint config uses it: a blue/green update keeps the variant name
     variant_name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")] = "AllTraffic"
     instance_type: Annotated[str, Field(pattern=r"^ml\.[a-z0-9]+\.[a-z0-9]+$")] = "ml.m5.large"
@@ -1304,7 +1308,8 @@ class UseCase(_Strict):
         t = self.training
         if t is None:
             return [("promotion", "promotion serves registered models: the use case needs a training section")]
-        problems = self._sagemaker_endpoint_problems() if self.target == "aws" else []
+        blue_green = self.target == "aws" and self.promotion.sagemaker.canary_mode == "blue_green"
+        problems = self._sagemaker_endpoint_problems() if blue_green else []
         ts = self.training_sets.get(t.training_set)
         if ts is None:  # reported on training.training_set
             return problems

@@ -62,7 +62,14 @@ class EndpointTwin:
 
     def __init__(self):
         self.sent: dict[str, list[dict]] = {
-            k: [] for k in ("CreateModel", "CreateEndpointConfig", "CreateEndpoint", "UpdateEndpoint")
+            k: []
+            for k in (
+                "CreateModel",
+                "CreateEndpointConfig",
+                "CreateEndpoint",
+                "UpdateEndpoint",
+                "UpdateEndpointWeightsAndCapacities",
+            )
         }
         self.updates: dict[str, dict] = {}  # endpoint -> the blue/green update in progress
         self.answered: list[dict] = []  # every invocation: config, status, latency (us), id, score
@@ -70,6 +77,7 @@ class EndpointTwin:
         self.buffer: list[tuple[str, str, dict]] = []  # (capture uri, variant, event)
         self.lock = threading.RLock()
         self.counter = 0
+        self.wrr: dict[str, float] = {}
 
     def install(self, monkeypatch) -> EndpointTwin:
         from moto.sagemaker.responses import SageMakerResponse
@@ -88,6 +96,7 @@ class EndpointTwin:
             ("CreateModel", "create_model"),
             ("CreateEndpointConfig", "create_endpoint_config"),
             ("CreateEndpoint", "create_endpoint"),
+            ("UpdateEndpointWeightsAndCapacities", "update_endpoint_weights_and_capacities"),
         ):
             monkeypatch.setattr(SageMakerResponse, attr, keep(action, getattr(SageMakerResponse, attr)))
         describe = SageMakerResponse.describe_endpoint
@@ -118,9 +127,10 @@ class EndpointTwin:
             ep = backend.endpoints[params["EndpointName"]]
             new = backend.describe_endpoint_config(params["EndpointConfigName"])
             old_variants = {v["VariantName"] for v in ep.production_variants}
-            assert {v["VariantName"] for v in new["ProductionVariants"]} == old_variants, (
-                "a blue/green update keeps the variant name"
-            )
+            if params.get("DeploymentConfig"):  # SageMaker refuses guardrails on a renamed variant
+                assert {v["VariantName"] for v in new["ProductionVariants"]} == old_variants, (
+                    "a blue/green update with deployment guardrails keeps the variant name"
+                )
             ep.endpoint_status = "Updating"
             ep.last_modified_time = datetime.now(UTC)
             self.updates[ep.endpoint_name] = {
@@ -203,13 +213,14 @@ class EndpointTwin:
 
     # ---- InvokeEndpoint
 
-    def _booster(self, config: str):
-        if config not in self.boosters:
+    def _booster(self, config: str, variant: str | None = None):
+        if (config, variant) not in self.boosters:
             import xgboost as xgb
 
             sm = boto3.client("sagemaker", region_name=REGION)
             cfg = sm.describe_endpoint_config(EndpointConfigName=config)
-            model = sm.describe_model(ModelName=cfg["ProductionVariants"][0]["ModelName"])
+            [pv] = [v for v in cfg["ProductionVariants"] if variant in (None, v["VariantName"])][:1]
+            model = sm.describe_model(ModelName=pv["ModelName"])
             pkg = sm.describe_model_package(ModelPackageName=model["PrimaryContainer"]["ModelPackageName"])
             bucket, key = req.split_s3_uri(pkg["InferenceSpecification"]["Containers"][0]["ModelDataUrl"])
             raw = boto3.client("s3", region_name=REGION).get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -217,8 +228,19 @@ class EndpointTwin:
                 [member] = [m for m in tar.getmembers() if m.isfile()]
                 booster = xgb.Booster()
                 booster.load_model(bytearray(tar.extractfile(member).read()))
-            self.boosters[config] = (booster, cfg)
-        return self.boosters[config]
+            self.boosters[config, variant] = (booster, cfg, pv["VariantName"])
+        return self.boosters[config, variant]
+
+    def _pick(self, variants: list[dict]) -> str:
+        """Smooth weighted round robin over the variants' current weights (SageMaker routes by
+        weight; any exact split serves the test)."""
+        weights = {v["VariantName"]: float(v.get("CurrentWeight") or 0.0) for v in variants}
+        total = sum(weights.values())
+        for n, w in weights.items():
+            self.wrr[n] = self.wrr.get(n, 0.0) + w
+        best = max(weights, key=lambda n: self.wrr[n])
+        self.wrr[best] -= total
+        return best
 
     def invoke(self, response):
         from moto.sagemaker.models import sagemaker_backends
@@ -227,14 +249,16 @@ class EndpointTwin:
         backend = sagemaker_backends[ACCOUNT][REGION]
         with self.lock:
             ep = backend.endpoints[name]
-            config = ep.endpoint_config_name
+            config, variant = ep.endpoint_config_name, None
             u = self.updates.get(name)
             if u is not None:
                 share, _ = self._routing(u)
                 self.counter += 1
                 if math.floor(self.counter * share) > math.floor((self.counter - 1) * share):
                     config = u["params"]["EndpointConfigName"]
-        booster, cfg = self._booster(config)
+            elif len(ep.production_variants) > 1:  # the variant-weights form
+                variant = self._pick(ep.production_variants)
+        booster, cfg, variant = self._booster(config, variant)
         body = response.body.decode() if isinstance(response.body, bytes) else response.body
         t = time.perf_counter()
         x = np.array([[float(v) if v != "" else np.nan for v in body.split(",")]])
@@ -243,7 +267,16 @@ class EndpointTwin:
         rid = response.headers.get("X-Amzn-SageMaker-Inference-Id")
         out = repr(score)
         with self.lock:
-            self.answered.append({"config": config, "status": 200, "latency_us": latency_us, "id": rid, "score": score})
+            self.answered.append(
+                {
+                    "config": config,
+                    "variant": variant,
+                    "status": 200,
+                    "latency_us": latency_us,
+                    "id": rid,
+                    "score": score,
+                }
+            )
             dc = cfg["DataCaptureConfig"]
             event = {
                 "captureData": {
@@ -267,14 +300,14 @@ class EndpointTwin:
                 },
                 "eventVersion": "0",
             }
-            self.buffer.append((dc["DestinationS3Uri"], cfg["ProductionVariants"][0]["VariantName"], event, name))
+            self.buffer.append((dc["DestinationS3Uri"], variant, event, name, dc["KmsKeyId"]))
             if len(self.buffer) >= 200:
                 self.flush()
         return (
             200,
             {
                 "Content-Type": "text/csv",
-                "x-Amzn-Invoked-Production-Variant": cfg["ProductionVariants"][0]["VariantName"],
+                "x-Amzn-Invoked-Production-Variant": variant,
             },
             out,
         )
@@ -284,14 +317,15 @@ class EndpointTwin:
         with self.lock:
             buf, self.buffer = self.buffer, []
         groups: dict[tuple, list] = {}
-        for dest, variant, event, name in buf:
-            groups.setdefault((dest, variant, name), []).append(event)
+        for dest, variant, event, name, kms in buf:
+            groups.setdefault((dest, variant, name, kms), []).append(event)
         s3 = boto3.client("s3", region_name=REGION)
-        for (dest, variant, name), events in groups.items():
+        for (dest, variant, name, kms), events in groups.items():
             now = datetime.now(UTC)
             bucket, prefix = req.split_s3_uri(dest)
             key = f"{prefix}/{name}/{variant}/{now:%Y/%m/%d/%H}/{now:%M-%S-%f}-{uuid.uuid4()}.jsonl"
-            s3.put_object(Bucket=bucket, Key=key, Body="\n".join(json.dumps(e) for e in events).encode())
+            body = "\n".join(json.dumps(e) for e in events).encode()
+            s3.put_object(Bucket=bucket, Key=key, Body=body, ServerSideEncryption="aws:kms", SSEKMSKeyId=kms)
 
 
 def _register_challenger(uc, version: int, *, shift_base_score: float | None) -> int:
@@ -343,16 +377,16 @@ def _register_challenger(uc, version: int, *, shift_base_score: float | None) ->
     return int(new.version)
 
 
-def _set(path: Path):
+def _set(path: Path, canary: dict | None = None, mode: str = "blue_green"):
     from mlblueprints.config import load_usecase
 
     data = yaml.safe_load(path.read_text())
     data["target"] = "aws"
     data.pop("explainability", None)  # challengers straight from the registry
     data["promotion"].update(
-        canary={"weight": 0.3, "bake_seconds": 8},
+        canary=canary or {"weight": 0.3, "bake_seconds": 8},
         traffic={"replay": True, "rate_per_second": 300, "max_requests": 3000, "clients": 2},
-        sagemaker={"publish_seconds": 1, "alarm_period_seconds": 10},
+        sagemaker={"publish_seconds": 1, "alarm_period_seconds": 10, "canary_mode": mode},
     )
     data["promotion"]["guardrails"]["min_requests"] = 100
     path.write_text(yaml.safe_dump(data))
@@ -517,3 +551,65 @@ def test_promotion_dag_on_aws_canaries_by_blue_green_update_and_rolls_back_on_th
     dr, tis = _run(f"{NAME}__promotion", {"version": bad})
     assert tis["target"].xcom_pull(task_ids="target")["refused"]
     assert len(twin.sent["UpdateEndpoint"]) == 2
+
+
+def test_the_variant_weights_form_shifts_traffic_by_weights_and_judges_each_variant_on_what_it_answered(
+    endpoint_world,
+    lake,  # noqa: F811
+):
+    """``canary_mode: variant_weights``: champion and challenger as two production variants of one
+    config, the challenger's share set per linear step by UpdateEndpointWeightsAndCapacities, each
+    step judged on the requests the bake sent as each variant answered them (the variant from
+    ``InvokedProductionVariant``): a good challenger promoted through both steps, a shifted one
+    rolled back at the first; the endpoint ends on one variant, the champion's."""
+    from mlblueprints.registry import local as registry
+
+    twin = endpoint_world["twin"]
+    dr, tis = _run(f"{NAME}__training")
+    assert dr.state == "success", {t: ti.state for t, ti in tis.items()}
+    champion = tis["register"].xcom_pull(task_ids="register")["version"]
+    uc = _set(endpoint_world["path"], canary={"steps": [0.2, 0.5], "bake_seconds": 4}, mode="variant_weights")
+    sm = boto3.client("sagemaker", region_name=REGION)
+    name = sv.endpoint_name(uc)
+    dr, _ = _run(f"{NAME}__promotion", {"version": champion})
+    assert dr.state == "success"
+
+    good = _register_challenger(uc, champion, shift_base_score=None)
+    dr, tis = _run(f"{NAME}__promotion", {"version": good})
+    res = {t: ti.xcom_pull(task_ids=t) for t, ti in tis.items()}
+    assert dr.state == "success", {t: ti.state for t, ti in tis.items()}
+    assert res["decide"]["outcome"] == "promoted" and twin.sent["UpdateEndpoint"]
+    two = [c for c in twin.sent["CreateEndpointConfig"] if len(c["ProductionVariants"]) == 2]
+    [config] = two
+    _validate("sagemaker", "CreateEndpointConfig", config)
+    assert {v["VariantName"] for v in config["ProductionVariants"]} == {"champion", "challenger"}
+    weights = twin.sent["UpdateEndpointWeightsAndCapacities"]
+    for w in weights:
+        _validate("sagemaker", "UpdateEndpointWeightsAndCapacities", w)
+    shares = [{d["VariantName"]: d["DesiredWeight"] for d in w["DesiredWeightsAndCapacities"]} for w in weights]
+    assert shares[-1] == {"champion": 0.5, "challenger": 0.5}
+    bakes = res["bake"]["bakes"]
+    assert [b["share"] for b in bakes] == [0.2, 0.5]
+    for b in bakes:
+        # each step's requests were answered by the challenger at its share (smooth weights: within
+        # a few requests, the router's state carried over from the step before)
+        answered = b["answered"]
+        assert answered["challenger"] >= uc.promotion.guardrails.min_requests
+        assert abs(b["challenger_share"] - b["share"]) <= 4 / sum(answered.values()), b
+        assert {v["guardrail"]: v["ok"] for v in b["verdicts"]}["error_rate"] is True
+    assert sm.describe_endpoint(EndpointName=name)["ProductionVariants"][0]["VariantName"] == "AllTraffic"
+    assert str(registry.client(uc).get_model_version_by_alias(uc.model_name, "champion").version) == str(good)
+
+    bad = _register_challenger(uc, good, shift_base_score=0.7)
+    dr, tis = _run(f"{NAME}__promotion", {"version": bad})
+    res = {t: ti.xcom_pull(task_ids=t) for t, ti in tis.items()}
+    assert dr.state == "success", {t: ti.state for t, ti in tis.items()}
+    assert res["decide"]["outcome"] == "rolled_back"
+    [bake] = res["bake"]["bakes"]  # stopped at the first step
+    assert bake["share"] == 0.2 and res["bake"]["tripped"][0].startswith("score_shift_psi ")
+    ep = sm.describe_endpoint(EndpointName=name)
+    [variant] = ep["ProductionVariants"]
+    served = sm.describe_endpoint_config(EndpointConfigName=ep["EndpointConfigName"])["ProductionVariants"][0]
+    tags = sm.list_tags(ResourceArn=sm.describe_model(ModelName=served["ModelName"])["ModelArn"])["Tags"]
+    assert {t["Key"]: t["Value"] for t in tags}["mlblueprints:model-version"] == str(good)
+    assert str(registry.client(uc).get_model_version_by_alias(uc.model_name, "champion").version) == str(good)

@@ -170,3 +170,24 @@ def test_what_sagemakers_guardrails_refuse_is_refused_by_the_config_naming_the_f
     data["target"] = "local"  # the local endpoint moves weights itself: nothing to refuse
     path.write_text(yaml.safe_dump(data))
     load_usecase(path)
+
+
+def test_the_variant_weights_form_is_two_named_variants_in_one_config_and_a_weights_update():
+    uc = _uc(canary={"steps": [0.1, 0.5], "bake_seconds": 60}, sagemaker={"canary_mode": "variant_weights"})
+    pairs = [("champion", "model-v3", 0.9), ("challenger", "model-v4", 0.1)]
+    config = sv.create_endpoint_config_request(uc, version=4, model_name="", variants=pairs)
+    validate("CreateEndpointConfig", config)
+    assert [
+        (v["VariantName"], v["ModelName"], v["InitialVariantWeight"]) for v in config["ProductionVariants"]
+    ] == pairs
+    # the name does not depend on the weights: the next step moves them on the same config
+    other = sv.create_endpoint_config_request(
+        uc, version=4, model_name="", variants=[("champion", "model-v3", 0.5), ("challenger", "model-v4", 0.5)]
+    )
+    assert other["EndpointConfigName"] == config["EndpointConfigName"]
+    request = sv.weights_request(uc, {"champion": 0.5, "challenger": 0.5})
+    validate("UpdateEndpointWeightsAndCapacities", request)
+    assert request["DesiredWeightsAndCapacities"] == [
+        {"VariantName": "champion", "DesiredWeight": 0.5},
+        {"VariantName": "challenger", "DesiredWeight": 0.5},
+    ]

@@ -96,26 +96,33 @@ def capture_prefix(uc: UseCase, config_name: str) -> str:
     return aws.s3_uri("serving", "capture", config_name)
 
 
-def create_endpoint_config_request(uc: UseCase, *, version: int, model_name: str) -> dict[str, Any]:
-    """CreateEndpointConfig serving ``model_name`` alone as the use case's variant, with data
-    capture (SSE-KMS) under a prefix named by the config."""
+def create_endpoint_config_request(
+    uc: UseCase, *, version: int, model_name: str, variants: Sequence[tuple[str, str, float]] = ()
+) -> dict[str, Any]:
+    """CreateEndpointConfig serving ``model_name`` alone as the use case's variant (the
+    blue/green form), or ``variants`` - (variant name, model name, initial weight) each, the
+    variant-weights form - with data capture (SSE-KMS) under a prefix named by the config. The
+    name hashes everything but the weights: UpdateEndpointWeightsAndCapacities moves those."""
     p = _promotion(uc)
     aws, sm = uc.aws, p.sagemaker
     assert aws is not None
+    pairs = list(variants) or [(sm.variant_name, model_name, 1.0)]
     body: dict[str, Any] = {
         "ProductionVariants": [
             {
-                "VariantName": sm.variant_name,
-                "ModelName": model_name,
+                "VariantName": name,
+                "ModelName": model,
                 "InstanceType": sm.instance_type,
                 "InitialInstanceCount": sm.instance_count,
-                "InitialVariantWeight": 1.0,
             }
+            for name, model, _ in pairs
         ],
         "capture": {"sample": p.endpoint.capture_sample, "kms": aws.kms_key_arn, "base": aws.s3_uri("serving")},
     }
     name = _named(uc, version, body)
     del body["capture"]
+    for v, (_, _, weight) in zip(body["ProductionVariants"], pairs):
+        v["InitialVariantWeight"] = float(weight)
     body["EndpointConfigName"] = name
     body["DataCaptureConfig"] = {
         "EnableCapture": True,
@@ -129,6 +136,15 @@ def create_endpoint_config_request(uc: UseCase, *, version: int, model_name: str
         body["KmsKeyId"] = aws.kms_key_arn
     body["Tags"] = [{"Key": "managed-by", "Value": "mlblueprints"}, {"Key": "mlblueprints:usecase", "Value": uc.name}]
     return body
+
+
+def weights_request(uc: UseCase, weights: Mapping[str, float]) -> dict[str, Any]:
+    """UpdateEndpointWeightsAndCapacities: each variant's share of the traffic (the variant-weights
+    canary; instance counts unchanged)."""
+    return {
+        "EndpointName": endpoint_name(uc),
+        "DesiredWeightsAndCapacities": [{"VariantName": v, "DesiredWeight": float(w)} for v, w in weights.items()],
+    }
 
 
 def alarm_names(uc: UseCase) -> dict[str, str]:

@@ -17,6 +17,11 @@ blue/green update with SageMaker's deployment guardrails (docs/serving.md).
   can judge (``min_requests``, the ROC-AUC drop on labelled requests) are judged on the capture
   afterwards; ``decide`` rolls back with an all-at-once update when they fail.
 
+With ``promotion.sagemaker.canary_mode: variant_weights`` the canary is the local endpoint's
+instead (``serving.canary.by_weights``): champion and challenger as two production variants of one
+config, each share set by UpdateEndpointWeightsAndCapacities, each request judged as the variant
+that answered it (``InvokedProductionVariant``) - status, round-trip latency, score.
+
 boto3 by hand, not the provider's ``SageMakerEndpointOperator``: the bake must send traffic and
 publish the score-shift metric while the update runs, which a deferred wait leaves undone.
 
@@ -129,6 +134,8 @@ class AwsEndpoint:
         self.rt = rt
         self.opts = uc.promotion
         self.name = req.endpoint_name(uc)
+        self.generation = 0  # of the variant-weights form: each deploy of a bake
+        self.observed: list[dict[str, Any]] = []  # every request this endpoint object sent, as answered
 
     # ------------------------------------------------------------------ the endpoint
 
@@ -233,10 +240,12 @@ class AwsEndpoint:
     def deploy(self, variants: Sequence[Mapping[str, Any]], by: str) -> int:
         """The endpoint serving one version alone (created, or updated all at once), InService."""
         if len(variants) != 1:
-            raise PermanentError(
-                f"{self.uc.name}: the SageMaker endpoint serves one production variant; a canary is a blue/green "
-                "update (the variant-weights form, UpdateEndpointWeightsAndCapacities, is not built)"
-            )
+            if self.opts.sagemaker.canary_mode != "variant_weights":
+                raise PermanentError(
+                    f"{self.uc.name}: the SageMaker endpoint serves one production variant in the blue_green "
+                    "canary mode; several variants need promotion.sagemaker.canary_mode: variant_weights"
+                )
+            return self._deploy_weighted(variants, by)
         [v] = variants
         config = self.config_for(int(v["version"]), by)
         sm = self._sm()
@@ -251,6 +260,50 @@ class AwsEndpoint:
             log.info("updating endpoint %s to %s (all at once)", self.name, config)
         return self._generation(self.wait(f"serving {config}"))
 
+    def _deploy_weighted(self, variants: Sequence[Mapping[str, Any]], by: str) -> int:
+        """Champion and challenger as two production variants (named by their role) of one config,
+        each its version's model; the endpoint moved to that config (all at once) when it serves
+        another, then the variants' weights set by UpdateEndpointWeightsAndCapacities. Returns a
+        new generation: the requests sent from now on are judged as this share's."""
+        sm = self._sm()
+        models = []
+        for v in variants:
+            arn = self._package(int(v["version"]))
+            model = req.create_model_request(
+                self.uc, version=int(v["version"]), model_package_arn=arn, git_commit="", run_id=by
+            )
+            if not self._exists(sm.describe_model, ModelName=model["ModelName"]):
+                sm.create_model(**model)
+            models.append((str(v["variant"]), model["ModelName"], float(v["weight"])))
+        top = max(int(v["version"]) for v in variants)
+        config = req.create_endpoint_config_request(self.uc, version=top, model_name="", variants=models)
+        name = config["EndpointConfigName"]
+        if not self._exists(sm.describe_endpoint_config, EndpointConfigName=name):
+            sm.create_endpoint_config(**config)
+        d = self.describe()
+        if d is not None and d["EndpointStatus"] in UPDATING:
+            d = self.wait("an earlier update finished")
+        if d is None:
+            raise PermanentError(f"{self.uc.name}: endpoint {self.name} does not exist: no champion is deployed on it")
+        if d["EndpointConfigName"] != name:
+            sm.update_endpoint(**req.replace_endpoint_request(self.uc, config_name=name))
+            log.info("updating endpoint %s to %s (champion and challenger variants)", self.name, name)
+            d = self.wait(f"serving {name}")
+        wanted = {n: w for n, _, w in models}
+        current = {v["VariantName"]: v.get("CurrentWeight") for v in d.get("ProductionVariants", [])}
+        if any(current.get(n) is None or abs(float(current[n]) - w) > 1e-9 for n, w in wanted.items()):
+            sm.update_endpoint_weights_and_capacities(**req.weights_request(self.uc, wanted))
+            log.info("endpoint %s weights: %s", self.name, wanted)
+            self.wait("the new weights")
+        self.generation += 1
+        return self.generation
+
+    def captures(self, generation: int) -> list[dict[str, Any]]:
+        """The requests this endpoint object sent while ``generation`` was served, as answered:
+        the variant that answered (``InvokedProductionVariant``), status, round-trip latency and
+        score - the variant-weights form's guardrails are judged on them."""
+        return [o for o in self.observed if o["generation"] == generation]
+
     def deployments(self) -> S3DeploymentHistory:
         return S3DeploymentHistory(self.uc, self.rt.client("s3"))
 
@@ -259,6 +312,10 @@ class AwsEndpoint:
     def canary(self, registry: Any, version: int, champion: int, run_id: str) -> list[dict[str, Any]]:
         """The blue/green update to ``version`` with SageMaker's guardrails, traffic and the
         score-shift metric meanwhile (module docstring); one bake, judged when SageMaker is done."""
+        if self.opts.sagemaker.canary_mode == "variant_weights":
+            from mlblueprints.serving.canary import by_weights
+
+            return by_weights(self, registry, version, champion, run_id)
         uc, p = self.uc, self.opts
         sm, cw = self._sm(), self.rt.client("cloudwatch")
         blue, green = self.config_for(champion, run_id), self.config_for(version, run_id)
@@ -423,7 +480,9 @@ class AwsEndpoint:
 
     # ------------------------------------------------------------------ replayed traffic
 
-    def replay_records(self, registry: Any, version: int) -> tuple[list[dict[str, Any]], dict[Any, int]]:
+    def replay_records(
+        self, registry: Any, version: int, shape: Any = None
+    ) -> tuple[list[dict[str, Any]], dict[Any, int]]:
         """The challenger's holdout (the rows it was judged on, labelled, in its feature order) as
         CSV request bodies, at most ``traffic.max_requests``; the label of each by its id."""
         import tempfile
@@ -457,10 +516,13 @@ class AwsEndpoint:
         from mlblueprints.serving.core import paced
 
         runtime = self.rt.client("sagemaker-runtime")
+        generation = self.generation
 
         def client() -> Any:
             def call(i: int) -> int:
                 r = records[(offset + i) % len(records)]
+                seen: dict[str, Any] = {"generation": generation, "variant": None, "latency_ms": None, "response": None}
+                t = time.perf_counter()
                 try:
                     resp = runtime.invoke_endpoint(
                         EndpointName=self.name,
@@ -469,11 +531,19 @@ class AwsEndpoint:
                         Body=r["body"].encode(),
                         InferenceId=str(r["id"]),
                     )
-                    resp["Body"].read()
-                    return int(resp["ResponseMetadata"]["HTTPStatusCode"])
+                    body = resp["Body"].read().decode()
+                    seen["status"] = int(resp["ResponseMetadata"]["HTTPStatusCode"])
+                    seen["variant"] = resp.get("InvokedProductionVariant")
+                    seen["response"] = {"id": r["id"], "score": float(body.strip().split(",")[0].split("\n")[0])}
                 except Exception as exc:
-                    status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
-                    return int(status or 0)
+                    meta = getattr(exc, "response", {}) or {}
+                    seen["status"] = int(meta.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+                    # a model error names the variant that failed in its headers
+                    headers = meta.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+                    seen["variant"] = headers.get("x-amzn-invoked-production-variant")
+                seen["latency_ms"] = (time.perf_counter() - t) * 1000
+                self.observed.append(seen)
+                return int(seen["status"])
 
             return call, lambda: None
 

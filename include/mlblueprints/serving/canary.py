@@ -57,9 +57,9 @@ def by_weights(ep: Any, registry: Any, version: int, champion: int, run_id: str)
     records: list[dict[str, Any]] = []
     labels: dict[Any, int] = {}
     if p.traffic.replay:
-        records, labels = ep.replay_records(p.traffic.max_requests, shape)
+        records, labels = ep.replay_records(registry, version, shape)
         if not records:
-            raise PermanentError(f"{uc.name}: promotion: no rows to replay (traffic.replay_days of the training rows)")
+            raise PermanentError(f"{uc.name}: promotion: no rows to replay to the endpoint (promotion.traffic)")
     bakes = []
     for share in p.canary.shares():
         gen = ep.deploy(

@@ -77,10 +77,14 @@ class LocalEndpoint:
 
     # ------------------------------------------------------------------ replayed traffic
 
-    def replay_records(self, n: int, shape: RequestShape) -> tuple[list[dict[str, Any]], dict[Any, int]]:
-        """Up to ``n`` request records from the newest ``traffic.replay_days`` event dates of the
-        rows the model is trained on (its training set's labels source), newest last, with each
-        one's label by its key (``id``)."""
+    def replay_records(
+        self, registry: Any, version: int, shape: RequestShape
+    ) -> tuple[list[dict[str, Any]], dict[Any, int]]:
+        """Up to ``traffic.max_requests`` request records (entity keys and request-time fields:
+        the endpoint reads the rest from the online store) from the newest ``traffic.replay_days``
+        event dates of the rows the model is trained on (its training set's labels source), newest
+        last, with each one's label by its key (``id``)."""
+        n = self.opts.traffic.max_requests
         from mlblueprints.core.duck import connect
         from mlblueprints.lakehouse import iceberg, naming
         from mlblueprints.lakehouse.sqlgen import ident

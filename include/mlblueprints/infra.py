@@ -10,7 +10,7 @@ from typing import Any
 
 from mlblueprints import patterns
 from mlblueprints.config import UseCase
-from mlblueprints.core.naming import drift_alert_asset, predictions_asset, table_asset
+from mlblueprints.core.naming import drift_alert_asset, predictions_asset, registered_model_asset, table_asset
 from mlblueprints.deploy.requirements import AIRFLOW_TARGET
 from mlblueprints.lakehouse import naming
 from mlblueprints.stepfunctions import names
@@ -116,6 +116,7 @@ def parameters(uc: UseCase, *, image_tag: str, mwaa: bool = False, image_pushed:
         or "none",
         "DriftAssetName": drift_alert_asset(uc).name,
         "PredictionsAssetName": predictions_asset(uc).name if has["monitoring"] else "",
+        "ChallengerAssetName": registered_model_asset(uc).name if has["explainability"] else "",
         "CreateMwaa": str(mwaa).lower(),
         # the version the bundle's requirements are locked for (deploy mwaa refuses any other)
         "MwaaAirflowVersion": AIRFLOW_TARGET,
@@ -144,6 +145,13 @@ def warnings(uc: UseCase, *, image_pushed: bool) -> list[str]:
         out.append(
             f"aws.kms_key_arn names an existing key: the stack uses it and creates none (to let the stack create "
             f"the key, set aws.kms_key_arn to arn:aws:kms:{aws.region}:{aws.account_id}:{alias})"
+        )
+    clarify_role = uc.explainability.sagemaker.role_arn if uc.explainability is not None else None
+    if clarify_role and _role_name(clarify_role) != _role_name(names.aws_section(uc).iam_role_arn):
+        out.append(
+            f"explainability.sagemaker.role_arn names {_role_name(clarify_role)}: the stack gives the Clarify job's "
+            "rights (its prefix, the shadow endpoint) to the training jobs' role and lets the state machines and the "
+            "steps pass only the roles it makes; create that role and its PassRole yourself, or leave the field out"
         )
     if len(uc.datasets) > BRONZE_SLOTS:
         out.append(f"only the first {BRONZE_SLOTS} data sets' Bronze tables get the lifecycle rule")

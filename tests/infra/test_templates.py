@@ -121,7 +121,12 @@ def test_state_machines_get_every_substitution_and_the_statements_function_is_th
     machines = {k: v for k, v in res.items() if v["Type"] == "AWS::StepFunctions::StateMachine"}
     assert machines
     for name, machine in machines.items():
-        assert set(machine["Properties"]["DefinitionSubstitutions"]) == set(names.substitutions(uc)), name
+        given = set(machine["Properties"]["DefinitionSubstitutions"])
+        assert given == set(names.substitutions(uc)), name
+        # and every ${...} the committed definition uses has a value (CloudFormation fails otherwise)
+        key = machine["Properties"]["DefinitionS3Location"]["Key"].rsplit("/", 1)[-1]
+        used = set(re.findall(r"\$\{([A-Za-z0-9_]+)\}", (ROOT / "statemachines" / uc.name / key).read_text()))
+        assert used and used <= given, (name, used - given)
     fn = res["StatementsFunction"]["Properties"]
     assert fn["ImageConfig"]["EntryPoint"] == ["python", "-m", "awslambdaric"]
     module, _, attr = fn["ImageConfig"]["Command"][0].rpartition(".")
@@ -255,6 +260,119 @@ def test_clarify_jobs_may_serve_their_shadow_endpoint_and_read_and_write_only_th
     mwaa = {st["Sid"]: st for st in _statements(res["MwaaExecutionRole"])}
     assert "sagemaker:CreateProcessingJob" in mwaa["ClarifyJobsOfTheAwsTarget"]["Action"]
     assert "ClarifyJobsOfTheAwsTarget" not in {st["Sid"] for st in _statements(res["MwaaExecutionRole"], False)}
+
+
+def _tasks(definition):
+    """Every Task state of a definition, nested ones included."""
+    out = []
+
+    def walk(states):
+        for st in states.values():
+            if st.get("Type") == "Task":
+                out.append(st)
+            for b in st.get("Branches", []):
+                walk(b["States"])
+
+    walk(definition["States"])
+    return out
+
+
+def test_the_explainability_machine_is_started_by_a_registered_challenger_and_may_run_its_clarify_job():
+    """The training machine's publish step puts the challenger Asset event; the stack's rule starts
+    the explainability machine with it (as the explainability DAG is scheduled on that Asset). The
+    states role may do what the definition's Tasks call: its worker jobs and the Clarify job
+    (createProcessingJob.sync and the rule .sync needs), passing only the worker role and the
+    training jobs' role (which has the clarify-job policy) to SageMaker; the shadow model is made by
+    the prepare phase with the steps' policy (test_clarify_jobs_...), no Task of the machine does."""
+    from mlblueprints import patterns
+    from mlblueprints.core.naming import registered_model_asset
+    from mlblueprints.stepfunctions import asl, names
+
+    uc = load_usecase(ROOT / "dags/usecases/fraud_detection.yaml")
+    challenger = registered_model_asset(uc).name
+    params = infra.parameters(uc, image_tag="abc")
+    assert params["HasExplainability"] == "true" and params["ChallengerAssetName"] == challenger
+    none = infra.parameters(uc.model_copy(update={"explainability": None}), image_tag="abc")
+    assert none["HasExplainability"] == "false" and none["ChallengerAssetName"] == ""
+    template = yaml.load((ROOT / infra.TEMPLATE).read_text(), Loader=_cfn_loader())
+    res = template["Resources"]
+    machine = res["ExplainabilityStateMachine"]
+    assert machine["Condition"] == "Explainability" and template["Conditions"]["Explainability"] == [
+        "HasExplainability",
+        "true",
+    ]
+    key = machine["Properties"]["DefinitionS3Location"]["Key"]
+    assert key == "${DefinitionsPrefix}/explainability.asl.json"
+    assert _resolve(machine["Properties"]["StateMachineName"], params, uc) == names.state_machine_name(
+        uc, "explainability"
+    )
+    # the training machine announces its challenger: publish emits the Asset, its .events state puts it
+    training = patterns.declare("training", names.on_aws(uc))
+    assert challenger in training.step("publish").emits
+    committed = json.loads((ROOT / "statemachines" / uc.name / "training.asl.json").read_text())
+    assert any(t["Resource"] == "arn:aws:states:::events:putEvents" for t in _tasks(committed))
+    assert patterns.declare("explainability", names.on_aws(uc)).schedule.assets == challenger
+    # registered challenger -> explainability
+    rule = res["ChallengerToExplainabilityRule"]
+    assert rule["Condition"] == "FeaturesAndExplainability"
+    assert template["Conditions"]["FeaturesAndExplainability"] == ["Features", "Explainability"]
+    assert rule["Properties"]["EventPattern"] == {
+        "source": [asl.EVENT_SOURCE],
+        "detail-type": [asl.EVENT_DETAIL_TYPE],
+        "detail": {"asset": ["ChallengerAssetName"]},
+    }
+    assert [t["Arn"] for t in rule["Properties"]["Targets"]] == ["ExplainabilityStateMachine"]
+    assert ["Explainability", "ExplainabilityStateMachine", "AWS::NoValue"] in _statements(res["EventsRole"])[0][
+        "Resource"
+    ]
+    # what the definition's Tasks call, and the roles they pass
+    definition = json.loads((ROOT / "statemachines" / uc.name / "explainability.asl.json").read_text())
+    tasks = _tasks(definition)
+    resources = {t["Resource"] for t in tasks}
+    assert resources == {
+        "arn:aws:states:::sagemaker:createProcessingJob.sync",
+        "arn:aws:states:::aws-sdk:s3:getObject",
+        "arn:aws:states:::aws-sdk:s3:putObject",
+        "arn:aws:states:::events:putEvents",
+    }
+    jobs_ = [t for t in tasks if t["Resource"].endswith("createProcessingJob.sync")]
+    clarify = [t for t in jobs_ if "ContainerEntrypoint" not in t["Parameters"]["AppSpecification"]]
+    assert len(clarify) == 1 and clarify[0]["Parameters"]["RoleArn"] == "${SageMakerRoleArn}"
+    passed = {t["Parameters"]["RoleArn"] for t in tasks if "RoleArn" in t["Parameters"]}
+    assert passed == {"${SageMakerRoleArn}", "${WorkerRoleArn}"}
+    subs = machine["Properties"]["DefinitionSubstitutions"]
+    assert {subs["SageMakerRoleArn"], subs["WorkerRoleArn"]} == {"SageMakerJobRole.Arn", "WorkerRole.Arn"}
+    states = {st["Sid"]: st for st in _statements(res["StatesRole"])}
+    passable = states["PassTheJobRolesToSageMakerOnly"]["Resource"]
+    assert "SageMakerJobRole.Arn" in passable and "WorkerRole.Arn" in passable
+    assert states["PassTheJobRolesToSageMakerOnly"]["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}
+    }
+    jobs = states["SageMakerJobs"]
+    assert {"sagemaker:CreateProcessingJob", "sagemaker:DescribeProcessingJob", "sagemaker:StopProcessingJob"} <= set(
+        jobs["Action"]
+    )
+    assert [r for r in jobs["Resource"] if r.endswith(":processing-job/*")]
+    assert any(
+        r.endswith("rule/StepFunctionsGetEventsForSageMakerProcessingJobsRule")
+        for r in states["SyncRulesStepFunctionsManages"]["Resource"]
+    )
+    assert states["AssetEvents"]["Action"] == "events:PutEvents"
+    assert res["StatesRole"]["Properties"]["ManagedPolicyArns"] == ["PatternStepsPolicy"]  # its S3 reads and writes
+    # a Clarify role of another name is one the stack neither makes nor may pass: infra render says so
+    other = uc.model_copy(
+        update={
+            "explainability": uc.explainability.model_copy(
+                update={
+                    "sagemaker": uc.explainability.sagemaker.model_copy(
+                        update={"role_arn": "arn:aws:iam::123456789012:role/clarify-elsewhere"}
+                    )
+                }
+            )
+        }
+    )
+    assert [w for w in infra.warnings(other, image_pushed=True) if "clarify-elsewhere" in w]
+    assert not [w for w in infra.warnings(uc, image_pushed=True) if "explainability.sagemaker.role_arn" in w]
 
 
 def _resolve(text, params, uc):

@@ -8,8 +8,8 @@ runs a Lambda function only in Docker. So :func:`with_stubs` swaps every
 carries the original resource and its Parameters *as the interpreter evaluated them* (intrinsic
 functions, paths, context object), and :class:`Services` answers those messages the way the jobs
 would: a worker job writes its phase's outcome document (and a prepare phase's service call) to
-S3 (what the real worker writes) and succeeds, or fails; an Athena statement, a training job or a
-transform job succeeds with the ``.sync`` output's shape (CreateModel with its own), or fails; the statements function is the real handler
+S3 (what the real worker writes) and succeeds, or fails; an Athena statement, a training job, a
+transform job or a Clarify processing job succeeds with the ``.sync`` output's shape (CreateModel with its own), or fails; the statements function is the real handler
 (:mod:`mlblueprints.stepfunctions.statements`) called in this process on moto's S3 and Athena,
 answering with ``lambda:invoke``'s output shape. Everything else (Choice, Parallel, Map, Retry,
 Catch, Fail, the S3 reads and writes, PutEvents) is moto's interpreter running the committed logic.
@@ -91,11 +91,16 @@ class Call:
     parameters: dict[str, Any]
 
     @property
+    def is_worker(self) -> bool:
+        """A worker job (the project's code in the worker image), not a Clarify processing job."""
+        return "createProcessingJob" in self.resource and "ContainerEntrypoint" in self.parameters["AppSpecification"]
+
+    @property
     def kind(self) -> str:
         """The key an answer is found under: "athena", "training", "model", "transform",
-        "statements" or (step, phase)."""
+        "processing" (a Clarify job), "statements" or (step, phase)."""
         if "createProcessingJob" in self.resource:
-            return "worker"
+            return "worker" if self.is_worker else "processing"
         if "athena" in self.resource:
             return "athena"
         if "lambda" in self.resource:
@@ -109,7 +114,7 @@ class Call:
     @property
     def worker(self) -> tuple[str, str] | None:
         """(step, phase) of a worker job."""
-        if "createProcessingJob" not in self.resource:
+        if not self.is_worker:
             return None
         args = self.parameters["AppSpecification"]["ContainerArguments"]
         return args[2], args[3]
@@ -206,6 +211,28 @@ class Services:
                 "TransformOutput": p["TransformOutput"],
                 "TransformResources": p["TransformResources"],
                 "DataProcessing": p["DataProcessing"],
+            }
+            sfn.send_task_success(taskToken=token, output=json.dumps(out))
+        elif key == "processing":  # what .sync returns: DescribeProcessingJob of the completed job
+            p = call.parameters
+            name = p["ProcessingJobName"]
+            out = got or {
+                "ProcessingJobName": name,
+                "ProcessingJobArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:processing-job/{name.lower()}",
+                "ProcessingJobStatus": "Completed",
+                **{
+                    k: p[k]
+                    for k in (
+                        "ProcessingInputs",
+                        "ProcessingOutputConfig",
+                        "ProcessingResources",
+                        "StoppingCondition",
+                        "AppSpecification",
+                        "NetworkConfig",
+                        "RoleArn",
+                    )
+                    if k in p
+                },
             }
             sfn.send_task_success(taskToken=token, output=json.dumps(out))
         else:
@@ -305,7 +332,10 @@ class World:
         answers: dict[Any, Callable[[Call, int], Any]] | None = None,
         params: dict[str, Any] | None = None,
         timeout: float = 90,
+        execution_input: dict[str, Any] | None = None,
     ) -> Execution:
+        """Run ``pattern``'s definition with the stubs; its input is ``{"params": params}``, or
+        ``execution_input`` (an EventBridge event, as a rule starts it)."""
         from mlblueprints import patterns
 
         self.bucket(uc.aws_settings.bucket)
@@ -319,9 +349,11 @@ class World:
         )["stateMachineArn"]
         execution = f"exec-{uuid.uuid4().hex[:12]}"
         services = Services(uc, pattern, execution, self.queue_url, dict(answers or {}))
-        ex = self.sfn.start_execution(stateMachineArn=arn, name=execution, input=json.dumps({"params": params or {}}))[
-            "executionArn"
-        ]
+        ex = self.sfn.start_execution(
+            stateMachineArn=arn,
+            name=execution,
+            input=json.dumps(execution_input if execution_input is not None else {"params": params or {}}),
+        )["executionArn"]
         deadline = time.monotonic() + timeout
         while True:
             d = self.sfn.describe_execution(executionArn=ex)

@@ -503,3 +503,281 @@ def test_monitoring_with_drift_puts_the_alert_that_the_drift_rule_sends_to_retra
     run_doc = {"execution": "retrain-1", "input": event}
     ctx = worker.step_context(names.on_aws(uc), spec, spec.steps[0].id, "run", run_doc, 1)
     assert ctx.triggering == {drift: [extra]}
+
+
+# ---------------------------------------------------------------- explainability
+
+# CI (class imbalance) lies in [-1, 1] by definition: [-1, 1] must pass, a minimum of 2 must break
+PASSES = {"CI": {"min": -1.0, "max": 1.0}, "DI": {"min": 0.0}}
+BREAKS = {"CI": {"min": 2.0}}
+
+
+def _explainability_usecase(gate):
+    facets = [{"name": "channel", "value_or_threshold": ["online"]}]
+    return fraud_usecase_for_tests(explainability={"facets": facets, "gate": gate, "sample_size": 300})
+
+
+def _register_challenger(uc, tmp_path):
+    """A booster registered as a version in the local MLflow store (the aws registry's store when no
+    managed tracking server is named) with the holdout it was judged on, and the model package the
+    training pattern would have registered for it in moto's SageMaker. Returns (version, booster)."""
+    import boto3
+    import numpy as np
+    import pandas as pd
+    import xgboost as xgb
+
+    from mlblueprints.registry import local as registry
+    from mlblueprints.training.models import load_model
+
+    feats = uc.model_features()
+    rng = np.random.default_rng(11)
+    n = 400
+    x = rng.normal(size=(n, len(feats)))
+    y = (x[:, 0] + 0.3 * rng.normal(size=n) > 1.0).astype(int)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 3, "seed": 1},
+        xgb.DMatrix(x, label=y, feature_names=feats),
+        num_boost_round=10,
+    )
+    model_dir = tmp_path / "train-1" / "model"
+    model_dir.mkdir(parents=True)
+    booster.save_model(str(model_dir / "model.ubj"))
+    holdout = pd.DataFrame(np.vstack([x, x]), columns=feats)
+    holdout["channel"] = ["pos"] * n + ["online"] * n
+    holdout["is_fraud"] = np.r_[y, y]
+    ev_dir = tmp_path / "train-1" / "evaluation"
+    ev_dir.mkdir()
+    holdout.to_parquet(ev_dir / "holdout.parquet")
+    version = registry.record(
+        uc,
+        model=load_model(model_dir, "xgboost", "binary", feats),
+        candidate={"threshold": 0.5},
+        champion=None,
+        decision={"passed": True},
+        lineage={"run_id": "train-1", "task": "binary", "metrics": {"threshold": 0.5}},
+        params={},
+        register=True,
+        evaluation_dir=ev_dir,
+    )["version"]
+    sm = boto3.client("sagemaker", region_name=uc.aws_settings.region)
+    group = tr.model_package_group_name(uc)
+    sm.create_model_package_group(ModelPackageGroupName=group)
+    image = f"141502667606.dkr.ecr.{uc.aws_settings.region}.amazonaws.com/sagemaker-xgboost:1.7-1"
+    sm.create_model_package(
+        ModelPackageGroupName=group,
+        InferenceSpecification={
+            "Containers": [{"Image": image, "ModelDataUrl": tr.output_s3_uri(uc) + "/train-1/output/model.tar.gz"}],
+            "SupportedContentTypes": ["text/csv"],
+            "SupportedResponseMIMETypes": ["text/csv"],
+        },
+        CustomerMetadataProperties={"mlflow_model": uc.model_name, "mlflow_version": str(version)},
+        ModelApprovalStatus="PendingManualApproval",
+    )
+    return int(version), booster
+
+
+def _clarify_job(uc, booster, s3):
+    """The Clarify job, which moto cannot run (nor its .sync): from what the job was given only - the
+    analysis config and the dataset at its inputs - the booster's predicted labels at the config's
+    threshold, the config's bias metrics and exact TreeSHAP values (standing in for the container's
+    Kernel SHAP), written as analysis.json and explanations_shap/out.csv under the job's output."""
+    import io
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+
+    from mlblueprints.explain import core
+
+    def read(uri):
+        bucket, key = req.split_s3_uri(uri)
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def run(call: Call, n):
+        p = call.parameters
+        inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in p["ProcessingInputs"]}
+        config = json.loads(read(inputs["analysis_config"]))
+        bucket, prefix = req.split_s3_uri(inputs["dataset"])
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
+        data = pd.concat([pd.read_parquet(io.BytesIO(read(f"s3://{bucket}/{k}"))) for k in keys])
+        assert list(data.columns) == config["headers"]
+        label = config["label"]
+        feats = [c for c in data.columns if c != label and c not in config.get("excluded_columns", [])]
+        x = data[feats].to_numpy(dtype=np.float64)
+        predicted = (booster.inplace_predict(x) >= config["probability_threshold"]).astype(np.int64)
+        methods = config["methods"]
+        facets = [core.Facet(f["name_or_index"], tuple(f["value_or_threshold"])) for f in config["facet"]]
+        bias = core.bias_report(
+            data,
+            facets,
+            label,
+            config["label_values_or_threshold"][0],
+            predicted,
+            pre_training=methods["pre_training_bias"]["methods"],
+            post_training=methods["post_training_bias"]["methods"],
+        )
+        shap = core.tree_shap(booster, x, feats)
+        doc = core.analysis(bias, shap)
+        doc.pop("mlblueprints")  # a Clarify job writes Clarify's keys only
+        [out] = p["ProcessingOutputConfig"]["Outputs"]
+        obucket, oprefix = req.split_s3_uri(out["S3Output"]["S3Uri"])
+        with tempfile.TemporaryDirectory() as d:
+            core.write_analysis(doc, Path(d), shap)
+            for rel in ("analysis.json", "explanations_shap/out.csv"):
+                s3.put_object(Bucket=obucket, Key=f"{oprefix.rstrip('/')}/{rel}", Body=(Path(d) / rel).read_bytes())
+        return None  # the harness answers with DescribeProcessingJob of the completed job
+
+    return run
+
+
+def _explainability_answers(uc, booster, s3):
+    """The worker's phases are the real worker (``run_phase`` on the aws target, its documents on
+    moto's S3 where the state machine reads and writes them: the run document it recorded, the
+    Clarify job's output it put for ``finish``); only the Processing jobs around them and the
+    Clarify job are stubs (moto runs no job)."""
+
+    def real(step, phase):
+        def run(call: Call, n):
+            args = call.parameters["AppSpecification"]["ContainerArguments"]
+            execution, try_number = args[5], int(args[7])
+            store = worker.S3Store(s3, names.on_aws(uc), "explainability", execution)
+            return worker.run_phase(names.on_aws(uc), "explainability", step, phase, store, try_number)
+
+        return run
+
+    spec = patterns.declare("explainability", names.on_aws(uc))
+    answers = {(s.id, ph): real(s.id, ph) for s in spec.steps for ph in ("run", "prepare", "finish")}
+    answers["processing"] = _clarify_job(uc, booster, s3)
+    return answers
+
+
+def _challenger_event(uc, version):
+    """The event the training machine's publish step puts, as the stack's rule hands it to the
+    explainability machine (its input)."""
+    from mlblueprints.core.naming import registered_model_asset
+
+    asset = registered_model_asset(uc)
+    return {
+        "version": "0",
+        "source": "mlblueprints",
+        "detail-type": "mlblueprints asset updated",
+        "detail": {
+            "asset": asset.name,
+            "uri": asset.uri,
+            "usecase": uc.name,
+            "pattern": "training",
+            "execution": "train-1",
+            "extra": {"model": uc.model_name, "version": version, "run_id": "train-1"},
+        },
+    }
+
+
+def _document(sfn_world, ex, rel):
+    bucket, prefix = ex.services.key_prefix()
+    return json.loads(sfn_world.s3.get_object(Bucket=bucket, Key=f"{prefix}/{rel}")["Body"].read())
+
+
+def _explained_event(sfn_world, ex):
+    from mlblueprints.core.naming import explained_model_asset
+
+    [event] = _document(sfn_world, ex, names.step_key("gate", "run"))["events"]
+    detail = json.loads(event["Detail"])
+    assert detail["asset"] == explained_model_asset(ex.services.uc).name
+    return detail["extra"]
+
+
+@pytest.mark.slow
+def test_explainability_started_by_the_challenger_event_runs_the_clarify_job_and_passes_the_gate(
+    sfn_world, tmp_path, monkeypatch
+):
+    """The machine started with the registered challenger's event (as the stack's rule starts it):
+    the real worker's target picks the event's version, its prepare phase uploads the holdout and
+    the analysis config and creates the shadow model (moto's SageMaker), the state machine runs the
+    Clarify job with the block the prepare phase built (the job is a stub: moto runs none), the
+    real finish phase logs the job's analysis with the version, and the real gate passes it: no
+    fairness tag, the explained event says passed."""
+    import boto3
+
+    from mlblueprints.aws import clarify as cl
+    from mlblueprints.registry import local as registry
+
+    monkeypatch.setenv("MLB_HOME", str(tmp_path / "home"))
+    uc = _explainability_usecase(PASSES)
+    version, booster = _register_challenger(uc, tmp_path)
+    answers = _explainability_answers(uc, booster, sfn_world.s3)
+    ex = sfn_world.execute(uc, "explainability", answers, execution_input=_challenger_event(uc, version))
+    assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
+    assert ex.worker_calls() == [
+        ("target", "run"),
+        ("analyse", "prepare"),
+        ("analyse", "finish"),
+        ("gate", "run"),
+        ("report", "run"),
+    ]
+    target = _document(sfn_world, ex, names.step_key("target", "result"))
+    assert target["version"] == version and target["chosen_by"] == "the challenger event"
+    # the Clarify job: the prepare phase's request, named for this try, its output under its own name
+    [job] = [c for c in ex.services.calls if c.kind == "processing"]
+    called = _document(sfn_world, ex, names.step_key("analyse", "call"))
+    name = job.parameters["ProcessingJobName"]
+    assert tr.SAGEMAKER_NAME_RE.match(name) and job.state == "analyse.sagemaker_processing"
+
+    def tags_by_key(request):
+        return {**request, "Tags": sorted(request["Tags"], key=lambda t: t["Key"])}
+
+    assert tags_by_key(job.parameters) == tags_by_key(cl.request_for_try(called["request"], name, 1))
+    assert job.parameters["RoleArn"] == uc.aws_settings.iam_role_arn
+    # the shadow model the analysis config names was created from the version's model package
+    sm = boto3.client("sagemaker", region_name=uc.aws_settings.region)
+    shadow = cl.shadow_model_name(uc, ex.services.execution)
+    assert sm.describe_model(ModelName=shadow)["ModelName"] == shadow
+    # finish logged the job's analysis with the version; the gate passed it
+    gate = _document(sfn_world, ex, names.step_key("gate", "result"))
+    assert gate["passed"] and gate["reasons"] == [] and gate["tag"] is None
+    tags = dict(registry.client(uc).get_model_version(uc.model_name, str(version)).tags)
+    assert registry.FAIRNESS_FAILED_TAG not in tags and tags[registry.EXPLAINED_BY_TAG] == ex.services.execution
+    assert _explained_event(sfn_world, ex) == {
+        "version": version,
+        "passed": True,
+        "reasons": [],
+        "run_id": ex.services.execution,
+    }
+    assert "gate.events" in ex.entered() and "Succeeded" in ex.entered()
+    # the run report the real report phase wrote is kept with the execution, encrypted as the rest
+    bucket, prefix = ex.services.key_prefix()
+    kept = sfn_world.s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/home/runs/").get("Contents", [])
+    assert kept
+    head = sfn_world.s3.head_object(Bucket=bucket, Key=kept[0]["Key"])
+    assert head["ServerSideEncryption"] == "aws:kms" and head.get("BucketKeyEnabled") is True
+
+
+@pytest.mark.slow
+def test_a_failed_fairness_gate_tags_the_version_and_the_execution_succeeds_as_the_dag_does(
+    sfn_world, tmp_path, monkeypatch
+):
+    """A bound the analysis breaks: the real gate tags the version (promotion refuses it) and puts
+    the explained event with passed false; a failed fairness gate is a verdict, not a failed step,
+    so the definition ends in Succeeded with the gate succeeded (the DAG's gate task succeeds too).
+    Started by hand with the version Param; the Clarify job is the stub of the test above."""
+    from mlblueprints.registry import local as registry
+
+    monkeypatch.setenv("MLB_HOME", str(tmp_path / "home"))
+    uc = _explainability_usecase(BREAKS)
+    version, booster = _register_challenger(uc, tmp_path)
+    answers = _explainability_answers(uc, booster, sfn_world.s3)
+    ex = sfn_world.execute(uc, "explainability", answers, params={"version": version})
+    assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
+    entered = ex.entered()
+    assert "gate: succeeded" in entered and "gate.events" in entered and not [s for s in entered if "Failed" in s]
+    target = _document(sfn_world, ex, names.step_key("target", "result"))
+    assert target["chosen_by"] == "the version Param"
+    gate = _document(sfn_world, ex, names.step_key("gate", "result"))
+    assert not gate["passed"] and gate["reasons"] and all(r.startswith("CI of channel=online") for r in gate["reasons"])
+    tags = dict(registry.client(uc).get_model_version(uc.model_name, str(version)).tags)
+    assert tags[registry.FAIRNESS_FAILED_TAG] == gate["tag"] == "; ".join(gate["reasons"])
+    event = _explained_event(sfn_world, ex)
+    assert event["passed"] is False and event["reasons"] == gate["reasons"] and event["version"] == version
+    with pytest.raises(registry.PromotionRefused, match="failed the fairness gate"):
+        registry.promote(uc, version)
+    assert ("report", "run") in ex.worker_calls()

@@ -116,7 +116,14 @@ class S3Store:
         )
 
     def put_file(self, rel: str, path: Path) -> None:
-        self.s3.upload_file(str(path), self.bucket, self._key(rel), ExtraArgs=dict(self._kms))
+        """A report file, as every other object (SSE-KMS, bucket keys): boto3's ``upload_file``
+        refuses ``BucketKeyEnabled`` in its ExtraArgs, so not through it."""
+        import mimetypes
+
+        from mlblueprints.aws import s3io
+
+        ctype = mimetypes.guess_type(str(path))[0] or "application/octet-stream"
+        s3io.put_file(self.s3, Path(path), self.where(rel), self.aws, ctype)
 
     def where(self, rel: str) -> str:
         return f"s3://{self.bucket}/{self._key(rel)}"

@@ -10,7 +10,13 @@ from typing import Any
 
 from mlblueprints import patterns
 from mlblueprints.config import UseCase
-from mlblueprints.core.naming import drift_alert_asset, predictions_asset, registered_model_asset, table_asset
+from mlblueprints.core.naming import (
+    drift_alert_asset,
+    explained_model_asset,
+    predictions_asset,
+    registered_model_asset,
+    table_asset,
+)
 from mlblueprints.deploy.requirements import AIRFLOW_TARGET
 from mlblueprints.lakehouse import naming
 from mlblueprints.stepfunctions import names
@@ -117,6 +123,11 @@ def parameters(uc: UseCase, *, image_tag: str, mwaa: bool = False, image_pushed:
         "DriftAssetName": drift_alert_asset(uc).name,
         "PredictionsAssetName": predictions_asset(uc).name if has["monitoring"] else "",
         "ChallengerAssetName": registered_model_asset(uc).name if has["explainability"] else "",
+        "PromotionAssetName": (
+            (explained_model_asset(uc) if uc.explainability is not None else registered_model_asset(uc)).name
+            if has["promotion"]
+            else ""
+        ),
         "CreateMwaa": str(mwaa).lower(),
         # the version the bundle's requirements are locked for (deploy mwaa refuses any other)
         "MwaaAirflowVersion": AIRFLOW_TARGET,

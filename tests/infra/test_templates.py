@@ -500,6 +500,19 @@ def test_the_promotion_steps_may_run_the_endpoint_update_its_alarms_and_approve_
         )
     namespace = steps["PromotionScoreShift"][1]["Condition"]["StringEquals"]["cloudwatch:namespace"]
     assert namespace == sv.METRIC_NAMESPACE
+    # the machine, started by the Asset its DAG is scheduled on (the fairness gate's judged version)
+    from mlblueprints import patterns
+
+    res = template["Resources"]
+    assert res["PromotionStateMachine"]["Condition"] == "Promotion"
+    key = res["PromotionStateMachine"]["Properties"]["DefinitionS3Location"]["Key"]
+    assert key.endswith("/promotion.asl.json") and (ROOT / "statemachines" / uc.name / "promotion.asl.json").exists()
+    rule = res["PromotionTriggerRule"]
+    assert rule["Condition"] == "FeaturesAndPromotion"
+    assert rule["Properties"]["EventPattern"]["detail"] == {"asset": ["PromotionAssetName"]}
+    assert [t["Arn"] for t in rule["Properties"]["Targets"]] == ["PromotionStateMachine"]
+    [schedule] = [a.name for a in patterns.declare("promotion", aws_uc).assets]
+    assert params["PromotionAssetName"] == schedule == f"{uc.name}.model.explained"
 
 
 def _cfn_loader():

@@ -25,7 +25,15 @@ def _shipped():
 def test_committed_definitions_are_what_the_declarations_render():
     uc = _shipped()
     rendered = asl.render_usecase(uc)
-    assert sorted(rendered) == ["explainability", "features", "lakehouse", "monitoring", "scoring", "training"]
+    assert sorted(rendered) == [
+        "explainability",
+        "features",
+        "lakehouse",
+        "monitoring",
+        "promotion",
+        "scoring",
+        "training",
+    ]
     committed = sorted(p.name for p in (ROOT / "statemachines" / uc.name).glob("*.asl.json"))
     assert committed == sorted(f"{p}.asl.json" for p in rendered)
     for pattern, definition in rendered.items():
@@ -35,13 +43,14 @@ def test_committed_definitions_are_what_the_declarations_render():
 
 
 def test_every_pattern_that_applies_is_rendered():
-    """Every pattern of the shipped use case is rendered but promotion (its bake runs beside
-    SageMaker's blue/green update, not rendered yet): asl.NOT_RENDERED says so."""
+    """Every pattern of the shipped use case is rendered (asl.NOT_RENDERED, the patterns left to
+    Airflow, is empty)."""
     from mlblueprints import patterns
 
     uc = _shipped()
     applies = [p for p in patterns.PATTERNS if patterns.declare(p, names.on_aws(uc)) is not None]
-    assert sorted(asl.NOT_RENDERED) == ["promotion"]
+    assert asl.NOT_RENDERED == {}
+    assert "promotion" in applies
     assert sorted(asl.render_usecase(uc)) == sorted(p for p in applies if p not in asl.NOT_RENDERED)
 
 
@@ -147,7 +156,7 @@ def test_deploy_and_run_through_the_cli_under_moto(monkeypatch, capsys):
         machines = {m["name"]: m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]}
         assert sorted(machines) == [
             f"mlb-fraud-detection-{p}"
-            for p in ("explainability", "features", "lakehouse", "monitoring", "scoring", "training")
+            for p in ("explainability", "features", "lakehouse", "monitoring", "promotion", "scoring", "training")
         ]
         d = sfn.describe_state_machine(stateMachineArn=machines["mlb-fraud-detection-training"])
         assert "${" not in d["definition"] and "mlblueprints-worker:t2" in d["definition"]

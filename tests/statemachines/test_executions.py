@@ -781,3 +781,30 @@ def test_a_failed_fairness_gate_tags_the_version_and_the_execution_succeeds_as_t
     with pytest.raises(registry.PromotionRefused, match="failed the fairness gate"):
         registry.promote(uc, version)
     assert ("report", "run") in ex.worker_calls()
+
+
+# ---------------------------------------------------------------- promotion
+
+
+def test_promotion_runs_every_step_in_the_worker_and_a_failed_bake_ends_in_its_fail_state(sfn_world):
+    """Promotion's machine: every step is a worker phase (the bake sends traffic and publishes the
+    score shift while SageMaker's blue/green update runs; promote or roll back is decide's outcome,
+    not a branch of the machine). Success runs target -> deploy -> bake -> decide -> report; an
+    update that fails (the bake's PermanentError) ends in the bake's Fail state after the report,
+    and decide - which would move the alias - never runs."""
+    uc = fraud_usecase_for_tests()
+    ex = sfn_world.execute(uc, "promotion", _service_answers(uc, "promotion", lambda: None))
+    assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
+    assert [s for s, _ in ex.worker_calls()] == ["target", "deploy", "bake", "decide", "report"]
+    assert all(phase == "run" for _, phase in ex.worker_calls())
+
+    answers = _service_answers(uc, "promotion", lambda: None)
+    answers[("bake", "run")] = lambda call, n: {
+        "status": "failed",
+        "error": {"Error": "PermanentError", "Cause": "endpoint fraud-detection is Failed after the update"},
+    }
+    ex = sfn_world.execute(uc, "promotion", answers)
+    assert ex.status == "FAILED" and ex.error == "PermanentError" and "Failed: bake" in ex.entered()
+    ran = ex.worker_calls()
+    assert ran.count(("bake", "run")) == 1 and ("report", "run") in ran
+    assert not [w for w in ran if w[0] == "decide"]

@@ -249,11 +249,7 @@ def render(spec: PatternSpec, uc: UseCase) -> dict[str, Any]:
 
 # patterns that run on Airflow only, and why (docs/stepfunctions.md): no definition is rendered
 # or deployed for them
-NOT_RENDERED: dict[str, str] = {
-    "promotion": "not rendered yet: its bake sends traffic and publishes the score-shift metric while SageMaker's "
-    "blue/green update runs, which needs an updateEndpoint with a wait-and-describe loop beside a worker step "
-    "(docs/serving.md)",
-}
+NOT_RENDERED: dict[str, str] = {}
 
 
 def render_usecase(uc: UseCase) -> dict[str, dict[str, Any]]:

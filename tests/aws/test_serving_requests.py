@@ -191,3 +191,61 @@ def test_the_variant_weights_form_is_two_named_variants_in_one_config_and_a_weig
         {"VariantName": "champion", "DesiredWeight": 0.5},
         {"VariantName": "challenger", "DesiredWeight": 0.5},
     ]
+
+
+class _FakeSageMaker:
+    """DescribeEndpoint answers in turn; what the canary asks of the models and configs is there."""
+
+    def __init__(self, describes):
+        self.describes = list(describes)
+        self.updates = []
+
+    def describe_endpoint(self, EndpointName):  # noqa: N803 (boto3's names)
+        return self.describes.pop(0) if len(self.describes) > 1 else self.describes[0]
+
+    def describe_model(self, ModelName):  # noqa: N803
+        return {}
+
+    def describe_endpoint_config(self, EndpointConfigName):  # noqa: N803
+        return {}
+
+    def update_endpoint(self, **kw):
+        self.updates.append(kw)
+
+
+def test_a_canary_waits_for_another_runs_update_and_then_refuses_the_config_it_left(monkeypatch):
+    """The endpoint is updating to a config that is neither the champion's nor the challenger's (a
+    superseded run's canary): the canary waits for SageMaker to finish it, then refuses in one line
+    naming the config the endpoint serves - it never starts an update over another one."""
+    from mlblueprints.errors import PermanentError
+    from mlblueprints.serving import aws as sa
+
+    uc = _uc()
+    other = "fraud-detection-v9-0123456789"
+    sm = _FakeSageMaker(
+        [
+            {
+                "EndpointStatus": "Updating",
+                "EndpointConfigName": "blue",
+                "PendingDeploymentSummary": {"EndpointConfigName": other},
+            },
+            {
+                "EndpointStatus": "Updating",
+                "EndpointConfigName": "blue",
+                "PendingDeploymentSummary": {"EndpointConfigName": other},
+            },
+            {"EndpointStatus": "InService", "EndpointConfigName": other},
+        ]
+    )
+
+    class Runtime:
+        def client(self, service):
+            return sm
+
+    ep = sa.AwsEndpoint(uc, Runtime())
+    monkeypatch.setattr(sa.AwsEndpoint, "POLL_SECONDS", 0.0)
+    monkeypatch.setattr(ep, "config_for", lambda version, run_id, git_commit="": f"config-v{version}")
+    monkeypatch.setattr(ep, "deployments", lambda: type("H", (), {"deployment": lambda self, r: None})())
+    with pytest.raises(PermanentError, match=f"serves {other}, neither the champion's config"):
+        ep.canary(None, 4, 3, "run-1")
+    assert sm.updates == [] and sm.describes == [sm.describes[-1]]

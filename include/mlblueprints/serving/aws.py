@@ -325,11 +325,22 @@ class AwsEndpoint:
         d = self.describe()
         if d is None:
             raise PermanentError(f"{uc.name}: endpoint {self.name} does not exist: no champion is deployed on it")
+        pending = (d.get("PendingDeploymentSummary") or {}).get("EndpointConfigName")
+        if d["EndpointStatus"] in UPDATING and pending not in (None, green):
+            # another update (a superseded run's) is under way: SageMaker finishes it first
+            log.info("endpoint %s is updating to %s: waiting for it before the canary", self.name, pending)
+            d = self.wait(f"the update to {pending} finished")
+        start = d["EndpointConfigName"] == blue and d["EndpointStatus"] not in UPDATING
+        if not start and d["EndpointConfigName"] != green and d["EndpointStatus"] not in UPDATING:
+            raise PermanentError(
+                f"{uc.name}: endpoint {self.name} serves {d['EndpointConfigName']}, neither the champion's config "
+                f"({blue}) nor the challenger's ({green}): redeploy the champion first"
+            )
         for alarm in req.alarm_requests(uc):  # as configured now, also for an update a killed try started
             cw.put_metric_alarm(**alarm)
-        if d["EndpointConfigName"] == blue and d["EndpointStatus"] not in UPDATING:
-            for alarm in names.values():  # a new canary is judged afresh, not on the state a former one left
-                cw.set_alarm_state(AlarmName=alarm, StateValue="OK", StateReason="a canary starts")
+        if start:
+            for name in names.values():  # a new canary is judged afresh, not on the state a former one left
+                cw.set_alarm_state(AlarmName=name, StateValue="OK", StateReason="a canary starts")
             sm.update_endpoint(**req.update_endpoint_request(uc, config_name=green, alarms=list(names.values())))
             log.info(
                 "blue/green update of %s to %s: %s, bake %ss per step, rolled back on %s",
@@ -339,13 +350,8 @@ class AwsEndpoint:
                 int(p.canary.bake_seconds),
                 ", ".join(names.values()),
             )
-        elif d["EndpointConfigName"] == green or d["EndpointStatus"] in UPDATING:
-            log.info("adopting the update of %s a former try started (%s)", self.name, d["EndpointStatus"])
         else:
-            raise PermanentError(
-                f"{uc.name}: endpoint {self.name} serves {d['EndpointConfigName']}, neither the champion's config "
-                f"({blue}) nor the challenger's ({green}): redeploy the champion first"
-            )
+            log.info("adopting the update of %s a former try started (%s)", self.name, d["EndpointStatus"])
         records, labels = self.replay_records(registry, version)
         sent_total = {"requests": 0, "statuses": {}, "seconds": 0.0}
         deadline = time.monotonic() + p.sagemaker.max_execution_timeout_seconds + p.sagemaker.wait_seconds

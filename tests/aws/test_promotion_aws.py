@@ -424,7 +424,7 @@ def endpoint_world(dag_world, monkeypatch):  # noqa: F811 (the training test's f
     return {**dag_world, "twin": twin, "path": Path(os.environ["MLB_USECASES_DIR"]) / f"{NAME}.yaml"}
 
 
-def test_promotion_dag_on_aws_canaries_by_blue_green_update_and_rolls_back_on_the_alarm(endpoint_world, lake):  # noqa: F811
+def test_promotion_dag_on_aws_canaries_by_blue_green_update_and_rolls_back_on_the_alarm(endpoint_world, lake, capsys):  # noqa: F811
     from mlblueprints.registry import local as registry
 
     twin, kms = endpoint_world["twin"], endpoint_world["kms"]
@@ -547,6 +547,13 @@ def test_promotion_dag_on_aws_canaries_by_blue_green_update_and_rolls_back_on_th
         assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == kms
     report = json.loads(Path(res["report"]["report"]).read_text())
     assert "ROLLED BACK" in report["text"] and name in report["text"]
+    # the history and DORA metrics read from S3 by the CLI, as locally
+    from mlblueprints import cli
+
+    capsys.readouterr()
+    assert cli.main(["deployments", NAME]) == 0
+    out = capsys.readouterr().out
+    assert "rolled_back" in out and "promoted" in out and "change failure rate    50 %" in out, out
     # the rerun of a decided promotion does not deploy it again (rejected)
     dr, tis = _run(f"{NAME}__promotion", {"version": bad})
     assert tis["target"].xcom_pull(task_ids="target")["refused"]

@@ -377,18 +377,25 @@ def _register_challenger(uc, version: int, *, shift_base_score: float | None) ->
     return int(new.version)
 
 
-def _set(path: Path, canary: dict | None = None, mode: str = "blue_green"):
+def _set(
+    path: Path,
+    canary: dict | None = None,
+    mode: str = "blue_green",
+    guardrails: dict | None = None,
+    sagemaker: dict | None = None,
+):
     from mlblueprints.config import load_usecase
 
     data = yaml.safe_load(path.read_text())
     data["target"] = "aws"
     data.pop("explainability", None)  # challengers straight from the registry
     data["promotion"].update(
-        canary=canary or {"weight": 0.3, "bake_seconds": 8},
+        canary=canary or {"weight": 0.3, "bake_seconds": 10},
         traffic={"replay": True, "rate_per_second": 300, "max_requests": 3000, "clients": 2},
-        sagemaker={"publish_seconds": 1, "alarm_period_seconds": 10, "canary_mode": mode},
+        sagemaker={"publish_seconds": 1, "alarm_period_seconds": 10, "canary_mode": mode, **(sagemaker or {})},
     )
     data["promotion"]["guardrails"]["min_requests"] = 100
+    data["promotion"]["guardrails"].update(guardrails or {})
     path.write_text(yaml.safe_dump(data))
     return load_usecase(path)
 
@@ -431,7 +438,14 @@ def test_promotion_dag_on_aws_canaries_by_blue_green_update_and_rolls_back_on_th
     dr, tis = _run(f"{NAME}__training")
     assert dr.state == "success", {t: ti.state for t, ti in tis.items()}
     champion = tis["register"].xcom_pull(task_ids="register")["version"]
-    uc = _set(endpoint_world["path"])
+    # the bake is bounded by time and the moto server answers slower on a loaded machine: the
+    # shift is published from 100 scores a side, against a bound their sampling noise stays far
+    # below (PSI about 0.13) and the shifted model far above
+    uc = _set(
+        endpoint_world["path"],
+        sagemaker={"publish_min_scores": 100},
+        guardrails={"score_shift": {"method": "psi", "threshold": 0.5}},
+    )
     sm = boto3.client("sagemaker", region_name=REGION)
     cw = boto3.client("cloudwatch", region_name=REGION)
     name = sv.endpoint_name(uc)
@@ -483,7 +497,7 @@ def test_promotion_dag_on_aws_canaries_by_blue_green_update_and_rolls_back_on_th
     assert policy["TrafficRoutingConfiguration"] == {
         "Type": "CANARY",
         "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 30},
-        "WaitIntervalInSeconds": 8,
+        "WaitIntervalInSeconds": 10,
     }
     alarms = [a["AlarmName"] for a in update["DeploymentConfig"]["AutoRollbackConfiguration"]["Alarms"]]
     assert alarms == list(sv.alarm_names(uc).values()) and len(alarms) == 3
@@ -501,7 +515,7 @@ def test_promotion_dag_on_aws_canaries_by_blue_green_update_and_rolls_back_on_th
     assert bake["answered"]["challenger"] >= uc.promotion.guardrails.min_requests
     assert 0.2 < bake["challenger_share"] < 0.45, bake
     shift = next(v for v in bake["verdicts"] if v["guardrail"] == "score_shift_psi")
-    assert shift["ok"] is True and shift["value"] < 0.2  # the same booster: sampling noise only
+    assert shift["ok"] is True and shift["value"] < 0.5  # the same booster: sampling noise only
     assert str(registry.client(uc).get_model_version_by_alias(uc.model_name, "champion").version) == str(good)
     assert str(registry.client(uc).get_model_version_by_alias(uc.model_name, "previous").version) == str(champion)
     assert approval(good) == "Approved"
@@ -519,7 +533,7 @@ def test_promotion_dag_on_aws_canaries_by_blue_green_update_and_rolls_back_on_th
     assert tripped.startswith(f"score_shift_psi: CloudWatch alarm {name}-mlb-score-shift in ALARM"), tripped
     [bake] = res["bake"]["bakes"]
     shift = next(v for v in bake["verdicts"] if v["guardrail"] == "score_shift_psi")
-    assert shift["ok"] is False and shift["value"] > 0.2
+    assert shift["ok"] is False and shift["value"] > 0.5
     published = cw.get_metric_statistics(
         Namespace=sv.METRIC_NAMESPACE,
         MetricName="ScoreShiftPSI",
@@ -529,7 +543,7 @@ def test_promotion_dag_on_aws_canaries_by_blue_green_update_and_rolls_back_on_th
         Period=60,
         Statistics=["Maximum"],
     )["Datapoints"]
-    assert max(p["Maximum"] for p in published) > 0.2
+    assert max(p["Maximum"] for p in published) > 0.5
     assert str(registry.client(uc).get_model_version_by_alias(uc.model_name, "champion").version) == str(good)
     assert approval(bad) == "Rejected"
     assert registry.client(uc).get_model_version(uc.model_name, str(bad)).tags.get("mlb.rejected")
@@ -575,7 +589,15 @@ def test_the_variant_weights_form_shifts_traffic_by_weights_and_judges_each_vari
     dr, tis = _run(f"{NAME}__training")
     assert dr.state == "success", {t: ti.state for t, ti in tis.items()}
     champion = tis["register"].xcom_pull(task_ids="register")["version"]
-    uc = _set(endpoint_world["path"], canary={"steps": [0.2, 0.5], "bake_seconds": 4}, mode="variant_weights")
+    # the steps are bounded by time, and the moto server answers slower on a loaded machine: a step
+    # may get fewer requests, so fewer are asked for, and the shift is judged against a bound the
+    # sampling noise of a hundred scores stays far below (PSI about 0.1) and the shifted model far above
+    uc = _set(
+        endpoint_world["path"],
+        canary={"steps": [0.2, 0.5], "bake_seconds": 5},
+        mode="variant_weights",
+        guardrails={"min_requests": 50, "score_shift": {"method": "psi", "threshold": 0.5}},
+    )
     sm = boto3.client("sagemaker", region_name=REGION)
     name = sv.endpoint_name(uc)
     dr, _ = _run(f"{NAME}__promotion", {"version": champion})

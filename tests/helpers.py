@@ -83,3 +83,83 @@ def run_days(dag: Any, days: list[date], conf: dict | None = None) -> list[Any]:
     from mlblueprints.airflow import localrun
 
     return [localrun.run_dag(dag, d, conf) for d in days]
+
+
+def register_explainable_version(
+    uc: UseCase, tmp_path: Path, *, biased: bool = False, run_id: str = "train-1", n: int = 1000, rounds: int = 20
+) -> tuple[int, Any]:
+    """A booster flagging high f0 registered in the local MLflow store with a holdout of the fraud
+    use case's columns (the explainability pattern explains it): with ``biased`` the online rows
+    have higher f0 (the model flags them more), else each online row has a point-of-sale twin with
+    the same features. Returns (version, booster)."""
+    import numpy as np
+    import xgboost as xgb
+
+    from mlblueprints.registry import local as registry
+    from mlblueprints.training.models import load_model
+
+    feats = uc.model_features()
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(n, len(feats)))
+    y = (x[:, 0] + 0.3 * rng.normal(size=n) > 1.0).astype(int)
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 3, "seed": 1},
+        xgb.DMatrix(x, label=y, feature_names=feats),
+        num_boost_round=rounds,
+    )
+    model_dir = tmp_path / run_id / "model"
+    model_dir.mkdir(parents=True)
+    booster.save_model(str(model_dir / "model.ubj"))
+    online = x.copy()
+    if biased:
+        online[:, 0] += 1.5
+    holdout = pd.DataFrame(np.vstack([x, online]), columns=feats)
+    holdout["channel"] = ["pos"] * n + ["online"] * n
+    holdout["transaction_id"] = [f"t{i}" for i in range(2 * n)]
+    holdout["is_fraud"] = np.r_[y, y]
+    ev_dir = tmp_path / run_id / "evaluation"
+    ev_dir.mkdir()
+    holdout.to_parquet(ev_dir / "holdout.parquet")
+    out = registry.record(
+        uc,
+        model=load_model(model_dir, "xgboost", "binary", feats),
+        candidate={"threshold": 0.5},
+        champion=None,
+        decision={"passed": True},
+        lineage={"run_id": run_id, "task": "binary", "metrics": {"threshold": 0.5}},
+        params={},
+        register=True,
+        evaluation_dir=ev_dir,
+    )
+    return int(out["version"]), booster
+
+
+def clarify_analysis(config: dict[str, Any], data: pd.DataFrame, booster: Any) -> tuple[dict[str, Any], Any]:
+    """What a SageMaker Clarify job computes from its analysis config and dataset, for the stand-ins
+    of tests where no Clarify container runs: the booster's labels at the config's threshold, the
+    config's bias metrics per facet, and exact TreeSHAP values (standing in for the container's
+    Kernel SHAP: values that can be checked). Returns ``analysis.json`` (Clarify's keys only) and the
+    SHAP values ``explain.core.write_analysis`` writes beside it."""
+    import numpy as np
+
+    from mlblueprints.explain import core
+
+    label = config["label"]
+    feats = [c for c in data.columns if c != label and c not in config.get("excluded_columns", [])]
+    x = data[feats].to_numpy(dtype=np.float64)
+    predicted = (booster.inplace_predict(x) >= config["probability_threshold"]).astype(np.int64)
+    methods = config["methods"]
+    facets = [core.Facet(f["name_or_index"], tuple(f["value_or_threshold"])) for f in config.get("facet", [])]
+    bias = core.bias_report(
+        data,
+        facets,
+        label,
+        config["label_values_or_threshold"][0],
+        predicted,
+        pre_training=methods.get("pre_training_bias", {}).get("methods", []),
+        post_training=methods.get("post_training_bias", {}).get("methods", []),
+    )
+    shap = core.tree_shap(booster, x, feats)
+    doc = core.analysis(bias, shap)
+    doc.pop("mlblueprints")  # a Clarify job writes Clarify's keys only
+    return doc, shap

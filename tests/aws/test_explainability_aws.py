@@ -37,7 +37,6 @@ from pathlib import Path
 
 import boto3
 import botocore.session
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -45,6 +44,7 @@ from botocore.validate import validate_parameters
 from moto_world import REGION
 from test_training_dag_aws import BUCKET, NAME, PREFIX, dag_world, lake  # noqa: F401 (fixtures)
 
+from helpers import clarify_analysis
 from mlblueprints.aws import clarify as cl
 from mlblueprints.aws import requests as req
 from mlblueprints.core.naming import safe
@@ -124,26 +124,7 @@ class ClarifyTwin:
         self.configs[name], self.datasets[name] = config, data
 
         # the model sees every column but the label and the excluded ones, in the dataset's order
-        label = config["label"]
-        feats = [c for c in data.columns if c != label and c not in config.get("excluded_columns", [])]
-        x = data[feats].to_numpy(dtype=np.float64)
-        booster = self._booster(config["predictor"]["model_name"])
-        probability = booster.inplace_predict(x)
-        predicted = (probability >= config["probability_threshold"]).astype(np.int64)
-        methods = config["methods"]
-        facets = [core.Facet(f["name_or_index"], tuple(f["value_or_threshold"])) for f in config.get("facet", [])]
-        bias = core.bias_report(
-            data,
-            facets,
-            label,
-            config["label_values_or_threshold"][0],
-            predicted,
-            pre_training=methods.get("pre_training_bias", {}).get("methods", []),
-            post_training=methods.get("post_training_bias", {}).get("methods", []),
-        )
-        shap = core.tree_shap(booster, x, feats)
-        doc = core.analysis(bias, shap)
-        doc.pop("mlblueprints")  # a Clarify job writes Clarify's keys only
+        doc, shap = clarify_analysis(config, data, self._booster(config["predictor"]["model_name"]))
         out = Path(os.environ["MLB_HOME"]) / "clarify-twin" / name
         core.write_analysis(doc, out, shap)
         [output] = job["ProcessingOutputConfig"]["Outputs"]

@@ -13,6 +13,7 @@ import re
 import pytest
 from sfn_harness import Call, fraud_usecase_for_tests
 
+from helpers import clarify_analysis, register_explainable_version
 from mlblueprints import patterns
 from mlblueprints.aws import requests as req
 from mlblueprints.aws import scoring as sr
@@ -522,43 +523,8 @@ def _register_challenger(uc, tmp_path):
     managed tracking server is named) with the holdout it was judged on, and the model package the
     training pattern would have registered for it in moto's SageMaker. Returns (version, booster)."""
     import boto3
-    import numpy as np
-    import pandas as pd
-    import xgboost as xgb
 
-    from mlblueprints.registry import local as registry
-    from mlblueprints.training.models import load_model
-
-    feats = uc.model_features()
-    rng = np.random.default_rng(11)
-    n = 400
-    x = rng.normal(size=(n, len(feats)))
-    y = (x[:, 0] + 0.3 * rng.normal(size=n) > 1.0).astype(int)
-    booster = xgb.train(
-        {"objective": "binary:logistic", "max_depth": 3, "seed": 1},
-        xgb.DMatrix(x, label=y, feature_names=feats),
-        num_boost_round=10,
-    )
-    model_dir = tmp_path / "train-1" / "model"
-    model_dir.mkdir(parents=True)
-    booster.save_model(str(model_dir / "model.ubj"))
-    holdout = pd.DataFrame(np.vstack([x, x]), columns=feats)
-    holdout["channel"] = ["pos"] * n + ["online"] * n
-    holdout["is_fraud"] = np.r_[y, y]
-    ev_dir = tmp_path / "train-1" / "evaluation"
-    ev_dir.mkdir()
-    holdout.to_parquet(ev_dir / "holdout.parquet")
-    version = registry.record(
-        uc,
-        model=load_model(model_dir, "xgboost", "binary", feats),
-        candidate={"threshold": 0.5},
-        champion=None,
-        decision={"passed": True},
-        lineage={"run_id": "train-1", "task": "binary", "metrics": {"threshold": 0.5}},
-        params={},
-        register=True,
-        evaluation_dir=ev_dir,
-    )["version"]
+    version, booster = register_explainable_version(uc, tmp_path, n=400, rounds=10)
     sm = boto3.client("sagemaker", region_name=uc.aws_settings.region)
     group = tr.model_package_group_name(uc)
     sm.create_model_package_group(ModelPackageGroupName=group)
@@ -573,7 +539,7 @@ def _register_challenger(uc, tmp_path):
         CustomerMetadataProperties={"mlflow_model": uc.model_name, "mlflow_version": str(version)},
         ModelApprovalStatus="PendingManualApproval",
     )
-    return int(version), booster
+    return version, booster
 
 
 def _clarify_job(uc, booster, s3):
@@ -585,7 +551,6 @@ def _clarify_job(uc, booster, s3):
     import tempfile
     from pathlib import Path
 
-    import numpy as np
     import pandas as pd
 
     from mlblueprints.explain import core
@@ -602,24 +567,7 @@ def _clarify_job(uc, booster, s3):
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
         data = pd.concat([pd.read_parquet(io.BytesIO(read(f"s3://{bucket}/{k}"))) for k in keys])
         assert list(data.columns) == config["headers"]
-        label = config["label"]
-        feats = [c for c in data.columns if c != label and c not in config.get("excluded_columns", [])]
-        x = data[feats].to_numpy(dtype=np.float64)
-        predicted = (booster.inplace_predict(x) >= config["probability_threshold"]).astype(np.int64)
-        methods = config["methods"]
-        facets = [core.Facet(f["name_or_index"], tuple(f["value_or_threshold"])) for f in config["facet"]]
-        bias = core.bias_report(
-            data,
-            facets,
-            label,
-            config["label_values_or_threshold"][0],
-            predicted,
-            pre_training=methods["pre_training_bias"]["methods"],
-            post_training=methods["post_training_bias"]["methods"],
-        )
-        shap = core.tree_shap(booster, x, feats)
-        doc = core.analysis(bias, shap)
-        doc.pop("mlblueprints")  # a Clarify job writes Clarify's keys only
+        doc, shap = clarify_analysis(config, data, booster)
         [out] = p["ProcessingOutputConfig"]["Outputs"]
         obucket, oprefix = req.split_s3_uri(out["S3Output"]["S3Uri"])
         with tempfile.TemporaryDirectory() as d:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+from helpers import register_explainable_version
 from mlblueprints import patterns
 from mlblueprints.config import parse_usecase
 from mlblueprints.core.context import StepContext
@@ -54,49 +54,9 @@ def test_the_pattern_is_declared_on_the_challenger_asset_and_training_has_no_fai
 
 
 def register(uc, tmp_path: Path, biased: bool, run_id: str = "train-1") -> int:
-    """A booster flagging high f0 registered with a holdout of the fraud use case's columns: with
-    ``biased`` the online rows have higher f0 (the model flags them more), else each online row has
-    a point-of-sale twin with the same features."""
-    import xgboost as xgb
-
-    from mlblueprints.registry import local as registry
-    from mlblueprints.training.models import load_model
-
-    feats = uc.model_features()
-    rng = np.random.default_rng(11)
-    n = 1000
-    x = rng.normal(size=(n, len(feats)))
-    y = (x[:, 0] + 0.3 * rng.normal(size=n) > 1.0).astype(int)
-    booster = xgb.train(
-        {"objective": "binary:logistic", "max_depth": 3, "seed": 1},
-        xgb.DMatrix(x, label=y, feature_names=feats),
-        num_boost_round=20,
-    )
-    model_dir = tmp_path / run_id / "model"
-    model_dir.mkdir(parents=True)
-    booster.save_model(str(model_dir / "model.ubj"))
-    online = x.copy()
-    if biased:
-        online[:, 0] += 1.5
-    holdout = pd.DataFrame(np.vstack([x, online]), columns=feats)
-    holdout["channel"] = ["pos"] * n + ["online"] * n
-    holdout["transaction_id"] = [f"t{i}" for i in range(2 * n)]
-    holdout["is_fraud"] = np.r_[y, y]
-    ev_dir = tmp_path / run_id / "evaluation"
-    ev_dir.mkdir()
-    holdout.to_parquet(ev_dir / "holdout.parquet")
-    out = registry.record(
-        uc,
-        model=load_model(model_dir, "xgboost", "binary", feats),
-        candidate={"threshold": 0.5},
-        champion=None,
-        decision={"passed": True},
-        lineage={"run_id": run_id, "task": "binary", "metrics": {"threshold": 0.5}},
-        params={},
-        register=True,
-        evaluation_dir=ev_dir,
-    )
-    return out["version"]
+    """A booster flagging high f0 registered with a holdout of the fraud use case's columns
+    (``helpers.register_explainable_version``); its version."""
+    return register_explainable_version(uc, tmp_path, biased=biased, run_id=run_id)[0]
 
 
 def run(uc, params: dict | None = None, triggering: dict | None = None, run_id: str = "explain-1") -> dict:

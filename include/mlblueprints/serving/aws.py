@@ -46,15 +46,11 @@ from mlblueprints.aws.requests import split_s3_uri
 from mlblueprints.config import UseCase
 from mlblueprints.errors import PermanentError
 from mlblueprints.serving.canary import CHALLENGER, CHAMPION, bake_entry, log_verdicts
-from mlblueprints.serving.state import IN_PROGRESS, OUTCOMES
+from mlblueprints.serving.state import IN_PROGRESS, OUTCOMES, now_iso
 
 log = logging.getLogger(__name__)
 
 UPDATING = ("Creating", "Updating", "SystemUpdating", "RollingBack")
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class S3DeploymentHistory:
@@ -90,7 +86,7 @@ class S3DeploymentHistory:
         self, run_id: str, version: int, previous: int | None, commit: str | None, committed_at: str | None
     ) -> dict[str, Any]:
         rows = self.deployments()
-        now = _now()
+        now = now_iso()
         for d in rows:
             if d["outcome"] == IN_PROGRESS and d["run_id"] != run_id:
                 d.update(outcome="superseded", finished_at=now, reason=f"replaced by the promotion run {run_id}")
@@ -120,7 +116,7 @@ class S3DeploymentHistory:
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
         d = next(d for d in self.deployments() if int(d["id"]) == int(deployment_id))
-        d.update(outcome=outcome, reason=reason, finished_at=_now(), shares=list(shares), guardrails=guardrails)
+        d.update(outcome=outcome, reason=reason, finished_at=now_iso(), shares=list(shares), guardrails=guardrails)
         self._put(json.loads(json.dumps(d, default=str)))
 
 

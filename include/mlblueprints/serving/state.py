@@ -96,7 +96,7 @@ class DeploymentState:
         names = [v["variant"] for v in variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variant names repeat: {names}")
-        now = _now()
+        now = now_iso()
         con = self._con()
         con.execute("BEGIN IMMEDIATE")
         try:
@@ -142,7 +142,7 @@ class DeploymentState:
                 "SELECT id FROM deployments WHERE run_id = ? AND outcome = ? ORDER BY id DESC LIMIT 1",
                 (run_id, IN_PROGRESS),
             ).fetchone()
-            now = _now()
+            now = now_iso()
             con.execute(
                 "UPDATE deployments SET outcome = 'superseded', finished_at = ?, reason = ? "
                 "WHERE outcome = ? AND run_id != ?",
@@ -169,7 +169,7 @@ class DeploymentState:
             raise ValueError(f"unknown outcome {outcome!r}")
         self._con().execute(
             "UPDATE deployments SET outcome = ?, reason = ?, finished_at = ?, shares = ?, guardrails = ? WHERE id = ?",
-            (outcome, reason, _now(), json.dumps(list(shares)), json.dumps(guardrails, default=str), deployment_id),
+            (outcome, reason, now_iso(), json.dumps(list(shares)), json.dumps(guardrails, default=str), deployment_id),
         )
 
     # ------------------------------------------------------------------ capture
@@ -221,7 +221,8 @@ class DeploymentState:
         return int(row[0] or 0)
 
 
-def _now() -> str:
+def now_iso() -> str:
+    """The time a deployment starts or ends, as its history keeps it (UTC, milliseconds)."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 

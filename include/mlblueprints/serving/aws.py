@@ -62,7 +62,6 @@ class S3DeploymentHistory:
         self.aws = uc.aws
         self.s3 = s3
         self.uri = uc.aws.s3_uri("serving", "deployments")
-        self.path = self.uri
 
     def _keys(self) -> list[str]:
         bucket, prefix = split_s3_uri(self.uri + "/")

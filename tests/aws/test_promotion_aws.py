@@ -634,8 +634,12 @@ def test_the_variant_weights_form_shifts_traffic_by_weights_and_judges_each_vari
     res = {t: ti.xcom_pull(task_ids=t) for t, ti in tis.items()}
     assert dr.state == "success", {t: ti.state for t, ti in tis.items()}
     assert res["decide"]["outcome"] == "rolled_back"
-    [bake] = res["bake"]["bakes"]  # stopped at the first step
-    assert bake["share"] == 0.2 and res["bake"]["tripped"][0].startswith("score_shift_psi ")
+    # stopped at the first step whose shift was judged: the first, unless a loaded machine sent it
+    # fewer than 100 challenger requests (then not judged there, said so, and the next step judges it)
+    *early, last = res["bake"]["bakes"]
+    assert res["bake"]["tripped"][0].startswith("score_shift_psi ") and last["share"] in (0.2, 0.5)
+    for b in early:
+        assert {v["guardrail"]: v["ok"] for v in b["verdicts"]}["score_shift_psi"] is None, b
     ep = sm.describe_endpoint(EndpointName=name)
     [variant] = ep["ProductionVariants"]
     served = sm.describe_endpoint_config(EndpointConfigName=ep["EndpointConfigName"])["ProductionVariants"][0]

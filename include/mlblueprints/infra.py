@@ -116,6 +116,7 @@ def parameters(uc: UseCase, *, image_tag: str, mwaa: bool = False, image_pushed:
         "EndpointName": serving.endpoint_name(aws_uc) if has["promotion"] else "",
         "TransformRoleName": _transform_role_name(uc) if has["scoring"] else "",
         "LakehouseScheduleExpression": schedule_expression(uc.schedule),
+        **_scoring_trigger(aws_uc, has["scoring"]),
         "GoldAssetNames": ",".join(
             table_asset(aws_uc, g).name for g in sorted({v.source for v in uc.features.values()})
         )
@@ -137,6 +138,24 @@ def parameters(uc: UseCase, *, image_tag: str, mwaa: bool = False, image_pushed:
     }
     for i, prefix in enumerate(bronze[:BRONZE_SLOTS], start=1):
         out[f"BronzePrefix{i}"] = prefix
+    return out
+
+
+def _scoring_trigger(uc: UseCase, has_scoring: bool) -> dict[str, str]:
+    """ScoringTrigger, ScoringGoldAssetName, ScoringScheduleExpression: what starts the scoring
+    machine, as ``scoring.schedule`` schedules the scoring DAG."""
+    out = {"ScoringTrigger": "", "ScoringGoldAssetName": "", "ScoringScheduleExpression": ""}
+    if not has_scoring:
+        return out
+    when = uc.scoring_schedule
+    if when == "features":
+        out["ScoringTrigger"] = "features"
+    elif when == "gold":
+        out["ScoringTrigger"] = "gold"
+        out["ScoringGoldAssetName"] = table_asset(uc, uc.scoring_rows()["source"]).name
+    else:
+        out["ScoringTrigger"] = "schedule"
+        out["ScoringScheduleExpression"] = schedule_expression(when)
     return out
 
 

@@ -528,3 +528,87 @@ def _cfn_loader():
 
     Loader.add_multi_constructor("!", any_tag)
     return Loader
+
+
+def test_the_scoring_machine_is_started_as_scoring_schedule_says():
+    """``scoring.schedule`` on Step Functions: ``features`` - a feature execution that succeeded (its
+    status event; the worker reads the view events that execution emitted); ``gold`` - the rows'
+    Gold Asset event; a cron - an EventBridge Scheduler schedule whose runs carry their scheduled
+    time. Exactly one of them per use case, and the roles that start the machine may start it."""
+    from moto.events.models import EventPattern
+
+    from mlblueprints.core.naming import table_asset
+    from mlblueprints.stepfunctions import asl, names, worker
+
+    uc = load_usecase(ROOT / "dags/usecases/fraud_detection.yaml")
+    template = yaml.load((ROOT / infra.TEMPLATE).read_text(), Loader=_cfn_loader())
+    res, conditions = template["Resources"], template["Conditions"]
+    by_trigger = {
+        "features": ("FeaturesToScoringRule", "ScoringOnFeatures"),
+        "gold": ("GoldToScoringRule", "ScoringOnGold"),
+        "schedule": ("ScoringSchedule", "ScoringScheduled"),
+    }
+    for resource, condition in by_trigger.values():
+        assert res[resource]["Condition"] == condition
+    assert set(template["Parameters"]["ScoringTrigger"]["AllowedValues"]) == {"", *by_trigger}
+    # the parameters, per scoring.schedule
+    params = infra.parameters(uc, image_tag="abc")
+    assert (params["ScoringTrigger"], params["ScoringGoldAssetName"], params["ScoringScheduleExpression"]) == (
+        "features",
+        "",
+        "",
+    )
+    on_gold = uc.model_copy(update={"scoring": uc.scoring.model_copy(update={"schedule": "gold"})})
+    p = infra.parameters(on_gold, image_tag="abc")
+    gold = table_asset(names.on_aws(on_gold), on_gold.scoring_rows()["source"]).name
+    assert (p["ScoringTrigger"], p["ScoringGoldAssetName"]) == ("gold", gold)
+    on_cron = uc.model_copy(update={"scoring": uc.scoring.model_copy(update={"schedule": "30 6 * * 1-5"})})
+    p = infra.parameters(on_cron, image_tag="abc")
+    assert (p["ScoringTrigger"], p["ScoringScheduleExpression"]) == ("schedule", "cron(30 6 ? * 2-6 *)")
+    p = infra.parameters(uc.model_copy(update={"scoring": None}), image_tag="abc")
+    assert (p["HasScoring"], p["ScoringTrigger"]) == ("false", "")
+    assert conditions["ScoringOnFeatures"][2] == ["ScoringTrigger", "features"]
+    assert conditions["ScoringOnGold"][2] == ["ScoringTrigger", "gold"]
+    assert conditions["ScoringScheduled"][1] == ["ScoringTrigger", "schedule"]
+    # features: the status event of a features execution that succeeded, matched as EventBridge matches it
+    rule = res["FeaturesToScoringRule"]["Properties"]
+    assert [t["Arn"] for t in rule["Targets"]] == ["ScoringStateMachine"]
+    machine = (
+        f"arn:aws:states:{uc.aws.region}:{uc.aws.account_id}:stateMachine:{names.state_machine_name(uc, 'features')}"
+    )
+    pattern = json.loads(json.dumps(rule["EventPattern"]).replace('"FeaturesStateMachine"', json.dumps(machine)))
+    assert pattern["detail-type"] == [worker.STATUS_DETAIL_TYPE]
+    event = {
+        "id": "1",
+        "account": uc.aws.account_id,
+        "region": uc.aws.region,
+        "time": "2024-03-06T00:00:00Z",
+        "resources": [],
+        "source": "aws.states",
+        "detail-type": worker.STATUS_DETAIL_TYPE,
+        "detail": {"stateMachineArn": machine, "name": "f-1", "status": "SUCCEEDED"},
+    }
+    matcher = EventPattern.load(json.dumps(pattern))  # moto's EventBridge matching (it has no TestEventPattern)
+    assert matcher.matches_event(event)
+    assert not matcher.matches_event({**event, "detail": {**event["detail"], "status": "FAILED"}})
+    assert not matcher.matches_event({**event, "detail": {**event["detail"], "stateMachineArn": machine + "-other"}})
+    # gold: the rows' Gold Asset event
+    rule = res["GoldToScoringRule"]["Properties"]
+    assert rule["EventPattern"] == {
+        "source": [asl.EVENT_SOURCE],
+        "detail-type": [asl.EVENT_DETAIL_TYPE],
+        "detail": {"asset": ["ScoringGoldAssetName"]},
+    }
+    assert [t["Arn"] for t in rule["Targets"]] == ["ScoringStateMachine"]
+    # a cron: the schedule hands its scheduled time, from which the worker takes the interval
+    target = res["ScoringSchedule"]["Properties"]["Target"]
+    assert target["Arn"] == "ScoringStateMachine" and target["RoleArn"] == "SchedulerRole.Arn"
+    assert json.loads(target["Input"]) == {"scheduled_time": "<aws.scheduler.scheduled-time>"}
+    assert res["ScoringSchedule"]["Properties"]["ScheduleExpression"] == "ScoringScheduleExpression"
+    # who may start it
+    assert ["Scoring", "ScoringStateMachine", "AWS::NoValue"] in _statements(res["EventsRole"])[0]["Resource"]
+    assert res["SchedulerRole"]["Condition"] == "AnySchedule"
+    assert _statements(res["SchedulerRole"])[0]["Resource"] == [
+        ["Scheduled", "LakehouseStateMachine", "AWS::NoValue"],
+        ["ScoringScheduled", "ScoringStateMachine", "AWS::NoValue"],
+    ]

@@ -265,3 +265,34 @@ def test_the_worker_keeps_the_window_report_with_the_execution(tmp_path, monkeyp
     assert outcome["status"] == "skipped" and "no policy signal" in outcome["reason"]
     kept = tmp_path / "run" / "home" / "monitoring" / "fraud_detection" / "2024-03-07_2024-03-07" / "report.html"
     assert kept.read_text() == "<html>drift</html>"
+
+
+def test_a_scheduled_run_covers_the_interval_of_its_own_patterns_cron(tmp_path):
+    """A schedule starts a machine with its scheduled time; the run's data interval ends there and
+    starts at the previous tick of that pattern's cron: the lakehouse's ``schedule``, scoring's
+    ``scoring.schedule`` - which the scoring plan turns into the days it scores."""
+    from datetime import date
+
+    from mlblueprints import patterns
+    from mlblueprints.scoring import core as scoring_core
+
+    uc = load_usecase(ROOT / "dags/usecases/fraud_detection.yaml")
+    uc = uc.model_copy(update={"scoring": uc.scoring.model_copy(update={"schedule": "30 6 * * 1-5"})})
+    scheduled = {"lakehouse": "2024-03-11T00:00:00Z", "scoring": "2024-03-11T06:30:00Z"}  # a Monday
+    store = worker.DirStore(tmp_path / "s-1")
+    got = {}
+    for pattern, when in scheduled.items():
+        spec = patterns.declare(pattern, uc)
+        run_doc = {"execution": "s-1", "input": {"scheduled_time": when}}
+        ctx = worker.step_context(uc, spec, spec.steps[0].id, "run", run_doc, 1, store)
+        got[pattern] = (ctx.interval_start.isoformat(), ctx.interval_end.isoformat())
+    assert got == {
+        "lakehouse": ("2024-03-10T00:00:00+00:00", "2024-03-11T00:00:00+00:00"),  # @daily: the day before
+        "scoring": ("2024-03-08T06:30:00+00:00", "2024-03-11T06:30:00+00:00"),  # weekdays: from Friday's tick
+    }
+    start, end = got["scoring"]
+    assert scoring_core.interval([], [], start, end, scheduled=True) == (
+        date(2024, 3, 8),
+        date(2024, 3, 10),
+        "the run's data interval",
+    )

@@ -340,6 +340,79 @@ def test_a_failed_scoring_gate_ends_in_its_fail_state_without_committing(sfn_wor
     assert ("score", "finish") in ran and ("report", "run") in ran
 
 
+VIEW_RANGES = (("2024-03-01", "2024-03-03"), ("2024-03-02", "2024-03-05"))
+
+
+@pytest.mark.slow
+def test_a_feature_run_that_succeeded_starts_scoring_on_the_ranges_its_views_emitted(sfn_world):
+    """The stack's FeaturesToScoringRule starts the scoring machine with the features execution's
+    status event (scoring.schedule features: every view materialized). The worker's plan takes the
+    ranges that execution's view events carried - read from its step outcomes on S3 - as an
+    Airflow run scheduled on all the views gets them; the scoring plan scores their min..max."""
+    from mlblueprints.core.naming import feature_view_asset
+    from mlblueprints.scoring import core as scoring_core
+
+    uc = fraud_usecase_for_tests()
+    assert uc.scoring_schedule == "features" and len(uc.features) == len(VIEW_RANGES)
+    answers = _service_answers(uc, "features", lambda: None)
+    for view, rng in zip(uc.features, VIEW_RANGES):
+        asset = feature_view_asset(names.on_aws(uc), view).name
+        event = {
+            "Source": "mlblueprints",
+            "DetailType": "mlblueprints asset updated",
+            "Detail": json.dumps({"asset": asset, "extra": {"range": list(rng), "view": view}}),
+        }
+        answers[(f"materialize__{view}", "finish")] = lambda call, n, e=event: {"status": "succeeded", "events": [e]}
+    features = sfn_world.execute(uc, "features", answers)
+    assert features.status == "SUCCEEDED", (features.error, features.cause)
+    status_event = {
+        "version": "0",
+        "source": "aws.states",
+        "detail-type": worker.STATUS_DETAIL_TYPE,
+        "detail": {
+            "executionArn": f"arn:aws:states:eu-west-1:{uc.aws_settings.account_id}:execution:x:{features.services.execution}",
+            "stateMachineArn": f"arn:aws:states:eu-west-1:{uc.aws_settings.account_id}:stateMachine:"
+            + names.state_machine_name(uc, "features"),
+            "name": features.services.execution,
+            "status": "SUCCEEDED",
+        },
+    }
+    holder = {}
+    scoring_answers = _service_answers(
+        uc, "scoring", lambda: holder["execution"], transform_request=lambda e: _transform_request(uc, e)
+    )
+    prepare = scoring_answers[("plan", "prepare")]
+
+    def plan(call: Call, n):  # the worker's view of the run, from what the machine recorded
+        execution = call.parameters["AppSpecification"]["ContainerArguments"][5]
+        holder["execution"] = execution
+        aws_uc = names.on_aws(uc)
+        spec = patterns.declare("scoring", aws_uc)
+        store = worker.S3Store(sfn_world.s3, aws_uc, "scoring", execution)
+        ctx = worker.step_context(aws_uc, spec, "plan", "prepare", store.get(names.RUN_DOCUMENT), 1, store)
+        holder["triggering"] = ctx.triggering
+        holder["interval"] = scoring_core.interval([], ctx.triggering_extras(), scheduled=False)
+        return prepare(call, n)
+
+    scoring_answers[("plan", "prepare")] = plan
+    ex = sfn_world.execute(uc, "scoring", scoring_answers, execution_input=status_event)
+    assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
+    assert holder["triggering"] == {
+        feature_view_asset(names.on_aws(uc), v).name: [{"range": list(r), "view": v}]
+        for v, r in zip(uc.features, VIEW_RANGES)
+    }
+    lo, hi, source = holder["interval"]
+    assert (lo.isoformat(), hi.isoformat(), source) == ("2024-03-01", "2024-03-05", "triggering Asset events")
+    # a status event of another machine, or of a run that did not succeed, is refused with its name
+    store = worker.S3Store(sfn_world.s3, names.on_aws(uc), "scoring", "x")
+    for detail, says in (
+        ({**status_event["detail"], "stateMachineArn": "arn:aws:states:eu-west-1:1:stateMachine:other"}, "other"),
+        ({**status_event["detail"], "status": "FAILED"}, "FAILED"),
+    ):
+        with pytest.raises(worker.PermanentError, match=says):
+            worker.upstream_events(names.on_aws(uc), detail, store)
+
+
 # ---------------------------------------------------------------- monitoring
 
 WINDOW = ("2024-03-07", "2024-03-07")
@@ -502,7 +575,8 @@ def test_monitoring_with_drift_puts_the_alert_that_the_drift_rule_sends_to_retra
     # the training machine, started by the rule with this event as its input, is triggered by it
     spec = patterns.declare("training", names.on_aws(uc))
     run_doc = {"execution": "retrain-1", "input": event}
-    ctx = worker.step_context(names.on_aws(uc), spec, spec.steps[0].id, "run", run_doc, 1)
+    store = worker.S3Store(sfn_world.s3, names.on_aws(uc), "training", "retrain-1")
+    ctx = worker.step_context(names.on_aws(uc), spec, spec.steps[0].id, "run", run_doc, 1, store)
     assert ctx.triggering == {drift: [extra]}
 
 

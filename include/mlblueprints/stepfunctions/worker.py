@@ -61,6 +61,7 @@ class Store(Protocol):
     def put(self, rel: str, value: Any) -> None: ...
     def put_file(self, rel: str, path: Path) -> None: ...
     def where(self, rel: str) -> str: ...
+    def execution(self, pattern: str, execution: str) -> Store: ...
 
 
 class DirStore:
@@ -88,6 +89,10 @@ class DirStore:
     def where(self, rel: str) -> str:
         return str(self.root / rel)
 
+    def execution(self, pattern: str, execution: str) -> DirStore:
+        """Another execution's documents: on a laptop, executions are directories side by side."""
+        return DirStore(self.root.parent / execution)
+
 
 class S3Store:
     """The execution's documents under its S3 prefix, written with SSE-KMS (the use case's key)."""
@@ -95,7 +100,7 @@ class S3Store:
     def __init__(self, s3: Any, uc: UseCase, pattern: str, execution: str):
         from mlblueprints.aws import requests as req
 
-        self.s3, self.aws = s3, names.aws_section(uc)
+        self.s3, self.uc, self.aws = s3, uc, names.aws_section(uc)
         self.bucket, self.prefix = req.split_s3_uri(names.run_prefix(self.aws, pattern, execution))
         self._kms = req.s3_put_kms(self.aws)
 
@@ -128,6 +133,10 @@ class S3Store:
     def where(self, rel: str) -> str:
         return f"s3://{self.bucket}/{self._key(rel)}"
 
+    def execution(self, pattern: str, execution: str) -> S3Store:
+        """Another execution's documents (of this use case, under its own prefix)."""
+        return S3Store(self.s3, self.uc, pattern, execution)
+
 
 # ---------------------------------------------------------------- the run
 
@@ -146,48 +155,101 @@ def check_deployment(uc: UseCase, env: dict[str, str]) -> None:
         raise DeploymentMismatch("the state machine was deployed for other resources: " + "; ".join(wrong))
 
 
-def _interval(uc: UseCase, run_input: dict[str, Any]) -> tuple[Any, Any]:
+def _interval(cron: str | None, run_input: dict[str, Any]) -> tuple[Any, Any]:
     """The data interval of a run: ``{"interval": {"start", "end"}}`` in the input, or the one
-    that ends at a schedule's ``scheduled_time`` (the schedule's previous tick to it)."""
+    that ends at a schedule's ``scheduled_time`` (the pattern's ``cron``: its previous tick to it)."""
     given = run_input.get("interval") or {}
     if given.get("start"):
         return datetime.fromisoformat(given["start"]), datetime.fromisoformat(given.get("end") or given["start"])
     scheduled = run_input.get("scheduled_time")
-    if scheduled and uc.schedule:
+    if scheduled and cron:
         from croniter import croniter
 
         end = datetime.fromisoformat(scheduled.replace("Z", "+00:00")).astimezone(UTC)
         expr = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *"}
-        cron = expr.get(uc.schedule, uc.schedule)
+        cron = expr.get(cron, cron)
         start = croniter(cron, end + timedelta(seconds=1)).get_prev(datetime)
         start = croniter(cron, start).get_prev(datetime) if start >= end else start
         return start, end
     return None, None
 
 
-def _triggering(run_input: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+# what EventBridge sends when an execution of a state machine changes status
+STATUS_DETAIL_TYPE = "Step Functions Execution Status Change"
+
+
+def _triggering(uc: UseCase, run_input: dict[str, Any], store: Store) -> dict[str, list[dict[str, Any]]]:
     """The Asset events that started the execution: an EventBridge event of an emitted Asset (what
-    a rule passes as the input), or ``{"triggering": {asset: [extra, ...]}}``."""
+    a rule passes as the input); the Asset events a succeeded execution of another pattern emitted,
+    when its status event is the input (``<prefix>-<pattern>`` of this use case: read from that
+    execution's step outcomes, as an Airflow run scheduled on all of them gets them); or
+    ``{"triggering": {asset: [extra, ...]}}``."""
     if run_input.get("detail-type") == asl.EVENT_DETAIL_TYPE:
         detail = run_input.get("detail") or {}
         return {detail["asset"]: [dict(detail.get("extra") or {})]}
+    if run_input.get("detail-type") == STATUS_DETAIL_TYPE:
+        return upstream_events(uc, run_input.get("detail") or {}, store)
     return {k: [dict(e or {}) for e in v] for k, v in (run_input.get("triggering") or {}).items()}
 
 
+def upstream_events(uc: UseCase, detail: dict[str, Any], store: Store) -> dict[str, list[dict[str, Any]]]:
+    """``{asset: [extra, ...]}`` of what the execution named by a status event's ``detail``
+    (``stateMachineArn``, ``name``, ``status``) emitted: every succeeded ``run`` or ``finish``
+    outcome's events, in the order of its pattern's steps. Refused (a configuration error) for a
+    machine of another use case or an execution that did not succeed."""
+    machine = str(detail.get("stateMachineArn") or "").rsplit(":", 1)[-1]
+    head = names.resource_prefix(uc) + "-"
+    pattern = machine[len(head) :] if machine.startswith(head) else ""
+    if pattern not in patterns.PATTERNS:
+        raise PermanentError(
+            f"{uc.name}: started by the status of state machine {machine or '?'}, which is no pattern of this use "
+            f"case ({head}<pattern>)"
+        )
+    if detail.get("status") != "SUCCEEDED":
+        raise PermanentError(
+            f"{uc.name}: started by execution {detail.get('name')} of {machine}, which {detail.get('status')}"
+        )
+    spec = patterns.declare(pattern, uc)
+    other = store.execution(pattern, str(detail.get("name") or ""))
+    out: dict[str, list[dict[str, Any]]] = {}
+    for step in spec.steps if spec is not None else ():
+        for phase in ("run", "finish"):
+            outcome = other.get(names.step_key(step.id, phase)) or {}
+            if outcome.get("status") != asl.SUCCEEDED:
+                continue
+            for event in outcome.get("events") or []:
+                d = json.loads(event.get("Detail") or "{}")
+                out.setdefault(d["asset"], []).append(dict(d.get("extra") or {}))
+    return out
+
+
 def step_context(
-    uc: UseCase, spec: patterns.PatternSpec, step: str, phase: str, run_doc: dict[str, Any], try_number: int
+    uc: UseCase,
+    spec: patterns.PatternSpec,
+    step: str,
+    phase: str,
+    run_doc: dict[str, Any],
+    try_number: int,
+    store: Store,
 ) -> StepContext:
+    """The step's view of the execution; ``store`` reads what another execution emitted (a run
+    started by its status event)."""
     run_input = run_doc.get("input") or {}
     if isinstance(run_input, str):
         run_input = json.loads(run_input or "{}")
     params = {p.name: p.default for p in spec.params}
     params.update(run_input.get("params") or {})
-    start, end = _interval(uc, run_input)
+    start, end = _interval(spec.schedule.cron, run_input)
     run = RunInfo.for_usecase(
         uc, run_id=run_doc["execution"], dag_id=spec.dag_id, task_id=f"{step}.{phase}", try_number=try_number
     )
     return StepContext(
-        uc=uc, run=run, params=params, interval_start=start, interval_end=end, triggering=_triggering(run_input)
+        uc=uc,
+        run=run,
+        params=params,
+        interval_start=start,
+        interval_end=end,
+        triggering=_triggering(uc, run_input, store),
     )
 
 
@@ -261,7 +323,7 @@ def run_phase(
         raise PermanentError(f"{uc.name}: the {pattern} pattern does not apply to this use case")
     step = spec.step(step_id)
     run_doc = store.get(names.RUN_DOCUMENT) or {}
-    ctx = step_context(uc, spec, step_id, phase, run_doc, try_number)
+    ctx = step_context(uc, spec, step_id, phase, run_doc, try_number, store)
     ctx.runtime_factory = runtime_factory
     outcome: dict[str, Any]
     try:

@@ -176,13 +176,25 @@ def warnings(uc: UseCase, *, image_pushed: bool) -> list[str]:
             f"aws.kms_key_arn names an existing key: the stack uses it and creates none (to let the stack create "
             f"the key, set aws.kms_key_arn to arn:aws:kms:{aws.region}:{aws.account_id}:{alias})"
         )
-    clarify_role = uc.explainability.sagemaker.role_arn if uc.explainability is not None else None
-    if clarify_role and _role_name(clarify_role) != _role_name(names.aws_section(uc).iam_role_arn):
-        out.append(
-            f"explainability.sagemaker.role_arn names {_role_name(clarify_role)}: the stack gives the Clarify job's "
-            "rights (its prefix, the shadow endpoint) to the training jobs' role and lets the state machines and the "
-            "steps pass only the roles it makes; create that role and its PassRole yourself, or leave the field out"
-        )
+    own = _role_name(names.aws_section(uc).iam_role_arn)
+    for field, role, what in (
+        (
+            "explainability.sagemaker.role_arn",
+            uc.explainability.sagemaker.role_arn if uc.explainability is not None else None,
+            "gives the Clarify job's rights (its prefix, the shadow endpoint) to the training jobs' role and lets "
+            "the state machines and the steps pass only the roles it makes",
+        ),
+        (
+            "promotion.sagemaker.role_arn",
+            uc.promotion.sagemaker.role_arn if uc.promotion is not None else None,
+            "lets the steps and the state machines pass only the roles it makes to the endpoint's models",
+        ),
+    ):
+        if role and _role_name(role) != own:
+            out.append(
+                f"{field} names {_role_name(role)}: the stack {what}; create that role and its PassRole yourself, "
+                "or leave the field out"
+            )
     if len(uc.datasets) > BRONZE_SLOTS:
         out.append(f"only the first {BRONZE_SLOTS} data sets' Bronze tables get the lifecycle rule")
     if uc.aws is not None and uc.aws.athena_workgroup == "primary":

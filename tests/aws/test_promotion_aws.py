@@ -507,9 +507,16 @@ def test_promotion_dag_on_aws_canaries_by_blue_green_update_and_rolls_back_on_th
     assert set(described) == set(alarms)
     assert described[f"{name}-mlb-p99-latency"]["Threshold"] == 100_000.0  # 100 ms, in microseconds
     assert green == update["EndpointConfigName"]
-    assert sm.describe_endpoint(EndpointName=name)["EndpointConfigName"] == green, res["bake"]
-    [bake] = res["bake"]["bakes"]
-    assert res["bake"]["passed"] is True and res["decide"]["outcome"] == "promoted"
+    assert sm.describe_endpoint(EndpointName=name)["EndpointConfigName"] == green, res["bake.finish"]
+    [bake] = res["bake.finish"]["bakes"]
+    assert res["bake.finish"]["passed"] is True and res["decide"]["outcome"] == "promoted"
+    # the prepare task handed the update to the service task with nothing left to create or start:
+    # the killed try made the model and config and started the update; the service task sent the
+    # traffic while it waited for the update to end
+    handed = res["bake.prepare"]["request"]
+    assert handed["Model"] is None and handed["EndpointConfig"] is None and handed["Update"] is None
+    served = res["bake.sagemaker_endpoint"]
+    assert served["Endpoint"]["EndpointConfigName"] == green and served["During"]["sent"]["requests"] > 200
     # the challenger's share of what was answered during the canary is the canary's share
     during = [a for a in twin.answered if a["config"] in (green, cfg1["EndpointConfigName"])]
     assert bake["answered"]["challenger"] >= uc.promotion.guardrails.min_requests
@@ -527,11 +534,17 @@ def test_promotion_dag_on_aws_canaries_by_blue_green_update_and_rolls_back_on_th
     res = {t: ti.xcom_pull(task_ids=t) for t, ti in tis.items()}
     assert dr.state == "success", {t: ti.state for t, ti in tis.items()}
     assert len(twin.sent["UpdateEndpoint"]) == 2
+    # the service task made the challenger's model and config and started the update (the
+    # requests the state machine's native integrations send: tests/statemachines)
+    handed = res["bake.prepare"]["request"]
+    assert handed["Update"] == twin.sent["UpdateEndpoint"][-1]
+    assert handed["Model"] == twin.sent["CreateModel"][-1]
+    assert handed["EndpointConfig"] == twin.sent["CreateEndpointConfig"][-1]
     assert sm.describe_endpoint(EndpointName=name)["EndpointConfigName"] == green  # still the champion's
-    assert res["bake"]["passed"] is False and res["decide"]["outcome"] == "rolled_back"
-    [tripped] = res["bake"]["tripped"]
+    assert res["bake.finish"]["passed"] is False and res["decide"]["outcome"] == "rolled_back"
+    [tripped] = res["bake.finish"]["tripped"]
     assert tripped.startswith(f"score_shift_psi: CloudWatch alarm {name}-mlb-score-shift in ALARM"), tripped
-    [bake] = res["bake"]["bakes"]
+    [bake] = res["bake.finish"]["bakes"]
     shift = next(v for v in bake["verdicts"] if v["guardrail"] == "score_shift_psi")
     assert shift["ok"] is False and shift["value"] > 0.5
     published = cw.get_metric_statistics(
@@ -572,6 +585,12 @@ def test_promotion_dag_on_aws_canaries_by_blue_green_update_and_rolls_back_on_th
     dr, tis = _run(f"{NAME}__promotion", {"version": bad})
     assert tis["target"].xcom_pull(task_ids="target")["refused"]
     assert len(twin.sent["UpdateEndpoint"]) == 2
+    # the service task made the challenger's model and config and started the update (the
+    # requests the state machine's native integrations send: tests/statemachines)
+    handed = res["bake.prepare"]["request"]
+    assert handed["Update"] == twin.sent["UpdateEndpoint"][-1]
+    assert handed["Model"] == twin.sent["CreateModel"][-1]
+    assert handed["EndpointConfig"] == twin.sent["CreateEndpointConfig"][-1]
 
 
 def test_the_variant_weights_form_shifts_traffic_by_weights_and_judges_each_variant_on_what_it_answered(
@@ -617,7 +636,7 @@ def test_the_variant_weights_form_shifts_traffic_by_weights_and_judges_each_vari
         _validate("sagemaker", "UpdateEndpointWeightsAndCapacities", w)
     shares = [{d["VariantName"]: d["DesiredWeight"] for d in w["DesiredWeightsAndCapacities"]} for w in weights]
     assert shares[-1] == {"champion": 0.5, "challenger": 0.5}
-    bakes = res["bake"]["bakes"]
+    bakes = res["bake.finish"]["bakes"]
     assert [b["share"] for b in bakes] == [0.2, 0.5]
     for b in bakes:
         # each step's requests were answered by the challenger at its share (smooth weights: within
@@ -636,8 +655,8 @@ def test_the_variant_weights_form_shifts_traffic_by_weights_and_judges_each_vari
     assert res["decide"]["outcome"] == "rolled_back"
     # stopped at the first step whose shift was judged: the first, unless a loaded machine sent it
     # fewer than 100 challenger requests (then not judged there, said so, and the next step judges it)
-    *early, last = res["bake"]["bakes"]
-    assert res["bake"]["tripped"][0].startswith("score_shift_psi ") and last["share"] in (0.2, 0.5)
+    *early, last = res["bake.finish"]["bakes"]
+    assert res["bake.finish"]["tripped"][0].startswith("score_shift_psi ") and last["share"] in (0.2, 0.5)
     for b in early:
         assert {v["guardrail"]: v["ok"] for v in b["verdicts"]}["score_shift_psi"] is None, b
     ep = sm.describe_endpoint(EndpointName=name)

@@ -245,6 +245,7 @@ def test_a_canary_waits_for_another_runs_update_and_then_refuses_the_config_it_l
     ep = sa.AwsEndpoint(uc, Runtime())
     monkeypatch.setattr(sa.AwsEndpoint, "POLL_SECONDS", 0.0)
     monkeypatch.setattr(ep, "config_for", lambda version, run_id, git_commit="": f"config-v{version}")
+    monkeypatch.setattr(ep, "_package", lambda v: f"arn:aws:sagemaker:eu-west-1:123456789012:model-package/g/{v}")
     monkeypatch.setattr(ep, "deployments", lambda: type("H", (), {"deployment": lambda self, r: None})())
     with pytest.raises(PermanentError, match=f"serves {other}, neither the champion's config"):
         ep.canary(None, 4, 3, "run-1")

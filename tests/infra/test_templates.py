@@ -513,6 +513,34 @@ def test_the_promotion_steps_may_run_the_endpoint_update_its_alarms_and_approve_
     assert [t["Arn"] for t in rule["Properties"]["Targets"]] == ["PromotionStateMachine"]
     [schedule] = [a.name for a in patterns.declare("promotion", aws_uc).assets]
     assert params["PromotionAssetName"] == schedule == f"{uc.name}.model.explained"
+    # the states role may make every SageMaker call the machine makes natively, on the names it uses
+    definition = (ROOT / "statemachines" / uc.name / "promotion.asl.json").read_text()
+    apis = set(re.findall(r"arn:aws:states:::(?:aws-sdk:)?sagemaker:(\w+)", definition))
+    assert apis == {"createModel", "createEndpointConfig", "updateEndpoint", "describeEndpoint", "createProcessingJob"}
+    states_role = _statements(res["StatesRole"])
+    [canary] = [st for st in states_role if st.get("Sid") == "CanaryEndpointUpdate"]
+    [raw] = [
+        st
+        for st in res["StatesRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        if isinstance(st, list) and st[1].get("Sid") == "CanaryEndpointUpdate"
+    ]
+    assert raw[0] == "Promotion" and raw[2] == "AWS::NoValue"
+    allowed = {a.split(":")[1] for a in canary["Action"]}
+    assert {a[0].upper() + a[1:] for a in apis - {"createProcessingJob"}} <= allowed
+    resources = [_resolve(r, params, uc) for r in canary["Resource"]]
+    for name, kind in (
+        (model["ModelName"], "model"),
+        (config["EndpointConfigName"], "endpoint-config"),
+        (sv.endpoint_name(aws_uc), "endpoint"),
+    ):
+        assert any(re.fullmatch(r.replace("*", ".*"), f"{arn}:{kind}/{name}") for r in resources), name
+    passed = [r for st in states_role if st.get("Sid") == "PassTheJobRolesToSageMakerOnly" for r in st["Resource"]]
+    assert "SageMakerJobRole.Arn" in passed and model["ExecutionRoleArn"] == uc.aws.iam_role_arn
+    # a model role of another name is one the stack neither makes nor may pass: said at render time
+    assert not [w for w in infra.warnings(uc, image_pushed=True) if "promotion.sagemaker.role_arn" in w]
+    sm_other = uc.promotion.sagemaker.model_copy(update={"role_arn": "arn:aws:iam::123456789012:role/endpoint-models"})
+    other = uc.model_copy(update={"promotion": uc.promotion.model_copy(update={"sagemaker": sm_other})})
+    assert [w for w in infra.warnings(other, image_pushed=True) if "names endpoint-models" in w]
 
 
 def _cfn_loader():

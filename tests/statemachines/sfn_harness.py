@@ -9,7 +9,8 @@ carries the original resource and its Parameters *as the interpreter evaluated t
 functions, paths, context object), and :class:`Services` answers those messages the way the jobs
 would: a worker job writes its phase's outcome document (and a prepare phase's service call) to
 S3 (what the real worker writes) and succeeds, or fails; an Athena statement, a training job, a
-transform job or a Clarify processing job succeeds with the ``.sync`` output's shape (CreateModel with its own), or fails; the statements function is the real handler
+transform job or a Clarify processing job succeeds with the ``.sync`` output's shape (CreateModel,
+CreateEndpointConfig, UpdateEndpoint and DescribeEndpoint with their own), or fails; the statements function is the real handler
 (:mod:`mlblueprints.stepfunctions.statements`) called in this process on moto's S3 and Athena,
 answering with ``lambda:invoke``'s output shape. Everything else (Choice, Parallel, Map, Retry,
 Catch, Fail, the S3 reads and writes, PutEvents) is moto's interpreter running the committed logic.
@@ -41,7 +42,12 @@ from mlblueprints.stepfunctions import asl, names
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"  # moto's
-STUBBED = ("arn:aws:states:::sagemaker:", "arn:aws:states:::athena:", "arn:aws:states:::lambda:")
+STUBBED = (
+    "arn:aws:states:::sagemaker:",
+    "arn:aws:states:::aws-sdk:sagemaker:",
+    "arn:aws:states:::athena:",
+    "arn:aws:states:::lambda:",
+)
 
 
 def fraud_usecase_for_tests(**overrides: Any) -> UseCase:
@@ -98,7 +104,8 @@ class Call:
     @property
     def kind(self) -> str:
         """The key an answer is found under: "athena", "training", "model", "transform",
-        "processing" (a Clarify job), "statements" or (step, phase)."""
+        "processing" (a Clarify job), "statements", "endpoint_config", "update_endpoint",
+        "describe_endpoint" or (step, phase)."""
         if "createProcessingJob" in self.resource:
             return "worker" if self.is_worker else "processing"
         if "athena" in self.resource:
@@ -109,6 +116,13 @@ class Call:
             return "model"
         if "createTransformJob" in self.resource:
             return "transform"
+        for api, kind in (
+            ("createEndpointConfig", "endpoint_config"),
+            ("updateEndpoint", "update_endpoint"),
+            ("describeEndpoint", "describe_endpoint"),
+        ):
+            if self.resource.endswith(api):
+                return kind
         return "training"
 
     @property
@@ -200,6 +214,18 @@ class Services:
             name = call.parameters["ModelName"]
             out = got or {"ModelArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:model/{name.lower()}"}
             sfn.send_task_success(taskToken=token, output=json.dumps(out))
+        elif key in ("endpoint_config", "update_endpoint", "describe_endpoint"):
+            p = call.parameters
+            default = {
+                "endpoint_config": {
+                    "EndpointConfigArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint-config/{p.get('EndpointConfigName', '').lower()}"
+                },
+                "update_endpoint": {
+                    "EndpointArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:endpoint/{p.get('EndpointName', '').lower()}"
+                },
+                "describe_endpoint": {"EndpointName": p.get("EndpointName"), "EndpointStatus": "InService"},
+            }[key]
+            sfn.send_task_success(taskToken=token, output=json.dumps(got or default))
         elif key == "transform":  # what .sync returns: DescribeTransformJob of the completed job
             p = call.parameters
             out = got or {

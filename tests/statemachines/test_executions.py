@@ -774,6 +774,167 @@ def test_explainability_started_by_the_challenger_event_runs_the_clarify_job_and
     assert head["ServerSideEncryption"] == "aws:kms" and head.get("BucketKeyEnabled") is True
 
 
+def _canary_call(uc, *, made_before=False):
+    """The bake's prepare phase as ``AwsEndpoint.canary`` hands a blue/green update over: the
+    challenger's CreateModel and CreateEndpointConfig and the UpdateEndpoint (the builders'
+    requests), None for what an earlier try made or started (``made_before``)."""
+    from mlblueprints.aws import serving as sv
+
+    aws_uc = names.on_aws(uc)
+    package = f"arn:aws:sagemaker:eu-west-1:{uc.aws_settings.account_id}:model-package/fraud-detection/4"
+    model = sv.create_model_request(aws_uc, version=4, model_package_arn=package, git_commit="abc", run_id="r")
+    config = sv.create_endpoint_config_request(aws_uc, version=4, model_name=model["ModelName"])
+    green = config["EndpointConfigName"]
+    update = sv.update_endpoint_request(aws_uc, config_name=green, alarms=list(sv.alarm_names(aws_uc).values()))
+    request = {
+        "EndpointName": sv.endpoint_name(aws_uc),
+        "Model": None if made_before else model,
+        "EndpointConfig": None if made_before else config,
+        "Update": None if made_before else update,
+        "PollSeconds": 1,
+        "MaxPolls": 30,
+    }
+    state = {"blue": "blue-config", "green": green, "since": "2026-01-01T00:00:00+00:00", "version": 4}
+    state.update(champion=3, run_id="r")
+    call = service.ServiceCall(
+        service.SAGEMAKER_ENDPOINT,
+        request,
+        "endpoint",
+        "resume_canary",
+        state,
+        then="mlblueprints.serving.steps:_baked",
+        during="canary_traffic",
+    )
+    return call, (model, config, update)
+
+
+def _promotion_answers(uc, call, ends_on, polls_updating=2):
+    """Stubbed workers but the bake's phases as handed over; DescribeEndpoint says Updating
+    ``polls_updating`` times, then InService on ``ends_on``."""
+    answers = _service_answers(uc, "promotion", lambda: None)
+    answers[("bake", "prepare")] = lambda c, n: {**worker.service_outcome(call), "call": call.as_dict()}
+    answers[("bake", "during")] = lambda c, n: {
+        "status": "succeeded",
+        "result": {"sent": {"requests": 640, "statuses": {"200": 640}, "seconds": 31.5}, "labels": {}},
+    }
+    answers["describe_endpoint"] = lambda c, n: (
+        {
+            "EndpointName": c.parameters["EndpointName"],
+            "EndpointStatus": "Updating",
+            "EndpointConfigName": "blue-config",
+        }
+        if n <= polls_updating
+        else {
+            "EndpointName": c.parameters["EndpointName"],
+            "EndpointStatus": "InService",
+            "EndpointConfigName": ends_on,
+        }
+    )
+    return answers
+
+
+@pytest.mark.slow
+def test_the_canary_creates_the_model_and_config_and_updates_the_endpoint_natively_polling_until_it_ends(sfn_world):
+    """Promotion's bake on Step Functions: sagemaker:createModel, createEndpointConfig and
+    updateEndpoint with exactly the requests the Airflow task sends (the builders', as the prepare
+    phase handed them over), then describeEndpoint every PollSeconds until the update ends, beside
+    the worker's during phase (the traffic and the score-shift metric); the final describe is the
+    output the finish phase resumes from. A model an earlier call made ("already existing") is no
+    failure. Then decide and report."""
+    uc = fraud_usecase_for_tests()
+    call, (model, config, update) = _canary_call(uc)
+    answers = _promotion_answers(uc, call, ends_on=config["EndpointConfigName"])
+    answers["model"] = lambda c, n: (
+        "fail",
+        "SageMaker.AmazonSageMakerException",
+        "Cannot create already existing model",
+    )
+    ex = sfn_world.execute(uc, "promotion", answers)
+    assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
+    by_kind = {
+        k: [c for c in ex.services.calls if c.kind == k] for k in ("model", "endpoint_config", "update_endpoint")
+    }
+    assert all(c.parameters == model for c in by_kind["model"]) and len(by_kind["model"]) == 1 + uc.retries
+    assert [c.parameters for c in by_kind["endpoint_config"]] == [config]
+    assert [c.parameters for c in by_kind["update_endpoint"]] == [update]
+    describes = [c for c in ex.services.calls if c.kind == "describe_endpoint"]
+    assert len(describes) == 3 and all(
+        c.parameters == {"EndpointName": call.request["EndpointName"]} for c in describes
+    )
+    assert "bake.wait" in ex.entered() and ("bake", "during") in ex.worker_calls()
+    output = _document(sfn_world, ex, names.step_key("bake", "output"))
+    assert output["Endpoint"]["EndpointStatus"] == "InService"
+    assert output["Endpoint"]["EndpointConfigName"] == config["EndpointConfigName"]
+    assert [w for w in ex.worker_calls() if w[0] != "bake"] == [
+        ("target", "run"),
+        ("deploy", "run"),
+        ("decide", "run"),
+        ("report", "run"),
+    ]
+    assert [p for s, p in ex.worker_calls() if s == "bake"] == ["prepare", "during", "finish"]
+
+    # an update an earlier try started: nothing created or updated, only polled beside the traffic
+    call, _ = _canary_call(uc, made_before=True)
+    ex = sfn_world.execute(
+        uc, "promotion", _promotion_answers(uc, call, ends_on=config["EndpointConfigName"], polls_updating=0)
+    )
+    assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
+    kinds = [c.kind for c in ex.services.calls]
+    assert "model" not in kinds and "endpoint_config" not in kinds and "update_endpoint" not in kinds
+    assert kinds.count("describe_endpoint") == 1 and ("bake", "during") in ex.worker_calls()
+
+
+@pytest.mark.slow
+def test_an_update_sagemaker_rolled_back_is_judged_rolled_back_by_the_real_finish_phase(
+    sfn_world, tmp_path, monkeypatch
+):
+    """The rollback branch: the score-shift alarm fired, SageMaker ended the update on the
+    champion's config; the real finish phase (``resume_canary`` on moto's CloudWatch and S3) judges
+    the bake failed, naming the alarm, so decide rolls back. A during phase that failed for good
+    fails the step with its reason, after the report, and decide never runs."""
+    import boto3
+
+    from mlblueprints.aws import serving as sv
+
+    monkeypatch.setenv("MLB_HOME", str(tmp_path / "home"))
+    uc = fraud_usecase_for_tests()
+    aws_uc = names.on_aws(uc)
+    cw = boto3.client("cloudwatch", region_name=uc.aws_settings.region)
+    for alarm in sv.alarm_requests(aws_uc):
+        cw.put_metric_alarm(**alarm)
+    shift = sv.alarm_names(aws_uc)["score_shift_psi"]
+    cw.set_alarm_state(AlarmName=shift, StateValue="ALARM", StateReason="Threshold Crossed: 1 datapoint [0.9]")
+    call, _ = _canary_call(uc)
+    answers = _promotion_answers(uc, call, ends_on="blue-config")
+
+    def finish(c, n):
+        args = c.parameters["AppSpecification"]["ContainerArguments"]
+        store = worker.S3Store(sfn_world.s3, aws_uc, "promotion", args[5])
+        return worker.run_phase(aws_uc, "promotion", "bake", "finish", store, int(args[7]))
+
+    answers[("bake", "finish")] = finish
+    ex = sfn_world.execute(uc, "promotion", answers)
+    assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
+    baked = _document(sfn_world, ex, names.step_key("bake", "result"))
+    assert baked["passed"] is False
+    assert baked["tripped"] == [
+        f"score_shift_psi: CloudWatch alarm {shift} in ALARM (Threshold Crossed: 1 datapoint [0.9])"
+    ]
+    [bake] = baked["bakes"]
+    assert bake["sent"]["requests"] == 640
+    assert ("decide", "run") in ex.worker_calls()
+
+    answers[("bake", "during")] = lambda c, n: {
+        "status": "failed",
+        "error": {"Error": "PermanentError", "Cause": "the blue/green update of fraud-detection did not end in time"},
+    }
+    ex = sfn_world.execute(uc, "promotion", answers)
+    assert ex.status == "FAILED" and ex.error == "PermanentError" and "Failed: bake" in ex.entered()
+    assert "did not end in time" in ex.cause
+    ran = ex.worker_calls()
+    assert ("report", "run") in ran and not [w for w in ran if w[0] == "decide"]
+
+
 @pytest.mark.slow
 def test_a_failed_fairness_gate_tags_the_version_and_the_execution_succeeds_as_the_dag_does(
     sfn_world, tmp_path, monkeypatch
@@ -808,25 +969,26 @@ def test_a_failed_fairness_gate_tags_the_version_and_the_execution_succeeds_as_t
 # ---------------------------------------------------------------- promotion
 
 
-def test_promotion_runs_every_step_in_the_worker_and_a_failed_bake_ends_in_its_fail_state(sfn_world):
-    """Promotion's machine: every step is a worker phase (the bake sends traffic and publishes the
-    score shift while SageMaker's blue/green update runs; promote or roll back is decide's outcome,
-    not a branch of the machine). Success runs target -> deploy -> bake -> decide -> report; an
-    update that fails (the bake's PermanentError) ends in the bake's Fail state after the report,
-    and decide - which would move the alias - never runs."""
+def test_a_bake_done_in_the_worker_skips_the_update_and_a_refused_bake_ends_in_its_fail_state(sfn_world):
+    """A prepare phase that did the bake itself (the variant-weights canary, judged in the worker)
+    goes past the endpoint states to decide and report; a bake the prepare phase refuses (a
+    PermanentError: an endpoint serving another config) ends in the bake's Fail state after the
+    report, and decide - which would move the alias - never runs."""
     uc = fraud_usecase_for_tests()
     ex = sfn_world.execute(uc, "promotion", _service_answers(uc, "promotion", lambda: None))
     assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
     assert [s for s, _ in ex.worker_calls()] == ["target", "deploy", "bake", "decide", "report"]
-    assert all(phase == "run" for _, phase in ex.worker_calls())
+    assert ("bake", "prepare") in ex.worker_calls() and not [
+        c for c in ex.services.calls if c.kind == "describe_endpoint"
+    ]
 
     answers = _service_answers(uc, "promotion", lambda: None)
-    answers[("bake", "run")] = lambda call, n: {
+    answers[("bake", "prepare")] = lambda call, n: {
         "status": "failed",
         "error": {"Error": "PermanentError", "Cause": "endpoint fraud-detection is Failed after the update"},
     }
     ex = sfn_world.execute(uc, "promotion", answers)
     assert ex.status == "FAILED" and ex.error == "PermanentError" and "Failed: bake" in ex.entered()
     ran = ex.worker_calls()
-    assert ran.count(("bake", "run")) == 1 and ("report", "run") in ran
+    assert ran.count(("bake", "prepare")) == 1 and ("report", "run") in ran
     assert not [w for w in ran if w[0] == "decide"]

@@ -193,7 +193,7 @@ def _service_step(
             return {"result": out, "emitted": ctx.emitted}
 
         prepared = prepare()
-        job = service_operator(kind, uc, task_id=kind, request=prepared["request"])
+        job = service_operator(kind, uc, task_id=kind, request=prepared["request"], call=prepared)
 
         finish_kw = _task_kwargs(step, assets, "finish")
         finish_kw["trigger_rule"] = "all_success"
@@ -227,10 +227,11 @@ def _poll(name: str, default: float) -> int:
     return max(0, int(float(os.environ.get(name, default))))
 
 
-def service_operator(kind: str, uc: UseCase, *, task_id: str, request: Any) -> Any:
+def service_operator(kind: str, uc: UseCase, *, task_id: str, request: Any, call: Any = None) -> Any:
     """The operator (:mod:`mlblueprints.airflow.operators`, imported here: it imports the provider)
     that runs a service call of ``kind`` for ``uc``; ``request`` is the XCom of the step's prepare
-    task (None: nothing to run)."""
+    task (None: nothing to run), ``call`` the whole call (for a kind whose operator runs the call's
+    ``during`` work)."""
     from mlblueprints.airflow import operators as ops
     from mlblueprints.aws import requests as req
 
@@ -259,7 +260,32 @@ def service_operator(kind: str, uc: UseCase, *, task_id: str, request: Any) -> A
     if kind == service.SAGEMAKER_TRAINING:
         print_log = os.environ.get("MLB_SAGEMAKER_PRINT_LOG", "1").lower() not in ("0", "false", "no")
         return ops.TrainingJobOperator(print_log=print_log, **jobs)
+    if kind == service.SAGEMAKER_ENDPOINT:
+        return _endpoint_update(uc, task_id, call)
     raise ValueError(f"no operator for service kind {kind!r}")
+
+
+def _endpoint_update(uc: UseCase, task_id: str, call: Any) -> Any:
+    """An endpoint update (kind ``sagemaker_endpoint``): :func:`mlblueprints.aws.direct.run_endpoint_update`
+    with the hook's client and the call's ``during`` work (a canary's traffic) in this task - not
+    the provider's ``SageMakerEndpointOperator``, which only waits. Killed, the update goes on; the
+    retry's prepare task adopts it. Returns ``{"Endpoint": Describe..., "During": ...}``."""
+
+    @task(task_id=task_id)
+    def endpoint_update(called: Any) -> Any:
+        from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+        from airflow.providers.amazon.aws.operators.sagemaker import serialize
+
+        from mlblueprints.aws.direct import run_endpoint_update
+
+        if not service.is_call(called):  # the prepare task did the step's work itself
+            return None
+        actx = get_current_context()
+        c, ctx, aws = service.ServiceCall.from_dict(called), step_context(uc, actx), uc.aws_settings
+        sm = SageMakerHook(aws_conn_id=aws.aws_conn_id, region_name=aws.region).conn
+        return serialize(_guarded(lambda: run_endpoint_update(sm, c.request, lambda: service.during(ctx, c)), actx))
+
+    return endpoint_update(call)
 
 
 def step_context(uc: UseCase, actx: Any) -> StepContext:

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from mlblueprints.aws import requests as req
+from mlblueprints.aws import serving as sv
 from mlblueprints.aws.session import AwsRuntime
 from mlblueprints.config import UseCase
 from mlblueprints.core import service
@@ -87,8 +88,38 @@ def run_training(rt: AwsRuntime, request: dict[str, Any]) -> dict[str, Any]:
     return run_sagemaker_job(rt, "Training", request)
 
 
-def runner(rt: AwsRuntime, uc: UseCase, run: RunInfo):
-    """A ``run_job`` for :func:`mlblueprints.core.service.complete`."""
+def run_endpoint_update(sm: Any, request: dict[str, Any], during: Any, sleep: Any = time.sleep) -> dict[str, Any]:
+    """An endpoint update (service kind ``sagemaker_endpoint``) as the state machine runs it:
+    CreateModel and CreateEndpointConfig (unless made already: the names are hashes of the
+    requests), UpdateEndpoint, then ``during()`` (the work done while the update runs; it may
+    return before the update ends) and DescribeEndpoint every ``PollSeconds`` until the endpoint
+    leaves Updating, at most ``MaxPolls`` times. Returns ``{"Endpoint": DescribeEndpoint,
+    "During": what during() returned}``."""
+    name = request["EndpointName"]
+    if request.get("Model") and not sv.exists(sm.describe_model, ModelName=request["Model"]["ModelName"]):
+        sm.create_model(**request["Model"])
+        log.info("created model %s", request["Model"]["ModelName"])
+    cfg = request.get("EndpointConfig")
+    if cfg and not sv.exists(sm.describe_endpoint_config, EndpointConfigName=cfg["EndpointConfigName"]):
+        sm.create_endpoint_config(**cfg)
+        log.info("created endpoint config %s", cfg["EndpointConfigName"])
+    if request.get("Update"):
+        sm.update_endpoint(**request["Update"])
+        log.info("updating endpoint %s to %s", name, request["Update"]["EndpointConfigName"])
+    got = during()
+    for _ in range(int(request["MaxPolls"]) + 1):
+        desc = sm.describe_endpoint(EndpointName=name)
+        if desc["EndpointStatus"] not in sv.UPDATING:
+            return {"Endpoint": desc, "During": got}
+        sleep(float(request["PollSeconds"]))
+    raise ServiceJobFailed(
+        f"endpoint {name} still {desc['EndpointStatus']} after {request['MaxPolls']} polls {request['PollSeconds']}s apart"
+    )
+
+
+def runner(rt: AwsRuntime, uc: UseCase, run: RunInfo, during: Any = None):
+    """A ``run_job`` for :func:`mlblueprints.core.service.complete`; ``during(call)`` runs a
+    call's work while its job runs (``lambda call: service.during(ctx, call)``)."""
 
     def run_job(call: service.ServiceCall) -> Any:
         if call.kind == service.ATHENA:
@@ -97,6 +128,10 @@ def runner(rt: AwsRuntime, uc: UseCase, run: RunInfo):
             return run_training(rt, call.request)
         if call.kind == service.SAGEMAKER_PROCESSING:
             return {**run_sagemaker_job(rt, "Processing", call.request), "how": "created"}
+        if call.kind == service.SAGEMAKER_ENDPOINT:
+            return run_endpoint_update(
+                rt.client("sagemaker"), call.request, lambda: during(call) if during else None, time.sleep
+            )
         raise ValueError(f"no direct runner for service kind {call.kind!r}")
 
     return run_job

@@ -37,6 +37,24 @@ CONTENT_TYPE = "text/csv"
 HASH_LEN = 10
 
 
+# DescribeEndpoint's EndpointStatus while SageMaker creates, updates or rolls back an endpoint
+UPDATING = ("Creating", "Updating", "SystemUpdating", "RollingBack")
+
+
+def exists(describe: Any, **kw: Any) -> bool:
+    """Whether the SageMaker resource a Describe call names exists (``describe`` a client's
+    bound method: the only I/O, done by the caller's client)."""
+    from mlblueprints.aws.s3io import error_code
+
+    try:
+        describe(**kw)
+        return True
+    except Exception as exc:
+        if error_code(exc) in ("ValidationException", "ResourceNotFound"):
+            return False
+        raise
+
+
 def _promotion(uc: UseCase) -> Any:
     if uc.promotion is None or uc.aws is None:
         raise ValueError(f"{uc.name}: the promotion and aws sections are required for a SageMaker endpoint")

@@ -31,7 +31,12 @@ SAGEMAKER_TRAINING = "sagemaker_training"  # request: CreateTrainingJob; output:
 SAGEMAKER_TRANSFORM = "sagemaker_transform"
 # request: CreateProcessingJob; output: {"Processing": DescribeProcessingJob, "how": "created" | "adopted"}
 SAGEMAKER_PROCESSING = "sagemaker_processing"
-KINDS = (ATHENA, SAGEMAKER_TRAINING, SAGEMAKER_TRANSFORM, SAGEMAKER_PROCESSING)
+# request: {"Model": CreateModel | None, "EndpointConfig": CreateEndpointConfig | None, "Update":
+# UpdateEndpoint | None, "EndpointName", "PollSeconds", "MaxPolls"} (None: made by an earlier try, or
+# its update under way); output: {"Endpoint": DescribeEndpoint once it left Updating, "During": what
+# the call's ``during`` method returned}
+SAGEMAKER_ENDPOINT = "sagemaker_endpoint"
+KINDS = (ATHENA, SAGEMAKER_TRAINING, SAGEMAKER_TRANSFORM, SAGEMAKER_PROCESSING, SAGEMAKER_ENDPOINT)
 MARK = "__service_call__"
 
 
@@ -155,6 +160,9 @@ class ServiceCall:
     backend_key: dict[str, Any] = field(default_factory=dict)
     then: str | None = None  # "module:function" called as fn(ctx, result, **then_kwargs)
     then_kwargs: dict[str, Any] = field(default_factory=dict)
+    # a method of the same backend the orchestrator runs while the job runs, ``during(state) ->
+    # dict`` (an endpoint update's traffic); what it returns is the output's "During"
+    during: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -209,6 +217,15 @@ def finish(ctx: StepContext, call: ServiceCall | dict[str, Any], output: Any) ->
     if call.then:
         result = resolve(call.then)(ctx, result, **call.then_kwargs)
     return result
+
+
+def during(ctx: StepContext, call: ServiceCall | dict[str, Any]) -> Any:
+    """Run the work a call asks for while its job runs (``ServiceCall.during``); None when none."""
+    if not isinstance(call, ServiceCall):
+        call = ServiceCall.from_dict(call)
+    if call.during is None:
+        return None
+    return getattr(ctx.backend(call.capability, **call.backend_key), call.during)(call.state)
 
 
 def complete(ctx: StepContext, value: Any, run_job: Callable[[ServiceCall], Any]) -> Any:

@@ -14,7 +14,9 @@ without explainability), and run on demand for any version (the ``version`` Para
   version of a use case (no champion) becomes the champion here, with no canary;
 * ``bake`` serves the challenger at each share of ``promotion.canary`` (one canary weight, or
   linear steps), sends traffic (the newest scored rows replayed at a bounded rate, plus any real
-  request), and judges ``promotion.guardrails`` on each share's captured requests;
+  request), and judges ``promotion.guardrails`` on each share's captured requests; on aws
+  (``service``) SageMaker's blue/green update, run by the orchestrator while the endpoint sends the
+  traffic;
 * ``decide`` promotes (registry alias ``champion`` moved, the old one kept as ``previous``, the
   endpoint serving the new champion alone) or rolls back (the champion alone again, the version
   tagged ``mlb.rejected``), and closes the deployment in the history DORA metrics are read from.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 from mlblueprints.config import UseCase
 from mlblueprints.core.naming import explained_model_asset, registered_model_asset
+from mlblueprints.core.service import SAGEMAKER_ENDPOINT
 from mlblueprints.patterns import ParamSpec, PatternSpec, Schedule, Step, base_tags, report_step
 
 STEPS = "mlblueprints.serving.steps"
@@ -41,6 +44,8 @@ def declare(uc: UseCase) -> PatternSpec | None:
             "bake",
             f"{STEPS}:bake",
             inputs={"target": "target", "deployed": "deploy"},
+            capability="endpoint",
+            service=SAGEMAKER_ENDPOINT,
             result=f"{RESULTS}:PromotionBake",
         ),
         Step(

@@ -8,25 +8,30 @@ blue/green update with SageMaker's deployment guardrails (docs/serving.md).
 * ``canary`` is one UpdateEndpoint to the challenger's config with a ``BlueGreenUpdatePolicy``
   (CANARY at the canary weight, or LINEAR steps; ``WaitIntervalInSeconds`` the bake) and
   ``AutoRollbackConfiguration`` on the CloudWatch alarms it creates (5xx rate, model latency
-  p99, score shift). While SageMaker shifts traffic the bake sends the challenger's holdout rows
-  to the endpoint at the configured rate (``InferenceId`` the row, so labels join), reads the
-  data capture of both fleets (each config captures under its own prefix), publishes the score
-  shift of the challenger's fleet against the champion's to the metric its alarm watches, and
-  waits for SageMaker to finish: the challenger's config in service (every alarm held) or the
-  champion's again (an alarm fired; its name and reason are the verdict). The guardrails no alarm
-  can judge (``min_requests``, the ROC-AUC drop on labelled requests) are judged on the capture
-  afterwards; ``decide`` rolls back with an all-at-once update when they fail.
+  p99, score shift), handed to the orchestrator as a service call (``sagemaker_endpoint``: the
+  challenger's CreateModel and CreateEndpointConfig and the UpdateEndpoint, native integrations
+  in a state machine). While SageMaker shifts traffic, :meth:`AwsEndpoint.canary_traffic` (the
+  call's ``during`` work) sends the challenger's holdout rows to the endpoint at the configured
+  rate (``InferenceId`` the row, so labels join), reads the data capture of both fleets (each
+  config captures under its own prefix) and publishes the score shift of the challenger's fleet
+  against the champion's to the metric its alarm watches, until SageMaker finishes;
+  :meth:`AwsEndpoint.resume_canary` judges the end: the challenger's config in service (every
+  alarm held) or the champion's again (an alarm fired; its name and reason are the verdict). The
+  guardrails no alarm can judge (``min_requests``, the ROC-AUC drop on labelled requests) are
+  judged on the capture afterwards; ``decide`` rolls back with an all-at-once update when they
+  fail.
 
 With ``promotion.sagemaker.canary_mode: variant_weights`` the canary is the local endpoint's
 instead (``serving.canary.by_weights``): champion and challenger as two production variants of one
 config, each share set by UpdateEndpointWeightsAndCapacities, each request judged as the variant
 that answered it (``InvokedProductionVariant``) - status, round-trip latency, score.
 
-boto3 by hand, not the provider's ``SageMakerEndpointOperator``: the bake must send traffic and
-publish the score-shift metric while the update runs, which a deferred wait leaves undone.
+Not the provider's ``SageMakerEndpointOperator``: the bake must send traffic and publish the
+score-shift metric while the update runs, which a deferred wait leaves undone.
 
 A rerun of a killed run adopts the update its try started (the endpoint is Updating to the
-challenger's config, or already serves it) instead of starting another. The deployment history
+challenger's config, or already serves it): its prepare phase hands over nothing to create or
+start. The deployment history
 is one JSON object per deployment under ``<prefix>/serving/deployments/`` (SSE-KMS).
 """
 
@@ -49,8 +54,6 @@ from mlblueprints.serving.canary import CHALLENGER, CHAMPION, bake_entry, log_ve
 from mlblueprints.serving.state import IN_PROGRESS, OUTCOMES, now_iso
 
 log = logging.getLogger(__name__)
-
-UPDATING = ("Creating", "Updating", "SystemUpdating", "RollingBack")
 
 
 class S3DeploymentHistory:
@@ -168,29 +171,16 @@ class AwsEndpoint:
             )
         return str(found["ModelPackageArn"])
 
-    def _exists(self, describe: Any, **kw: Any) -> bool:
-        try:
-            describe(**kw)
-            return True
-        except Exception as exc:
-            if s3io.error_code(exc) in ("ValidationException", "ResourceNotFound"):
-                return False
-            raise
-
     def config_for(self, version: int, run_id: str, git_commit: str = "") -> str:
         """The endpoint config serving ``version`` alone (its model and config created unless a
         try made them: the names are hashes of the requests)."""
         sm = self._sm()
-        arn = self._package(version)
-        model = req.create_model_request(
-            self.uc, version=version, model_package_arn=arn, git_commit=git_commit, run_id=run_id
-        )
-        if not self._exists(sm.describe_model, ModelName=model["ModelName"]):
+        model, config = self._requests_for(version, run_id, git_commit)
+        if not req.exists(sm.describe_model, ModelName=model["ModelName"]):
             sm.create_model(**model)
-            log.info("created model %s from %s", model["ModelName"], arn)
-        config = req.create_endpoint_config_request(self.uc, version=version, model_name=model["ModelName"])
+            log.info("created model %s from %s", model["ModelName"], model["PrimaryContainer"]["ModelPackageName"])
         name = config["EndpointConfigName"]
-        if not self._exists(sm.describe_endpoint_config, EndpointConfigName=name):
+        if not req.exists(sm.describe_endpoint_config, EndpointConfigName=name):
             sm.create_endpoint_config(**config)
             log.info("created endpoint config %s (capture: %s)", name, config["DataCaptureConfig"]["DestinationS3Uri"])
         return name
@@ -202,7 +192,7 @@ class AwsEndpoint:
             d = self.describe()
             if d is None:
                 raise PermanentError(f"{self.uc.name}: endpoint {self.name} disappeared while {what}")
-            if d["EndpointStatus"] not in UPDATING:
+            if d["EndpointStatus"] not in req.UPDATING:
                 break
             if time.monotonic() > deadline:
                 raise PermanentError(
@@ -245,7 +235,7 @@ class AwsEndpoint:
         config = self.config_for(int(v["version"]), by)
         sm = self._sm()
         d = self.describe()
-        if d is not None and d["EndpointStatus"] in UPDATING:
+        if d is not None and d["EndpointStatus"] in req.UPDATING:
             d = self.wait("an earlier update finished")
         if d is None:
             sm.create_endpoint(**req.create_endpoint_request(self.uc, config_name=config))
@@ -267,16 +257,16 @@ class AwsEndpoint:
             model = req.create_model_request(
                 self.uc, version=int(v["version"]), model_package_arn=arn, git_commit="", run_id=by
             )
-            if not self._exists(sm.describe_model, ModelName=model["ModelName"]):
+            if not req.exists(sm.describe_model, ModelName=model["ModelName"]):
                 sm.create_model(**model)
             models.append((str(v["variant"]), model["ModelName"], float(v["weight"])))
         top = max(int(v["version"]) for v in variants)
         config = req.create_endpoint_config_request(self.uc, version=top, model_name="", variants=models)
         name = config["EndpointConfigName"]
-        if not self._exists(sm.describe_endpoint_config, EndpointConfigName=name):
+        if not req.exists(sm.describe_endpoint_config, EndpointConfigName=name):
             sm.create_endpoint_config(**config)
         d = self.describe()
-        if d is not None and d["EndpointStatus"] in UPDATING:
+        if d is not None and d["EndpointStatus"] in req.UPDATING:
             d = self.wait("an earlier update finished")
         if d is None:
             raise PermanentError(f"{self.uc.name}: endpoint {self.name} does not exist: no champion is deployed on it")
@@ -304,16 +294,24 @@ class AwsEndpoint:
 
     # ------------------------------------------------------------------ the canary
 
-    def canary(self, registry: Any, version: int, champion: int, run_id: str) -> list[dict[str, Any]]:
-        """The blue/green update to ``version`` with SageMaker's guardrails, traffic and the
-        score-shift metric meanwhile (module docstring); one bake, judged when SageMaker is done."""
+    def canary(self, registry: Any, version: int, champion: int, run_id: str) -> Any:
+        """The blue/green update to ``version`` with SageMaker's guardrails (module docstring), as a
+        service call: the orchestrator creates the challenger's model and config and starts the
+        update (native ``createModel``, ``createEndpointConfig``, ``updateEndpoint`` in a state
+        machine), runs :meth:`canary_traffic` while it waits for the update to end, and
+        :meth:`resume_canary` judges the one bake. This phase checks the endpoint, keeps the
+        alarms, and says what is left to do: nothing a killed try made is made again."""
         if self.opts.sagemaker.canary_mode == "variant_weights":
             from mlblueprints.serving.canary import by_weights
 
             return by_weights(self, registry, version, champion, run_id)
+        from mlblueprints.core import service
+
         uc, p = self.uc, self.opts
         sm, cw = self._sm(), self.rt.client("cloudwatch")
-        blue, green = self.config_for(champion, run_id), self.config_for(version, run_id)
+        blue = self.config_for(champion, run_id)
+        model, config = self._requests_for(version, run_id)
+        green = config["EndpointConfigName"]
         names = req.alarm_names(uc)
         mine = self.deployments().deployment(run_id)
         since = datetime.fromisoformat(mine["started_at"]) if mine else datetime.now(UTC)
@@ -321,12 +319,12 @@ class AwsEndpoint:
         if d is None:
             raise PermanentError(f"{uc.name}: endpoint {self.name} does not exist: no champion is deployed on it")
         pending = (d.get("PendingDeploymentSummary") or {}).get("EndpointConfigName")
-        if d["EndpointStatus"] in UPDATING and pending not in (None, green):
+        if d["EndpointStatus"] in req.UPDATING and pending not in (None, green):
             # another update (a superseded run's) is under way: SageMaker finishes it first
             log.info("endpoint %s is updating to %s: waiting for it before the canary", self.name, pending)
             d = self.wait(f"the update to {pending} finished")
-        start = d["EndpointConfigName"] == blue and d["EndpointStatus"] not in UPDATING
-        if not start and d["EndpointConfigName"] != green and d["EndpointStatus"] not in UPDATING:
+        start = d["EndpointConfigName"] == blue and d["EndpointStatus"] not in req.UPDATING
+        if not start and d["EndpointConfigName"] != green and d["EndpointStatus"] not in req.UPDATING:
             raise PermanentError(
                 f"{uc.name}: endpoint {self.name} serves {d['EndpointConfigName']}, neither the champion's config "
                 f"({blue}) nor the challenger's ({green}): redeploy the champion first"
@@ -336,7 +334,6 @@ class AwsEndpoint:
         if start:
             for name in names.values():  # a new canary is judged afresh, not on the state a former one left
                 cw.set_alarm_state(AlarmName=name, StateValue="OK", StateReason="a canary starts")
-            sm.update_endpoint(**req.update_endpoint_request(uc, config_name=green, alarms=list(names.values())))
             log.info(
                 "blue/green update of %s to %s: %s, bake %ss per step, rolled back on %s",
                 self.name,
@@ -347,17 +344,53 @@ class AwsEndpoint:
             )
         else:
             log.info("adopting the update of %s a former try started (%s)", self.name, d["EndpointStatus"])
-        records, labels = self.replay_records(registry, version)
-        sent_total = {"requests": 0, "statuses": {}, "seconds": 0.0}
+        longest = p.sagemaker.max_execution_timeout_seconds + p.sagemaker.wait_seconds
+        request = {
+            "EndpointName": self.name,
+            "Model": None if req.exists(sm.describe_model, ModelName=model["ModelName"]) else model,
+            "EndpointConfig": None if req.exists(sm.describe_endpoint_config, EndpointConfigName=green) else config,
+            "Update": (
+                req.update_endpoint_request(uc, config_name=green, alarms=list(names.values())) if start else None
+            ),
+            "PollSeconds": max(1, int(self.POLL_SECONDS)),
+            "MaxPolls": int(longest // max(1, int(self.POLL_SECONDS))) + 1,
+        }
+        state = {
+            "blue": blue,
+            "green": green,
+            "since": since.isoformat(),
+            "version": int(version),
+            "champion": int(champion),
+            "run_id": run_id,
+        }
+        return service.ServiceCall(
+            service.SAGEMAKER_ENDPOINT, request, "endpoint", "resume_canary", state, during="canary_traffic"
+        )
+
+    def _requests_for(self, version: int, run_id: str, git_commit: str = "") -> tuple[dict, dict]:
+        """CreateModel and CreateEndpointConfig of the config serving ``version`` alone."""
+        model = req.create_model_request(
+            self.uc, version=version, model_package_arn=self._package(version), git_commit=git_commit, run_id=run_id
+        )
+        config = req.create_endpoint_config_request(self.uc, version=version, model_name=model["ModelName"])
+        return model, config
+
+    def canary_traffic(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """While SageMaker shifts traffic: the challenger's holdout rows sent to the endpoint, both
+        fleets' captures read, the score shift published to the metric its alarm watches; until
+        the endpoint leaves Updating. Returns what was sent and the labels of the rows."""
+        from mlblueprints.backends import backend_for
+
+        p = self.opts
+        cw = self.rt.client("cloudwatch")
+        registry = backend_for(self.uc, "registry", self.rt)
+        records, labels = self.replay_records(registry, int(state["version"]))
+        since = datetime.fromisoformat(state["since"])
+        sent_total: dict[str, Any] = {"requests": 0, "statuses": {}, "seconds": 0.0}
         deadline = time.monotonic() + p.sagemaker.max_execution_timeout_seconds + p.sagemaker.wait_seconds
-        verdicts: list[dict[str, Any]] = []
-        by: dict[str, Any] = {}
-        while True:
-            d = self.describe() or {}
-            if d.get("EndpointStatus") not in UPDATING:
-                break
+        while (self.describe() or {}).get("EndpointStatus") in req.UPDATING:
             if time.monotonic() > deadline:
-                raise PermanentError(f"{uc.name}: the blue/green update of {self.name} did not end in time")
+                raise PermanentError(f"{self.uc.name}: the blue/green update of {self.name} did not end in time")
             left = p.traffic.max_requests - sent_total["requests"]
             if records and left > 0:
                 sent = self.send(records, p.sagemaker.publish_seconds, left, offset=sent_total["requests"])
@@ -367,13 +400,25 @@ class AwsEndpoint:
                     sent_total["statuses"][k] = sent_total["statuses"].get(k, 0) + n
             else:
                 time.sleep(min(p.sagemaker.publish_seconds, self.POLL_SECONDS))
-            by, verdicts = self._judge(blue, green, since, labels)
+            by, verdicts = self._judge(state["blue"], state["green"], since, labels)
             self._publish(cw, by, verdicts)
-        by, verdicts = self._judge(blue, green, since, labels)
-        in_alarm = self._alarms_in_alarm(cw, names)
+        return {"sent": sent_total, "labels": labels}
+
+    def resume_canary(self, state: Mapping[str, Any], output: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The bake judged once SageMaker is done: the challenger's config in service (every alarm
+        held), or the champion's again (an alarm fired: its name and reason are the verdict); the
+        guardrails no alarm judges on the captures."""
+        d = dict(output.get("Endpoint") or {})
+        during = dict(output.get("During") or {})
+        sent = during.get("sent") or {"requests": 0, "statuses": {}, "seconds": 0.0}
+        labels = {k: int(v) for k, v in (during.get("labels") or {}).items()}
+        names = req.alarm_names(self.uc)
+        since = datetime.fromisoformat(state["since"])
+        by, verdicts = self._judge(state["blue"], state["green"], since, labels)
+        in_alarm = self._alarms_in_alarm(self.rt.client("cloudwatch"), names)
         verdicts = self._with_alarms(verdicts, names, in_alarm)
-        entry = bake_entry(self._share(), self._generation(d), sent_total, by, verdicts)
-        if d.get("EndpointConfigName") != green or d.get("EndpointStatus") != "InService":
+        entry = bake_entry(self._share(), self._generation(d), sent, by, verdicts)
+        if d.get("EndpointConfigName") != state["green"] or d.get("EndpointStatus") != "InService":
             why = [f"{g}: CloudWatch alarm {a} in ALARM ({reason})" for g, (a, reason) in in_alarm.items()]
             entry["tripped"] = why or [
                 f"SageMaker rolled the update back: {d.get('FailureReason') or d.get('EndpointStatus')}"

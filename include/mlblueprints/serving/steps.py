@@ -118,12 +118,17 @@ def bake(ctx: StepContext, target: dict[str, Any], deployed: dict[str, Any]) -> 
     """The challenger at each canary share in turn, with traffic, every guardrail judged on the
     requests answered at that share; stops at the first share a guardrail fails. How the shares
     are served is the endpoint's (``Endpoint.canary``): the local endpoint's weights, moved by
-    this step; on aws SageMaker's blue/green update, rolled back by CloudWatch alarms."""
+    this step; on aws SageMaker's blue/green update, rolled back by CloudWatch alarms (a service
+    job: the orchestrator runs the update and the endpoint's traffic meanwhile)."""
     if deployed["first"]:
         raise StepSkipped("the first version: no champion to canary against")
     _promotion(ctx)
     ep = ctx.backend("endpoint")
-    bakes = ep.canary(ctx.backend("registry"), int(target["version"]), int(target["champion_version"]), ctx.run.run_id)
+    out = ep.canary(ctx.backend("registry"), int(target["version"]), int(target["champion_version"]), ctx.run.run_id)
+    return ctx.then(out, _baked)
+
+
+def _baked(ctx: StepContext, bakes: list[dict[str, Any]]) -> dict[str, Any]:
     last = bakes[-1]["tripped"]
     return {"bakes": bakes, "passed": not last, "tripped": last}
 

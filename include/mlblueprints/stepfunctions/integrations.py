@@ -678,6 +678,191 @@ def _processing_handover(request: Any) -> dict[str, Any]:
     return {**request, OUTPUT_BASE: cl.output_base(request)}
 
 
+# the CreateModel / CreateEndpointConfig / UpdateEndpoint fields the prepare phase computes: the
+# names (hashes of the requests), the version's model package, the variant naming the model, the
+# capture prefix named by the config, the lineage tags
+ENDPOINT_MODEL_FROM_PREPARE = ("ModelName", "PrimaryContainer", "Tags")
+ENDPOINT_CONFIG_FROM_PREPARE = ("EndpointConfigName", "ProductionVariants", "DataCaptureConfig")
+ENDPOINT_UPDATE_FROM_PREPARE = ("EndpointConfigName",)
+ALREADY_EXISTS = "*Cannot create already existing*"  # SageMaker's message for a name it has
+
+
+def endpoint_parameters(r: Render, request_path: str) -> dict[str, dict[str, Any]]:
+    """CreateModel, CreateEndpointConfig and UpdateEndpoint of a canary: the builders of
+    :mod:`mlblueprints.aws.serving` for the use case (role, isolation, VPC, instances, KMS, the
+    blue/green policy and its alarms), the run's names, package, variant and capture prefix from
+    the prepare phase's request (``<request_path>.Model`` ...)."""
+    from mlblueprints.aws import serving as sv
+
+    uc = r.uc
+    model = sv.create_model_request(
+        uc, version=0, model_package_arn="arn:aws:sagemaker:from-prepare", git_commit="from-prepare", run_id="x"
+    )
+    config = sv.create_endpoint_config_request(uc, version=0, model_name="from-prepare")
+    update = sv.update_endpoint_request(uc, config_name="from-prepare", alarms=list(sv.alarm_names(uc).values()))
+    out = {}
+    for part, template, dynamic in (
+        ("Model", model, ENDPOINT_MODEL_FROM_PREPARE),
+        ("EndpointConfig", config, ENDPOINT_CONFIG_FROM_PREPARE),
+        ("Update", update, ENDPOINT_UPDATE_FROM_PREPARE),
+    ):
+        out[part] = {
+            (f"{k}.$" if k in dynamic else k): (f"{request_path}.{part}.{k}" if k in dynamic else v)
+            for k, v in template.items()
+        }
+    return out
+
+
+def _endpoint_states(r: Render, step: Any, request_path: str, next_state: str, failed: str) -> dict[str, Any]:
+    """A canary as SageMaker runs it: createModel and createEndpointConfig of the challenger
+    (skipped when the prepare phase found them made by an earlier try; "already existing" is
+    success), updateEndpoint with the blue/green policy (skipped when the update an earlier try
+    started is under way), then a Parallel: describeEndpoint every ``PollSeconds`` until the
+    endpoint leaves Updating (at most ``MaxPolls`` times), beside the worker's ``during`` phase,
+    which sends the traffic and publishes the score-shift metric the rollback alarm watches."""
+    from mlblueprints.aws import serving as sv
+
+    sid = step.id
+    params = endpoint_parameters(r, "$.endpoint.request")
+    api_retry = r.retry(step, ("SageMaker.AmazonSageMakerException",))
+    states: dict[str, Any] = {
+        f"{sid}.endpoint": {
+            "Type": "Pass",
+            "Comment": "the prepare phase's request, and no poll yet",
+            "Parameters": {"request.$": request_path, "polls": 0},
+            "ResultPath": "$.endpoint",
+            "Next": f"{sid}.sagemaker_model?",
+        }
+    }
+    order = [("Model", "model", "createModel"), ("EndpointConfig", "endpoint_config", "createEndpointConfig")]
+    order.append(("Update", "update_endpoint", "updateEndpoint"))
+    for i, (part, name, api) in enumerate(order):
+        after = f"{sid}.sagemaker_{order[i + 1][1]}?" if i + 1 < len(order) else f"{sid}.update"
+        task = f"{sid}.sagemaker_{name}"
+        states[f"{task}?"] = {
+            "Type": "Choice",
+            "Comment": f"{api}: unless the prepare phase found it done by an earlier try",
+            "Choices": [{"Variable": f"$.endpoint.request.{part}", "IsNull": False, "Next": task}],
+            "Default": after,
+        }
+        block = params[part]
+        states[task] = {
+            "Type": "Task",
+            "Comment": f"sagemaker:{api}, the request the Airflow task sends",
+            "Resource": f"arn:aws:states:::sagemaker:{api}",
+            "Parameters": block,
+            "ResultPath": None,
+            **({"Retry": api_retry} if api_retry else {}),
+            "Catch": [
+                {
+                    "ErrorEquals": ["States.ALL"],
+                    "ResultPath": "$.error",
+                    "Next": f"{task}.exists?" if part != "Update" else failed,
+                }
+            ],
+            "Next": after,
+        }
+        if part != "Update":
+            states[f"{task}.exists?"] = {
+                "Type": "Choice",
+                "Comment": "made already (a retried call whose first try got through): done",
+                "Choices": [{"Variable": "$.error.Cause", "StringMatches": ALREADY_EXISTS, "Next": after}],
+                "Default": failed,
+            }
+    describe, updating, wait, count, ended = (
+        f"{sid}.describe",
+        f"{sid}.updating?",
+        f"{sid}.wait",
+        f"{sid}.polls",
+        f"{sid}.updated",
+    )
+    poll_branch = {
+        "StartAt": describe,
+        "States": {
+            describe: {
+                "Type": "Task",
+                "Comment": "where the update is",
+                "Resource": "arn:aws:states:::aws-sdk:sagemaker:describeEndpoint",
+                "Parameters": {"EndpointName.$": "$.request.EndpointName"},
+                "ResultPath": "$.described",
+                "Retry": [
+                    {
+                        "ErrorEquals": ["SageMaker.SageMakerException", "States.TaskFailed"],
+                        "IntervalSeconds": 5,
+                        "BackoffRate": 2.0,
+                        "MaxAttempts": 5,
+                    }
+                ],
+                "Next": updating,
+            },
+            updating: {
+                "Type": "Choice",
+                "Choices": [
+                    {
+                        "Or": [{"Variable": "$.described.EndpointStatus", "StringEquals": st} for st in sv.UPDATING],
+                        "Next": count,
+                    }
+                ],
+                "Default": ended,
+            },
+            count: {
+                "Type": "Pass",
+                "Parameters": {
+                    "request.$": "$.request",
+                    "polls.$": "States.MathAdd($.polls, 1)",
+                },
+                "Next": f"{count}.left?",
+            },
+            f"{count}.left?": {
+                "Type": "Choice",
+                "Choices": [
+                    {"Variable": "$.polls", "NumericGreaterThanPath": "$.request.MaxPolls", "Next": f"{sid}.too long"}
+                ],
+                "Default": wait,
+            },
+            wait: {"Type": "Wait", "SecondsPath": "$.request.PollSeconds", "Next": describe},
+            f"{sid}.too long": {
+                "Type": "Fail",
+                "Error": "EndpointUpdateTimedOut",
+                "Cause": "the endpoint was still updating after MaxPolls polls (promotion.sagemaker.max_execution_timeout_seconds + wait_seconds)",
+            },
+            ended: {
+                "Type": "Pass",
+                "Comment": "the update ended: its last description",
+                "OutputPath": "$.described",
+                "End": True,
+            },
+        },
+    }
+    during = worker_task(r, step, "during", f"{sid}.during.done", f"{sid}.during.failed")
+    during["Comment"] = f"{step.id}: the work done while the update runs (the canary's traffic), in the worker image"
+    during_branch = {
+        "StartAt": f"{sid}.during",
+        "States": {
+            f"{sid}.during": during,
+            f"{sid}.during.done": {"Type": "Pass", "Result": {}, "End": True},
+            f"{sid}.during.failed": {"Type": "Fail", "ErrorPath": "$.error.Error", "CausePath": "$.error.Cause"},
+        },
+    }
+    states[f"{sid}.update"] = {
+        "Type": "Parallel",
+        "Comment": "SageMaker's update, polled until it ends, and the traffic meanwhile",
+        "Parameters": {"request.$": "$.endpoint.request", "polls": 0},
+        "Branches": [poll_branch, during_branch],
+        "ResultSelector": {"Endpoint.$": "$[0]"},
+        "ResultPath": "$.step.output",
+        "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": failed}],
+        "Next": next_state,
+    }
+    return states
+
+
+def _endpoint_output(raw: Any) -> dict[str, Any]:
+    """``{"Endpoint": DescribeEndpoint}`` (the worker adds the ``during`` phase's result)."""
+    raw = dict(raw or {})
+    return {"Endpoint": raw.get("Endpoint") or {}, "During": raw.get("During")}
+
+
 JOB_PARAMETERS: dict[str, Callable[[Render, str, str], dict[str, Any]]] = {
     "Training": training_parameters,
     "Processing": processing_parameters,
@@ -716,6 +901,21 @@ SERVICES: dict[str, ServiceKind] = {
         "a SageMaker Clarify processing job: createProcessingJob.sync",
         ("arn:aws:states:::sagemaker:createProcessingJob.sync",),
         _processing_handover,
+    ),
+    service.SAGEMAKER_ENDPOINT: ServiceKind(
+        service.SAGEMAKER_ENDPOINT,
+        _endpoint_states,
+        _endpoint_output,
+        (
+            "a blue/green endpoint update: createModel, createEndpointConfig, updateEndpoint, then "
+            "describeEndpoint until it ends beside the worker's traffic"
+        ),
+        (
+            "arn:aws:states:::sagemaker:createModel",
+            "arn:aws:states:::sagemaker:createEndpointConfig",
+            "arn:aws:states:::sagemaker:updateEndpoint",
+            "arn:aws:states:::aws-sdk:sagemaker:describeEndpoint",
+        ),
     ),
 }
 

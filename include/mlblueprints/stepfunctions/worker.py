@@ -3,8 +3,9 @@
     python -m mlblueprints.stepfunctions.worker <usecase> <pattern> <step> <phase> --execution <name> [--try <n>]
 
 ``phase`` is ``run`` (a step that is no service job on this target), ``prepare`` (a service step up
-to its job: the step function returns a :class:`~mlblueprints.core.service.ServiceCall`) or
-``finish`` (resume the backend with the job's output, :func:`mlblueprints.core.service.finish`).
+to its job: the step function returns a :class:`~mlblueprints.core.service.ServiceCall`),
+``during`` (the work a call asks for while its job runs, ``ServiceCall.during``: a canary's traffic)
+or ``finish`` (resume the backend with the job's output, :func:`mlblueprints.core.service.finish`).
 It is what the Airflow builder's tasks do, with S3 in place of XCom: everything lives under the
 execution's prefix (:func:`~mlblueprints.stepfunctions.names.run_prefix`)::
 
@@ -45,7 +46,7 @@ from mlblueprints.stepfunctions import asl, integrations, names
 
 log = logging.getLogger("mlblueprints.stepfunctions.worker")
 
-PHASES = ("run", "prepare", "finish")
+PHASES = ("run", "prepare", "during", "finish")
 # Step Functions passes at most 256 KiB between states; an outcome carries a service request
 STATE_PAYLOAD_MAX = 256 * 1024
 REQUEST_BUDGET = STATE_PAYLOAD_MAX - 16 * 1024
@@ -327,12 +328,20 @@ def run_phase(
     ctx.runtime_factory = runtime_factory
     outcome: dict[str, Any]
     try:
-        if phase == "finish":
+        if phase in ("during", "finish"):
             called = store.get(names.step_key(step_id, "call"))
             if called is None:
                 raise RuntimeError(f"{step_id}: no service call at {store.where(names.step_key(step_id, 'call'))}")
-            raw = store.get(names.step_key(step_id, "output"))
-            out = service.finish(ctx, called, integrations.service_kind(called["kind"]).output(raw))
+        if phase == "during":  # the work a call asks for while its job runs
+            got = service.during(ctx, called)
+            store.put(names.step_key(step_id, phase), {"status": asl.SUCCEEDED, "result": got})
+            _keep_reports(store)
+            return {"status": asl.SUCCEEDED}
+        if phase == "finish":
+            raw = integrations.service_kind(called["kind"]).output(store.get(names.step_key(step_id, "output")))
+            if called.get("during"):
+                raw["During"] = _during_result(store, step_id)
+            out = service.finish(ctx, called, raw)
         else:
             kwargs = _inputs(spec, step, store, ctx)
             out = service.resolve(step.fn)(ctx, **kwargs)
@@ -363,6 +372,19 @@ def run_phase(
     store.put(names.step_key(step_id, phase), outcome)
     _keep_reports(store)
     return outcome
+
+
+def _during_result(store: Store, step_id: str) -> Any:
+    """What the ``during`` phase returned; its failure fails the step (a permanent one is not retried)."""
+    outcome = store.get(names.step_key(step_id, "during")) or {}
+    if outcome.get("status") == asl.FAILED:
+        err = outcome.get("error") or {}
+        raise PermanentError(f"{step_id}: while the service job ran: {err.get('Error')}: {err.get('Cause')}")
+    if outcome.get("status") != asl.SUCCEEDED:
+        raise RuntimeError(
+            f"{step_id}: the during phase left no result at {store.where(names.step_key(step_id, 'during'))}"
+        )
+    return outcome.get("result")
 
 
 def _error(exc: BaseException) -> dict[str, str]:

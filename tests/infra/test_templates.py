@@ -392,7 +392,7 @@ def test_the_monitoring_machine_is_started_by_predictions_and_its_drift_alert_st
     machine (as the monitoring DAG is scheduled on it); a drift alert - the drift alarm in ALARM or
     the drift Asset event the monitoring machine's alert step puts - matches the drift rule, whose
     pattern is the one monitoring's publish keeps (``event_pattern``), and which sends it to the
-    queue the Airflow watcher reads and starts the training machine. The steps' policy allows the
+    queue the Airflow watcher reads; the drift Asset event alone starts the training machine. The steps' policy allows the
     alerting calls on exactly the names monitoring/aws.py uses."""
     from mlblueprints.core.naming import drift_alert_asset, predictions_asset
     from mlblueprints.monitoring import aws as ma
@@ -427,10 +427,23 @@ def test_the_monitoring_machine_is_started_by_predictions_and_its_drift_alert_st
     pattern = json.loads(_resolve(json.dumps(drift["EventPattern"]), params, uc))
     pattern["$or"][1]["detail"]["asset"] = [params[a] for a in pattern["$or"][1]["detail"]["asset"]]
     assert pattern == ma.event_pattern(uc) and drift_alert_asset(uc).name == params["DriftAssetName"]
-    targets = drift["Targets"]
-    assert targets[0] == {"Id": "queue", "Arn": "DriftQueue.Arn"}
-    [condition, training, absent] = targets[1]
-    assert (condition, training["Arn"], absent) == ("FeaturesAndTraining", "TrainingStateMachine", "AWS::NoValue")
+    assert drift["Targets"] == [{"Id": "queue", "Arn": "DriftQueue.Arn"}]
+    # the training machine is started by the drift Asset event only (the monitoring policy's
+    # decision), not also by the alarm the same window may set off: one window, one training run
+    retrain = res["DriftToTrainingRule"]
+    assert retrain["Condition"] == "FeaturesAndTraining"
+    assert retrain["Properties"]["EventPattern"] == {
+        "source": [asl.EVENT_SOURCE],
+        "detail-type": [asl.EVENT_DETAIL_TYPE],
+        "detail": {"asset": ["DriftAssetName"]},
+    }
+    assert [t["Arn"] for t in retrain["Properties"]["Targets"]] == ["TrainingStateMachine"]
+    starting = [
+        k
+        for k, v in res.items()
+        if v["Type"] == "AWS::Events::Rule" and "TrainingStateMachine" in json.dumps(v["Properties"]["Targets"])
+    ]
+    assert sorted(starting) == ["DriftToTrainingRule", "FeaturesToTrainingRule"]
     assert _resolve(drift["Name"], params, uc) == ma.rule_name(uc)
     # the steps' policy: monitoring's publish may keep the alarms, the rule and the queue it names
     steps = {

@@ -44,7 +44,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from mlblueprints import runtime
+from mlblueprints import backends, runtime
 from mlblueprints.errors import PermanentError
 
 DEMO_USECASE = "fraud_detection"
@@ -563,6 +563,17 @@ def _serve(args: argparse.Namespace) -> int:
     uc = _load(args.usecase)
     if uc.promotion is None:
         print(f"{uc.name}: the use case has no promotion section (docs/serving.md)", file=sys.stderr)
+        return 2
+    if backends.target_of(uc, "endpoint") == backends.AWS and not (args.stop or args.status):
+        from mlblueprints.aws import serving as sv
+
+        name = sv.endpoint_name(uc)
+        print(
+            f"{uc.name}: on the aws target the endpoint is SageMaker's {name} (promotion.sagemaker.endpoint_name), "
+            f"created by the promotion pattern's first version; `serve` runs the local endpoint only. Call it with: "
+            f"aws sagemaker-runtime invoke-endpoint --endpoint-name {name} --content-type text/csv --body <row> out.json",
+            file=sys.stderr,
+        )
         return 2
     if args.stop:
         print(f"{uc.name}: endpoint stopped" if server.stop(uc) else f"{uc.name}: no endpoint was running")

@@ -88,3 +88,26 @@ def test_backfill_summary_table():
         "2024-03-02    failed         3     500       -            -           -          -  -                       gate_silver__transactions, report",
         "total         1/2 ok        15   1,500     990            6           4        990",
     ]  # fmt: skip
+
+
+def test_serve_on_the_aws_target_names_the_sagemaker_endpoint_and_starts_nothing(tmp_path, monkeypatch, capsys):
+    """On aws the endpoint is SageMaker's: `serve` says which and how to call it, and does not
+    start the local server."""
+    from mlblueprints.aws import serving as sv
+    from mlblueprints.config import load_usecase
+    from mlblueprints.serving import server
+
+    d = tmp_path / "usecases"
+    shutil.copytree(ROOT / "dags" / "usecases", d)
+    p = d / "fraud_detection.yaml"
+    text = p.read_text()
+    assert text.count("\ntarget: local") == 1
+    p.write_text(text.replace("\ntarget: local", "\ntarget: aws"))
+    monkeypatch.setenv("MLB_USECASES_DIR", str(d))
+    monkeypatch.setattr(server, "serve", lambda *a, **k: pytest.fail("the local endpoint was started"))
+    monkeypatch.setattr(server, "start", lambda *a, **k: pytest.fail("the local endpoint was started"))
+    for argv in (["serve", "fraud_detection"], ["serve", "fraud_detection", "--background"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        name = sv.endpoint_name(load_usecase(p))
+        assert f"the endpoint is SageMaker's {name}" in err and f"--endpoint-name {name}" in err

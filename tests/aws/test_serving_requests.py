@@ -250,3 +250,76 @@ def test_a_canary_waits_for_another_runs_update_and_then_refuses_the_config_it_l
     with pytest.raises(PermanentError, match=f"serves {other}, neither the champion's config"):
         ep.canary(None, 4, 3, "run-1")
     assert sm.updates == [] and sm.describes == [sm.describes[-1]]
+
+
+def _ClientError(code):  # noqa: N802 (what boto3 raises)
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": "not found"}}, "Describe")
+
+
+def test_the_endpoint_update_runs_what_is_left_and_a_retried_task_does_not_update_twice():
+    """run_endpoint_update (the Airflow task's; the state machine sends the same requests natively):
+    creates only what does not exist, updates once - a retry finding its update under way waits for
+    it - runs the during work, then polls until the update ended."""
+    from mlblueprints.aws.direct import run_endpoint_update
+
+    class Sm:
+        def __init__(self, status, config, pending=None):
+            self.calls, self.status, self.config, self.pending = [], status, config, pending
+            self.models, self.configs = {"m-old"}, set()
+
+        def describe_model(self, ModelName):  # noqa: N803
+            if ModelName not in self.models:
+                raise _ClientError("ValidationException")
+
+        def describe_endpoint_config(self, EndpointConfigName):  # noqa: N803
+            if EndpointConfigName not in self.configs:
+                raise _ClientError("ValidationException")
+
+        def create_model(self, **kw):
+            self.calls.append(("CreateModel", kw["ModelName"]))
+
+        def create_endpoint_config(self, **kw):
+            self.calls.append(("CreateEndpointConfig", kw["EndpointConfigName"]))
+
+        def update_endpoint(self, **kw):
+            self.calls.append(("UpdateEndpoint", kw["EndpointConfigName"]))
+            self.status, self.pending = "Updating", kw["EndpointConfigName"]
+
+        def describe_endpoint(self, EndpointName):  # noqa: N803
+            self.calls.append(("DescribeEndpoint", self.status))
+            d = {"EndpointStatus": self.status, "EndpointConfigName": self.config}
+            if self.status == "Updating":
+                d["PendingDeploymentSummary"] = {"EndpointConfigName": self.pending}
+                polls = sum(1 for c in self.calls if c[0] == "DescribeEndpoint")
+                if polls >= 3:  # SageMaker finishes the update
+                    self.status, self.config = "InService", self.pending
+            return d
+
+    request = {
+        "EndpointName": "ep",
+        "Model": {"ModelName": "m-new"},
+        "EndpointConfig": {"EndpointConfigName": "green"},
+        "Update": {"EndpointName": "ep", "EndpointConfigName": "green"},
+        "PollSeconds": 0,
+        "MaxPolls": 10,
+    }
+    sm = Sm("InService", "blue")
+    out = run_endpoint_update(sm, request, lambda: {"sent": 1}, sleep=lambda s: None)
+    assert out["During"] == {"sent": 1} and out["Endpoint"]["EndpointConfigName"] == "green"
+    made = [c for c in sm.calls if c[0] != "DescribeEndpoint"]
+    assert made == [("CreateModel", "m-new"), ("CreateEndpointConfig", "green"), ("UpdateEndpoint", "green")]
+    # a retried task: the model and config exist, the update is under way
+    sm = Sm("Updating", "blue", pending="green")
+    sm.models.add("m-new")
+    sm.configs.add("green")
+    out = run_endpoint_update(sm, request, lambda: None, sleep=lambda s: None)
+    assert [c for c in sm.calls if c[0] != "DescribeEndpoint"] == []
+    assert out["Endpoint"] == {"EndpointStatus": "InService", "EndpointConfigName": "green"}
+    # an update that never ends is an error after MaxPolls
+    sm = Sm("Updating", "blue", pending="other")
+    sm.describe_endpoint = lambda EndpointName: {"EndpointStatus": "Updating", "EndpointConfigName": "blue"}  # noqa: N803
+    sm.update_endpoint = lambda **kw: None
+    with pytest.raises(Exception, match="still Updating after 10 polls"):
+        run_endpoint_update(sm, {**request, "Model": None, "EndpointConfig": None}, lambda: None, sleep=lambda s: None)

@@ -91,7 +91,8 @@ def run_training(rt: AwsRuntime, request: dict[str, Any]) -> dict[str, Any]:
 def run_endpoint_update(sm: Any, request: dict[str, Any], during: Any, sleep: Any = time.sleep) -> dict[str, Any]:
     """An endpoint update (service kind ``sagemaker_endpoint``) as the state machine runs it:
     CreateModel and CreateEndpointConfig (unless made already: the names are hashes of the
-    requests), UpdateEndpoint, then ``during()`` (the work done while the update runs; it may
+    requests), UpdateEndpoint (unless the endpoint is updating to that config already: a retried
+    task's update), then ``during()`` (the work done while the update runs; it may
     return before the update ends) and DescribeEndpoint every ``PollSeconds`` until the endpoint
     leaves Updating, at most ``MaxPolls`` times. Returns ``{"Endpoint": DescribeEndpoint,
     "During": what during() returned}``."""
@@ -103,9 +104,15 @@ def run_endpoint_update(sm: Any, request: dict[str, Any], during: Any, sleep: An
     if cfg and not sv.exists(sm.describe_endpoint_config, EndpointConfigName=cfg["EndpointConfigName"]):
         sm.create_endpoint_config(**cfg)
         log.info("created endpoint config %s", cfg["EndpointConfigName"])
-    if request.get("Update"):
-        sm.update_endpoint(**request["Update"])
-        log.info("updating endpoint %s to %s", name, request["Update"]["EndpointConfigName"])
+    update = request.get("Update")
+    if update:
+        d = sm.describe_endpoint(EndpointName=name)
+        pending = (d.get("PendingDeploymentSummary") or {}).get("EndpointConfigName")
+        if d["EndpointStatus"] in sv.UPDATING and update["EndpointConfigName"] in (pending, d["EndpointConfigName"]):
+            log.info("endpoint %s is updating to %s already (a retried try's update): waiting for it", name, pending)
+        else:
+            sm.update_endpoint(**update)
+            log.info("updating endpoint %s to %s", name, update["EndpointConfigName"])
     got = during()
     for _ in range(int(request["MaxPolls"]) + 1):
         desc = sm.describe_endpoint(EndpointName=name)

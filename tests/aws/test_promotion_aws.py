@@ -517,6 +517,7 @@ def test_promotion_dag_on_aws_canaries_by_blue_green_update_and_rolls_back_on_th
     assert handed["Model"] is None and handed["EndpointConfig"] is None and handed["Update"] is None
     served = res["bake.sagemaker_endpoint"]
     assert served["Endpoint"]["EndpointConfigName"] == green and served["During"]["sent"]["requests"] > 200
+    assert bake["generation"] > 0 and bake["sent"] == served["During"]["sent"]  # the endpoint's last change
     # the challenger's share of what was answered during the canary is the canary's share
     during = [a for a in twin.answered if a["config"] in (green, cfg1["EndpointConfigName"])]
     assert bake["answered"]["challenger"] >= uc.promotion.guardrails.min_requests

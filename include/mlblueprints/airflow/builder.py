@@ -23,6 +23,7 @@ skips it; anything else is retried.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from datetime import UTC, datetime, timedelta
@@ -274,7 +275,6 @@ def _endpoint_update(uc: UseCase, task_id: str, call: Any) -> Any:
     @task(task_id=task_id)
     def endpoint_update(called: Any) -> Any:
         from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
-        from airflow.providers.amazon.aws.operators.sagemaker import serialize
 
         from mlblueprints.aws.direct import run_endpoint_update
 
@@ -283,7 +283,8 @@ def _endpoint_update(uc: UseCase, task_id: str, call: Any) -> Any:
         actx = get_current_context()
         c, ctx, aws = service.ServiceCall.from_dict(called), step_context(uc, actx), uc.aws_settings
         sm = SageMakerHook(aws_conn_id=aws.aws_conn_id, region_name=aws.region).conn
-        return serialize(_guarded(lambda: run_endpoint_update(sm, c.request, lambda: service.during(ctx, c)), actx))
+        out = _guarded(lambda: run_endpoint_update(sm, c.request, lambda: service.during(ctx, c)), actx)
+        return json.loads(json.dumps(out, default=str))  # the describe's datetimes as ISO text
 
     return endpoint_update(call)
 

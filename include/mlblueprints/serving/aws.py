@@ -156,8 +156,14 @@ class AwsEndpoint:
 
     @staticmethod
     def _generation(d: Mapping[str, Any] | None) -> int:
-        """The endpoint's state as a number: its last modification, in epoch seconds."""
+        """The endpoint's state as a number: its last modification, in epoch seconds (a datetime
+        from boto3, ISO text from an orchestrator's serialized output)."""
         t = (d or {}).get("LastModifiedTime")
+        if isinstance(t, str):
+            try:
+                t = datetime.fromisoformat(t)
+            except ValueError:
+                return 0
         return int(t.timestamp()) if isinstance(t, datetime) else 0
 
     def _package(self, version: int) -> str:

@@ -261,12 +261,14 @@ def _ClientError(code):  # noqa: N802 (what boto3 raises)
 def test_the_endpoint_update_runs_what_is_left_and_a_retried_task_does_not_update_twice():
     """run_endpoint_update (the Airflow task's; the state machine sends the same requests natively):
     creates only what does not exist, updates once - a retry finding its update under way waits for
-    it - runs the during work, then polls until the update ended."""
+    it, one finding it ended sends nothing - runs the during work, then polls until the update
+    ended, at most MaxPolls times (a permanent error: no retry)."""
     from mlblueprints.aws.direct import run_endpoint_update
 
     class Sm:
         def __init__(self, status, config, pending=None):
             self.calls, self.status, self.config, self.pending = [], status, config, pending
+            self.changed = datetime(2025, 12, 31, tzinfo=UTC)  # before the deployment started
             self.models, self.configs = {"m-old"}, set()
 
         def describe_model(self, ModelName):  # noqa: N803
@@ -289,7 +291,7 @@ def test_the_endpoint_update_runs_what_is_left_and_a_retried_task_does_not_updat
 
         def describe_endpoint(self, EndpointName):  # noqa: N803
             self.calls.append(("DescribeEndpoint", self.status))
-            d = {"EndpointStatus": self.status, "EndpointConfigName": self.config}
+            d = {"EndpointStatus": self.status, "EndpointConfigName": self.config, "LastModifiedTime": self.changed}
             if self.status == "Updating":
                 d["PendingDeploymentSummary"] = {"EndpointConfigName": self.pending}
                 polls = sum(1 for c in self.calls if c[0] == "DescribeEndpoint")
@@ -302,6 +304,7 @@ def test_the_endpoint_update_runs_what_is_left_and_a_retried_task_does_not_updat
         "Model": {"ModelName": "m-new"},
         "EndpointConfig": {"EndpointConfigName": "green"},
         "Update": {"EndpointName": "ep", "EndpointConfigName": "green"},
+        "StartedAt": "2026-01-01T00:00:00+00:00",
         "PollSeconds": 0,
         "MaxPolls": 10,
     }
@@ -316,7 +319,21 @@ def test_the_endpoint_update_runs_what_is_left_and_a_retried_task_does_not_updat
     sm.configs.add("green")
     out = run_endpoint_update(sm, request, lambda: None, sleep=lambda s: None)
     assert [c for c in sm.calls if c[0] != "DescribeEndpoint"] == []
-    assert out["Endpoint"] == {"EndpointStatus": "InService", "EndpointConfigName": "green"}
+    assert (out["Endpoint"]["EndpointStatus"], out["Endpoint"]["EndpointConfigName"]) == ("InService", "green")
+    # a retried task whose update ended - promoted (on green), or rolled back (on blue, changed
+    # since the deployment started) - sends nothing again
+    for config, changed in (
+        ("green", datetime(2025, 12, 31, tzinfo=UTC)),
+        ("blue", datetime(2026, 1, 1, 0, 5, tzinfo=UTC)),
+    ):
+        sm = Sm("InService", config)
+        sm.models.add("m-new")
+        sm.configs.add("green")
+        sm.changed = changed
+        out = run_endpoint_update(sm, request, lambda: None, sleep=lambda s: None)
+        assert [c for c in sm.calls if c[0] != "DescribeEndpoint"] == [] and out["Endpoint"][
+            "EndpointConfigName"
+        ] == config
     # an update that never ends is an error after MaxPolls
     sm = Sm("Updating", "blue", pending="other")
     sm.describe_endpoint = lambda EndpointName: {"EndpointStatus": "Updating", "EndpointConfigName": "blue"}  # noqa: N803

@@ -485,7 +485,13 @@ def test_the_promotion_steps_may_run_the_endpoint_update_its_alarms_and_approve_
         for st in template["Resources"]["PatternStepsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
         if isinstance(st, list)
     }
-    sids = ("PromotionEndpoint", "PromotionApproval", "PromotionAlarms", "PromotionScoreShift")
+    sids = (
+        "PromotionEndpoint",
+        "PromotionApproval",
+        "PromotionAlarms",
+        "PromotionScoreShift",
+        "EndpointVolumeAndCaptureKey",
+    )
     for sid in (*sids, "PassTheModelRoleToTheEndpoint"):
         assert steps[sid][0] == "Promotion" and steps[sid][2] == "AWS::NoValue", sid
     arn = f"arn:aws:sagemaker:{uc.aws.region}:{uc.aws.account_id}"
@@ -511,6 +517,11 @@ def test_the_promotion_steps_may_run_the_endpoint_update_its_alarms_and_approve_
             alarm_arn.replace("*", ".*"),
             f"arn:aws:cloudwatch:{uc.aws.region}:{uc.aws.account_id}:alarm:{a['AlarmName']}",
         )
+    # the endpoint's volume and capture key: SageMaker gets a grant on it when the endpoint is made or updated
+    grant = steps["EndpointVolumeAndCaptureKey"][1]
+    assert grant["Action"] == "kms:CreateGrant" and grant["Condition"] == {
+        "Bool": {"kms:GrantIsForAWSResource": "true"}
+    }
     namespace = steps["PromotionScoreShift"][1]["Condition"]["StringEquals"]["cloudwatch:namespace"]
     assert namespace == sv.METRIC_NAMESPACE
     # the machine, started by the Asset its DAG is scheduled on (the fairness gate's judged version)

@@ -791,6 +791,7 @@ def _canary_call(uc, *, made_before=False):
         "Model": None if made_before else model,
         "EndpointConfig": None if made_before else config,
         "Update": None if made_before else update,
+        "StartedAt": "2026-01-01T00:00:00+00:00",
         "PollSeconds": 1,
         "MaxPolls": 30,
     }
@@ -808,15 +809,22 @@ def _canary_call(uc, *, made_before=False):
     return call, (model, config, update)
 
 
-def _promotion_answers(uc, call, ends_on, polls_updating=2):
-    """Stubbed workers but the bake's phases as handed over; DescribeEndpoint says Updating
-    ``polls_updating`` times, then InService on ``ends_on``."""
+def _promotion_answers(uc, s3, call, ends_on, polls_updating=2):
+    """Stubbed workers but the bake's phases as handed over; the during phase writes its ready
+    document (as ``run_phase`` does once the traffic is loaded), then its outcome; DescribeEndpoint
+    says Updating ``polls_updating`` times, then InService on ``ends_on``."""
     answers = _service_answers(uc, "promotion", lambda: None)
     answers[("bake", "prepare")] = lambda c, n: {**worker.service_outcome(call), "call": call.as_dict()}
-    answers[("bake", "during")] = lambda c, n: {
-        "status": "succeeded",
-        "result": {"sent": {"requests": 640, "statuses": {"200": 640}, "seconds": 31.5}, "labels": {}},
-    }
+
+    def during(c, n):
+        execution = c.parameters["AppSpecification"]["ContainerArguments"][5]
+        worker.S3Store(s3, names.on_aws(uc), "promotion", execution).put(names.step_key("bake", "ready"), {})
+        return {
+            "status": "succeeded",
+            "result": {"sent": {"requests": 640, "statuses": {"200": 640}, "seconds": 31.5}, "labels": {}},
+        }
+
+    answers[("bake", "during")] = during
     answers["describe_endpoint"] = lambda c, n: (
         {
             "EndpointName": c.parameters["EndpointName"],
@@ -843,7 +851,7 @@ def test_the_canary_creates_the_model_and_config_and_updates_the_endpoint_native
     failure. Then decide and report."""
     uc = fraud_usecase_for_tests()
     call, (model, config, update) = _canary_call(uc)
-    answers = _promotion_answers(uc, call, ends_on=config["EndpointConfigName"])
+    answers = _promotion_answers(uc, sfn_world.s3, call, ends_on=config["EndpointConfigName"])
     answers["model"] = lambda c, n: (
         "fail",
         "SageMaker.AmazonSageMakerException",
@@ -862,6 +870,9 @@ def test_the_canary_creates_the_model_and_config_and_updates_the_endpoint_native
         c.parameters == {"EndpointName": call.request["EndpointName"]} for c in describes
     )
     assert "bake.wait" in ex.entered() and ("bake", "during") in ex.worker_calls()
+    # the update waited for the traffic: the during phase ran (and was ready) before any endpoint call
+    order = [c.worker or c.kind for c in ex.services.calls]
+    assert order.index(("bake", "during")) < order.index("model") < order.index("update_endpoint")
     output = _document(sfn_world, ex, names.step_key("bake", "output"))
     assert output["Endpoint"]["EndpointStatus"] == "InService"
     assert output["Endpoint"]["EndpointConfigName"] == config["EndpointConfigName"]
@@ -876,7 +887,9 @@ def test_the_canary_creates_the_model_and_config_and_updates_the_endpoint_native
     # an update an earlier try started: nothing created or updated, only polled beside the traffic
     call, _ = _canary_call(uc, made_before=True)
     ex = sfn_world.execute(
-        uc, "promotion", _promotion_answers(uc, call, ends_on=config["EndpointConfigName"], polls_updating=0)
+        uc,
+        "promotion",
+        _promotion_answers(uc, sfn_world.s3, call, ends_on=config["EndpointConfigName"], polls_updating=0),
     )
     assert ex.status == "SUCCEEDED", (ex.error, ex.cause)
     kinds = [c.kind for c in ex.services.calls]
@@ -905,7 +918,7 @@ def test_an_update_sagemaker_rolled_back_is_judged_rolled_back_by_the_real_finis
     shift = sv.alarm_names(aws_uc)["score_shift_psi"]
     cw.set_alarm_state(AlarmName=shift, StateValue="ALARM", StateReason="Threshold Crossed: 1 datapoint [0.9]")
     call, _ = _canary_call(uc)
-    answers = _promotion_answers(uc, call, ends_on="blue-config")
+    answers = _promotion_answers(uc, sfn_world.s3, call, ends_on="blue-config")
 
     def finish(c, n):
         args = c.parameters["AppSpecification"]["ContainerArguments"]

@@ -269,8 +269,9 @@ def service_operator(kind: str, uc: UseCase, *, task_id: str, request: Any, call
 def _endpoint_update(uc: UseCase, task_id: str, call: Any) -> Any:
     """An endpoint update (kind ``sagemaker_endpoint``): :func:`mlblueprints.aws.direct.run_endpoint_update`
     with the hook's client and the call's ``during`` work (a canary's traffic) in this task - not
-    the provider's ``SageMakerEndpointOperator``, which only waits. Killed, the update goes on; the
-    retry's prepare task adopts it. Returns ``{"Endpoint": Describe..., "During": ...}``."""
+    the provider's ``SageMakerEndpointOperator``, which only waits. Killed, the update goes on; a
+    retry finds it running or ended and does not send it again. Returns ``{"Endpoint":
+    Describe..., "During": ...}``."""
 
     @task(task_id=task_id)
     def endpoint_update(called: Any) -> Any:

@@ -18,6 +18,7 @@ from mlblueprints.aws import serving as sv
 from mlblueprints.aws.session import AwsRuntime
 from mlblueprints.config import UseCase
 from mlblueprints.core import service
+from mlblueprints.errors import PermanentError
 from mlblueprints.lineage import RunInfo
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,8 @@ def run_training(rt: AwsRuntime, request: dict[str, Any]) -> dict[str, Any]:
 def run_endpoint_update(sm: Any, request: dict[str, Any], during: Any, sleep: Any = time.sleep) -> dict[str, Any]:
     """An endpoint update (service kind ``sagemaker_endpoint``) as the state machine runs it:
     CreateModel and CreateEndpointConfig (unless made already: the names are hashes of the
-    requests), UpdateEndpoint (unless the endpoint is updating to that config already: a retried
-    task's update), then ``during()`` (the work done while the update runs; it may
+    requests), UpdateEndpoint (unless this deployment's update runs or ended already: a retried
+    task's), then ``during()`` (the work done while the update runs; it may
     return before the update ends) and DescribeEndpoint every ``PollSeconds`` until the endpoint
     leaves Updating, at most ``MaxPolls`` times. Returns ``{"Endpoint": DescribeEndpoint,
     "During": what during() returned}``."""
@@ -106,20 +107,20 @@ def run_endpoint_update(sm: Any, request: dict[str, Any], during: Any, sleep: An
         log.info("created endpoint config %s", cfg["EndpointConfigName"])
     update = request.get("Update")
     if update:
-        d = sm.describe_endpoint(EndpointName=name)
-        pending = (d.get("PendingDeploymentSummary") or {}).get("EndpointConfigName")
-        if d["EndpointStatus"] in sv.UPDATING and update["EndpointConfigName"] in (pending, d["EndpointConfigName"]):
-            log.info("endpoint %s is updating to %s already (a retried try's update): waiting for it", name, pending)
-        else:
+        green = update["EndpointConfigName"]
+        where = sv.update_state(sm.describe_endpoint(EndpointName=name), green, request["StartedAt"])
+        if where == "not started":
             sm.update_endpoint(**update)
-            log.info("updating endpoint %s to %s", name, update["EndpointConfigName"])
+            log.info("updating endpoint %s to %s", name, green)
+        else:  # a retried task: its update runs, or ended (promoted or rolled back) - not sent again
+            log.info("the update of endpoint %s to %s %s already: not sent again", name, green, where)
     got = during()
     for _ in range(int(request["MaxPolls"]) + 1):
         desc = sm.describe_endpoint(EndpointName=name)
         if desc["EndpointStatus"] not in sv.UPDATING:
             return {"Endpoint": desc, "During": got}
         sleep(float(request["PollSeconds"]))
-    raise ServiceJobFailed(
+    raise PermanentError(
         f"endpoint {name} still {desc['EndpointStatus']} after {request['MaxPolls']} polls {request['PollSeconds']}s apart"
     )
 

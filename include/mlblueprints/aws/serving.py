@@ -55,6 +55,29 @@ def exists(describe: Any, **kw: Any) -> bool:
         raise
 
 
+def update_state(described: Mapping[str, Any], green: str, since: str) -> str:
+    """Where a deployment's update to the config ``green`` is, from DescribeEndpoint:
+    ``running`` (the endpoint is updating), ``ended`` (it serves ``green``, or was changed after the
+    deployment started at ``since``, ISO time: an update of this deployment rolled back), or
+    ``not started``."""
+    from datetime import UTC, datetime
+
+    if described.get("EndpointStatus") in UPDATING:
+        return "running"
+    if described.get("EndpointConfigName") == green:
+        return "ended"
+
+    def aware(t: datetime) -> datetime:
+        return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+    changed = described.get("LastModifiedTime")
+    if isinstance(changed, str):
+        changed = datetime.fromisoformat(changed)
+    if isinstance(changed, datetime) and aware(changed) > aware(datetime.fromisoformat(since)):
+        return "ended"
+    return "not started"
+
+
 def _promotion(uc: UseCase) -> Any:
     if uc.promotion is None or uc.aws is None:
         raise ValueError(f"{uc.name}: the promotion and aws sections are required for a SageMaker endpoint")

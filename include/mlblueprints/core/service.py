@@ -160,8 +160,9 @@ class ServiceCall:
     backend_key: dict[str, Any] = field(default_factory=dict)
     then: str | None = None  # "module:function" called as fn(ctx, result, **then_kwargs)
     then_kwargs: dict[str, Any] = field(default_factory=dict)
-    # a method of the same backend the orchestrator runs while the job runs, ``during(state) ->
-    # dict`` (an endpoint update's traffic); what it returns is the output's "During"
+    # a method of the same backend the orchestrator runs while the job runs, ``during(state,
+    # ready) -> dict`` (an endpoint update's traffic; ``ready()`` once it can start); what it
+    # returns is the output's "During"
     during: str | None = None
 
     def __post_init__(self) -> None:
@@ -219,13 +220,15 @@ def finish(ctx: StepContext, call: ServiceCall | dict[str, Any], output: Any) ->
     return result
 
 
-def during(ctx: StepContext, call: ServiceCall | dict[str, Any]) -> Any:
-    """Run the work a call asks for while its job runs (``ServiceCall.during``); None when none."""
+def during(ctx: StepContext, call: ServiceCall | dict[str, Any], ready: Callable[[], None] | None = None) -> Any:
+    """Run the work a call asks for while its job runs (``ServiceCall.during``); None when none.
+    ``ready()`` is called once the work is ready for the job to start (a state machine starts the
+    job only then; an orchestrator that started it already passes nothing)."""
     if not isinstance(call, ServiceCall):
         call = ServiceCall.from_dict(call)
     if call.during is None:
         return None
-    return getattr(ctx.backend(call.capability, **call.backend_key), call.during)(call.state)
+    return getattr(ctx.backend(call.capability, **call.backend_key), call.during)(call.state, ready or (lambda: None))
 
 
 def complete(ctx: StepContext, value: Any, run_job: Callable[[ServiceCall], Any]) -> Any:

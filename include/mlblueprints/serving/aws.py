@@ -329,7 +329,9 @@ class AwsEndpoint:
             # another update (a superseded run's) is under way: SageMaker finishes it first
             log.info("endpoint %s is updating to %s: waiting for it before the canary", self.name, pending)
             d = self.wait(f"the update to {pending} finished")
-        start = d["EndpointConfigName"] == blue and d["EndpointStatus"] not in req.UPDATING
+        # an update of this deployment that ended already (a killed try's, rolled back) is judged,
+        # not started again
+        start = d["EndpointConfigName"] == blue and req.update_state(d, green, since.isoformat()) == "not started"
         if not start and d["EndpointConfigName"] != green and d["EndpointStatus"] not in req.UPDATING:
             raise PermanentError(
                 f"{uc.name}: endpoint {self.name} serves {d['EndpointConfigName']}, neither the champion's config "
@@ -358,6 +360,7 @@ class AwsEndpoint:
             "Update": (
                 req.update_endpoint_request(uc, config_name=green, alarms=list(names.values())) if start else None
             ),
+            "StartedAt": since.isoformat(),
             "PollSeconds": max(1, int(self.POLL_SECONDS)),
             "MaxPolls": int(longest // max(1, int(self.POLL_SECONDS))) + 1,
         }
@@ -381,10 +384,12 @@ class AwsEndpoint:
         config = req.create_endpoint_config_request(self.uc, version=version, model_name=model["ModelName"])
         return model, config
 
-    def canary_traffic(self, state: Mapping[str, Any]) -> dict[str, Any]:
+    def canary_traffic(self, state: Mapping[str, Any], ready: Any = lambda: None) -> dict[str, Any]:
         """While SageMaker shifts traffic: the challenger's holdout rows sent to the endpoint, both
         fleets' captures read, the score shift published to the metric its alarm watches; until
-        the endpoint leaves Updating. Returns what was sent and the labels of the rows."""
+        the endpoint leaves Updating. ``ready()`` once the rows are loaded (a state machine starts
+        the update then, so the traffic is there from its first second); the update is waited for
+        (at most ``wait_seconds``). Returns what was sent and the labels of the rows."""
         from mlblueprints.backends import backend_for
 
         p = self.opts
@@ -392,6 +397,15 @@ class AwsEndpoint:
         registry = backend_for(self.uc, "registry", self.rt)
         records, labels = self.replay_records(registry, int(state["version"]))
         since = datetime.fromisoformat(state["since"])
+        ready()
+        started_by = time.monotonic() + p.sagemaker.wait_seconds
+        while req.update_state(self.describe() or {}, state["green"], state["since"]) == "not started":
+            if time.monotonic() > started_by:
+                raise PermanentError(
+                    f"{self.uc.name}: the update of {self.name} to {state['green']} did not start within "
+                    f"{p.sagemaker.wait_seconds}s (promotion.sagemaker.wait_seconds)"
+                )
+            time.sleep(self.POLL_SECONDS)
         sent_total: dict[str, Any] = {"requests": 0, "statuses": {}, "seconds": 0.0}
         deadline = time.monotonic() + p.sagemaker.max_execution_timeout_seconds + p.sagemaker.wait_seconds
         while (self.describe() or {}).get("EndpointStatus") in req.UPDATING:

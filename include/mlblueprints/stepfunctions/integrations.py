@@ -713,72 +713,106 @@ def endpoint_parameters(r: Render, request_path: str) -> dict[str, dict[str, Any
     return out
 
 
+def _s3_read(r: Render, step: Any, what: str) -> dict[str, Any]:
+    """aws-sdk:s3:getObject of a document of the step (``steps/<step>/<what>.json``)."""
+    return {
+        "Type": "Task",
+        "Resource": "arn:aws:states:::aws-sdk:s3:getObject",
+        "Parameters": {"Bucket": r.bucket, "Key.$": run_key(r, step.id, what)},
+    }
+
+
 def _endpoint_states(r: Render, step: Any, request_path: str, next_state: str, failed: str) -> dict[str, Any]:
-    """A canary as SageMaker runs it: createModel and createEndpointConfig of the challenger
-    (skipped when the prepare phase found them made by an earlier try; "already existing" is
-    success), updateEndpoint with the blue/green policy (skipped when the update an earlier try
-    started is under way), then a Parallel: describeEndpoint every ``PollSeconds`` until the
-    endpoint leaves Updating (at most ``MaxPolls`` times), beside the worker's ``during`` phase,
-    which sends the traffic and publishes the score-shift metric the rollback alarm watches."""
+    """A canary as SageMaker runs it, in a Parallel of two branches:
+
+    * the update: once the traffic is ready (the ``during`` phase's ``ready`` document), createModel
+      and createEndpointConfig of the challenger (skipped when the prepare phase found them made by
+      an earlier try; "already existing" is success), updateEndpoint with the blue/green policy
+      (skipped when this deployment's update runs or ended), then describeEndpoint every
+      ``PollSeconds`` until the endpoint leaves Updating (``MaxPolls`` waits at most, for each);
+    * the traffic: the worker's ``during`` phase (a Processing job, minutes to start: the update
+      waits for it), which sends the replayed requests and publishes the score-shift metric the
+      rollback alarm watches; its failure fails the Parallel, and so the step, with its reason."""
     from mlblueprints.aws import serving as sv
 
     sid = step.id
-    params = endpoint_parameters(r, "$.endpoint.request")
+    params = endpoint_parameters(r, "$.request")
     api_retry = r.retry(step, ("SageMaker.AmazonSageMakerException",))
-    states: dict[str, Any] = {
-        f"{sid}.endpoint": {
-            "Type": "Pass",
-            "Comment": "the prepare phase's request, and no poll yet",
-            "Parameters": {"request.$": request_path, "polls": 0},
-            "ResultPath": "$.endpoint",
-            "Next": f"{sid}.sagemaker_model?",
+    refused = f"{sid}.update.failed"
+
+    def counted(name: str, on_more: str, out_of: str) -> dict[str, Any]:
+        """``name``: one more poll, then ``on_more``, or ``out_of`` after MaxPolls."""
+        return {
+            name: {
+                "Type": "Pass",
+                "Parameters": {"request.$": "$.request", "polls.$": "States.MathAdd($.polls, 1)"},
+                "Next": f"{name}.left?",
+            },
+            f"{name}.left?": {
+                "Type": "Choice",
+                "Choices": [{"Variable": "$.polls", "NumericGreaterThanPath": "$.request.MaxPolls", "Next": out_of}],
+                "Default": on_more,
+            },
         }
+
+    ready, describe, updating = f"{sid}.traffic.ready", f"{sid}.describe", f"{sid}.updating?"
+    update: dict[str, Any] = {
+        ready: {
+            **_s3_read(r, step, "ready"),
+            "Comment": "the traffic is ready (the during phase's document): the update may start",
+            "ResultPath": None,
+            "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": None, "Next": f"{sid}.traffic.polls"}],
+            "Next": f"{sid}.traffic.go",
+        },
+        **counted(f"{sid}.traffic.polls", f"{sid}.traffic.wait", f"{sid}.traffic.never ready"),
+        f"{sid}.traffic.wait": {"Type": "Wait", "SecondsPath": "$.request.PollSeconds", "Next": ready},
+        f"{sid}.traffic.never ready": {
+            "Type": "Fail",
+            "Error": "TrafficNotReady",
+            "Cause": "the during phase did not get ready within MaxPolls waits; the endpoint was not updated",
+        },
+        f"{sid}.traffic.go": {
+            "Type": "Pass",
+            "Parameters": {"request.$": "$.request", "polls": 0},
+            "Next": f"{sid}.sagemaker_model?",
+        },
     }
     order = [("Model", "model", "createModel"), ("EndpointConfig", "endpoint_config", "createEndpointConfig")]
     order.append(("Update", "update_endpoint", "updateEndpoint"))
     for i, (part, name, api) in enumerate(order):
-        after = f"{sid}.sagemaker_{order[i + 1][1]}?" if i + 1 < len(order) else f"{sid}.update"
+        after = f"{sid}.sagemaker_{order[i + 1][1]}?" if i + 1 < len(order) else describe
         task = f"{sid}.sagemaker_{name}"
-        states[f"{task}?"] = {
+        update[f"{task}?"] = {
             "Type": "Choice",
             "Comment": f"{api}: unless the prepare phase found it done by an earlier try",
-            "Choices": [{"Variable": f"$.endpoint.request.{part}", "IsNull": False, "Next": task}],
+            "Choices": [{"Variable": f"$.request.{part}", "IsNull": False, "Next": task}],
             "Default": after,
         }
-        block = params[part]
-        states[task] = {
+        update[task] = {
             "Type": "Task",
             "Comment": f"sagemaker:{api}, the request the Airflow task sends",
             "Resource": f"arn:aws:states:::sagemaker:{api}",
-            "Parameters": block,
+            "Parameters": params[part],
             "ResultPath": None,
             **({"Retry": api_retry} if api_retry else {}),
             "Catch": [
                 {
                     "ErrorEquals": ["States.ALL"],
                     "ResultPath": "$.error",
-                    "Next": f"{task}.exists?" if part != "Update" else failed,
+                    "Next": f"{task}.exists?" if part != "Update" else refused,
                 }
             ],
             "Next": after,
         }
         if part != "Update":
-            states[f"{task}.exists?"] = {
+            update[f"{task}.exists?"] = {
                 "Type": "Choice",
                 "Comment": "made already (a retried call whose first try got through): done",
                 "Choices": [{"Variable": "$.error.Cause", "StringMatches": ALREADY_EXISTS, "Next": after}],
-                "Default": failed,
+                "Default": refused,
             }
-    describe, updating, wait, count, ended = (
-        f"{sid}.describe",
-        f"{sid}.updating?",
-        f"{sid}.wait",
-        f"{sid}.polls",
-        f"{sid}.updated",
-    )
-    poll_branch = {
-        "StartAt": describe,
-        "States": {
+    update.update(
+        {
             describe: {
                 "Type": "Task",
                 "Comment": "where the update is",
@@ -793,6 +827,7 @@ def _endpoint_states(r: Render, step: Any, request_path: str, next_state: str, f
                         "MaxAttempts": 5,
                     }
                 ],
+                "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": refused}],
                 "Next": updating,
             },
             updating: {
@@ -800,61 +835,69 @@ def _endpoint_states(r: Render, step: Any, request_path: str, next_state: str, f
                 "Choices": [
                     {
                         "Or": [{"Variable": "$.described.EndpointStatus", "StringEquals": st} for st in sv.UPDATING],
-                        "Next": count,
+                        "Next": f"{sid}.polls",
                     }
                 ],
-                "Default": ended,
+                "Default": f"{sid}.updated",
             },
-            count: {
-                "Type": "Pass",
-                "Parameters": {
-                    "request.$": "$.request",
-                    "polls.$": "States.MathAdd($.polls, 1)",
-                },
-                "Next": f"{count}.left?",
-            },
-            f"{count}.left?": {
-                "Type": "Choice",
-                "Choices": [
-                    {"Variable": "$.polls", "NumericGreaterThanPath": "$.request.MaxPolls", "Next": f"{sid}.too long"}
-                ],
-                "Default": wait,
-            },
-            wait: {"Type": "Wait", "SecondsPath": "$.request.PollSeconds", "Next": describe},
+            **counted(f"{sid}.polls", f"{sid}.wait", f"{sid}.too long"),
+            f"{sid}.wait": {"Type": "Wait", "SecondsPath": "$.request.PollSeconds", "Next": describe},
             f"{sid}.too long": {
                 "Type": "Fail",
                 "Error": "EndpointUpdateTimedOut",
-                "Cause": "the endpoint was still updating after MaxPolls polls (promotion.sagemaker.max_execution_timeout_seconds + wait_seconds)",
+                "Cause": (
+                    "the endpoint was still updating after MaxPolls waits "
+                    "(promotion.sagemaker.max_execution_timeout_seconds + wait_seconds)"
+                ),
             },
-            ended: {
+            f"{sid}.updated": {
                 "Type": "Pass",
                 "Comment": "the update ended: its last description",
                 "OutputPath": "$.described",
                 "End": True,
             },
-        },
-    }
-    during = worker_task(r, step, "during", f"{sid}.during.done", f"{sid}.during.failed")
+            refused: {"Type": "Fail", "ErrorPath": "$.error.Error", "CausePath": "$.error.Cause"},
+        }
+    )
+    during = worker_task(r, step, "during", f"{sid}.during.outcome", f"{sid}.during.failed")
     during["Comment"] = f"{step.id}: the work done while the update runs (the canary's traffic), in the worker image"
-    during_branch = {
-        "StartAt": f"{sid}.during",
-        "States": {
-            f"{sid}.during": during,
-            f"{sid}.during.done": {"Type": "Pass", "Result": {}, "End": True},
-            f"{sid}.during.failed": {"Type": "Fail", "ErrorPath": "$.error.Error", "CausePath": "$.error.Cause"},
+    traffic = {
+        f"{sid}.during": during,
+        f"{sid}.during.outcome": {
+            **_s3_read(r, step, "during"),
+            "Comment": "the during phase's outcome: a permanent failure fails the step with its reason",
+            "ResultSelector": {"outcome.$": "States.StringToJson($.Body)"},
+            "ResultPath": "$.during",
+            "Retry": [{"ErrorEquals": ["States.ALL"], "IntervalSeconds": 2, "BackoffRate": 2.0, "MaxAttempts": 3}],
+            "Next": f"{sid}.during.route",
         },
+        f"{sid}.during.route": {
+            "Type": "Choice",
+            "Choices": [
+                {"Variable": "$.during.outcome.status", "StringEquals": "failed", "Next": f"{sid}.during.refused"}
+            ],
+            "Default": f"{sid}.during.done",
+        },
+        f"{sid}.during.refused": {
+            "Type": "Fail",
+            "ErrorPath": "$.during.outcome.error.Error",
+            "CausePath": "$.during.outcome.error.Cause",
+        },
+        f"{sid}.during.done": {"Type": "Pass", "Result": {}, "End": True},
+        f"{sid}.during.failed": {"Type": "Fail", "ErrorPath": "$.error.Error", "CausePath": "$.error.Cause"},
     }
-    states[f"{sid}.update"] = {
-        "Type": "Parallel",
-        "Comment": "SageMaker's update, polled until it ends, and the traffic meanwhile",
-        "Parameters": {"request.$": "$.endpoint.request", "polls": 0},
-        "Branches": [poll_branch, during_branch],
-        "ResultSelector": {"Endpoint.$": "$[0]"},
-        "ResultPath": "$.step.output",
-        "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": failed}],
-        "Next": next_state,
+    return {
+        f"{sid}.update": {
+            "Type": "Parallel",
+            "Comment": "SageMaker's update, polled until it ends, and the traffic it needs meanwhile",
+            "Parameters": {"request.$": request_path, "polls": 0},
+            "Branches": [{"StartAt": ready, "States": update}, {"StartAt": f"{sid}.during", "States": traffic}],
+            "ResultSelector": {"Endpoint.$": "$[0]"},
+            "ResultPath": "$.step.output",
+            "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error", "Next": failed}],
+            "Next": next_state,
+        }
     }
-    return states
 
 
 def _endpoint_output(raw: Any) -> dict[str, Any]:

@@ -324,16 +324,18 @@ def run_phase(
         raise PermanentError(f"{uc.name}: the {pattern} pattern does not apply to this use case")
     step = spec.step(step_id)
     run_doc = store.get(names.RUN_DOCUMENT) or {}
-    ctx = step_context(uc, spec, step_id, phase, run_doc, try_number, store)
-    ctx.runtime_factory = runtime_factory
     outcome: dict[str, Any]
     try:
+        # in the try: a refused trigger (another use case's machine, a failed upstream run) is a
+        # failed outcome, not an error the state machine retries
+        ctx = step_context(uc, spec, step_id, phase, run_doc, try_number, store)
+        ctx.runtime_factory = runtime_factory
         if phase in ("during", "finish"):
             called = store.get(names.step_key(step_id, "call"))
             if called is None:
                 raise RuntimeError(f"{step_id}: no service call at {store.where(names.step_key(step_id, 'call'))}")
         if phase == "during":  # the work a call asks for while its job runs
-            got = service.during(ctx, called)
+            got = service.during(ctx, called, lambda: store.put(names.step_key(step_id, "ready"), {"ready": True}))
             store.put(names.step_key(step_id, phase), {"status": asl.SUCCEEDED, "result": got})
             _keep_reports(store)
             return {"status": asl.SUCCEEDED}

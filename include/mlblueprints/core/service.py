@@ -32,8 +32,8 @@ SAGEMAKER_TRANSFORM = "sagemaker_transform"
 # request: CreateProcessingJob; output: {"Processing": DescribeProcessingJob, "how": "created" | "adopted"}
 SAGEMAKER_PROCESSING = "sagemaker_processing"
 # request: {"Model": CreateModel | None, "EndpointConfig": CreateEndpointConfig | None, "Update":
-# UpdateEndpoint | None, "EndpointName", "PollSeconds", "MaxPolls"} (None: made by an earlier try, or
-# its update under way); output: {"Endpoint": DescribeEndpoint once it left Updating, "During": what
+# UpdateEndpoint | None, "EndpointName", "StartedAt" (the deployment's start, ISO), "PollSeconds",
+# "MaxPolls"} (None: made by an earlier try, or its update under way or ended); output: {"Endpoint": DescribeEndpoint once it left Updating, "During": what
 # the call's ``during`` method returned}
 SAGEMAKER_ENDPOINT = "sagemaker_endpoint"
 KINDS = (ATHENA, SAGEMAKER_TRAINING, SAGEMAKER_TRANSFORM, SAGEMAKER_PROCESSING, SAGEMAKER_ENDPOINT)

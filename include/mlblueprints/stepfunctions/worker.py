@@ -220,7 +220,8 @@ def upstream_events(uc: UseCase, detail: dict[str, Any], store: Store) -> dict[s
                 continue
             for event in outcome.get("events") or []:
                 d = json.loads(event.get("Detail") or "{}")
-                out.setdefault(d["asset"], []).append(dict(d.get("extra") or {}))
+                if d.get("asset"):  # what the worker put (_events); nothing else is an Asset event
+                    out.setdefault(d["asset"], []).append(dict(d.get("extra") or {}))
     return out
 
 
